@@ -1,0 +1,157 @@
+//! Password hashing (Argon2id, PHC strings) and the small thread pool that
+//! does it off the loop thread. Hashing is deliberately slow, so it must
+//! never run on the loop: a login would stall every other session.
+
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use password_hash::rand_core::OsRng;
+
+use crate::config::HashCost;
+
+/// Argon2 parameters for a cost level.
+fn params(cost: HashCost) -> Result<Params, String> {
+    match cost {
+        // The smallest memory Argon2 allows: fast enough for tests and
+        // benchmarks that register thousands of users.
+        HashCost::Low => Params::new(8, 1, 1, None).map_err(|e| e.to_string()),
+        HashCost::Normal => Ok(Params::default()),
+    }
+}
+
+/// Hashes a new password at `cost` into a PHC string (salt and parameters included).
+pub fn hash_password(password: &str, cost: HashCost) -> Result<String, String> {
+    let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params(cost)?);
+    let salt = SaltString::generate(&mut OsRng);
+    argon
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Checks a password against a PHC string. The parameters come from the
+/// string, so hashes made at any cost verify. A malformed hash never matches.
+pub fn verify_password(hash: &str, password: &str) -> bool {
+    match PasswordHash::new(hash) {
+        Ok(parsed) => Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// A hashing job.
+#[derive(Debug)]
+pub enum HashWork {
+    Verify { hash: String, password: String },
+    Hash { password: String, cost: HashCost },
+}
+
+/// Its result.
+#[derive(Debug)]
+pub enum HashOutcome {
+    Verified(bool),
+    Hashed(Result<String, String>),
+}
+
+fn run(work: HashWork) -> HashOutcome {
+    match work {
+        HashWork::Verify { hash, password } => {
+            HashOutcome::Verified(verify_password(&hash, &password))
+        }
+        HashWork::Hash { password, cost } => HashOutcome::Hashed(hash_password(&password, cost)),
+    }
+}
+
+/// A fixed pool of hashing threads fed by one queue.
+pub struct HasherPool<T> {
+    tx: Option<Sender<(HashWork, T)>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl<T: Send + 'static> HasherPool<T> {
+    /// Starts `threads` workers; `on_done` runs on a worker with each result.
+    pub fn spawn<F>(threads: usize, on_done: F) -> std::io::Result<Self>
+    where
+        F: Fn(T, HashOutcome) + Send + Sync + 'static,
+    {
+        let (tx, rx) = mpsc::channel::<(HashWork, T)>();
+        let rx = Arc::new(Mutex::new(rx));
+        let on_done = Arc::new(on_done);
+        let mut handles = Vec::new();
+        for i in 0..threads.max(1) {
+            let rx: Arc<Mutex<Receiver<(HashWork, T)>>> = Arc::clone(&rx);
+            let on_done = Arc::clone(&on_done);
+            handles.push(
+                thread::Builder::new()
+                    .name(format!("natter-hash-{i}"))
+                    .spawn(move || loop {
+                        // The lock is held only while taking a job, never while hashing.
+                        let next = match rx.lock() {
+                            Ok(guard) => guard.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok((work, tag)) = next else { return };
+                        on_done(tag, run(work));
+                    })?,
+            );
+        }
+        Ok(HasherPool {
+            tx: Some(tx),
+            threads: handles,
+        })
+    }
+}
+
+impl<T> HasherPool<T> {
+    /// Queues a job; gives it back if the pool is gone.
+    pub fn submit(&self, work: HashWork, tag: T) -> Result<(), (HashWork, T)> {
+        match &self.tx {
+            Some(tx) => tx.send((work, tag)).map_err(|e| e.0),
+            None => Err((work, tag)),
+        }
+    }
+
+    /// Lets queued jobs finish and joins the workers.
+    pub fn close(&mut self) {
+        self.tx.take();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl<T> Drop for HasherPool<T> {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hash_verifies_its_password_only() {
+        let h = hash_password("correct horse", HashCost::Low).unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(verify_password(&h, "correct horse"));
+        assert!(!verify_password(&h, "correct horsE"));
+    }
+
+    #[test]
+    fn hashes_of_either_cost_verify() {
+        let normal = hash_password("password1", HashCost::Normal).unwrap();
+        assert!(verify_password(&normal, "password1"));
+        assert!(normal.contains("m=19456"));
+    }
+
+    #[test]
+    fn a_malformed_hash_never_matches() {
+        assert!(!verify_password("not a hash", "anything"));
+        assert!(!verify_password("", ""));
+    }
+}

@@ -1,0 +1,142 @@
+//! The server's settings: every limit and timer from the contract's flags,
+//! with its default and the reason for it. `main` parses them with clap;
+//! tests and benches build them with `Config::default()` and struct update.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Whether `register` is accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Registration {
+    Open,
+    Closed,
+}
+
+/// Password-hashing cost for new hashes. The parameters travel inside each
+/// PHC hash string, so a hash made at one cost verifies under the other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum HashCost {
+    /// Minimal Argon2id parameters: for tests and benchmarks only.
+    Low,
+    /// Argon2id with the RustCrypto defaults (19 MiB, 2 passes).
+    Normal,
+}
+
+/// natterd: a small, fast chat server speaking the natter line protocol v1.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "natterd", version, about, long_about = None)]
+pub struct Config {
+    /// TCP port to listen on; 0 picks a free port.
+    #[arg(default_value_t = 4000)]
+    pub port: u16,
+
+    /// Address to bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: IpAddr,
+
+    /// Directory holding the database; created if missing.
+    #[arg(long, default_value = "natter-data")]
+    pub data: PathBuf,
+
+    /// Import `<user> <password>` lines from this file at start (existing users are kept as they are).
+    #[arg(long)]
+    pub users: Option<PathBuf>,
+
+    /// Connections beyond this many get `* bye busy`. Each session costs a
+    /// few KiB plus its buffers, so the default fits comfortably in memory.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_clients: usize,
+
+    /// Longest accepted line in bytes, LF included. Long enough for any chat
+    /// message a person types; short enough that framing memory stays small.
+    #[arg(long, default_value_t = 4096)]
+    pub max_line: usize,
+
+    /// A session whose unsent output passes this many bytes is closed (`slow`).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_outbuf: usize,
+
+    /// Seconds a logged-in session may stay silent before `* bye idle`.
+    #[arg(long, default_value_t = 1800)]
+    pub idle_timeout: u64,
+
+    /// Seconds a connection has to log in before `* bye timeout`.
+    #[arg(long, default_value_t = 60)]
+    pub login_timeout: u64,
+
+    /// Commands per second each session may send; 0 turns rate limiting off.
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+
+    /// Commands a session may send at once before the rate applies.
+    #[arg(long, default_value_t = 20)]
+    pub burst: u32,
+
+    /// Consecutive failed logins (same user, same address) before a lockout.
+    #[arg(long, default_value_t = 3)]
+    pub max_login_failures: u32,
+
+    /// Seconds a lockout lasts.
+    #[arg(long, default_value_t = 60)]
+    pub block_time: u64,
+
+    /// Whether `register` is accepted.
+    #[arg(long, value_enum, default_value_t = Registration::Open)]
+    pub registration: Registration,
+
+    /// Password-hashing cost for new hashes (`low` is for tests and benchmarks).
+    #[arg(long, value_enum, default_value_t = HashCost::Normal)]
+    pub hash_cost: HashCost,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // The flag defaults are the single source of truth.
+        Config::parse_from(["natterd"])
+    }
+}
+
+impl Config {
+    /// `--idle-timeout` as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout)
+    }
+
+    /// `--login-timeout` as a duration.
+    pub fn login_timeout(&self) -> Duration {
+        Duration::from_secs(self.login_timeout)
+    }
+
+    /// `--block-time` as a duration.
+    pub fn block_time(&self) -> Duration {
+        Duration::from_secs(self.block_time)
+    }
+}
+
+impl Config {
+    /// Rejects settings that cannot work, with a message for the operator.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.rate.is_finite() || self.rate < 0.0 {
+            return Err("--rate must be 0 (unlimited) or a positive number".into());
+        }
+        if self.max_line < 16 {
+            return Err("--max-line must be at least 16 bytes".into());
+        }
+        if self.max_clients == 0 {
+            return Err("--max-clients must be at least 1".into());
+        }
+        if self.max_outbuf < self.max_line {
+            return Err("--max-outbuf must be at least --max-line".into());
+        }
+        if self.burst == 0 {
+            return Err("--burst must be at least 1".into());
+        }
+        if self.max_login_failures == 0 {
+            return Err("--max-login-failures must be at least 1".into());
+        }
+        Ok(())
+    }
+}

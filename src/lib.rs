@@ -1,0 +1,15 @@
+//! natter: a small, fast chat server that never loses an acknowledged
+//! message. The library holds the whole server so that integration tests and
+//! benchmarks can run it in-process; `natterd` (src/main.rs) only parses
+//! flags, binds the listener and calls [`reactor::Server::run`].
+
+pub mod auth;
+pub mod commands;
+pub mod config;
+pub mod protocol;
+pub mod reactor;
+pub mod session;
+pub mod store;
+
+pub use config::Config;
+pub use reactor::{Server, ShutdownHandle};

@@ -1,0 +1,1085 @@
+//! The readiness loop. It owns the `mio::Poll`, the listener, every session
+//! (a `Slab` indexed by token), the deadline set, the one `Waker` through
+//! which the store and hashing threads report back, and the signal source.
+//! It is the only place that registers, reregisters or deregisters sockets.
+//!
+//! One pass: poll (timeout = earliest deadline), handle every event, fire due
+//! timers, flush every session with pending output, reap closed sessions.
+//! Nothing here blocks: disk and hashing go to their threads, and their
+//! results come back through the completion channel.
+
+use std::collections::BTreeSet;
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+
+use crate::auth::{self, HashOutcome, HashWork, HasherPool};
+use crate::commands::{
+    self, Account, Caller, Chat, ChatSettings, Clock, Cont, Effects, Job, LockKey, SessionRef,
+    Step, Work, WorkResult,
+};
+use crate::config::{Config, Registration};
+use crate::protocol::{self, ByeReason, ErrorCode};
+use crate::session::{CloseState, Frame, RateBucket, Session, MAX_IN_FLIGHT, READ_CHUNK};
+use crate::store::{Store, StoreHandle, StoreRequest};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
+const SIGNALS: Token = Token(usize::MAX - 3);
+
+/// Readiness events taken per poll. More only means fewer polls under load.
+const EVENTS_CAPACITY: usize = 1024;
+/// How long a shutdown waits for replies to be flushed before giving up;
+/// under the 5 seconds the contract promises, with room for the final commit.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+/// How long a closing session may take to drain its output.
+const CLOSE_LINGER: Duration = Duration::from_secs(5);
+/// Pause before accepting again after running out of file descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Hashing threads. Argon2 at normal cost takes tens of milliseconds and
+/// 19 MiB; two workers keep logins flowing without starving the loop's core.
+const HASH_THREADS: usize = 2;
+
+/// Routing for a background job's result: which session and command it
+/// answers (none for background writes) and what to do with it.
+#[derive(Debug)]
+pub struct Tag {
+    target: Option<(SessionRef, u64)>,
+    cont: Cont,
+}
+
+/// A finished background job on its way back to the loop.
+#[derive(Debug)]
+pub struct Completion {
+    tag: Tag,
+    result: WorkResult,
+}
+
+/// What a deadline is for.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// Login timeout, idle timeout or close linger of a session.
+    Session(SessionRef),
+    /// A lockout record may be forgotten.
+    Lock(LockKey),
+    /// Accepting was paused for lack of file descriptors.
+    AcceptRetry,
+}
+
+/// Counters for the log at shutdown (and for operators reading it).
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub accepted: u64,
+    pub refused_busy: u64,
+    pub closed_slow: u64,
+    pub closed_flood: u64,
+    pub closed_idle: u64,
+    pub closed_login_timeout: u64,
+    pub accept_errors: u64,
+}
+
+/// Asks a running server to shut down as on SIGTERM (for in-process use).
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    flag: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl ShutdownHandle {
+    /// Starts the graceful shutdown.
+    pub fn shutdown(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        if let Err(e) = self.waker.wake() {
+            log::error!("cannot wake the loop for shutdown: {e}");
+        }
+    }
+}
+
+/// The server: everything the loop owns.
+pub struct Server {
+    poll: Poll,
+    listener: TcpListener,
+    /// Whether the listener is registered (it is not during shutdown).
+    listening: bool,
+    /// No accepting before this (file descriptors ran out).
+    accept_paused_until: Option<Instant>,
+    sessions: Slab<Session>,
+    /// Next session id; ids are never reused.
+    next_id: u64,
+    chat: Chat,
+    config: Config,
+    /// Every timer, earliest first. Entries are never removed early; a
+    /// firing entry is checked against the current state (lazy deletion).
+    deadlines: BTreeSet<(Instant, Timer)>,
+    store: StoreHandle<Tag>,
+    hasher: HasherPool<Tag>,
+    completions: Receiver<Completion>,
+    /// Jobs that could not be handed to their thread; answered on the next pass.
+    failed_jobs: Vec<Completion>,
+    waker: Arc<Waker>,
+    shutdown_flag: Arc<AtomicBool>,
+    signals: Option<signal_hook_mio::v1_0::Signals>,
+    /// Sessions with output to write at the end of the pass.
+    to_flush: Vec<usize>,
+    /// Sessions marked for closing, reaped at the end of the pass.
+    to_close: Vec<usize>,
+    /// Background jobs not yet answered.
+    jobs_in_flight: usize,
+    /// Set once shutdown starts: the time by which the loop exits regardless.
+    shutting_down: Option<Instant>,
+    /// Time as of the current pass.
+    clock: Clock,
+    stats: Stats,
+}
+
+fn now_clock() -> Clock {
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    Clock {
+        mono: Instant::now(),
+        wall,
+    }
+}
+
+fn other_error(msg: impl Into<String>) -> io::Error {
+    io::Error::other(msg.into())
+}
+
+impl Server {
+    /// Opens the store, loads the chat state, imports `--users`, starts the
+    /// store and hashing threads and takes over `listener`. Blocking work is
+    /// fine here: the loop has not started.
+    pub fn new(listener: StdListener, config: Config) -> io::Result<Server> {
+        let mut store = Store::open(&config.data).map_err(|e| other_error(e.to_string()))?;
+        if let Some(path) = &config.users {
+            import_users(&mut store, path, &config)?;
+        }
+        let snapshot = store
+            .load()
+            .map_err(|e| other_error(format!("cannot load {}: {e}", store.path().display())))?;
+        let mut accounts: std::collections::HashMap<String, Account> = snapshot
+            .users
+            .into_iter()
+            .map(|(name, (hash, last_seen))| {
+                let unread = snapshot.unread.get(&name).copied().unwrap_or(0);
+                let account = Account {
+                    hash,
+                    unread,
+                    last_seen,
+                    blocks: Default::default(),
+                };
+                (name, account)
+            })
+            .collect();
+        for (blocker, blocked) in snapshot.blocks {
+            if let Some(a) = accounts.get_mut(&blocker) {
+                a.blocks.insert(blocked);
+            }
+        }
+        let dummy_hash =
+            auth::hash_password("natter-dummy-password", config.hash_cost).map_err(other_error)?;
+        let chat = Chat::new(ChatSettings::from(&config), accounts, dummy_hash);
+        log::info!(
+            "{} users loaded from {}",
+            chat.user_count(),
+            store.path().display()
+        );
+
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (done_tx, completions) = mpsc::channel::<Completion>();
+
+        let store_tx = done_tx.clone();
+        let store_waker = Arc::clone(&waker);
+        let store = store.spawn(move |batch| {
+            for (tag, result) in batch {
+                let _ = store_tx.send(Completion {
+                    tag,
+                    result: WorkResult::Store(result),
+                });
+            }
+            // One wake per batch: the loop drains the channel until empty.
+            let _ = store_waker.wake();
+        })?;
+        let hash_waker = Arc::clone(&waker);
+        let hasher = HasherPool::spawn(HASH_THREADS, move |tag, outcome| {
+            let _ = done_tx.send(Completion {
+                tag,
+                result: WorkResult::Hash(outcome),
+            });
+            let _ = hash_waker.wake();
+        })?;
+
+        listener.set_nonblocking(true)?;
+        let mut listener = TcpListener::from_std(listener);
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+
+        Ok(Server {
+            poll,
+            listener,
+            listening: true,
+            accept_paused_until: None,
+            sessions: Slab::new(),
+            next_id: 1,
+            chat,
+            config,
+            deadlines: BTreeSet::new(),
+            store,
+            hasher,
+            completions,
+            failed_jobs: Vec::new(),
+            waker,
+            shutdown_flag: Arc::new(AtomicBool::new(false)),
+            signals: None,
+            to_flush: Vec::new(),
+            to_close: Vec::new(),
+            jobs_in_flight: 0,
+            shutting_down: None,
+            clock: now_clock(),
+            stats: Stats::default(),
+        })
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// A handle that shuts the server down gracefully from another thread.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            flag: Arc::clone(&self.shutdown_flag),
+            waker: Arc::clone(&self.waker),
+        }
+    }
+
+    /// Makes SIGINT and SIGTERM start a graceful shutdown.
+    pub fn handle_signals(&mut self) -> io::Result<()> {
+        let mut signals = signal_hook_mio::v1_0::Signals::new([
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+        ])?;
+        self.poll
+            .registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        self.signals = Some(signals);
+        Ok(())
+    }
+
+    /// Runs the loop until shutdown. Only a failing `poll` ends it early.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            // poll can return late; every decision of this pass uses this time.
+            self.clock = now_clock();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_ready(),
+                    WAKER => self.drain_completions(),
+                    SIGNALS => self.on_signals(),
+                    Token(token) => {
+                        if event.is_writable() {
+                            self.flush_one(token);
+                        }
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.read_ready(token);
+                        }
+                    }
+                }
+            }
+            self.drain_completions();
+            self.fire_timers();
+            if self.shutting_down.is_none() && self.shutdown_flag.load(Ordering::SeqCst) {
+                self.begin_shutdown();
+            }
+            self.flush_all();
+            self.reap();
+            if let Some(deadline) = self.shutting_down {
+                let idle = self.sessions.is_empty() && self.jobs_in_flight == 0;
+                if idle || self.clock.mono >= deadline {
+                    break;
+                }
+            }
+        }
+        self.finish();
+        Ok(())
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        let mut next = self.deadlines.first().map(|(at, _)| *at);
+        if let Some(deadline) = self.shutting_down {
+            next = Some(next.map_or(deadline, |n| n.min(deadline)));
+        }
+        if !self.failed_jobs.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        next.map(|at| at.saturating_duration_since(Instant::now()))
+    }
+
+    // ----- accepting -------------------------------------------------------
+
+    fn accept_ready(&mut self) {
+        while self.listening {
+            if self
+                .accept_paused_until
+                .is_some_and(|t| t > self.clock.mono)
+            {
+                return;
+            }
+            match self.listener.accept() {
+                Ok((stream, addr)) => self.admit(stream, addr),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_resource_exhaustion(&e) => {
+                    // Out of descriptors or memory: the pending connection stays
+                    // in the backlog. Keep serving who we have; try again soon.
+                    self.stats.accept_errors += 1;
+                    log::warn!("accept failed ({e}); pausing accepts for {ACCEPT_BACKOFF:?}");
+                    let at = self.clock.mono + ACCEPT_BACKOFF;
+                    self.accept_paused_until = Some(at);
+                    self.deadlines.insert((at, Timer::AcceptRetry));
+                    return;
+                }
+                Err(e) => {
+                    // A connection that died in the backlog and the like.
+                    self.stats.accept_errors += 1;
+                    log::debug!("accept failed: {e}");
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, mut stream: TcpStream, addr: SocketAddr) {
+        if self.sessions.len() >= self.config.max_clients {
+            self.stats.refused_busy += 1;
+            log::warn!("refusing {addr}: {} clients connected", self.sessions.len());
+            // Best effort on a fresh socket: a few bytes always fit.
+            let _ = stream.write(&protocol::bye(ByeReason::Busy));
+            return;
+        }
+        let entry = self.sessions.vacant_entry();
+        let token = entry.key();
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, Token(token), Interest::READABLE)
+        {
+            log::warn!("cannot register connection from {addr}: {e}");
+            return;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let now = self.clock.mono;
+        let caller = Caller {
+            session: SessionRef { token, id },
+            ip: addr.ip(),
+            user: None,
+        };
+        let bucket = RateBucket::new(self.config.rate, self.config.burst, now);
+        let mut session = Session::new(
+            id,
+            stream,
+            addr.ip(),
+            caller,
+            self.config.max_line,
+            bucket,
+            now,
+        );
+        session.push_output(&greeting(&self.config));
+        let deadline = session.deadline(self.config.login_timeout(), self.config.idle_timeout());
+        session.timer_at = Some(deadline);
+        entry.insert(session);
+        self.deadlines
+            .insert((deadline, Timer::Session(SessionRef { token, id })));
+        self.stats.accepted += 1;
+        log::debug!("session {id} connected from {addr}");
+        self.queue_flush(token);
+    }
+
+    // ----- reading and commands --------------------------------------------
+
+    /// Bytes of input a session may hold unprocessed: one maximal line plus a
+    /// read's worth, so an overlong line is always detected.
+    fn inbuf_limit(&self) -> usize {
+        self.config.max_line + READ_CHUNK
+    }
+
+    fn read_ready(&mut self, token: usize) {
+        let limit = self.inbuf_limit();
+        let Some(s) = self.sessions.get_mut(token) else {
+            return;
+        };
+        if s.close != CloseState::Open || s.read_closed {
+            return;
+        }
+        match s.read_from_socket(limit) {
+            Ok(full) => s.read_paused = full,
+            Err(e) => {
+                log::debug!("session {}: read error: {e}", s.id);
+                self.mark_close(token, CloseState::CloseNow);
+                return;
+            }
+        }
+        self.drive(token);
+    }
+
+    /// Whether the session's next line may be handled now.
+    fn can_process(&self, s: &Session) -> bool {
+        s.close == CloseState::Open
+            && !s.barrier
+            && !s.quit
+            && s.replies.outstanding() < MAX_IN_FLIGHT
+            && s.pending_output() <= self.config.max_outbuf
+            && self.shutting_down.is_none()
+    }
+
+    /// Handles whatever input the session may handle now, reading more while
+    /// reading had been paused for room, then closes it if it is done.
+    fn drive(&mut self, token: usize) {
+        let limit = self.inbuf_limit();
+        loop {
+            self.process_lines(token);
+            let Some(s) = self.sessions.get(token) else {
+                return;
+            };
+            let resume_read =
+                s.read_paused && !s.read_closed && s.inbuf.len() < limit && self.can_process(s);
+            if !resume_read {
+                break;
+            }
+            let Some(s) = self.sessions.get_mut(token) else {
+                return;
+            };
+            let before = s.inbuf.len();
+            match s.read_from_socket(limit) {
+                Ok(full) => s.read_paused = full,
+                Err(e) => {
+                    log::debug!("session {}: read error: {e}", s.id);
+                    self.mark_close(token, CloseState::CloseNow);
+                    return;
+                }
+            }
+            if s.inbuf.len() == before && !s.read_closed {
+                break;
+            }
+        }
+        self.maybe_finish(token);
+    }
+
+    /// Frames and handles complete lines, then compacts the buffer once.
+    fn process_lines(&mut self, token: usize) {
+        let mut consumed = 0;
+        loop {
+            let Some(s) = self.sessions.get(token) else {
+                return;
+            };
+            if !self.can_process(s) {
+                break;
+            }
+            let Some(s) = self.sessions.get_mut(token) else {
+                return;
+            };
+            let (used, frame) = s.framer.next_frame(&s.inbuf[consumed..]);
+            match frame {
+                None if used == 0 => {
+                    if s.read_closed && consumed < s.inbuf.len() {
+                        // The peer closed after a last line without LF: netcat
+                        // users forget it; treat it as a line.
+                        let line = s.inbuf[consumed..].to_vec();
+                        consumed = s.inbuf.len();
+                        self.handle_line(token, line);
+                        continue;
+                    }
+                    break;
+                }
+                None => consumed += used,
+                Some(Frame::TooLong) => {
+                    consumed += used;
+                    let reply = protocol::err(
+                        ErrorCode::TooLong,
+                        &format!("line longer than {} bytes discarded", self.config.max_line),
+                    );
+                    self.reply_to_line(token, reply);
+                }
+                Some(Frame::Line(line)) => {
+                    let line = line.to_vec();
+                    consumed += used;
+                    self.handle_line(token, line);
+                }
+            }
+        }
+        if let Some(s) = self.sessions.get_mut(token) {
+            let consumed = consumed.min(s.inbuf.len());
+            s.inbuf.drain(..consumed);
+        }
+    }
+
+    /// Answers a line with a fixed reply (framing-level errors).
+    fn reply_to_line(&mut self, token: usize, reply: Vec<u8>) {
+        if let Some(s) = self.sessions.get_mut(token) {
+            let seq = s.replies.begin();
+            self.release(token, seq, reply);
+        }
+    }
+
+    fn handle_line(&mut self, token: usize, line: Vec<u8>) {
+        if line.iter().all(|b| *b == b' ' || *b == b'\t') {
+            return;
+        }
+        let now = self.clock;
+        let flood_limit = self.flood_limit();
+        let Some(s) = self.sessions.get_mut(token) else {
+            return;
+        };
+        let seq = s.replies.begin();
+        s.last_command = now.mono;
+        if !s.bucket.try_take(now.mono) {
+            s.rate_strikes += 1;
+            let flooding = s.rate_strikes >= flood_limit;
+            let id = s.id;
+            self.release(
+                token,
+                seq,
+                protocol::err(ErrorCode::Rate, "too many commands; slow down"),
+            );
+            if flooding {
+                self.stats.closed_flood += 1;
+                log::warn!(
+                    "session {id}: closing, still flooding after {flood_limit} refused commands"
+                );
+                self.say_bye(token, ByeReason::Flood);
+            }
+            return;
+        }
+        s.rate_strikes = 0;
+        let Ok(text) = std::str::from_utf8(&line) else {
+            self.release(
+                token,
+                seq,
+                protocol::err(ErrorCode::BadUtf8, "line is not valid UTF-8"),
+            );
+            return;
+        };
+        if protocol::has_forbidden_control(text) {
+            self.release(
+                token,
+                seq,
+                protocol::err(ErrorCode::BadText, "control characters are not allowed"),
+            );
+            return;
+        }
+        let cmd = match commands::parse(text, s.caller.user.is_some()) {
+            Ok(cmd) => cmd,
+            Err(reply) => {
+                self.release(token, seq, reply);
+                return;
+            }
+        };
+        let mut fx = Effects::default();
+        let step = self.chat.execute(&mut s.caller, cmd, now, &mut fx);
+        if fx.close_caller {
+            s.quit = true;
+        }
+        let session = s.caller.session;
+        match step {
+            Step::Reply(reply) => self.release(token, seq, reply),
+            Step::Wait(job) => {
+                s.barrier = job.cont.is_barrier();
+                self.dispatch(job, Some((session, seq)));
+            }
+        }
+        self.apply(fx);
+    }
+
+    /// Consecutive `RATE` refusals after which a client is dropped for flooding.
+    fn flood_limit(&self) -> u32 {
+        self.config.burst.max(10).saturating_mul(2)
+    }
+
+    /// Gives a command its reply and writes every reply now in order.
+    fn release(&mut self, token: usize, seq: u64, reply: Vec<u8>) {
+        let Some(s) = self.sessions.get_mut(token) else {
+            return;
+        };
+        for bytes in s.replies.finish(seq, reply) {
+            s.push_output(&bytes);
+        }
+        self.queue_flush(token);
+    }
+
+    /// Closes a finished session: after `quit`, at EOF, or during shutdown,
+    /// once every reply it is owed has been written to its buffer.
+    fn maybe_finish(&mut self, token: usize) {
+        let shutting_down = self.shutting_down.is_some();
+        let Some(s) = self.sessions.get(token) else {
+            return;
+        };
+        if s.close != CloseState::Open || s.replies.outstanding() > 0 {
+            return;
+        }
+        if s.quit || (s.read_closed && s.inbuf.is_empty()) {
+            self.mark_close(token, CloseState::CloseAfterFlush);
+        } else if shutting_down {
+            self.say_bye(token, ByeReason::Shutdown);
+        }
+    }
+
+    // ----- background work -------------------------------------------------
+
+    fn dispatch(&mut self, job: Job, target: Option<(SessionRef, u64)>) {
+        self.jobs_in_flight += 1;
+        let tag = Tag {
+            target,
+            cont: job.cont,
+        };
+        let failed = match job.work {
+            Work::Store(request) => self.store.submit(request, tag).err().map(|(_, tag)| {
+                (
+                    tag,
+                    WorkResult::Store(Err("the store thread has stopped".into())),
+                )
+            }),
+            Work::Hash(work) => self.hasher.submit(work, tag).err().map(|(work, tag)| {
+                let outcome = match work {
+                    HashWork::Verify { .. } => HashOutcome::Verified(false),
+                    HashWork::Hash { .. } => {
+                        HashOutcome::Hashed(Err("the hashing threads have stopped".into()))
+                    }
+                };
+                (tag, WorkResult::Hash(outcome))
+            }),
+        };
+        if let Some((tag, result)) = failed {
+            log::error!("background job could not be queued");
+            // Answered on the next pass, never from inside the caller's own
+            // line handling, which would reorder its input.
+            self.failed_jobs.push(Completion { tag, result });
+        }
+    }
+
+    fn drain_completions(&mut self) {
+        for c in std::mem::take(&mut self.failed_jobs) {
+            self.on_completion(c);
+        }
+        // Several wakes can arrive as one event: take everything there is.
+        while let Ok(c) = self.completions.try_recv() {
+            self.on_completion(c);
+        }
+    }
+
+    fn on_completion(&mut self, c: Completion) {
+        self.jobs_in_flight = self.jobs_in_flight.saturating_sub(1);
+        let Tag { target, cont } = c.tag;
+        let barrier = cont.is_barrier();
+        let now = self.clock;
+        // A reply for a session that has gone, or whose slot now holds a
+        // newer session, must not reach it; the state change still happens.
+        let live = target.filter(|(sref, _)| {
+            self.sessions
+                .get(sref.token)
+                .is_some_and(|s| s.id == sref.id && s.close == CloseState::Open)
+        });
+        let caller = live
+            .and_then(|(sref, _)| self.sessions.get_mut(sref.token))
+            .map(|s| &mut s.caller);
+        let mut fx = Effects::default();
+        let step = self.chat.complete(caller, cont, c.result, now, &mut fx);
+        match step {
+            Step::Wait(job) => self.dispatch(job, live),
+            Step::Reply(reply) => {
+                if let Some((sref, seq)) = live {
+                    if barrier {
+                        if let Some(s) = self.sessions.get_mut(sref.token) {
+                            s.barrier = false;
+                        }
+                    }
+                    self.release(sref.token, seq, reply);
+                }
+            }
+        }
+        self.apply(fx);
+        if let Some((sref, _)) = live {
+            self.drive(sref.token);
+        }
+    }
+
+    fn apply(&mut self, fx: Effects) {
+        for push in fx.pushes {
+            for sref in push.to {
+                self.push_event(sref, &push.line);
+            }
+        }
+        for (sref, reason) in fx.closes {
+            if self.is_live(sref) {
+                self.say_bye(sref.token, reason);
+            }
+        }
+        for request in fx.background {
+            self.background(request);
+        }
+        for (at, key) in fx.lock_timers {
+            self.deadlines.insert((at, Timer::Lock(key)));
+        }
+    }
+
+    fn background(&mut self, request: StoreRequest) {
+        self.dispatch(
+            Job {
+                cont: Cont::Background,
+                work: Work::Store(request),
+            },
+            None,
+        );
+    }
+
+    fn is_live(&self, sref: SessionRef) -> bool {
+        self.sessions
+            .get(sref.token)
+            .is_some_and(|s| s.id == sref.id)
+    }
+
+    /// Delivers an event line; a session whose backlog passes the limit is
+    /// dropped rather than allowed to grow without bound.
+    fn push_event(&mut self, sref: SessionRef, line: &[u8]) {
+        let max = self.config.max_outbuf;
+        let Some(s) = self
+            .sessions
+            .get_mut(sref.token)
+            .filter(|s| s.id == sref.id)
+        else {
+            return;
+        };
+        if !s.push_output(line) {
+            return;
+        }
+        if s.pending_output() > max {
+            self.stats.closed_slow += 1;
+            log::warn!(
+                "session {}: closing, output backlog passed {max} bytes",
+                s.id
+            );
+            self.mark_close(sref.token, CloseState::CloseNow);
+            return;
+        }
+        self.queue_flush(sref.token);
+    }
+
+    // ----- output and closing ----------------------------------------------
+
+    fn queue_flush(&mut self, token: usize) {
+        if let Some(s) = self.sessions.get_mut(token) {
+            if !s.flush_queued {
+                s.flush_queued = true;
+                self.to_flush.push(token);
+            }
+        }
+    }
+
+    fn flush_all(&mut self) {
+        while let Some(token) = self.to_flush.pop() {
+            self.flush_one(token);
+        }
+    }
+
+    /// Writes what the socket takes, asks for WRITABLE only while bytes
+    /// remain, and resumes input that waited for the backlog to shrink.
+    fn flush_one(&mut self, token: usize) {
+        let Some(s) = self.sessions.get_mut(token) else {
+            return;
+        };
+        s.flush_queued = false;
+        if s.close == CloseState::CloseNow {
+            return;
+        }
+        if let Err(e) = s.write_to_socket() {
+            log::debug!("session {}: write error: {e}", s.id);
+            self.mark_close(token, CloseState::CloseNow);
+            return;
+        }
+        let want_write = s.pending_output() > 0;
+        if want_write != s.wants_write {
+            let interest = if want_write {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            if let Err(e) = self
+                .poll
+                .registry()
+                .reregister(&mut s.stream, Token(token), interest)
+            {
+                log::warn!("session {}: reregister failed: {e}", s.id);
+                self.mark_close(token, CloseState::CloseNow);
+                return;
+            }
+            s.wants_write = want_write;
+        }
+        match s.close {
+            CloseState::CloseAfterFlush if !want_write => self.queue_close(token),
+            CloseState::Open if !s.inbuf.is_empty() || s.read_paused => self.drive(token),
+            _ => {}
+        }
+    }
+
+    /// Sends `* bye <reason>` and closes once it is written.
+    fn say_bye(&mut self, token: usize, reason: ByeReason) {
+        if let Some(s) = self.sessions.get_mut(token) {
+            s.push_output(&protocol::bye(reason));
+        }
+        self.mark_close(token, CloseState::CloseAfterFlush);
+    }
+
+    /// Marks a session for closing. From here on it is no longer online, so
+    /// nothing more is delivered to it; the reactor reaps it at the end of
+    /// the pass (or once its output has drained).
+    fn mark_close(&mut self, token: usize, state: CloseState) {
+        let now = self.clock;
+        let Some(s) = self.sessions.get_mut(token) else {
+            return;
+        };
+        if s.close == CloseState::CloseNow || s.close == state {
+            return;
+        }
+        let was_open = s.close == CloseState::Open;
+        s.close = state;
+        let leaving = if was_open {
+            self.chat.disconnect(&s.caller, now)
+        } else {
+            None
+        };
+        if state == CloseState::CloseAfterFlush {
+            let linger = now.mono + CLOSE_LINGER;
+            s.linger_until = Some(linger);
+            s.timer_at = Some(linger);
+            self.deadlines
+                .insert((linger, Timer::Session(s.caller.session)));
+            self.queue_flush(token);
+        } else {
+            self.queue_close(token);
+        }
+        if let Some(request) = leaving {
+            self.background(request);
+        }
+    }
+
+    fn queue_close(&mut self, token: usize) {
+        if let Some(s) = self.sessions.get_mut(token) {
+            if !s.close_queued {
+                s.close_queued = true;
+                self.to_close.push(token);
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        for token in std::mem::take(&mut self.to_close) {
+            let Some(s) = self.sessions.get_mut(token) else {
+                continue;
+            };
+            s.close_queued = false;
+            let done = match s.close {
+                CloseState::CloseNow => true,
+                CloseState::CloseAfterFlush => s.pending_output() == 0,
+                CloseState::Open => false,
+            };
+            if !done {
+                continue;
+            }
+            let mut s = self.sessions.remove(token);
+            if s.close == CloseState::CloseAfterFlush {
+                // Unread input makes the kernel answer our close with a reset,
+                // which can destroy the goodbye we just wrote; read it away first.
+                let _ = s.read_from_socket(usize::MAX);
+                let _ = s.stream.shutdown(std::net::Shutdown::Write);
+            }
+            if let Err(e) = self.poll.registry().deregister(&mut s.stream) {
+                log::debug!("session {}: deregister failed: {e}", s.id);
+            }
+            log::debug!("session {} closed", s.id);
+        }
+    }
+
+    // ----- timers ----------------------------------------------------------
+
+    fn fire_timers(&mut self) {
+        let now = self.clock.mono;
+        while let Some((at, _)) = self.deadlines.first() {
+            if *at > now {
+                break;
+            }
+            let Some((at, timer)) = self.deadlines.pop_first() else {
+                break;
+            };
+            match timer {
+                Timer::Session(sref) => self.session_timer(sref, at),
+                Timer::Lock(key) => self.chat.expire_lock(&key, now),
+                Timer::AcceptRetry => {
+                    self.accept_paused_until = None;
+                    self.accept_ready();
+                }
+            }
+        }
+    }
+
+    fn session_timer(&mut self, sref: SessionRef, at: Instant) {
+        let now = self.clock.mono;
+        let (login, idle) = (self.config.login_timeout(), self.config.idle_timeout());
+        let Some(s) = self
+            .sessions
+            .get_mut(sref.token)
+            .filter(|s| s.id == sref.id)
+        else {
+            return;
+        };
+        if s.timer_at != Some(at) {
+            return;
+        }
+        let due = s.deadline(login, idle);
+        if due > now {
+            s.timer_at = Some(due);
+            self.deadlines.insert((due, Timer::Session(sref)));
+            return;
+        }
+        s.timer_at = None;
+        if s.close != CloseState::Open {
+            log::debug!("session {}: output not drained in time; dropping", s.id);
+            self.mark_close(sref.token, CloseState::CloseNow);
+        } else if s.caller.user.is_some() {
+            self.stats.closed_idle += 1;
+            log::debug!("session {}: idle timeout", s.id);
+            self.say_bye(sref.token, ByeReason::Idle);
+        } else {
+            self.stats.closed_login_timeout += 1;
+            log::debug!("session {}: login timeout", s.id);
+            self.say_bye(sref.token, ByeReason::Timeout);
+        }
+    }
+
+    // ----- shutdown --------------------------------------------------------
+
+    fn on_signals(&mut self) {
+        if let Some(signals) = self.signals.as_mut() {
+            for signal in signals.pending() {
+                log::info!("signal {signal} received; shutting down");
+                self.shutdown_flag.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        log::info!("shutting down: {} sessions", self.sessions.len());
+        self.shutting_down = Some(self.clock.mono + SHUTDOWN_GRACE);
+        if self.listening {
+            let _ = self.poll.registry().deregister(&mut self.listener);
+            self.listening = false;
+        }
+        let tokens: Vec<usize> = self.sessions.iter().map(|(t, _)| t).collect();
+        for token in tokens {
+            self.maybe_finish(token);
+        }
+    }
+
+    fn finish(mut self) {
+        self.hasher.close();
+        // Commits whatever is still queued (last-seen times) before exiting.
+        self.store.close();
+        log::info!("stopped; {:?}", self.stats);
+    }
+}
+
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(code) if code == libc_codes::EMFILE
+            || code == libc_codes::ENFILE
+            || code == libc_codes::ENOBUFS
+            || code == libc_codes::ENOMEM
+    )
+}
+
+/// errno values (Linux) for running out of descriptors or memory.
+mod libc_codes {
+    pub const ENOMEM: i32 = 12;
+    pub const ENFILE: i32 = 23;
+    pub const EMFILE: i32 = 24;
+    pub const ENOBUFS: i32 = 105;
+}
+
+/// The lines every connection starts with.
+fn greeting(config: &Config) -> Vec<u8> {
+    let mut out = protocol::event(&format!("hello natter {}", protocol::PROTOCOL_VERSION));
+    out.extend(protocol::event(
+        "notice welcome to natter; log in with: login <user> <password>",
+    ));
+    let register = match config.registration {
+        Registration::Open => "notice new here? create an account with: register <user> <password>",
+        Registration::Closed => {
+            "notice registration is closed on this server; ask its operator for an account"
+        }
+    };
+    out.extend(protocol::event(register));
+    out.extend(protocol::event("notice type help for every command"));
+    out
+}
+
+/// Imports `<user> <password>` lines, adding only users that do not exist.
+fn import_users(store: &mut Store, path: &std::path::Path, config: &Config) -> io::Result<()> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| other_error(format!("cannot read users file {}: {e}", path.display())))?;
+    let now = now_clock().wall;
+    let mut requests = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        let (user, password) = match line.trim_start().split_once([' ', '\t']) {
+            Some((u, p)) => (u, p.trim_start_matches([' ', '\t'])),
+            None => (line.trim(), ""),
+        };
+        let Some(name) = protocol::canonical_username(user).filter(|_| !password.is_empty()) else {
+            log::warn!(
+                "{}:{}: skipped: not `<user> <password>`",
+                path.display(),
+                n + 1
+            );
+            continue;
+        };
+        let exists = store
+            .user_exists(&name)
+            .map_err(|e| other_error(format!("cannot read database: {e}")))?;
+        if exists || !seen.insert(name.clone()) {
+            continue;
+        }
+        let hash = auth::hash_password(password, config.hash_cost).map_err(other_error)?;
+        requests.push(StoreRequest::CreateUser {
+            name,
+            hash,
+            created: now,
+        });
+    }
+    let imported = requests.len();
+    for result in store.run_batch(&requests) {
+        result.map_err(|e| other_error(format!("cannot import users: {e}")))?;
+    }
+    log::info!("imported {imported} users from {}", path.display());
+    Ok(())
+}

@@ -1,0 +1,480 @@
+//! One connection: its input buffer and line framing, its output buffer, the
+//! order its replies must keep, its rate bucket and its activity times.
+//!
+//! A session never registers itself with the poller and never decides chat
+//! semantics: the reactor drives its I/O, `commands` decides what its lines
+//! mean. Everything except `read_from`/`write_to` is pure and unit-tested.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+
+use crate::commands::Caller;
+
+/// Bytes read from the socket per `read` call. Large enough that a burst of
+/// pipelined commands arrives in a few calls, small enough to live on the stack.
+pub const READ_CHUNK: usize = 16 * 1024;
+
+/// Most commands one session may have waiting on the store or the hasher.
+/// Beyond this its input is not parsed (and then not read), so a client that
+/// pipelines without limit is slowed by TCP instead of growing our memory.
+pub const MAX_IN_FLIGHT: usize = 64;
+
+/// What framing found at the front of the input buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// A complete line without its LF (and without the CR before it).
+    Line(&'a [u8]),
+    /// A line passed the length limit; reply `TOOLONG` once for it.
+    TooLong,
+}
+
+/// Splits a byte stream into lines, enforcing the line-length limit.
+///
+/// "Need more bytes" is the normal `None` result, not an error. Once an
+/// unterminated line passes the limit the framer reports it once and then
+/// swallows bytes up to the next LF, so memory stays bounded by the limit.
+#[derive(Debug)]
+pub struct LineFramer {
+    /// Longest accepted line in bytes, LF included.
+    max_line: usize,
+    /// True while discarding the rest of an overlong line.
+    discarding: bool,
+}
+
+impl LineFramer {
+    /// A framer enforcing `max_line` (LF included).
+    pub fn new(max_line: usize) -> Self {
+        LineFramer {
+            max_line: max_line.max(1),
+            discarding: false,
+        }
+    }
+
+    /// Looks at the front of `buf` and returns how many bytes it used and
+    /// the frame found, if any. Call again with the rest until it returns
+    /// `(0, None)`, which means "need more bytes".
+    pub fn next_frame<'a>(&mut self, buf: &'a [u8]) -> (usize, Option<Frame<'a>>) {
+        let newline = buf.iter().position(|&b| b == b'\n');
+        if self.discarding {
+            return match newline {
+                Some(end) => {
+                    self.discarding = false;
+                    (end + 1, None)
+                }
+                None => (buf.len(), None),
+            };
+        }
+        match newline {
+            Some(end) if end < self.max_line => {
+                let line = &buf[..end];
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                (end + 1, Some(Frame::Line(line)))
+            }
+            Some(end) => (end + 1, Some(Frame::TooLong)),
+            None if buf.len() >= self.max_line => {
+                self.discarding = true;
+                (buf.len(), Some(Frame::TooLong))
+            }
+            None => (0, None),
+        }
+    }
+}
+
+/// A token bucket: `rate` commands per second, up to `burst` at once.
+#[derive(Debug, Clone)]
+pub struct RateBucket {
+    /// Tokens added per second; 0 means unlimited.
+    rate: f64,
+    /// Bucket capacity.
+    burst: f64,
+    /// Tokens available at `updated`.
+    tokens: f64,
+    /// When `tokens` was last brought up to date.
+    updated: Instant,
+}
+
+impl RateBucket {
+    /// A full bucket.
+    pub fn new(rate: f64, burst: u32, now: Instant) -> Self {
+        let burst = f64::from(burst.max(1));
+        RateBucket {
+            rate,
+            burst,
+            tokens: burst,
+            updated: now,
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn try_take(&mut self, now: Instant) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.updated = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// How a session is to end, if it is. An enum rather than flags so that
+/// "close now" and "close after flush" cannot both be set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseState {
+    /// Serving normally.
+    Open,
+    /// Send what is buffered, then close; no further output is accepted.
+    CloseAfterFlush,
+    /// Close at the end of this pass without writing anything more.
+    CloseNow,
+}
+
+/// Replies waiting for an earlier command's reply, so that each session's
+/// completions go out in command order even when some wait on the store or
+/// the hasher.
+#[derive(Debug, Default)]
+pub struct ReplyOrder {
+    /// Sequence number the next parsed command gets.
+    next_seq: u64,
+    /// Sequence number of the oldest command whose reply has not been released.
+    released_upto: u64,
+    /// Replies for `released_upto..next_seq`; `None` while still being worked on.
+    parked: VecDeque<Option<Vec<u8>>>,
+}
+
+impl ReplyOrder {
+    /// Gives the next command its sequence number.
+    pub fn begin(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.parked.push_back(None);
+        seq
+    }
+
+    /// Records command `seq`'s reply and returns every reply that may now be
+    /// written, in order.
+    pub fn finish(&mut self, seq: u64, reply: Vec<u8>) -> Vec<Vec<u8>> {
+        let Some(index) = seq
+            .checked_sub(self.released_upto)
+            .and_then(|i| usize::try_from(i).ok())
+        else {
+            return Vec::new();
+        };
+        if let Some(slot) = self.parked.get_mut(index) {
+            *slot = Some(reply);
+        }
+        let mut ready = Vec::new();
+        while let Some(Some(_)) = self.parked.front() {
+            if let Some(Some(bytes)) = self.parked.pop_front() {
+                ready.push(bytes);
+            }
+            self.released_upto += 1;
+        }
+        ready
+    }
+
+    /// Commands started whose reply has not been released yet.
+    pub fn outstanding(&self) -> usize {
+        self.parked.len()
+    }
+}
+
+/// One client connection and everything the server keeps about it.
+#[derive(Debug)]
+pub struct Session {
+    /// Never reused, unlike the slab slot: replies from the store or hasher
+    /// carry it so a late reply never reaches a newer session in the same slot.
+    pub id: u64,
+    /// The socket.
+    pub stream: TcpStream,
+    /// Peer address, for lockouts and logs.
+    pub ip: IpAddr,
+    /// Who this session is to the chat logic (login state included).
+    pub caller: Caller,
+    /// Bytes read but not yet framed into lines.
+    pub inbuf: Vec<u8>,
+    /// Line framing state.
+    pub framer: LineFramer,
+    /// Bytes waiting to be written; `outbuf[sent..]` is still unsent.
+    pub outbuf: Vec<u8>,
+    /// How much of `outbuf` the socket has taken.
+    pub sent: usize,
+    /// Reply ordering for commands waiting on background work.
+    pub replies: ReplyOrder,
+    /// A login or register is in progress: later lines wait, because what
+    /// they mean depends on its outcome.
+    pub barrier: bool,
+    /// The peer shut its side: finish what was asked, then close.
+    pub read_closed: bool,
+    /// The client said `quit`/`logout`: later lines are ignored, and the
+    /// session closes once every earlier reply is out.
+    pub quit: bool,
+    /// Reading stopped because `inbuf` is full of unprocessed lines.
+    pub read_paused: bool,
+    /// Whether the poller currently watches for WRITABLE.
+    pub wants_write: bool,
+    /// Whether the session is on the reactor's pending-flush list.
+    pub flush_queued: bool,
+    /// Whether the session is on the reactor's close list.
+    pub close_queued: bool,
+    /// Closing state.
+    pub close: CloseState,
+    /// When the connection was accepted (login timeout).
+    pub connected_at: Instant,
+    /// When the last command arrived (idle timeout).
+    pub last_command: Instant,
+    /// When this session's live entry in the deadline set fires. Entries
+    /// with another time are stale and ignored when they fire.
+    pub timer_at: Option<Instant>,
+    /// A closing session that has not drained its output by then is dropped.
+    pub linger_until: Option<Instant>,
+    /// Command rate limit.
+    pub bucket: RateBucket,
+    /// Consecutive commands refused with `RATE`; too many means `flood`.
+    pub rate_strikes: u32,
+}
+
+impl Session {
+    /// A fresh, not yet logged-in session.
+    pub fn new(
+        id: u64,
+        stream: TcpStream,
+        ip: IpAddr,
+        caller: Caller,
+        max_line: usize,
+        bucket: RateBucket,
+        now: Instant,
+    ) -> Self {
+        Session {
+            id,
+            stream,
+            ip,
+            caller,
+            inbuf: Vec::new(),
+            framer: LineFramer::new(max_line),
+            outbuf: Vec::new(),
+            sent: 0,
+            replies: ReplyOrder::default(),
+            barrier: false,
+            read_closed: false,
+            quit: false,
+            read_paused: false,
+            wants_write: false,
+            flush_queued: false,
+            close_queued: false,
+            close: CloseState::Open,
+            connected_at: now,
+            last_command: now,
+            timer_at: None,
+            linger_until: None,
+            bucket,
+            rate_strikes: 0,
+        }
+    }
+
+    /// The one door for output: appends bytes unless the session is
+    /// closing. Returns whether the bytes were taken; the caller queues a flush.
+    pub fn push_output(&mut self, bytes: &[u8]) -> bool {
+        if self.close != CloseState::Open {
+            return false;
+        }
+        if self.sent == self.outbuf.len() {
+            self.outbuf.clear();
+            self.sent = 0;
+        }
+        self.outbuf.extend_from_slice(bytes);
+        true
+    }
+
+    /// Bytes buffered and not yet written.
+    pub fn pending_output(&self) -> usize {
+        self.outbuf.len() - self.sent
+    }
+
+    /// Reads until `WouldBlock`, EOF, or the input buffer is full. Returns
+    /// whether the buffer filled up before the socket was drained.
+    pub fn read_from_socket(&mut self, inbuf_limit: usize) -> io::Result<bool> {
+        let mut chunk = [0u8; READ_CHUNK];
+        loop {
+            let room = inbuf_limit.saturating_sub(self.inbuf.len());
+            if room == 0 {
+                return Ok(true);
+            }
+            let want = room.min(READ_CHUNK);
+            match self.stream.read(&mut chunk[..want]) {
+                Ok(0) => {
+                    self.read_closed = true;
+                    return Ok(false);
+                }
+                Ok(n) => self.inbuf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Writes until the buffer is empty or the socket would block, draining
+    /// exactly what was written. A short write is normal, not an error.
+    pub fn write_to_socket(&mut self) -> io::Result<()> {
+        while self.sent < self.outbuf.len() {
+            match self.stream.write(&self.outbuf[self.sent..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if self.sent == self.outbuf.len() {
+            self.outbuf.clear();
+            self.sent = 0;
+            // A burst can leave a large allocation behind; idle sessions
+            // should cost little, so give it back.
+            if self.outbuf.capacity() > 64 * 1024 {
+                self.outbuf = Vec::new();
+            }
+        } else if self.sent > self.outbuf.len() / 2 {
+            self.outbuf.drain(..self.sent);
+            self.sent = 0;
+        }
+        Ok(())
+    }
+
+    /// When this session's next timer should fire: the login deadline until
+    /// it logs in, then the idle deadline.
+    pub fn deadline(&self, login_timeout: Duration, idle_timeout: Duration) -> Instant {
+        if let Some(linger) = self.linger_until {
+            linger
+        } else if self.caller.user.is_some() {
+            self.last_command + idle_timeout
+        } else {
+            self.connected_at + login_timeout
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(framer: &mut LineFramer, mut buf: &[u8]) -> Vec<Result<Vec<u8>, ()>> {
+        let mut out = Vec::new();
+        loop {
+            let (used, frame) = framer.next_frame(buf);
+            match frame {
+                Some(Frame::Line(l)) => out.push(Ok(l.to_vec())),
+                Some(Frame::TooLong) => out.push(Err(())),
+                None if used == 0 => break,
+                None => {}
+            }
+            buf = &buf[used..];
+        }
+        out
+    }
+
+    #[test]
+    fn framing_splits_lines_and_drops_cr_before_lf() {
+        let mut f = LineFramer::new(100);
+        assert_eq!(
+            frames(&mut f, b"ping\r\nwhoelse\n\npar"),
+            vec![
+                Ok(b"ping".to_vec()),
+                Ok(b"whoelse".to_vec()),
+                Ok(Vec::new())
+            ]
+        );
+    }
+
+    #[test]
+    fn framing_waits_for_the_rest_of_a_split_line() {
+        let mut f = LineFramer::new(100);
+        assert_eq!(f.next_frame(b"pi"), (0, None));
+        assert_eq!(f.next_frame(b"ping\r"), (0, None));
+        assert_eq!(f.next_frame(b"ping\r\n"), (6, Some(Frame::Line(b"ping"))));
+    }
+
+    #[test]
+    fn framing_keeps_a_lone_cr_inside_a_line() {
+        let mut f = LineFramer::new(100);
+        assert_eq!(f.next_frame(b"a\rb\n"), (4, Some(Frame::Line(b"a\rb"))));
+    }
+
+    #[test]
+    fn a_line_at_the_limit_passes_and_one_byte_more_is_too_long() {
+        let mut f = LineFramer::new(5);
+        assert_eq!(f.next_frame(b"abcd\n"), (5, Some(Frame::Line(b"abcd"))));
+        assert_eq!(f.next_frame(b"abcde\n"), (6, Some(Frame::TooLong)));
+        assert_eq!(f.next_frame(b"ok\n"), (3, Some(Frame::Line(b"ok"))));
+    }
+
+    #[test]
+    fn an_overlong_line_split_across_reads_is_reported_once_and_discarded() {
+        let mut f = LineFramer::new(4);
+        assert_eq!(f.next_frame(b"abcd"), (4, Some(Frame::TooLong)));
+        assert_eq!(f.next_frame(b"efgh"), (4, None));
+        assert_eq!(f.next_frame(b"ij\nping\n"), (3, None));
+        assert_eq!(f.next_frame(b"ping\n"), (5, Some(Frame::Line(b"ping"))));
+    }
+
+    #[test]
+    fn invalid_utf8_is_framed_as_bytes_for_the_caller_to_refuse() {
+        let mut f = LineFramer::new(100);
+        assert_eq!(
+            f.next_frame(b"\xff\xfe\n"),
+            (3, Some(Frame::Line(&b"\xff\xfe"[..])))
+        );
+    }
+
+    #[test]
+    fn rate_bucket_allows_a_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut b = RateBucket::new(2.0, 3, t0);
+        assert!(b.try_take(t0));
+        assert!(b.try_take(t0));
+        assert!(b.try_take(t0));
+        assert!(!b.try_take(t0));
+        assert!(b.try_take(t0 + Duration::from_millis(500)));
+        assert!(!b.try_take(t0 + Duration::from_millis(600)));
+        // Refill is capped at the burst.
+        let later = t0 + Duration::from_secs(100);
+        assert!((0..3).all(|_| b.try_take(later)));
+        assert!(!b.try_take(later));
+    }
+
+    #[test]
+    fn rate_zero_means_unlimited() {
+        let t0 = Instant::now();
+        let mut b = RateBucket::new(0.0, 1, t0);
+        assert!((0..10_000).all(|_| b.try_take(t0)));
+    }
+
+    #[test]
+    fn replies_are_released_in_command_order() {
+        let mut order = ReplyOrder::default();
+        let a = order.begin();
+        let b = order.begin();
+        let c = order.begin();
+        assert!(order.finish(b, b"B".to_vec()).is_empty());
+        assert!(order.finish(c, b"C".to_vec()).is_empty());
+        assert_eq!(order.outstanding(), 3);
+        assert_eq!(
+            order.finish(a, b"A".to_vec()),
+            vec![b"A".to_vec(), b"B".to_vec(), b"C".to_vec()]
+        );
+        assert_eq!(order.outstanding(), 0);
+        let d = order.begin();
+        assert_eq!(order.finish(d, b"D".to_vec()), vec![b"D".to_vec()]);
+        // A stale or duplicate completion is ignored.
+        assert!(order.finish(a, b"again".to_vec()).is_empty());
+    }
+}

@@ -1,0 +1,414 @@
+//! The durable store: accounts, messages (inbox and history), blocks and
+//! last-seen times in one SQLite database, and the thread that owns it.
+//!
+//! The loop thread never touches the database after start-up. It sends
+//! [`StoreRequest`]s with a tag; the store thread takes everything queued,
+//! runs it in one transaction (WAL, `synchronous=FULL`), commits, and only
+//! then hands every result of the batch back at once (group commit). So an
+//! acknowledgement built from a result always follows an fsync'd commit.
+
+mod schema;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::thread::{self, JoinHandle};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+pub use schema::SCHEMA_VERSION;
+
+/// Most requests committed in one transaction. Large enough that a burst of
+/// messages shares one fsync, small enough that one batch's results do not
+/// arrive as a single huge lump.
+pub const MAX_BATCH: usize = 4096;
+
+/// File name of the database inside the data directory.
+pub const DB_FILE: &str = "natter.db";
+
+/// A message to store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewMessage {
+    /// Unix seconds.
+    pub ts: i64,
+    pub sender: String,
+    pub recipient: String,
+    pub body: String,
+    /// Whether it waits in the recipient's inbox (they were offline).
+    pub unread: bool,
+}
+
+/// A stored message as read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageRow {
+    pub id: i64,
+    pub ts: i64,
+    pub sender: String,
+    pub recipient: String,
+    pub body: String,
+}
+
+/// One unit of work for the store thread.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreRequest {
+    /// A new account.
+    CreateUser {
+        name: String,
+        hash: String,
+        created: i64,
+    },
+    /// Direct messages; returns their ids in order.
+    InsertMessages(Vec<NewMessage>),
+    /// Put already stored messages back into their recipients' inboxes.
+    MarkUnread { ids: Vec<i64> },
+    /// Read up to `limit` unread messages, oldest first, and mark them read.
+    TakeInbox { user: String, limit: u32 },
+    /// The last `limit` direct messages to or from `user` (with `with` only), oldest first.
+    History {
+        user: String,
+        with: Option<String>,
+        limit: u32,
+    },
+    /// Add or remove a block.
+    SetBlock {
+        blocker: String,
+        blocked: String,
+        on: bool,
+    },
+    /// When a user's last session ended.
+    SetLastSeen { user: String, at: i64 },
+}
+
+/// What a request returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreOutput {
+    /// Nothing beyond success.
+    Done,
+    /// Ids of inserted messages.
+    Ids(Vec<i64>),
+    /// Messages read.
+    Rows(Vec<MessageRow>),
+}
+
+/// What the chat state needs at start-up; message bodies stay on disk.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// name → (hash, last seen)
+    pub users: HashMap<String, (String, Option<i64>)>,
+    /// (blocker, blocked)
+    pub blocks: Vec<(String, String)>,
+    /// name → unread count
+    pub unread: HashMap<String, u32>,
+}
+
+/// Why the store could not open.
+#[derive(Debug)]
+pub struct OpenError(pub String);
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+/// An open database, before its thread starts.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `dir` and brings its
+    /// schema up to date.
+    pub fn open(dir: &Path) -> Result<Store, OpenError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            OpenError(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let path = dir.join(DB_FILE);
+        let fail =
+            |e: rusqlite::Error| OpenError(format!("cannot open database {}: {e}", path.display()));
+        let mut conn = Connection::open(&path).map_err(fail)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(fail)?;
+        // FULL: a commit is fsync'd before we acknowledge anything built on it.
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(fail)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(fail)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(fail)?;
+        schema::migrate(&mut conn)
+            .map_err(|e| OpenError(format!("cannot migrate database {}: {e}", path.display())))?;
+        Ok(Store { conn, path })
+    }
+
+    /// Where the database file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads what the chat state keeps in memory.
+    pub fn load(&self) -> rusqlite::Result<Snapshot> {
+        let mut snap = Snapshot::default();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, hash, last_seen FROM users")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?)))?;
+        for row in rows {
+            let (name, hash, seen) = row?;
+            snap.users.insert(name, (hash, seen));
+        }
+        let mut stmt = self.conn.prepare("SELECT blocker, blocked FROM blocks")?;
+        for row in stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))? {
+            snap.blocks.push(row?);
+        }
+        let mut stmt = self.conn.prepare(
+            "SELECT recipient, count(*) FROM messages WHERE unread = 1 GROUP BY recipient",
+        )?;
+        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?)))? {
+            let (name, n) = row?;
+            snap.unread.insert(name, n);
+        }
+        Ok(snap)
+    }
+
+    /// Whether an account exists (start-up import only).
+    pub fn user_exists(&self, name: &str) -> rusqlite::Result<bool> {
+        self.conn
+            .query_row("SELECT 1 FROM users WHERE name = ?1", [name], |_| Ok(()))
+            .optional()
+            .map(|r| r.is_some())
+    }
+
+    /// Runs requests in one transaction outside the thread (start-up import,
+    /// benches). Returns each request's result.
+    pub fn run_batch(&mut self, requests: &[StoreRequest]) -> Vec<Result<StoreOutput, String>> {
+        run_batch(&mut self.conn, requests)
+    }
+
+    /// Starts the store thread. `on_batch` gets each committed batch's
+    /// results (tag and result, in request order); it runs on the store
+    /// thread and should only hand them over and wake the loop.
+    pub fn spawn<T, F>(self, on_batch: F) -> std::io::Result<StoreHandle<T>>
+    where
+        T: Send + 'static,
+        F: FnMut(Vec<(T, Result<StoreOutput, String>)>) + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel();
+        let thread = thread::Builder::new()
+            .name("natter-store".into())
+            .spawn(move || store_thread(self.conn, rx, on_batch))?;
+        Ok(StoreHandle {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+/// The loop thread's end of the store: submit requests, and on drop, let the
+/// thread finish what is queued and join it.
+pub struct StoreHandle<T> {
+    tx: Option<Sender<(StoreRequest, T)>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl<T> StoreHandle<T> {
+    /// Queues a request. Gives it back if the store thread is gone.
+    pub fn submit(&self, request: StoreRequest, tag: T) -> Result<(), (StoreRequest, T)> {
+        match &self.tx {
+            Some(tx) => tx.send((request, tag)).map_err(|e| e.0),
+            None => Err((request, tag)),
+        }
+    }
+
+    /// Stops taking requests, lets the thread commit what is queued, and
+    /// waits for it.
+    pub fn close(&mut self) {
+        self.tx.take();
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                log::error!("store thread panicked");
+            }
+        }
+    }
+}
+
+impl<T> Drop for StoreHandle<T> {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn store_thread<T, F>(mut conn: Connection, rx: Receiver<(StoreRequest, T)>, mut on_batch: F)
+where
+    F: FnMut(Vec<(T, Result<StoreOutput, String>)>),
+{
+    // Blocks for the first request, then takes whatever else queued up
+    // meanwhile: the longer a commit takes, the bigger the next batch.
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let (requests, tags): (Vec<StoreRequest>, Vec<T>) = batch.into_iter().unzip();
+        let results = run_batch(&mut conn, &requests);
+        on_batch(tags.into_iter().zip(results).collect());
+    }
+}
+
+/// Runs every request in one transaction and commits. A request that fails
+/// gets its error; if the commit fails, every request does.
+fn run_batch(conn: &mut Connection, requests: &[StoreRequest]) -> Vec<Result<StoreOutput, String>> {
+    let tx = match conn.transaction() {
+        Ok(tx) => tx,
+        Err(e) => {
+            log::error!("store: cannot begin transaction: {e}");
+            return requests.iter().map(|_| Err(e.to_string())).collect();
+        }
+    };
+    let mut results = Vec::with_capacity(requests.len());
+    for request in requests {
+        // A savepoint per request, so one failure does not leave half of it
+        // applied while the rest of the batch commits.
+        let result = match savepoint_apply(&tx, request) {
+            Ok(out) => Ok(out),
+            Err(e) => {
+                log::error!("store: request failed: {e}");
+                Err(e.to_string())
+            }
+        };
+        results.push(result);
+    }
+    if let Err(e) = tx.commit() {
+        log::error!("store: commit failed: {e}");
+        return requests.iter().map(|_| Err(e.to_string())).collect();
+    }
+    results
+}
+
+fn savepoint_apply(
+    tx: &rusqlite::Transaction<'_>,
+    request: &StoreRequest,
+) -> rusqlite::Result<StoreOutput> {
+    tx.execute_batch("SAVEPOINT req")?;
+    match apply(tx, request) {
+        Ok(out) => {
+            tx.execute_batch("RELEASE req")?;
+            Ok(out)
+        }
+        Err(e) => {
+            let _ = tx.execute_batch("ROLLBACK TO req; RELEASE req");
+            Err(e)
+        }
+    }
+}
+
+fn apply(conn: &Connection, request: &StoreRequest) -> rusqlite::Result<StoreOutput> {
+    match request {
+        StoreRequest::CreateUser {
+            name,
+            hash,
+            created,
+        } => {
+            conn.prepare_cached("INSERT INTO users (name, hash, created) VALUES (?1, ?2, ?3)")?
+                .execute(params![name, hash, created])?;
+            Ok(StoreOutput::Done)
+        }
+        StoreRequest::InsertMessages(messages) => {
+            let mut stmt = conn.prepare_cached(
+                "INSERT INTO messages (ts, sender, recipient, body, unread) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            let mut ids = Vec::with_capacity(messages.len());
+            for m in messages {
+                stmt.execute(params![m.ts, m.sender, m.recipient, m.body, m.unread])?;
+                ids.push(conn.last_insert_rowid());
+            }
+            Ok(StoreOutput::Ids(ids))
+        }
+        StoreRequest::MarkUnread { ids } => {
+            let mut stmt = conn.prepare_cached("UPDATE messages SET unread = 1 WHERE id = ?1")?;
+            for id in ids {
+                stmt.execute([id])?;
+            }
+            Ok(StoreOutput::Done)
+        }
+        StoreRequest::TakeInbox { user, limit } => {
+            let rows = conn
+                .prepare_cached(
+                    "SELECT id, ts, sender, recipient, body FROM messages
+                     WHERE recipient = ?1 AND unread = 1 ORDER BY id LIMIT ?2",
+                )?
+                .query_map(params![user, limit], message_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut mark = conn.prepare_cached("UPDATE messages SET unread = 0 WHERE id = ?1")?;
+            for row in &rows {
+                mark.execute([row.id])?;
+            }
+            Ok(StoreOutput::Rows(rows))
+        }
+        StoreRequest::History { user, with, limit } => {
+            let mut rows = match with {
+                None => conn
+                    .prepare_cached(
+                        "SELECT id, ts, sender, recipient, body FROM messages WHERE sender = ?1
+                         UNION ALL
+                         SELECT id, ts, sender, recipient, body FROM messages WHERE recipient = ?1
+                         ORDER BY id DESC LIMIT ?2",
+                    )?
+                    .query_map(params![user, limit], message_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?,
+                Some(other) => conn
+                    .prepare_cached(
+                        "SELECT id, ts, sender, recipient, body FROM messages WHERE sender = ?1 AND recipient = ?2
+                         UNION ALL
+                         SELECT id, ts, sender, recipient, body FROM messages WHERE sender = ?2 AND recipient = ?1
+                         ORDER BY id DESC LIMIT ?3",
+                    )?
+                    .query_map(params![user, other, limit], message_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?,
+            };
+            rows.reverse();
+            Ok(StoreOutput::Rows(rows))
+        }
+        StoreRequest::SetBlock {
+            blocker,
+            blocked,
+            on,
+        } => {
+            let sql = if *on {
+                "INSERT OR IGNORE INTO blocks (blocker, blocked) VALUES (?1, ?2)"
+            } else {
+                "DELETE FROM blocks WHERE blocker = ?1 AND blocked = ?2"
+            };
+            conn.prepare_cached(sql)?
+                .execute(params![blocker, blocked])?;
+            Ok(StoreOutput::Done)
+        }
+        StoreRequest::SetLastSeen { user, at } => {
+            conn.prepare_cached("UPDATE users SET last_seen = ?2 WHERE name = ?1")?
+                .execute(params![user, at])?;
+            Ok(StoreOutput::Done)
+        }
+    }
+}
+
+fn message_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRow> {
+    Ok(MessageRow {
+        id: r.get(0)?,
+        ts: r.get(1)?,
+        sender: r.get(2)?,
+        recipient: r.get(3)?,
+        body: r.get(4)?,
+    })
+}
+
+#[cfg(test)]
+mod tests;
