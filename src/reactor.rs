@@ -709,6 +709,9 @@ impl Server {
                         if let Some(s) = self.sessions.get_mut(sref.token) {
                             s.barrier = false;
                         }
+                        // A login swaps the login deadline for the idle one,
+                        // which may come sooner.
+                        self.refresh_timer(sref.token);
                     }
                     self.release(sref.token, seq, reply);
                 }
@@ -935,6 +938,21 @@ impl Server {
                     self.accept_ready();
                 }
             }
+        }
+    }
+
+    /// Moves a session's timer earlier if its deadline now comes sooner than
+    /// the entry it has (later deadlines are found when the entry fires).
+    fn refresh_timer(&mut self, token: usize) {
+        let (login, idle) = (self.config.login_timeout(), self.config.idle_timeout());
+        let Some(s) = self.sessions.get_mut(token) else {
+            return;
+        };
+        let due = s.deadline(login, idle);
+        if s.timer_at.is_none_or(|at| due < at) {
+            s.timer_at = Some(due);
+            self.deadlines
+                .insert((due, Timer::Session(s.caller.session)));
         }
     }
 

@@ -1,0 +1,724 @@
+//! The protocol contract (docs/PROTOCOL.md), tested the way users meet it:
+//! the real natterd binary on port 0, spoken to over TCP.
+
+mod util;
+
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use util::{Client, Server, TIMEOUT};
+
+// ----- connecting, login, register ----------------------------------------
+
+#[test]
+fn greeting_is_hello_then_notices() {
+    let server = Server::start(&[]);
+    let mut c = Client::connect(server.addr);
+    assert_eq!(c.line(), "* hello natter 1");
+    let notice = c.line();
+    assert!(
+        notice.starts_with("* notice ") && notice.contains("login"),
+        "{notice}"
+    );
+}
+
+#[test]
+fn register_logs_in_and_login_works_after_logout() {
+    let server = Server::start(&[]);
+    let mut alice = server.user("Alice");
+    assert_eq!(alice.cmd1("ping"), "+ pong");
+    assert_eq!(alice.cmd1("logout"), "+ bye");
+    assert!(alice.until_closed().is_empty());
+
+    let mut again = server.connect();
+    assert_eq!(
+        again.cmd1("LOGIN ALICE password-Alice"),
+        "+ welcome alice (0 unread messages)"
+    );
+}
+
+#[test]
+fn wrong_password_and_unknown_user_get_the_same_answer() {
+    let server = Server::start(&[]);
+    drop(server.user("alice"));
+    let mut c = server.connect();
+    let wrong = c.cmd1("login alice nope-nope");
+    let unknown = c.cmd1("login mallory nope-nope");
+    assert!(wrong.starts_with("- AUTHFAIL "), "{wrong}");
+    assert_eq!(wrong, unknown);
+    assert_eq!(
+        c.cmd1("login alice"),
+        "- BADARG usage: login <user> <password>"
+    );
+    assert_eq!(c.cmd1("login 9x password"), "- BADARG not a valid username");
+}
+
+#[test]
+fn register_refuses_taken_names_and_bad_arguments() {
+    let server = Server::start(&[]);
+    drop(server.user("alice"));
+    let mut c = server.connect();
+    assert!(c
+        .cmd1("register ALICE another-password")
+        .starts_with("- EXISTS "));
+    assert!(c.cmd1("register bob short").starts_with("- BADARG "));
+    let long = "x".repeat(257);
+    assert!(c
+        .cmd1(&format!("register bob {long}"))
+        .starts_with("- BADARG "));
+    assert!(c.cmd1("register -bob password1").starts_with("- BADARG "));
+    assert!(c
+        .cmd1(&format!("register {} password1", "a".repeat(33)))
+        .starts_with("- BADARG "));
+    // Passwords may contain spaces: the rest of the line is the password.
+    assert_eq!(c.cmd1("register bob my secret words"), "+ registered bob");
+    drop(c);
+    let mut again = server.connect();
+    again.login("bob", "my secret words");
+}
+
+#[test]
+fn registration_can_be_closed() {
+    let server = Server::start(&["--registration", "closed"]);
+    let mut c = Client::connect(server.addr);
+    let lines: Vec<String> = (0..4).map(|_| c.line()).collect();
+    assert!(
+        lines.iter().any(|l| l.contains("registration is closed")),
+        "{lines:?}"
+    );
+    assert!(c.cmd1("register bob password1").starts_with("- CLOSED "));
+}
+
+#[test]
+fn commands_before_login_need_auth_and_unknown_words_are_badcmd() {
+    let server = Server::start(&[]);
+    let mut c = server.connect();
+    for cmd in [
+        "whoelse",
+        "send bob hi",
+        "broadcast hi",
+        "inbox",
+        "history",
+        "ping",
+        "block bob",
+    ] {
+        assert!(c.cmd1(cmd).starts_with("- NOAUTH "), "{cmd}");
+    }
+    assert!(c.cmd1("dance").starts_with("- BADCMD "));
+    let help = c.cmd("help");
+    assert!(help.iter().any(|l| l.starts_with("= login")));
+    assert!(help.last().is_some_and(|l| l.starts_with("+ ")));
+    let mut alice = server.user("alice");
+    assert!(alice.cmd1("dance").starts_with("- BADCMD "));
+    assert!(alice
+        .cmd1("login alice password-alice")
+        .starts_with("- ALREADY "));
+    assert!(alice
+        .cmd1("register zed password1")
+        .starts_with("- ALREADY "));
+    assert!(alice.cmd("help").iter().any(|l| l.starts_with("= send")));
+    assert_eq!(c.cmd1("quit"), "+ bye");
+    assert!(c.until_closed().is_empty());
+}
+
+#[test]
+fn a_second_login_takes_over_the_first_session() {
+    let server = Server::start(&[]);
+    let mut first = server.user("alice");
+    let mut second = server.connect();
+    second.login("alice", "password-alice");
+    assert_eq!(first.until_closed(), vec!["* bye replaced"]);
+    let mut bob = server.user("bob");
+    assert_eq!(bob.cmd("whoelse"), vec!["= alice", "+ 1 online"]);
+    assert_eq!(second.cmd1("ping"), "+ pong");
+}
+
+// ----- lockout --------------------------------------------------------------
+
+fn connect_from(source: &str, server: SocketAddr) -> Client {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let local: SocketAddr = format!("{source}:0").parse().expect("addr");
+    socket.bind(&local.into()).expect("bind source address");
+    socket
+        .connect_timeout(&server.into(), TIMEOUT)
+        .expect("connect");
+    let mut c = Client::from_stream(TcpStream::from(socket));
+    c.skip_greeting();
+    c
+}
+
+#[test]
+fn failed_logins_lock_the_name_from_that_address_only() {
+    let server = Server::start(&["--max-login-failures", "3", "--block-time", "2"]);
+    drop(server.user("alice"));
+    let mut attacker = server.connect();
+    for _ in 0..3 {
+        assert!(attacker
+            .cmd1("login alice guess-guess")
+            .starts_with("- AUTHFAIL "));
+    }
+    let locked = attacker.cmd1("login alice password-alice");
+    assert!(
+        locked.starts_with("- LOCKED ") && locked.contains("seconds"),
+        "{locked}"
+    );
+    // Another connection from the same address is locked too.
+    let mut same_ip = server.connect();
+    assert!(same_ip
+        .cmd1("login alice password-alice")
+        .starts_with("- LOCKED "));
+    // Another address is not.
+    let mut elsewhere = connect_from("127.0.0.2", server.addr);
+    elsewhere.login("alice", "password-alice");
+    // Unknown names are counted the same way.
+    for _ in 0..3 {
+        assert!(attacker
+            .cmd1("login nobody guess-guess")
+            .starts_with("- AUTHFAIL "));
+    }
+    assert!(attacker
+        .cmd1("login nobody guess-guess")
+        .starts_with("- LOCKED "));
+
+    // The lock lifts after --block-time.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let reply = same_ip.cmd1("login alice password-alice");
+        if reply.starts_with("+ welcome") {
+            break;
+        }
+        assert!(reply.starts_with("- LOCKED "), "{reply}");
+        assert!(Instant::now() < deadline, "lock never lifted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_successful_login_resets_the_failure_count() {
+    let server = Server::start(&["--max-login-failures", "3"]);
+    drop(server.user("alice"));
+    let mut c = server.connect();
+    for _ in 0..2 {
+        assert!(c.cmd1("login alice wrong-wrong").starts_with("- AUTHFAIL "));
+    }
+    c.login("alice", "password-alice");
+    drop(c);
+    let mut c = server.connect();
+    for _ in 0..2 {
+        assert!(c.cmd1("login alice wrong-wrong").starts_with("- AUTHFAIL "));
+    }
+    c.login("alice", "password-alice");
+}
+
+// ----- who ------------------------------------------------------------------
+
+#[test]
+fn whoelse_lists_other_online_users_sorted() {
+    let server = Server::start(&[]);
+    let mut carol = server.user("carol");
+    let _alice = server.user("alice");
+    let mut bob = server.user("bob");
+    assert_eq!(carol.cmd("whoelse"), vec!["= alice", "= bob", "+ 2 online"]);
+    assert_eq!(bob.cmd1("quit"), "+ bye");
+    bob.until_closed();
+    // The server has handled the quit once a later command sees its effect.
+    let deadline = Instant::now() + TIMEOUT;
+    while carol.cmd("whoelse") != vec!["= alice", "+ 1 online"] {
+        assert!(Instant::now() < deadline);
+    }
+    assert!(carol.cmd1("whoelse now").starts_with("- BADARG "));
+}
+
+#[test]
+fn wholast_shows_online_and_recently_seen_users() {
+    let server = Server::start(&[]);
+    let mut alice = server.user("alice");
+    let mut bob = server.user("bob");
+    let _carol = server.user("carol");
+    assert_eq!(bob.cmd1("quit"), "+ bye");
+    bob.until_closed();
+    let reply = alice.cmd("wholast 5");
+    assert_eq!(reply.len(), 3, "{reply:?}");
+    assert!(
+        reply[0].starts_with("= bob 20") && reply[0].ends_with('Z'),
+        "{reply:?}"
+    );
+    assert_eq!(reply[1], "= carol online");
+    assert_eq!(reply[2], "+ 2 users");
+    for bad in [
+        "wholast",
+        "wholast 0",
+        "wholast 10081",
+        "wholast x",
+        "wholast -1",
+    ] {
+        assert!(alice.cmd1(bad).starts_with("- BADARG "), "{bad}");
+    }
+    assert_eq!(alice.cmd1("wholast 10080"), "+ 2 users");
+}
+
+// ----- send -----------------------------------------------------------------
+
+#[test]
+fn send_to_an_online_user_is_delivered_and_pushed() {
+    let server = Server::start(&[]);
+    let mut alice = server.user("alice");
+    let mut bob = server.user("bob");
+    assert_eq!(alice.cmd1("send BOB hello  there\tfriend"), "+ delivered");
+    let event = bob.event();
+    let fields: Vec<&str> = event.splitn(5, ' ').collect();
+    assert_eq!(&fields[..3], ["*", "msg", "alice"]);
+    assert!(fields[3].ends_with('Z'), "{event}");
+    // The text keeps inner spacing; the TAB is relayed as a space.
+    assert_eq!(fields[4], "hello  there friend");
+}
+
+#[test]
+fn send_to_an_offline_user_is_stored_for_the_inbox() {
+    let server = Server::start(&[]);
+    drop(server.user("bob"));
+    let mut alice = server.user("alice");
+    assert_eq!(alice.cmd1("send bob first"), "+ stored");
+    assert_eq!(alice.cmd1("send bob second"), "+ stored");
+    let mut bob = server.connect();
+    assert_eq!(
+        bob.cmd1("login bob password-bob"),
+        "+ welcome bob (2 unread messages)"
+    );
+    let inbox = bob.cmd("inbox");
+    assert_eq!(inbox.len(), 3);
+    assert!(
+        inbox[0].starts_with("= 20") && inbox[0].ends_with(" alice first"),
+        "{inbox:?}"
+    );
+    assert!(inbox[1].ends_with(" alice second"));
+    assert_eq!(inbox[2], "+ 2 unread");
+    assert_eq!(bob.cmd("inbox"), vec!["+ 0 unread"]);
+}
+
+#[test]
+fn send_errors() {
+    let server = Server::start(&[]);
+    let mut alice = server.user("alice");
+    let mut bob = server.user("bob");
+    assert!(alice.cmd1("send nobody hi").starts_with("- NOUSER "));
+    assert!(alice.cmd1("send alice hi").starts_with("- BADARG "));
+    assert!(alice.cmd1("send bob").starts_with("- BADARG "));
+    assert!(alice.cmd1("send bob    ").starts_with("- BADARG "));
+    assert!(alice.cmd1("send").starts_with("- BADARG "));
+    assert_eq!(bob.cmd1("block alice"), "+ blocked alice");
+    assert!(alice.cmd1("send bob hi").starts_with("- BLOCKED "));
+    assert!(
+        bob.quiet_for(Duration::from_millis(200)),
+        "blocked message reached bob"
+    );
+}
+
+// ----- broadcast ------------------------------------------------------------
+
+#[test]
+fn broadcast_reaches_everyone_online_except_sender_and_blockers() {
+    let server = Server::start(&[]);
+    let mut alice = server.user("alice");
+    let mut bob = server.user("bob");
+    let mut carol = server.user("carol");
+    assert_eq!(carol.cmd1("block alice"), "+ blocked alice");
+    assert_eq!(alice.cmd1("broadcast hello all"), "+ sent to 1");
+    let event = bob.event();
+    assert!(
+        event.starts_with("* broadcast alice 20") && event.ends_with(" hello all"),
+        "{event}"
+    );
+    assert_eq!(
+        alice.cmd1("broadcast message the message form"),
+        "+ sent to 1"
+    );
+    assert!(bob.event().ends_with(" the message form"));
+    assert!(alice.quiet_for(Duration::from_millis(100)));
+    assert!(carol.quiet_for(Duration::from_millis(100)));
+    assert!(alice.cmd1("broadcast").starts_with("- BADARG "));
+    assert!(alice.cmd1("broadcast message").starts_with("- BADARG "));
+}
+
+#[test]
+fn broadcast_to_a_list_delivers_stores_and_reports_each_user() {
+    let server = Server::start(&[]);
+    drop(server.user("dave"));
+    let mut alice = server.user("alice");
+    let mut bob = server.user("bob");
+    let mut carol = server.user("carol");
+    assert_eq!(carol.cmd1("block alice"), "+ blocked alice");
+    let reply = alice.cmd("broadcast user bob dave carol nobody alice bob message hi list");
+    assert_eq!(
+        reply,
+        vec![
+            "= bob delivered",
+            "= dave stored",
+            "= carol blocked",
+            "= nobody nouser",
+            "+ sent to 2 of 4"
+        ]
+    );
+    let event = bob.event();
+    assert!(
+        event.starts_with("* broadcast alice ") && event.ends_with(" hi list"),
+        "{event}"
+    );
+    assert!(
+        bob.quiet_for(Duration::from_millis(100)),
+        "duplicate listed user got it twice"
+    );
+    let mut dave = server.connect();
+    dave.login("dave", "password-dave");
+    let inbox = dave.cmd("inbox");
+    assert!(inbox[0].ends_with(" alice hi list"), "{inbox:?}");
+    for bad in [
+        "broadcast user message hi",
+        "broadcast user bob",
+        "broadcast user bob message",
+        "broadcast user b@d message hi",
+    ] {
+        assert!(alice.cmd1(bad).starts_with("- BADARG "), "{bad}");
+    }
+}
+
+// ----- history, block -------------------------------------------------------
+
+#[test]
+fn history_shows_both_directions_oldest_first() {
+    let server = Server::start(&[]);
+    let mut alice = server.user("alice");
+    let mut bob = server.user("bob");
+    let _carol = server.user("carol");
+    assert_eq!(alice.cmd1("send bob one"), "+ delivered");
+    assert_eq!(bob.cmd1("send alice two"), "+ delivered");
+    assert_eq!(alice.cmd1("send carol three"), "+ delivered");
+    let all = alice.cmd("history");
+    assert_eq!(all.len(), 4, "{all:?}");
+    assert!(all[0].ends_with(" alice bob one"));
+    assert!(all[1].ends_with(" bob alice two"));
+    assert!(all[2].ends_with(" alice carol three"));
+    assert_eq!(all[3], "+ 3 messages");
+    let with_bob = alice.cmd("history bob");
+    assert_eq!(with_bob.len(), 3);
+    assert_eq!(with_bob[2], "+ 2 messages");
+    let last = alice.cmd("history 1");
+    assert_eq!(last.len(), 2);
+    assert!(last[0].ends_with(" alice carol three"));
+    let last_with_bob = alice.cmd("history bob 1");
+    assert!(last_with_bob[0].ends_with(" bob alice two"));
+    assert!(alice.cmd1("history nobody").starts_with("- NOUSER "));
+    for bad in [
+        "history 0",
+        "history 1001",
+        "history bob x",
+        "history bob 1 2",
+        "history 5x",
+    ] {
+        assert!(alice.cmd1(bad).starts_with("- BADARG "), "{bad}");
+    }
+}
+
+#[test]
+fn block_unblock_and_blocked() {
+    let server = Server::start(&[]);
+    let mut alice = server.user("alice");
+    let _bob = server.user("bob");
+    let _carol = server.user("carol");
+    assert_eq!(alice.cmd1("block carol"), "+ blocked carol");
+    assert_eq!(alice.cmd1("block BOB"), "+ blocked bob");
+    assert_eq!(
+        alice.cmd("blocked"),
+        vec!["= bob", "= carol", "+ 2 blocked"]
+    );
+    assert_eq!(alice.cmd1("unblock bob"), "+ unblocked bob");
+    assert_eq!(alice.cmd("blocked"), vec!["= carol", "+ 1 blocked"]);
+    assert!(alice.cmd1("block nobody").starts_with("- NOUSER "));
+    assert!(alice.cmd1("unblock nobody").starts_with("- NOUSER "));
+    assert!(alice.cmd1("block alice").starts_with("- BADARG "));
+    assert!(alice.cmd1("block").starts_with("- BADARG "));
+}
+
+// ----- bad input ------------------------------------------------------------
+
+#[test]
+fn bad_bytes_get_their_error_and_the_connection_goes_on() {
+    let server = Server::start(&["--max-line", "64"]);
+    let mut alice = server.user("alice");
+    let _bob = server.user("bob");
+    alice.send_raw(b"send bob \xff\xfe\n");
+    assert!(alice.reply()[0].starts_with("- BADUTF8 "));
+    alice.send_raw(b"send bob \x1b[31mred\n");
+    assert!(alice.reply()[0].starts_with("- BADTEXT "));
+    alice.send_raw(b"send bob a\rb\n");
+    assert!(alice.reply()[0].starts_with("- BADTEXT "));
+    alice.send_raw(format!("send bob {}\n", "x".repeat(100)).as_bytes());
+    assert!(alice.reply()[0].starts_with("- TOOLONG "));
+    // An overlong line split across writes is refused once, then we go on.
+    alice.send_raw(&[b'y'; 50]);
+    alice.send_raw(&[b'y'; 50]);
+    alice.send_raw(b"yyy\nping\n");
+    assert!(alice.reply()[0].starts_with("- TOOLONG "));
+    assert_eq!(alice.reply(), vec!["+ pong"]);
+    // Blank lines are not commands: no reply at all.
+    alice.send_raw(b"\n  \t \r\n\r\nping\r\n");
+    assert_eq!(alice.reply(), vec!["+ pong"]);
+}
+
+#[test]
+fn pipelined_commands_are_answered_in_order() {
+    let server = Server::start(&[]);
+    drop(server.user("alice"));
+    let _bob = server.user("bob");
+    let mut c = server.connect();
+    // Login waits on the hasher and send on the store, yet replies keep order.
+    c.send_raw(b"login alice password-alice\nwhoelse\nsend bob one\nping\nsend bob two\nhistory 2\nblocked\n");
+    assert!(c.reply()[0].starts_with("+ welcome alice"));
+    assert_eq!(c.reply(), vec!["= bob", "+ 1 online"]);
+    assert_eq!(c.reply(), vec!["+ delivered"]);
+    assert_eq!(c.reply(), vec!["+ pong"]);
+    assert_eq!(c.reply(), vec!["+ delivered"]);
+    let history = c.reply();
+    assert_eq!(history.len(), 3);
+    assert!(history[1].ends_with(" two"));
+    assert_eq!(c.reply(), vec!["+ 0 blocked"]);
+}
+
+#[test]
+fn many_pipelined_sends_are_all_acknowledged_in_order() {
+    let server = Server::start(&[]);
+    let mut alice = server.user("alice");
+    let mut bob = server.user("bob");
+    let n = 500;
+    let mut batch = String::new();
+    for i in 0..n {
+        batch.push_str(&format!("send bob m{i}\nping\n"));
+    }
+    alice.send_raw(batch.as_bytes());
+    for _ in 0..n {
+        assert_eq!(alice.reply(), vec!["+ delivered"]);
+        assert_eq!(alice.reply(), vec!["+ pong"]);
+    }
+    for i in 0..n {
+        assert!(bob.event().ends_with(&format!(" m{i}")));
+    }
+}
+
+#[test]
+fn a_client_that_half_closes_still_gets_every_reply() {
+    let server = Server::start(&[]);
+    drop(server.user("alice"));
+    let mut c = server.connect();
+    // The last line has no LF, as netcat users often send.
+    c.send_raw(b"login alice password-alice\nwhoelse\nping");
+    c.stream
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
+    let lines = c.until_closed();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines[0].starts_with("+ welcome alice"));
+    assert_eq!(lines[1], "+ 0 online");
+    assert_eq!(lines[2], "+ pong");
+}
+
+// ----- limits and timers ----------------------------------------------------
+
+#[test]
+fn rate_limit_refuses_beyond_the_burst_and_drops_flooders() {
+    let server = Server::start(&["--rate", "1", "--burst", "3"]);
+    let mut alice = server.user("alice");
+    // register took one token.
+    alice.send_raw(b"ping\nping\nping\nping\n");
+    assert_eq!(alice.reply(), vec!["+ pong"]);
+    assert_eq!(alice.reply(), vec!["+ pong"]);
+    assert!(alice.reply()[0].starts_with("- RATE "));
+    assert!(alice.reply()[0].starts_with("- RATE "));
+    alice.send_raw("ping\n".repeat(100).as_bytes());
+    let lines = alice.until_closed();
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("* bye flood"),
+        "{lines:?}"
+    );
+    assert!(lines.iter().filter(|l| l.starts_with("- RATE ")).count() >= 10);
+}
+
+#[test]
+fn connections_beyond_max_clients_are_told_busy() {
+    let server = Server::start(&["--max-clients", "2"]);
+    let _a = server.connect();
+    let _b = server.connect();
+    let mut c = Client::connect(server.addr);
+    assert_eq!(c.until_closed(), vec!["* bye busy"]);
+}
+
+#[test]
+fn idle_sessions_are_closed() {
+    let server = Server::start(&["--idle-timeout", "1"]);
+    let mut alice = server.user("alice");
+    let started = Instant::now();
+    assert_eq!(alice.until_closed(), vec!["* bye idle"]);
+    assert!(started.elapsed() >= Duration::from_millis(900));
+}
+
+#[test]
+fn connections_that_never_log_in_time_out() {
+    let server = Server::start(&["--login-timeout", "1"]);
+    let mut c = server.connect();
+    assert_eq!(c.cmd1("ping").split(' ').nth(1), Some("NOAUTH"));
+    assert_eq!(c.until_closed(), vec!["* bye timeout"]);
+}
+
+#[test]
+fn a_reader_that_never_reads_is_dropped_and_others_are_unaffected() {
+    let server = Server::start(&["--max-outbuf", "65536"]);
+    let mut alice = server.user("alice");
+    let mut carol = server.user("carol");
+    // `slow` never reads, with a small receive window; kernel buffers fill,
+    // then its output buffer passes the limit and the server drops it.
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    socket
+        .connect_timeout(&server.addr.into(), TIMEOUT)
+        .expect("connect");
+    let mut slow = Client::from_stream(TcpStream::from(socket));
+    slow.skip_greeting();
+    assert_eq!(
+        slow.cmd1("register slow password-slow"),
+        "+ registered slow"
+    );
+    let text = "z".repeat(4000);
+    let mut dropped = false;
+    for round in 0..5000 {
+        let reply = alice.cmd1(&format!("broadcast {text}"));
+        if reply == "+ sent to 1" {
+            dropped = true;
+            break;
+        }
+        assert_eq!(reply, "+ sent to 2", "round {round}");
+        // carol reads and keeps a normal latency meanwhile.
+        assert!(carol.event().ends_with(&text));
+    }
+    assert!(dropped, "the slow reader was never dropped");
+    assert!(carol.ping() < Duration::from_millis(500));
+    assert!(server.log().contains("output backlog"));
+    drop(slow);
+}
+
+// ----- persistence and shutdown ---------------------------------------------
+
+#[test]
+fn accounts_messages_blocks_and_last_seen_survive_a_restart() {
+    let server = Server::start(&[]);
+    {
+        let _bob = server.user("bob");
+    }
+    let mut alice = server.user("alice");
+    assert_eq!(alice.cmd1("block carol").split(' ').nth(1), Some("NOUSER"));
+    drop(server.user("carol"));
+    assert_eq!(alice.cmd1("block carol"), "+ blocked carol");
+    assert_eq!(alice.cmd1("send bob kept"), "+ stored");
+    assert_eq!(alice.cmd1("quit"), "+ bye");
+    alice.until_closed();
+    let mut server = server.restart();
+    let mut bob = server.connect();
+    assert_eq!(
+        bob.cmd1("login bob password-bob"),
+        "+ welcome bob (1 unread message)"
+    );
+    assert!(bob.cmd("inbox")[0].ends_with(" alice kept"));
+    assert!(bob
+        .cmd("wholast 60")
+        .iter()
+        .any(|l| l.starts_with("= alice 20")));
+    let mut alice = server.connect();
+    alice.login("alice", "password-alice");
+    assert_eq!(alice.cmd("blocked"), vec!["= carol", "+ 1 blocked"]);
+    let (status, _) = server.signal(libc::SIGTERM);
+    assert!(status.success());
+}
+
+#[test]
+fn sigterm_says_bye_to_everyone_and_exits_cleanly() {
+    let mut server = Server::start(&[]);
+    let mut alice = server.user("alice");
+    let mut anonymous = server.connect();
+    let (status, took) = server.signal(libc::SIGTERM);
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(5));
+    assert_eq!(alice.until_closed(), vec!["* bye shutdown"]);
+    assert_eq!(anonymous.until_closed(), vec!["* bye shutdown"]);
+}
+
+#[test]
+fn acknowledged_sends_survive_sigkill() {
+    let mut server = Server::start(&[]);
+    drop(server.user("bob"));
+    let mut senders: Vec<Client> = (0..4).map(|i| server.user(&format!("s{i}"))).collect();
+    // Each sender pipelines messages to offline bob; we read some acks, then kill.
+    let per_sender = 200;
+    for (i, s) in senders.iter_mut().enumerate() {
+        let mut batch = String::new();
+        for n in 0..per_sender {
+            batch.push_str(&format!("send bob s{i}-{n}\n"));
+        }
+        s.send_raw(batch.as_bytes());
+    }
+    let mut acked = vec![0usize; senders.len()];
+    for (i, s) in senders.iter_mut().enumerate() {
+        for _ in 0..(50 + 30 * i) {
+            assert_eq!(s.reply(), vec!["+ stored"]);
+            acked[i] += 1;
+        }
+    }
+    server.kill();
+    let server = server.restart_after_kill();
+    let mut bob = server.connect();
+    bob.login("bob", "password-bob");
+    let history = bob.cmd("history 1000");
+    for (i, &n) in acked.iter().enumerate() {
+        let mine: Vec<&String> = history
+            .iter()
+            .filter(|l| l.contains(&format!(" s{i}-")))
+            .collect();
+        assert!(
+            mine.len() >= n,
+            "sender {i}: {n} acknowledged, {} kept",
+            mine.len()
+        );
+        for (k, line) in mine.iter().enumerate() {
+            assert!(
+                line.ends_with(&format!(" s{i}-{k}")),
+                "order or duplicate: {line}"
+            );
+        }
+    }
+}
+
+#[test]
+fn users_file_is_imported_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    let users = dir.path().join("users.txt");
+    std::fs::write(
+        &users,
+        "alice secret-one\n\n# comment\nBob   two words here\nnot/valid x\n",
+    )
+    .expect("write");
+    let data = dir.path().join("data");
+    let users_arg = users.display().to_string();
+    let mut server = Server::start_at(&data, &["--users", &users_arg]);
+    let mut c = server.connect();
+    c.login("alice", "secret-one");
+    let mut b = server.connect();
+    b.login("bob", "two words here");
+    assert_eq!(c.cmd1("send bob hi"), "+ delivered");
+    server.kill();
+    // Importing again keeps existing accounts (and their messages) as they are.
+    std::fs::write(&users, "alice changed-password\n").expect("write");
+    let server = Server::start_at(&data, &["--users", &users_arg]);
+    let mut c = server.connect();
+    c.login("alice", "secret-one");
+    assert_eq!(c.cmd("history").len(), 2);
+}

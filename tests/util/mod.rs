@@ -1,0 +1,326 @@
+//! Test helpers: start the real `natterd` binary on port 0 with its own data
+//! directory, and talk to it over TCP with a client whose every wait has a
+//! timeout. Servers are killed by PID when their handle drops.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long any single wait may take before the test fails.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running natterd child process.
+pub struct Server {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub data: PathBuf,
+    /// Keeps the temporary directory alive (and removes it at the end).
+    _dir: Option<tempfile::TempDir>,
+    args: Vec<String>,
+}
+
+impl Server {
+    /// Starts a server with a fresh data directory. `--rate 0` and
+    /// `--hash-cost low` are added unless `args` sets them.
+    pub fn start(args: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        let mut s = Server::start_at(&data, args);
+        s._dir = Some(dir);
+        s
+    }
+
+    /// Starts a server on an existing data directory (restart tests).
+    pub fn start_at(data: &Path, args: &[&str]) -> Server {
+        let mut full: Vec<String> = vec!["--data".into(), data.display().to_string()];
+        if !args.contains(&"--rate") {
+            full.extend(["--rate".into(), "0".into()]);
+        }
+        if !args.contains(&"--hash-cost") {
+            full.extend(["--hash-cost".into(), "low".into()]);
+        }
+        full.extend(args.iter().map(|a| a.to_string()));
+        // Port 0: the kernel picks a free port, which the server prints.
+        full.push("0".into());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data.with_extension("log"))
+            .expect("log file next to the data directory");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_natterd"))
+            .args(&full)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start natterd");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so the server never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(TIMEOUT) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "natterd did not say it was listening; log:\n{}",
+                    std::fs::read_to_string(data.with_extension("log")).unwrap_or_default()
+                );
+            }
+        };
+        let addr = line
+            .strip_prefix("listening on ")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        Server {
+            child: Some(child),
+            addr,
+            data: data.to_path_buf(),
+            _dir: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// A new connection with the greeting already read.
+    pub fn connect(&self) -> Client {
+        let mut c = Client::connect(self.addr);
+        c.skip_greeting();
+        c
+    }
+
+    /// A connection logged in as a newly registered user.
+    pub fn user(&self, name: &str) -> Client {
+        let mut c = self.connect();
+        let reply = c.cmd(&format!("register {name} password-{name}"));
+        assert_eq!(reply, vec![format!("+ registered {}", name.to_lowercase())]);
+        c
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends a signal and waits (bounded) for the exit.
+    pub fn signal(&mut self, sig: i32) -> (ExitStatus, Duration) {
+        let mut child = self.child.take().expect("server running");
+        let started = Instant::now();
+        // SAFETY: kill(2) on our own child's pid has no memory-safety concerns.
+        unsafe {
+            libc::kill(child.id() as i32, sig);
+        }
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return (status, started.elapsed());
+            }
+            if started.elapsed() > TIMEOUT {
+                let _ = child.kill();
+                panic!("natterd did not exit within {TIMEOUT:?} of signal {sig}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default()
+    }
+
+    /// Stops this server (SIGKILL) and starts another on the same data
+    /// directory with the same flags.
+    pub fn restart_after_kill(mut self) -> Server {
+        self.kill();
+        self.start_again()
+    }
+
+    /// Stops this server with SIGTERM (checking it exits cleanly) and starts
+    /// another on the same data directory with the same flags.
+    pub fn restart(mut self) -> Server {
+        let (status, _) = self.signal(libc::SIGTERM);
+        assert!(status.success(), "{status:?}");
+        self.start_again()
+    }
+
+    fn start_again(mut self) -> Server {
+        let args: Vec<&str> = self.args.iter().map(|s| s.as_str()).collect();
+        let mut next = Server::start_at(&self.data, &args);
+        next._dir = self._dir.take();
+        next
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One TCP connection to the server, reading line by line with timeouts.
+/// Events (`*` lines) that arrive while a reply is awaited are kept aside
+/// for `expect_event`.
+pub struct Client {
+    pub stream: TcpStream,
+    reader: BufReader<TcpStream>,
+    pub events: VecDeque<String>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect");
+        Client::from_stream(stream)
+    }
+
+    pub fn from_stream(stream: TcpStream) -> Client {
+        stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        stream.set_nodelay(true).expect("nodelay");
+        let reader = BufReader::new(stream.try_clone().expect("clone"));
+        Client {
+            stream,
+            reader,
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Reads the hello and notice lines.
+    pub fn skip_greeting(&mut self) {
+        assert_eq!(self.line(), "* hello natter 1");
+        loop {
+            let line = self.line();
+            assert!(line.starts_with("* notice "), "greeting line {line:?}");
+            if line.contains("help") {
+                break;
+            }
+        }
+    }
+
+    pub fn send(&mut self, line: &str) {
+        self.send_raw(format!("{line}\n").as_bytes());
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    /// The next line from the server, without its LF. Fails on timeout or EOF.
+    pub fn line(&mut self) -> String {
+        self.try_line()
+            .expect("connection closed while a line was expected")
+    }
+
+    /// The next line, or `None` at EOF. Fails on timeout.
+    pub fn try_line(&mut self) -> Option<String> {
+        let mut buf = Vec::new();
+        match self.reader.read_until(b'\n', &mut buf) {
+            Ok(0) => None,
+            Ok(_) => {
+                assert_eq!(buf.pop(), Some(b'\n'), "line without LF: {buf:?}");
+                Some(String::from_utf8(buf).expect("server sent invalid UTF-8"))
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                panic!("no line from the server within {TIMEOUT:?}")
+            }
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => None,
+            Err(e) => panic!("read failed: {e}"),
+        }
+    }
+
+    /// Reads one reply: data lines and the completion. Events are set aside.
+    pub fn reply(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        loop {
+            let line = self.line();
+            if line.starts_with("* ") {
+                assert!(lines.is_empty(), "event {line:?} inside a reply {lines:?}");
+                self.events.push_back(line);
+                continue;
+            }
+            let done = line.starts_with("+ ") || line.starts_with("- ");
+            assert!(done || line.starts_with("= "), "unexpected line {line:?}");
+            lines.push(line);
+            if done {
+                return lines;
+            }
+        }
+    }
+
+    /// Sends a command and returns its reply.
+    pub fn cmd(&mut self, line: &str) -> Vec<String> {
+        self.send(line);
+        self.reply()
+    }
+
+    /// Sends a command and returns the completion line of its reply.
+    pub fn cmd1(&mut self, line: &str) -> String {
+        let mut reply = self.cmd(line);
+        reply.pop().expect("completion")
+    }
+
+    /// Waits for the next event (set-aside ones first).
+    pub fn event(&mut self) -> String {
+        if let Some(e) = self.events.pop_front() {
+            return e;
+        }
+        let line = self.line();
+        assert!(line.starts_with("* "), "expected an event, got {line:?}");
+        line
+    }
+
+    /// Logs in and checks the welcome.
+    pub fn login(&mut self, user: &str, password: &str) {
+        let reply = self.cmd1(&format!("login {user} {password}"));
+        assert!(reply.starts_with(&format!("+ welcome {user} ")), "{reply}");
+    }
+
+    /// Waits until the server closes the connection, returning what came before.
+    pub fn until_closed(&mut self) -> Vec<String> {
+        let mut lines: Vec<String> = self.events.drain(..).collect();
+        while let Some(line) = self.try_line() {
+            lines.push(line);
+        }
+        lines
+    }
+
+    /// True if no line arrives within `wait` (for "nothing was sent" checks).
+    pub fn quiet_for(&mut self, wait: Duration) -> bool {
+        if !self.events.is_empty() {
+            return false;
+        }
+        self.stream.set_read_timeout(Some(wait)).expect("timeout");
+        let mut byte = [0u8; 1];
+        let quiet = match self.reader.get_mut().read(&mut byte) {
+            Ok(_) => false,
+            Err(e) => matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        };
+        self.stream
+            .set_read_timeout(Some(TIMEOUT))
+            .expect("timeout");
+        quiet && self.reader.buffer().is_empty()
+    }
+
+    /// Round-trip time of a `ping`.
+    pub fn ping(&mut self) -> Duration {
+        let started = Instant::now();
+        assert_eq!(self.cmd1("ping"), "+ pong");
+        started.elapsed()
+    }
+}
