@@ -238,7 +238,7 @@ mod tests {
     #[test]
     fn times_are_rfc3339_utc_seconds() {
         assert_eq!(format_time(0), "1970-01-01T00:00:00Z");
-        assert_eq!(format_time(1_795_461_603), "2026-11-24T19:20:03Z");
+        assert_eq!(format_time(1_795_548_003), "2026-11-24T19:20:03Z");
     }
 
     #[test]

@@ -422,8 +422,8 @@ mod tests {
         let mut f = LineFramer::new(4);
         assert_eq!(f.next_frame(b"abcd"), (4, Some(Frame::TooLong)));
         assert_eq!(f.next_frame(b"efgh"), (4, None));
-        assert_eq!(f.next_frame(b"ij\nping\n"), (3, None));
-        assert_eq!(f.next_frame(b"ping\n"), (5, Some(Frame::Line(b"ping"))));
+        assert_eq!(f.next_frame(b"ij\nok\n"), (3, None));
+        assert_eq!(f.next_frame(b"ok\n"), (3, Some(Frame::Line(b"ok"))));
     }
 
     #[test]

@@ -1,1 +1,470 @@
+//! Command parsing and chat logic without sockets, threads or real time.
 
+use super::*;
+use crate::store::MessageRow;
+
+fn parse_in(line: &str) -> Result<Command, String> {
+    parse(line, true).map_err(|e| String::from_utf8_lossy(&e).into_owned())
+}
+
+fn code(reply: &[u8]) -> String {
+    String::from_utf8_lossy(reply)
+        .split(' ')
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn command_words_are_case_insensitive_and_blanks_separate() {
+    assert_eq!(parse_in("PiNg"), Ok(Command::Ping));
+    assert_eq!(
+        parse_in("SEND\tBob  hi  there"),
+        Ok(Command::Send {
+            to: "bob".into(),
+            text: "hi  there".into()
+        })
+    );
+}
+
+#[test]
+fn login_state_decides_noauth_and_already() {
+    let noauth = parse("whoelse", false).unwrap_err();
+    assert_eq!(code(&noauth), "- NOAUTH");
+    let already = parse("login a password", true).unwrap_err();
+    assert_eq!(code(&already), "- ALREADY");
+    // Unknown words are BADCMD whatever the state.
+    assert_eq!(code(&parse("dance", false).unwrap_err()), "- BADCMD");
+    assert_eq!(code(&parse("dance", true).unwrap_err()), "- BADCMD");
+    assert_eq!(parse("help", false), Ok(Command::Help));
+    assert_eq!(parse("logout", true), Ok(Command::Quit));
+}
+
+#[test]
+fn a_password_is_the_rest_of_the_line() {
+    assert_eq!(
+        parse("login Alice  my pass word ", false),
+        Ok(Command::Login {
+            user: "alice".into(),
+            password: "my pass word ".into()
+        })
+    );
+}
+
+#[test]
+fn broadcast_forms() {
+    assert_eq!(
+        parse_in("broadcast hello world"),
+        Ok(Command::Broadcast {
+            text: "hello world".into()
+        })
+    );
+    assert_eq!(
+        parse_in("broadcast MESSAGE hello"),
+        Ok(Command::Broadcast {
+            text: "hello".into()
+        })
+    );
+    assert_eq!(
+        parse_in("broadcast user Bob carol message hi there"),
+        Ok(Command::BroadcastTo {
+            users: vec!["bob".into(), "carol".into()],
+            text: "hi there".into()
+        })
+    );
+    for bad in [
+        "broadcast",
+        "broadcast message",
+        "broadcast user",
+        "broadcast user message x",
+        "broadcast user bob message",
+        "broadcast user bob hi",
+    ] {
+        assert_eq!(code(&parse(bad, true).unwrap_err()), "- BADARG", "{bad}");
+    }
+}
+
+#[test]
+fn history_arguments() {
+    let h = |with: Option<&str>, count| {
+        Ok(Command::History {
+            with: with.map(str::to_string),
+            count,
+        })
+    };
+    assert_eq!(parse_in("history"), h(None, 20));
+    assert_eq!(parse_in("history 5"), h(None, 5));
+    assert_eq!(parse_in("history Bob"), h(Some("bob"), 20));
+    assert_eq!(parse_in("history bob 1000"), h(Some("bob"), 1000));
+    for bad in [
+        "history 0",
+        "history 1001",
+        "history bob 0",
+        "history 1 2 3",
+        "history 9z",
+    ] {
+        assert!(parse_in(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn wholast_bounds() {
+    assert_eq!(parse_in("wholast 1"), Ok(Command::Wholast { minutes: 1 }));
+    assert_eq!(
+        parse_in("wholast 10080"),
+        Ok(Command::Wholast { minutes: 10080 })
+    );
+    for bad in [
+        "wholast",
+        "wholast 0",
+        "wholast 10081",
+        "wholast 1 2",
+        "wholast +5x",
+    ] {
+        assert!(parse_in(bad).is_err(), "{bad}");
+    }
+}
+
+// ----- chat state -----------------------------------------------------------
+
+fn settings() -> ChatSettings {
+    ChatSettings {
+        max_login_failures: 3,
+        block_time: Duration::from_secs(60),
+        registration: Registration::Open,
+        hash_cost: HashCost::Low,
+    }
+}
+
+fn account() -> Account {
+    Account {
+        hash: "hash".into(),
+        unread: 0,
+        last_seen: None,
+        blocks: HashSet::new(),
+    }
+}
+
+fn chat_with(users: &[&str]) -> Chat {
+    let accounts = users.iter().map(|u| (u.to_string(), account())).collect();
+    Chat::new(settings(), accounts, "dummy".into())
+}
+
+fn caller(token: usize, user: Option<&str>) -> Caller {
+    Caller {
+        session: SessionRef {
+            token,
+            id: token as u64 + 100,
+        },
+        ip: "127.0.0.1".parse().unwrap(),
+        user: user.map(str::to_string),
+    }
+}
+
+fn clock(t0: Instant, secs: u64) -> Clock {
+    Clock {
+        mono: t0 + Duration::from_secs(secs),
+        wall: 1_800_000_000 + secs as i64,
+    }
+}
+
+/// Logs `c` in by running the login job to a successful verification.
+fn log_in(chat: &mut Chat, c: &mut Caller, user: &str, now: Clock) -> Effects {
+    let mut fx = Effects::default();
+    let cmd = Command::Login {
+        user: user.into(),
+        password: "pw".into(),
+    };
+    let Step::Wait(job) = chat.execute(c, cmd, now, &mut fx) else {
+        panic!("login must wait for the hasher")
+    };
+    let step = chat.complete(
+        Some(c),
+        job.cont,
+        WorkResult::Hash(HashOutcome::Verified(true)),
+        now,
+        &mut fx,
+    );
+    assert!(matches!(step, Step::Reply(ref r) if r.starts_with(b"+ welcome")));
+    fx
+}
+
+fn reply_text(step: Step) -> String {
+    match step {
+        Step::Reply(r) => String::from_utf8(r).unwrap(),
+        Step::Wait(job) => panic!("expected a reply, got a job {job:?}"),
+    }
+}
+
+#[test]
+fn a_send_is_acknowledged_only_when_its_commit_returns() {
+    let t0 = Instant::now();
+    let mut chat = chat_with(&["alice", "bob"]);
+    let mut alice = caller(1, None);
+    let mut bob = caller(2, None);
+    log_in(&mut chat, &mut alice, "alice", clock(t0, 0));
+    log_in(&mut chat, &mut bob, "bob", clock(t0, 0));
+    let mut fx = Effects::default();
+    let cmd = Command::Send {
+        to: "bob".into(),
+        text: "hi".into(),
+    };
+    let Step::Wait(job) = chat.execute(&mut alice, cmd, clock(t0, 1), &mut fx) else {
+        panic!("send must wait for the store")
+    };
+    assert!(fx.pushes.is_empty(), "nothing is pushed before the commit");
+    let Work::Store(StoreRequest::InsertMessages(msgs)) = &job.work else {
+        panic!("{job:?}")
+    };
+    assert_eq!(msgs.len(), 1);
+    assert!(
+        !msgs[0].unread,
+        "an online recipient's message is not an inbox message"
+    );
+    let step = chat.complete(
+        Some(&mut alice),
+        job.cont,
+        WorkResult::Store(Ok(StoreOutput::Ids(vec![7]))),
+        clock(t0, 1),
+        &mut fx,
+    );
+    assert_eq!(reply_text(step), "+ delivered\n");
+    assert_eq!(fx.pushes.len(), 1);
+    assert_eq!(fx.pushes[0].to, vec![bob.session]);
+    let line = String::from_utf8(fx.pushes[0].line.clone()).unwrap();
+    assert_eq!(line, "* msg alice 2027-01-15T08:00:01Z hi\n");
+}
+
+#[test]
+fn a_failed_commit_is_never_acknowledged() {
+    let t0 = Instant::now();
+    let mut chat = chat_with(&["alice", "bob"]);
+    let mut alice = caller(1, None);
+    log_in(&mut chat, &mut alice, "alice", clock(t0, 0));
+    let mut fx = Effects::default();
+    let cmd = Command::Send {
+        to: "bob".into(),
+        text: "hi".into(),
+    };
+    let Step::Wait(job) = chat.execute(&mut alice, cmd, clock(t0, 1), &mut fx) else {
+        panic!()
+    };
+    let step = chat.complete(
+        Some(&mut alice),
+        job.cont,
+        WorkResult::Store(Err("disk full".into())),
+        clock(t0, 1),
+        &mut fx,
+    );
+    assert!(reply_text(step).starts_with("- INTERNAL "));
+    assert!(fx.pushes.is_empty());
+}
+
+#[test]
+fn a_recipient_who_leaves_before_the_commit_gets_it_in_the_inbox() {
+    let t0 = Instant::now();
+    let mut chat = chat_with(&["alice", "bob"]);
+    let mut alice = caller(1, None);
+    let mut bob = caller(2, None);
+    log_in(&mut chat, &mut alice, "alice", clock(t0, 0));
+    log_in(&mut chat, &mut bob, "bob", clock(t0, 0));
+    let mut fx = Effects::default();
+    let cmd = Command::Send {
+        to: "bob".into(),
+        text: "hi".into(),
+    };
+    let Step::Wait(job) = chat.execute(&mut alice, cmd, clock(t0, 1), &mut fx) else {
+        panic!()
+    };
+    assert!(chat.disconnect(&bob, clock(t0, 1)).is_some());
+    let step = chat.complete(
+        Some(&mut alice),
+        job.cont,
+        WorkResult::Store(Ok(StoreOutput::Ids(vec![9]))),
+        clock(t0, 1),
+        &mut fx,
+    );
+    // The "stored" promise waits for the inbox flag to be committed.
+    let Step::Wait(mark) = step else {
+        panic!("{step:?}")
+    };
+    assert!(matches!(
+        mark.work,
+        Work::Store(StoreRequest::MarkUnread { ref ids }) if ids == &[9]
+    ));
+    let ack = chat.complete(
+        Some(&mut alice),
+        mark.cont,
+        WorkResult::Store(Ok(StoreOutput::Done)),
+        clock(t0, 1),
+        &mut fx,
+    );
+    assert_eq!(reply_text(ack), "+ stored\n");
+    assert!(fx.pushes.is_empty());
+    assert_eq!(chat.accounts["bob"].unread, 1);
+}
+
+#[test]
+fn lockout_counts_per_user_and_address_and_expires() {
+    let t0 = Instant::now();
+    let mut chat = chat_with(&["alice"]);
+    let mut c = caller(1, None);
+    let mut fx = Effects::default();
+    let attempt = |chat: &mut Chat, c: &mut Caller, at: u64, fx: &mut Effects, ok: bool| {
+        let cmd = Command::Login {
+            user: "alice".into(),
+            password: "pw".into(),
+        };
+        match chat.execute(c, cmd, clock(t0, at), fx) {
+            Step::Wait(job) => reply_text(chat.complete(
+                Some(c),
+                job.cont,
+                WorkResult::Hash(HashOutcome::Verified(ok)),
+                clock(t0, at),
+                fx,
+            )),
+            step => reply_text(step),
+        }
+    };
+    for _ in 0..3 {
+        assert!(attempt(&mut chat, &mut c, 0, &mut fx, false).starts_with("- AUTHFAIL"));
+    }
+    let locked = attempt(&mut chat, &mut c, 10, &mut fx, true);
+    assert_eq!(
+        locked,
+        "- LOCKED too many failed logins; try again in 50 seconds\n"
+    );
+    let mut other_ip = caller(2, None);
+    other_ip.ip = "127.0.0.2".parse().unwrap();
+    assert!(attempt(&mut chat, &mut other_ip, 10, &mut fx, true).starts_with("+ welcome"));
+    assert!(attempt(&mut chat, &mut c, 60, &mut fx, true).starts_with("+ welcome"));
+    assert!(!fx.lock_timers.is_empty());
+}
+
+#[test]
+fn unknown_users_are_verified_against_the_dummy_hash() {
+    let t0 = Instant::now();
+    let mut chat = chat_with(&[]);
+    let mut c = caller(1, None);
+    let cmd = Command::Login {
+        user: "ghost".into(),
+        password: "pw".into(),
+    };
+    let Step::Wait(job) = chat.execute(&mut c, cmd, clock(t0, 0), &mut Effects::default()) else {
+        panic!()
+    };
+    assert!(matches!(job.work, Work::Hash(HashWork::Verify { ref hash, .. }) if hash == "dummy"));
+    // Even a "match" against the dummy hash is a failure.
+    let step = chat.complete(
+        Some(&mut c),
+        job.cont,
+        WorkResult::Hash(HashOutcome::Verified(true)),
+        clock(t0, 0),
+        &mut Effects::default(),
+    );
+    assert!(reply_text(step).starts_with("- AUTHFAIL"));
+}
+
+#[test]
+fn a_second_login_replaces_the_first_session() {
+    let t0 = Instant::now();
+    let mut chat = chat_with(&["alice"]);
+    let mut first = caller(1, None);
+    let mut second = caller(2, None);
+    log_in(&mut chat, &mut first, "alice", clock(t0, 0));
+    let fx = log_in(&mut chat, &mut second, "alice", clock(t0, 1));
+    assert_eq!(fx.closes, vec![(first.session, ByeReason::Replaced)]);
+    // The replaced session leaving does not take the user offline.
+    assert!(chat.disconnect(&first, clock(t0, 2)).is_none());
+    assert_eq!(chat.online_count(), 1);
+    assert!(chat.disconnect(&second, clock(t0, 3)).is_some());
+    assert_eq!(chat.accounts["alice"].last_seen, Some(clock(t0, 3).wall));
+}
+
+#[test]
+fn two_registrations_cannot_race_for_one_name() {
+    let t0 = Instant::now();
+    let mut chat = chat_with(&[]);
+    let mut a = caller(1, None);
+    let mut b = caller(2, None);
+    let reg = || Command::Register {
+        user: "neo".into(),
+        password: "password1".into(),
+    };
+    let mut fx = Effects::default();
+    let Step::Wait(job) = chat.execute(&mut a, reg(), clock(t0, 0), &mut fx) else {
+        panic!()
+    };
+    assert!(reply_text(chat.execute(&mut b, reg(), clock(t0, 0), &mut fx)).starts_with("- EXISTS"));
+    let Step::Wait(store) = chat.complete(
+        Some(&mut a),
+        job.cont,
+        WorkResult::Hash(HashOutcome::Hashed(Ok("h".into()))),
+        clock(t0, 0),
+        &mut fx,
+    ) else {
+        panic!()
+    };
+    let done = chat.complete(
+        Some(&mut a),
+        store.cont,
+        WorkResult::Store(Ok(StoreOutput::Done)),
+        clock(t0, 0),
+        &mut fx,
+    );
+    assert_eq!(reply_text(done), "+ registered neo\n");
+    assert_eq!(a.user.as_deref(), Some("neo"));
+}
+
+#[test]
+fn broadcast_skips_the_sender_and_those_who_block_them() {
+    let t0 = Instant::now();
+    let mut chat = chat_with(&["alice", "bob", "carol"]);
+    let mut cs: Vec<Caller> = (0..3).map(|i| caller(i, None)).collect();
+    for (c, name) in cs.iter_mut().zip(["alice", "bob", "carol"]) {
+        log_in(&mut chat, c, name, clock(t0, 0));
+    }
+    let mut fx = Effects::default();
+    let block = Command::Block {
+        user: "alice".into(),
+    };
+    assert!(matches!(
+        chat.execute(&mut cs[2], block, clock(t0, 0), &mut fx),
+        Step::Wait(_)
+    ));
+    let step = chat.execute(
+        &mut cs[0],
+        Command::Broadcast { text: "yo".into() },
+        clock(t0, 1),
+        &mut fx,
+    );
+    assert_eq!(reply_text(step), "+ sent to 1\n");
+    assert_eq!(fx.pushes[0].to, vec![cs[1].session]);
+}
+
+#[test]
+fn inbox_reports_what_is_still_waiting() {
+    let t0 = Instant::now();
+    let mut chat = chat_with(&["bob"]);
+    chat.accounts.get_mut("bob").unwrap().unread = 101;
+    let mut bob = caller(1, None);
+    log_in(&mut chat, &mut bob, "bob", clock(t0, 0));
+    let rows = vec![MessageRow {
+        id: 1,
+        ts: 0,
+        sender: "alice".into(),
+        recipient: "bob".into(),
+        body: "hi".into(),
+    }];
+    let step = chat.complete(
+        Some(&mut bob),
+        Cont::Inbox { user: "bob".into() },
+        WorkResult::Store(Ok(StoreOutput::Rows(rows))),
+        clock(t0, 0),
+        &mut Effects::default(),
+    );
+    assert_eq!(
+        reply_text(step),
+        "= 1970-01-01T00:00:00Z alice hi\n+ 1 unread (100 more waiting: inbox again)\n"
+    );
+}

@@ -1,1 +1,161 @@
+//! The store against a real SQLite file in a temporary directory.
 
+use super::*;
+
+fn open() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    (dir, store)
+}
+
+fn msg(sender: &str, recipient: &str, body: &str, unread: bool) -> NewMessage {
+    NewMessage {
+        ts: 1,
+        sender: sender.into(),
+        recipient: recipient.into(),
+        body: body.into(),
+        unread,
+    }
+}
+
+fn bodies(out: &Result<StoreOutput, String>) -> Vec<String> {
+    match out {
+        Ok(StoreOutput::Rows(rows)) => rows.iter().map(|r| r.body.clone()).collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn inbox_returns_unread_oldest_first_and_marks_them_read() {
+    let (_dir, mut store) = open();
+    store.run_batch(&[StoreRequest::InsertMessages(vec![
+        msg("a", "b", "one", true),
+        msg("a", "b", "seen", false),
+        msg("c", "b", "two", true),
+        msg("b", "a", "other way", true),
+    ])]);
+    let take = StoreRequest::TakeInbox {
+        user: "b".into(),
+        limit: 1,
+    };
+    let out = store.run_batch(&[take.clone(), take.clone(), take]);
+    assert_eq!(bodies(&out[0]), ["one"]);
+    assert_eq!(bodies(&out[1]), ["two"]);
+    assert!(bodies(&out[2]).is_empty());
+    assert_eq!(store.load().unwrap().unread.get("a"), Some(&1));
+}
+
+#[test]
+fn history_is_the_last_n_oldest_first_optionally_with_one_user() {
+    let (_dir, mut store) = open();
+    store.run_batch(&[StoreRequest::InsertMessages(vec![
+        msg("a", "b", "1", false),
+        msg("b", "a", "2", false),
+        msg("a", "c", "3", false),
+        msg("c", "b", "4", false),
+    ])]);
+    let history = |with: Option<&str>, limit| StoreRequest::History {
+        user: "a".into(),
+        with: with.map(str::to_string),
+        limit,
+    };
+    let out = store.run_batch(&[history(None, 10), history(None, 2), history(Some("b"), 10)]);
+    assert_eq!(bodies(&out[0]), ["1", "2", "3"]);
+    assert_eq!(bodies(&out[1]), ["2", "3"]);
+    assert_eq!(bodies(&out[2]), ["1", "2"]);
+}
+
+#[test]
+fn a_failing_request_does_not_take_its_batch_down() {
+    let (_dir, mut store) = open();
+    let create = StoreRequest::CreateUser {
+        name: "a".into(),
+        hash: "h".into(),
+        created: 0,
+    };
+    let out = store.run_batch(&[
+        create.clone(),
+        create,
+        StoreRequest::SetBlock {
+            blocker: "a".into(),
+            blocked: "b".into(),
+            on: true,
+        },
+    ]);
+    assert!(out[0].is_ok());
+    assert!(out[1].is_err(), "duplicate user must fail");
+    assert!(out[2].is_ok());
+    let snap = store.load().unwrap();
+    assert_eq!(snap.users.len(), 1);
+    assert_eq!(snap.blocks, vec![("a".to_string(), "b".to_string())]);
+}
+
+#[test]
+fn data_and_schema_version_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut store = Store::open(dir.path()).unwrap();
+        store.run_batch(&[
+            StoreRequest::CreateUser {
+                name: "a".into(),
+                hash: "h".into(),
+                created: 0,
+            },
+            StoreRequest::SetLastSeen {
+                user: "a".into(),
+                at: 42,
+            },
+        ]);
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        store.load().unwrap().users["a"],
+        ("h".to_string(), Some(42))
+    );
+    let version: u32 = store
+        .conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+}
+
+#[test]
+fn a_database_from_a_newer_release_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Store::open(dir.path()).unwrap());
+    let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+        .unwrap();
+    drop(conn);
+    let err = Store::open(dir.path()).err().expect("must refuse");
+    assert!(err.0.contains("newer"), "{err}");
+}
+
+#[test]
+fn the_thread_reports_every_request_after_its_commit_in_order() {
+    let (dir, store) = open();
+    let (tx, rx) = mpsc::channel();
+    let mut handle = store
+        .spawn(move |batch: Vec<(u32, Result<StoreOutput, String>)>| {
+            for (tag, result) in batch {
+                tx.send((tag, result)).unwrap();
+            }
+        })
+        .unwrap();
+    for i in 0..200u32 {
+        let req = StoreRequest::InsertMessages(vec![msg("a", "b", &i.to_string(), true)]);
+        assert!(handle.submit(req, i).is_ok());
+    }
+    handle.close();
+    let tags: Vec<u32> = rx
+        .iter()
+        .map(|(tag, r)| {
+            assert!(matches!(r, Ok(StoreOutput::Ids(_))));
+            tag
+        })
+        .collect();
+    assert_eq!(tags, (0..200).collect::<Vec<_>>());
+    // Everything reported was committed: a fresh connection sees it.
+    let reopened = Store::open(dir.path()).unwrap();
+    assert_eq!(reopened.load().unwrap().unread.get("b"), Some(&200));
+}
