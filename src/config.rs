@@ -90,6 +90,11 @@ pub struct Config {
     /// Password-hashing cost for new hashes (`low` is for tests and benchmarks).
     #[arg(long, value_enum, default_value_t = HashCost::Normal)]
     pub hash_cost: HashCost,
+
+    /// Fault injection for tests: while this file exists, every store batch
+    /// fails as a full disk would make it fail.
+    #[arg(long, hide = true)]
+    pub store_fault_file: Option<PathBuf>,
 }
 
 impl Default for Config {

@@ -27,7 +27,7 @@ use crate::commands::{
 };
 use crate::config::{Config, Registration};
 use crate::protocol::{self, ByeReason, ErrorCode};
-use crate::session::{CloseState, Frame, RateBucket, Session, MAX_IN_FLIGHT, READ_CHUNK};
+use crate::session::{CloseState, Frame, RateBucket, Session, MAX_IN_FLIGHT};
 use crate::store::{Store, StoreHandle, StoreRequest};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -43,6 +43,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 const CLOSE_LINGER: Duration = Duration::from_secs(5);
 /// Pause before accepting again after running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Most unread input thrown away when closing politely (see
+/// `Session::discard_input`); beyond that a peer still sending gets a reset.
+const DISCARD_ON_CLOSE: usize = 1 << 20;
 /// Hashing threads. Argon2 at normal cost takes tens of milliseconds and
 /// 19 MiB; two workers keep logins flowing without starving the loop's core.
 const HASH_THREADS: usize = 2;
@@ -160,6 +163,7 @@ impl Server {
     /// fine here: the loop has not started.
     pub fn new(listener: StdListener, config: Config) -> io::Result<Server> {
         let mut store = Store::open(&config.data).map_err(|e| other_error(e.to_string()))?;
+        store.set_fault_file(config.store_fault_file.clone());
         if let Some(path) = &config.users {
             import_users(&mut store, path, &config)?;
         }
@@ -415,21 +419,14 @@ impl Server {
 
     // ----- reading and commands --------------------------------------------
 
-    /// Bytes of input a session may hold unprocessed: one maximal line plus a
-    /// read's worth, so an overlong line is always detected.
-    fn inbuf_limit(&self) -> usize {
-        self.config.max_line + READ_CHUNK
-    }
-
     fn read_ready(&mut self, token: usize) {
-        let limit = self.inbuf_limit();
         let Some(s) = self.sessions.get_mut(token) else {
             return;
         };
         if s.close != CloseState::Open || s.read_closed {
             return;
         }
-        match s.read_from_socket(limit) {
+        match s.read_from_socket() {
             Ok(full) => s.read_paused = full,
             Err(e) => {
                 log::debug!("session {}: read error: {e}", s.id);
@@ -453,14 +450,15 @@ impl Server {
     /// Handles whatever input the session may handle now, reading more while
     /// reading had been paused for room, then closes it if it is done.
     fn drive(&mut self, token: usize) {
-        let limit = self.inbuf_limit();
         loop {
             self.process_lines(token);
             let Some(s) = self.sessions.get(token) else {
                 return;
             };
-            let resume_read =
-                s.read_paused && !s.read_closed && s.inbuf.len() < limit && self.can_process(s);
+            let resume_read = s.read_paused
+                && !s.read_closed
+                && s.inbuf.len() < s.inbuf_limit()
+                && self.can_process(s);
             if !resume_read {
                 break;
             }
@@ -468,7 +466,7 @@ impl Server {
                 return;
             };
             let before = s.inbuf.len();
-            match s.read_from_socket(limit) {
+            match s.read_from_socket() {
                 Ok(full) => s.read_paused = full,
                 Err(e) => {
                     log::debug!("session {}: read error: {e}", s.id);
@@ -514,7 +512,7 @@ impl Server {
                     consumed += used;
                     let reply = protocol::err(
                         ErrorCode::TooLong,
-                        &format!("line longer than {} bytes discarded", self.config.max_line),
+                        &format!("line longer than {} bytes discarded", s.framer.max_line()),
                     );
                     self.reply_to_line(token, reply);
                 }
@@ -710,8 +708,16 @@ impl Server {
                             s.barrier = false;
                         }
                         // A login swaps the login deadline for the idle one,
-                        // which may come sooner.
+                        // which may come sooner, and lifts the stranger's line limit.
                         self.refresh_timer(sref.token);
+                        let max_line = self.config.max_line;
+                        if let Some(s) = self
+                            .sessions
+                            .get_mut(sref.token)
+                            .filter(|s| s.caller.user.is_some())
+                        {
+                            s.framer.set_max_line(max_line);
+                        }
                     }
                     self.release(sref.token, seq, reply);
                 }
@@ -907,9 +913,7 @@ impl Server {
             }
             let mut s = self.sessions.remove(token);
             if s.close == CloseState::CloseAfterFlush {
-                // Unread input makes the kernel answer our close with a reset,
-                // which can destroy the goodbye we just wrote; read it away first.
-                let _ = s.read_from_socket(usize::MAX);
+                s.discard_input(DISCARD_ON_CLOSE);
                 let _ = s.stream.shutdown(std::net::Shutdown::Write);
             }
             if let Err(e) = self.poll.registry().deregister(&mut s.stream) {

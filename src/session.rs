@@ -23,6 +23,18 @@ pub const READ_CHUNK: usize = 16 * 1024;
 /// pipelines without limit is slowed by TCP instead of growing our memory.
 pub const MAX_IN_FLIGHT: usize = 64;
 
+/// Longest line accepted before login, LF included. The longest useful line
+/// then is `register` with a 32-character name and a 256-byte password
+/// (under 300 bytes); anything more from a stranger is refused early, so an
+/// unauthenticated connection cannot make us hold much of its input.
+pub const PRE_LOGIN_MAX_LINE: usize = 512;
+
+/// Input a session may hold unprocessed beyond one maximal line: a full read
+/// once logged in, much less before.
+pub const INBUF_SLACK_LOGGED_IN: usize = READ_CHUNK;
+/// See [`INBUF_SLACK_LOGGED_IN`].
+pub const INBUF_SLACK_PRE_LOGIN: usize = 1024;
+
 /// What framing found at the front of the input buffer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame<'a> {
@@ -52,6 +64,16 @@ impl LineFramer {
             max_line: max_line.max(1),
             discarding: false,
         }
+    }
+
+    /// The line-length limit in force (LF included).
+    pub fn max_line(&self) -> usize {
+        self.max_line
+    }
+
+    /// Changes the limit for lines not yet framed (it grows at login).
+    pub fn set_max_line(&mut self, max_line: usize) {
+        self.max_line = max_line.max(1);
     }
 
     /// Looks at the front of `buf` and returns how many bytes it used and
@@ -260,7 +282,7 @@ impl Session {
             ip,
             caller,
             inbuf: Vec::new(),
-            framer: LineFramer::new(max_line),
+            framer: LineFramer::new(max_line.min(PRE_LOGIN_MAX_LINE)),
             outbuf: Vec::new(),
             sent: 0,
             replies: ReplyOrder::default(),
@@ -295,6 +317,17 @@ impl Session {
         true
     }
 
+    /// How much unprocessed input this session may hold: one maximal line
+    /// plus some slack, so an overlong line is always detected.
+    pub fn inbuf_limit(&self) -> usize {
+        let slack = if self.caller.user.is_some() {
+            INBUF_SLACK_LOGGED_IN
+        } else {
+            INBUF_SLACK_PRE_LOGIN
+        };
+        self.framer.max_line() + slack
+    }
+
     /// Bytes buffered and not yet written.
     pub fn pending_output(&self) -> usize {
         self.outbuf.len() - self.sent
@@ -302,10 +335,10 @@ impl Session {
 
     /// Reads until `WouldBlock`, EOF, or the input buffer is full. Returns
     /// whether the buffer filled up before the socket was drained.
-    pub fn read_from_socket(&mut self, inbuf_limit: usize) -> io::Result<bool> {
+    pub fn read_from_socket(&mut self) -> io::Result<bool> {
         let mut chunk = [0u8; READ_CHUNK];
         loop {
-            let room = inbuf_limit.saturating_sub(self.inbuf.len());
+            let room = self.inbuf_limit().saturating_sub(self.inbuf.len());
             if room == 0 {
                 return Ok(true);
             }
@@ -319,6 +352,22 @@ impl Session {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads and throws away up to `max` bytes of pending input. Closing a
+    /// socket with unread input makes the kernel send a reset, which can
+    /// destroy the goodbye still in flight to the peer.
+    pub fn discard_input(&mut self, max: usize) {
+        let mut chunk = [0u8; READ_CHUNK];
+        let mut total = 0;
+        while total < max {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return,
+                Ok(n) => total += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
             }
         }
     }

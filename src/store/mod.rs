@@ -117,6 +117,8 @@ impl std::error::Error for OpenError {}
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// While this file exists, batches fail (fault-injection tests).
+    fault_file: Option<PathBuf>,
 }
 
 impl Store {
@@ -144,7 +146,17 @@ impl Store {
             .map_err(fail)?;
         schema::migrate(&mut conn)
             .map_err(|e| OpenError(format!("cannot migrate database {}: {e}", path.display())))?;
-        Ok(Store { conn, path })
+        Ok(Store {
+            conn,
+            path,
+            fault_file: None,
+        })
+    }
+
+    /// Makes every batch fail while `path` exists, so tests can see what
+    /// clients get when the disk is full without filling one.
+    pub fn set_fault_file(&mut self, path: Option<PathBuf>) {
+        self.fault_file = path;
     }
 
     /// Where the database file is.
@@ -202,7 +214,7 @@ impl Store {
         let (tx, rx) = mpsc::channel();
         let thread = thread::Builder::new()
             .name("natter-store".into())
-            .spawn(move || store_thread(self.conn, rx, on_batch))?;
+            .spawn(move || store_thread(self.conn, self.fault_file, rx, on_batch))?;
         Ok(StoreHandle {
             tx: Some(tx),
             thread: Some(thread),
@@ -244,8 +256,12 @@ impl<T> Drop for StoreHandle<T> {
     }
 }
 
-fn store_thread<T, F>(mut conn: Connection, rx: Receiver<(StoreRequest, T)>, mut on_batch: F)
-where
+fn store_thread<T, F>(
+    mut conn: Connection,
+    fault_file: Option<PathBuf>,
+    rx: Receiver<(StoreRequest, T)>,
+    mut on_batch: F,
+) where
     F: FnMut(Vec<(T, Result<StoreOutput, String>)>),
 {
     // Blocks for the first request, then takes whatever else queued up
@@ -259,7 +275,19 @@ where
             }
         }
         let (requests, tags): (Vec<StoreRequest>, Vec<T>) = batch.into_iter().unzip();
-        let results = run_batch(&mut conn, &requests);
+        let results = match fault_file.as_deref().filter(|f| f.exists()) {
+            Some(f) => {
+                log::error!(
+                    "store: batch failed: injected fault ({} exists)",
+                    f.display()
+                );
+                requests
+                    .iter()
+                    .map(|_| Err("injected fault".to_string()))
+                    .collect()
+            }
+            None => run_batch(&mut conn, &requests),
+        };
         on_batch(tags.into_iter().zip(results).collect());
     }
 }

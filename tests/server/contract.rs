@@ -1,12 +1,10 @@
 //! The protocol contract (docs/PROTOCOL.md), tested the way users meet it:
 //! the real natterd binary on port 0, spoken to over TCP.
 
-mod util;
-
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use util::{Client, Server, TIMEOUT};
+use crate::util::{Client, Server, TIMEOUT};
 
 // ----- connecting, login, register ----------------------------------------
 

@@ -31,13 +31,26 @@ impl Server {
     pub fn start(args: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().join("data");
-        let mut s = Server::start_at(&data, args);
+        let mut s = Server::launch(&data, args, None);
+        s._dir = Some(dir);
+        s
+    }
+
+    /// Starts a server whose open-file limit is `nofile`.
+    pub fn start_with_fd_limit(args: &[&str], nofile: u64) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        let mut s = Server::launch(&data, args, Some(nofile));
         s._dir = Some(dir);
         s
     }
 
     /// Starts a server on an existing data directory (restart tests).
     pub fn start_at(data: &Path, args: &[&str]) -> Server {
+        Server::launch(data, args, None)
+    }
+
+    fn launch(data: &Path, args: &[&str], nofile: Option<u64>) -> Server {
         let mut full: Vec<String> = vec!["--data".into(), data.display().to_string()];
         if !args.contains(&"--rate") {
             full.extend(["--rate".into(), "0".into()]);
@@ -53,7 +66,24 @@ impl Server {
             .append(true)
             .open(data.with_extension("log"))
             .expect("log file next to the data directory");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_natterd"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_natterd"));
+        if let Some(limit) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and touches only the child.
+            unsafe {
+                command.pre_exec(move || {
+                    let rl = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
             .args(&full)
             .env("RUST_LOG", "debug")
             .stdout(Stdio::piped())
@@ -139,6 +169,17 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// The server's resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
     }
 
     /// The server's log so far.

@@ -1,0 +1,204 @@
+//! Nothing acknowledged is lost: not to SIGKILL at a random moment, not to a
+//! store that cannot write.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::thread;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::util::Server;
+
+const SENDERS: usize = 4;
+const PER_SENDER: usize = 300;
+
+/// A kill delay that differs from run to run without a random-number crate.
+fn varying_delay(round: u64) -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    Duration::from_millis(5 + (nanos / 1000 + round * 37) % 120)
+}
+
+/// Pipelines `send` commands alternating between `bob` (offline) and
+/// `carol` (online) and returns the texts whose `+` arrived before the
+/// connection died.
+fn pipeline_sends(mut stream: TcpStream, sender: usize) -> Vec<String> {
+    let texts: Vec<(String, String)> = (0..PER_SENDER)
+        .map(|n| {
+            let to = if n % 2 == 0 { "bob" } else { "carol" };
+            (to.to_string(), format!("s{sender}-{n}"))
+        })
+        .collect();
+    let mut batch = String::new();
+    for (to, text) in &texts {
+        batch.push_str(&format!("send {to} {text}\n"));
+    }
+    let writer = {
+        let mut stream = stream.try_clone().expect("clone");
+        thread::spawn(move || {
+            // The server may die mid-write; that is the point.
+            let _ = stream.write_all(batch.as_bytes());
+        })
+    };
+    let mut acked = Vec::new();
+    let mut reader = BufReader::new(&mut stream);
+    let mut line = String::new();
+    while acked.len() < texts.len() {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let line = line.trim_end();
+        if line.starts_with("* ") {
+            continue;
+        }
+        assert!(
+            line == "+ stored" || line == "+ delivered",
+            "sender {sender}: unexpected reply {line:?}"
+        );
+        acked.push(texts[acked.len()].1.clone());
+    }
+    let _ = writer.join();
+    acked
+}
+
+/// The texts of `user`'s history, oldest first.
+fn history_texts(server: &Server, user: &str) -> Vec<String> {
+    let mut c = server.connect();
+    c.login(user, &format!("password-{user}"));
+    let reply = c.cmd("history 1000");
+    reply[..reply.len() - 1]
+        .iter()
+        .map(|l| l.rsplit(' ').next().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn acknowledged_sends_survive_sigkill_at_random_moments() {
+    for round in 0..3 {
+        let mut server = Server::start(&[]);
+        drop(server.user("bob"));
+        let mut carol = server.user("carol");
+        let streams: Vec<TcpStream> = (0..SENDERS)
+            .map(|i| {
+                let c = server.user(&format!("s{i}"));
+                c.stream
+            })
+            .collect();
+        let workers: Vec<_> = streams
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| thread::spawn(move || pipeline_sends(s, i)))
+            .collect();
+        thread::sleep(varying_delay(round));
+        server.kill();
+        let acked: Vec<Vec<String>> = workers
+            .into_iter()
+            .map(|w| w.join().expect("sender"))
+            .collect();
+        // carol was online: what she saw pushed before the kill must be stored too.
+        let pushed: Vec<String> = carol
+            .until_closed()
+            .iter()
+            .filter(|l| l.starts_with("* msg "))
+            .map(|l| l.rsplit(' ').next().unwrap_or("").to_string())
+            .collect();
+
+        let server = server.restart_after_kill();
+        let mut kept = history_texts(&server, "bob");
+        kept.extend(history_texts(&server, "carol"));
+        let mut count: HashMap<&str, usize> = HashMap::new();
+        for text in &kept {
+            *count.entry(text.as_str()).or_default() += 1;
+        }
+        for (text, n) in &count {
+            assert_eq!(*n, 1, "round {round}: {text} stored {n} times");
+        }
+        for (i, texts) in acked.iter().enumerate() {
+            for text in texts {
+                assert!(
+                    count.contains_key(text.as_str()),
+                    "round {round}: acknowledged {text} lost"
+                );
+            }
+            // Per sender, stored messages keep the order they were sent in.
+            let order: Vec<usize> = kept
+                .iter()
+                .filter_map(|t| t.strip_prefix(&format!("s{i}-")))
+                .filter_map(|n| n.parse().ok())
+                .collect();
+            let (evens, odds): (Vec<usize>, Vec<usize>) = order.iter().partition(|n| *n % 2 == 0);
+            assert!(
+                evens.windows(2).all(|w| w[0] < w[1]),
+                "round {round}: order {evens:?}"
+            );
+            assert!(
+                odds.windows(2).all(|w| w[0] < w[1]),
+                "round {round}: order {odds:?}"
+            );
+        }
+        for text in &pushed {
+            assert!(
+                count.contains_key(text.as_str()),
+                "round {round}: pushed {text} not stored"
+            );
+        }
+        let total: usize = acked.iter().map(Vec::len).sum();
+        eprintln!("round {round}: {total} acknowledged, {} stored", kept.len());
+    }
+}
+
+#[test]
+fn when_the_store_fails_senders_get_internal_and_service_recovers() {
+    let dir = tempfile::tempdir().expect("dir");
+    let fault = dir.path().join("fault");
+    let fault_arg = fault.display().to_string();
+    let server = Server::start(&["--store-fault-file", &fault_arg]);
+    drop(server.user("bob"));
+    let mut carol = server.user("carol");
+    let mut alice = server.user("alice");
+    assert_eq!(alice.cmd1("send bob before"), "+ stored");
+
+    std::fs::write(&fault, b"").expect("fault on");
+    assert!(alice.cmd1("send bob during").starts_with("- INTERNAL "));
+    assert!(alice.cmd1("send carol during").starts_with("- INTERNAL "));
+    assert!(
+        carol.quiet_for(Duration::from_millis(100)),
+        "an unstored message was pushed"
+    );
+    assert!(alice.cmd1("block bob").starts_with("- INTERNAL "));
+    assert!(alice.cmd1("inbox").starts_with("- INTERNAL "));
+    let mut newcomer = server.connect();
+    assert!(newcomer
+        .cmd1("register dave password1")
+        .starts_with("- INTERNAL "));
+    // What needs no disk keeps working.
+    assert_eq!(alice.cmd1("ping"), "+ pong");
+    assert_eq!(alice.cmd1("broadcast still here"), "+ sent to 1");
+    assert!(carol.event().ends_with(" still here"));
+    assert!(server.log().contains("injected fault"));
+
+    std::fs::remove_file(&fault).expect("fault off");
+    assert_eq!(alice.cmd1("send bob after"), "+ stored");
+    assert_eq!(
+        newcomer.cmd1("register dave password1"),
+        "+ registered dave"
+    );
+    let server = server.restart_after_kill();
+    let mut bob = server.connect();
+    assert_eq!(
+        bob.cmd1("login bob password-bob"),
+        "+ welcome bob (2 unread messages)"
+    );
+    let inbox = bob.cmd("inbox");
+    assert!(
+        inbox[0].ends_with(" before") && inbox[1].ends_with(" after"),
+        "{inbox:?}"
+    );
+    let mut carol = server.connect();
+    carol.login("carol", "password-carol");
+    assert_eq!(carol.cmd("history"), vec!["+ 0 messages"]);
+}

@@ -1,0 +1,170 @@
+//! Hostile and broken clients are contained: each is refused or dropped with
+//! the documented answer while an ordinary client keeps its normal latency.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::util::{Client, Server, TIMEOUT};
+
+/// A ping round trip an ordinary client must stay under while others
+/// misbehave. Generous for a loaded 2-core CI machine, yet far below what a
+/// stalled loop (seconds) would show.
+const PING_BOUND: Duration = Duration::from_millis(250);
+
+/// Pings from `client` every few milliseconds while `attack` runs; returns
+/// the worst round trip seen.
+fn worst_ping_during(client: &mut Client, attack: impl FnOnce() + Send + 'static) -> Duration {
+    let done = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&done);
+    let attacker = thread::spawn(move || {
+        attack();
+        flag.store(true, Ordering::SeqCst);
+    });
+    let mut worst = Duration::ZERO;
+    let mut pings = 0;
+    let started = Instant::now();
+    while !done.load(Ordering::SeqCst) || pings < 20 {
+        worst = worst.max(client.ping());
+        pings += 1;
+        assert!(started.elapsed() < TIMEOUT * 3, "attack did not finish");
+        thread::sleep(Duration::from_millis(20));
+    }
+    attacker.join().expect("attacker");
+    worst
+}
+
+#[test]
+fn slowloris_is_timed_out_and_never_slows_others() {
+    let server = Server::start(&["--login-timeout", "1"]);
+    let mut ordinary = server.user("ordinary");
+    let addr = server.addr;
+    let worst = worst_ping_during(&mut ordinary, move || {
+        let mut slow = TcpStream::connect(addr).expect("connect");
+        let started = Instant::now();
+        // A byte at a time, never a full line, until the server hangs up.
+        while started.elapsed() < TIMEOUT {
+            if slow.write_all(b"l").is_err() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        panic!("slowloris connection was never closed");
+    });
+    assert!(worst < PING_BOUND, "worst ping {worst:?}");
+}
+
+#[test]
+fn binary_noise_is_refused_and_never_slows_others() {
+    let server = Server::start(&["--rate", "100", "--burst", "100"]);
+    let mut ordinary = server.user("ordinary");
+    let addr = server.addr;
+    let worst = worst_ping_during(&mut ordinary, move || {
+        let mut noisy = Client::connect(addr);
+        // Deterministic pseudo-random bytes (xorshift): newlines included, so
+        // the server sees many short garbage lines as well as long ones.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let noise: Vec<u8> = (0..200_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let _ = noisy.stream.write_all(&noise);
+        let lines = noisy.until_closed();
+        assert!(
+            lines
+                .iter()
+                .all(|l| l.starts_with("* ") || l.starts_with("- ")),
+            "{lines:?}"
+        );
+        assert_eq!(lines.last().map(String::as_str), Some("* bye flood"));
+    });
+    assert!(worst < PING_BOUND, "worst ping {worst:?}");
+}
+
+#[test]
+fn a_command_flood_is_dropped_and_never_slows_others() {
+    let server = Server::start(&["--rate", "100", "--burst", "100"]);
+    let mut ordinary = server.user("ordinary");
+    let mut flooder = server.user("flooder");
+    let worst = worst_ping_during(&mut ordinary, move || {
+        let _ = flooder
+            .stream
+            .write_all("whoelse\n".repeat(50_000).as_bytes());
+        let lines = flooder.until_closed();
+        assert_eq!(lines.last().map(String::as_str), Some("* bye flood"));
+        assert!(lines.iter().any(|l| l.starts_with("- RATE ")));
+    });
+    assert!(worst < PING_BOUND, "worst ping {worst:?}");
+}
+
+#[test]
+fn a_huge_line_is_refused_once_and_the_connection_goes_on() {
+    let server = Server::start(&[]);
+    let mut ordinary = server.user("ordinary");
+    let mut big = server.user("big");
+    let before = server.rss_kib();
+    let worst = worst_ping_during(&mut ordinary, move || {
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..20 {
+            big.stream.write_all(&chunk).expect("write");
+        }
+        big.send("\nping");
+        assert!(big.reply()[0].starts_with("- TOOLONG "));
+        assert_eq!(big.reply(), vec!["+ pong"]);
+    });
+    assert!(worst < PING_BOUND, "worst ping {worst:?}");
+    // 20 MiB went by; the server held at most a line's worth of it.
+    let grown = server.rss_kib().saturating_sub(before);
+    assert!(grown < 4 * 1024, "server grew by {grown} KiB");
+}
+
+#[test]
+fn strangers_get_a_smaller_line_limit() {
+    let server = Server::start(&[]);
+    let mut stranger = server.connect();
+    let long = format!("login alice {}", "p".repeat(600));
+    assert!(stranger.cmd1(&long).starts_with("- TOOLONG "));
+    // The longest legitimate line before login still fits.
+    let name = "a".repeat(32);
+    let register = format!("register {name} {}", "p".repeat(256));
+    assert_eq!(stranger.cmd1(&register), format!("+ registered {name}"));
+    // After login the configured limit applies.
+    assert_eq!(
+        stranger.cmd1(&format!("broadcast {}", "b".repeat(2000))),
+        "+ sent to 0"
+    );
+}
+
+#[test]
+fn running_out_of_file_descriptors_pauses_accepting_only() {
+    let server = Server::start_with_fd_limit(&[], 48);
+    let mut ordinary = server.user("ordinary");
+    // Far more connections than descriptors: the kernel completes them (the
+    // backlog), the server accepts what it can and leaves the rest waiting.
+    let mut extra: Vec<TcpStream> = (0..60)
+        .map(|_| TcpStream::connect(server.addr).expect("connect"))
+        .collect();
+    let deadline = Instant::now() + TIMEOUT;
+    while !server.log().contains("accept failed") {
+        assert!(
+            Instant::now() < deadline,
+            "accept never failed; log:\n{}",
+            server.log()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(ordinary.ping() < PING_BOUND);
+    // Free descriptors: the waiting connections are greeted.
+    extra.drain(..40);
+    let mut late = Client::from_stream(extra.pop().expect("a waiting connection"));
+    late.skip_greeting();
+    assert_eq!(late.cmd1("ping").split(' ').nth(1), Some("NOAUTH"));
+    assert!(ordinary.ping() < PING_BOUND);
+}
