@@ -1,9 +1,73 @@
-//! The natter terminal client. Placeholder until the client issue lands:
-//! it only says so, so the workspace builds and nobody mistakes it for a client.
+//! `natter`, the terminal client for natterd. This file only parses the
+//! command line (and documents the client in `--help`); `app` does the work.
+
+mod app;
+
+use clap::Parser;
+
+const AFTER_HELP: &str = "\
+Interactive use (stdin is a terminal):
+  natter asks for the username (unless --user is given) and the password
+  (without echo, unless NATTER_PASSWORD is set), logs in, then shows a prompt.
+  Type protocol commands at the prompt, e.g.:
+    send <user> <text>        whoelse           wholast <minutes>
+    broadcast <text>          broadcast user <u1> [<u2> ...] message <text>
+    inbox    history [<user>] [<count>]    block <user>    unblock <user>
+    blocked  ping    help     logout | quit
+  Replies are shown as the server sends them: '+ ...' success, '- CODE ...'
+  failure, '= ...' data lines. Messages arrive as chat lines with the local
+  time and the sender, e.g. '[19:20] alice: hi', printed above the prompt so
+  what you are typing is never disturbed. Up/Down recall earlier commands;
+  Tab completes command words and the usernames seen so far.
+  Ctrl-C or Ctrl-D logs out, like 'quit'.
+
+Piped use (stdin is not a terminal):
+  No prompt and no line editing. Each input line is sent as a command and what
+  comes back is printed in plain text on stdout. At the end of input natter
+  waits for the reply to every command sent, then exits. Without --user the
+  script logs in itself:
+    printf 'login alice secret-pw\\nwhoelse\\n' | natter 127.0.0.1 4000
+  With --user, natter logs in first using NATTER_PASSWORD (or asks on the
+  terminal):
+    printf 'send bob hi\\n' | NATTER_PASSWORD=secret-pw natter --user alice
+
+Environment:
+  NATTER_PASSWORD  the password, for scripts; used instead of asking.
+  NO_COLOR         when set and non-empty, never use colour. Colour is
+                   otherwise used only when stdout is a terminal.
+
+Exit status:
+  0  logged out ('quit', 'logout', Ctrl-C, Ctrl-D), or the end of piped input
+     with every reply received.
+  1  the server closed the connection ('* bye <reason>', shown with the reason)
+     or it dropped; the server could not be reached; the login failed.
+  2  bad command-line arguments.";
+
+/// The natter chat client.
+#[derive(Parser)]
+#[command(name = "natter", version, about, after_help = AFTER_HELP)]
+struct Args {
+    /// Server host name or address.
+    #[arg(default_value = natter_client::DEFAULT_HOST)]
+    host: String,
+    /// Server port.
+    #[arg(default_value_t = natter_client::DEFAULT_PORT)]
+    port: u16,
+    /// Log in as NAME (asked for when missing on a terminal).
+    #[arg(short, long, value_name = "NAME")]
+    user: Option<String>,
+    /// Register NAME as a new user (and log in) instead of logging in.
+    #[arg(short, long)]
+    register: bool,
+}
 
 fn main() {
-    eprintln!(
-        "natter: the terminal client is not written yet; use netcat or telnet (see README.md)"
-    );
-    std::process::exit(2);
+    let args = Args::parse();
+    let code = app::run(app::Options {
+        host: args.host,
+        port: args.port,
+        user: args.user,
+        register: args.register,
+    });
+    std::process::exit(code);
 }
