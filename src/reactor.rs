@@ -524,8 +524,7 @@ impl Server {
             }
         }
         if let Some(s) = self.sessions.get_mut(token) {
-            let consumed = consumed.min(s.inbuf.len());
-            s.inbuf.drain(..consumed);
+            s.consume_input(consumed);
         }
     }
 

@@ -35,6 +35,11 @@ pub const INBUF_SLACK_LOGGED_IN: usize = READ_CHUNK;
 /// See [`INBUF_SLACK_LOGGED_IN`].
 pub const INBUF_SLACK_PRE_LOGIN: usize = 1024;
 
+/// Buffer capacity an emptied buffer may keep. Enough for the typical
+/// command or event, so a busy session does not reallocate per message, yet
+/// small enough that ten thousand idle sessions cost little.
+pub const KEEP_BUFFER_CAPACITY: usize = 4096;
+
 /// What framing found at the front of the input buffer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame<'a> {
@@ -317,6 +322,16 @@ impl Session {
         true
     }
 
+    /// Removes the first `consumed` bytes of input (all handled lines),
+    /// giving back a large allocation once the buffer is empty.
+    pub fn consume_input(&mut self, consumed: usize) {
+        let consumed = consumed.min(self.inbuf.len());
+        self.inbuf.drain(..consumed);
+        if self.inbuf.is_empty() && self.inbuf.capacity() > KEEP_BUFFER_CAPACITY {
+            self.inbuf = Vec::new();
+        }
+    }
+
     /// How much unprocessed input this session may hold: one maximal line
     /// plus some slack, so an overlong line is always detected.
     pub fn inbuf_limit(&self) -> usize {
@@ -389,7 +404,7 @@ impl Session {
             self.sent = 0;
             // A burst can leave a large allocation behind; idle sessions
             // should cost little, so give it back.
-            if self.outbuf.capacity() > 64 * 1024 {
+            if self.outbuf.capacity() > KEEP_BUFFER_CAPACITY {
                 self.outbuf = Vec::new();
             }
         } else if self.sent > self.outbuf.len() / 2 {

@@ -168,3 +168,73 @@ fn running_out_of_file_descriptors_pauses_accepting_only() {
     assert_eq!(late.cmd1("ping").split(' ').nth(1), Some("NOAUTH"));
     assert!(ordinary.ping() < PING_BOUND);
 }
+
+/// Raises this process's open-file soft limit as far as the hard limit
+/// allows (children inherit it) and returns the new limit.
+fn raise_fd_limit(want: u64) -> u64 {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 {
+            return 0;
+        }
+        rl.rlim_cur = want.min(rl.rlim_max);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
+    }
+    rl.rlim_cur
+}
+
+/// Resident memory a logged-in idle session may cost the server, documented
+/// in docs/OPERATIONS.md.
+const MAX_KIB_PER_IDLE_SESSION: u64 = 8;
+
+#[test]
+#[ignore = "heavy: 10,000 connections; .ci/run runs it with --ignored"]
+fn ten_thousand_idle_sessions_stay_within_the_memory_bound() {
+    const SESSIONS: usize = 10_000;
+    let limit = raise_fd_limit(2 * SESSIONS as u64 + 200);
+    assert!(
+        limit >= SESSIONS as u64 + 100,
+        "open-file limit {limit} is too low for this test"
+    );
+    let server = Server::start(&["--max-clients", "10100", "--idle-timeout", "3600"]);
+    let mut ordinary = server.user("ordinary");
+    let before = server.rss_kib();
+    let mut clients: Vec<TcpStream> = Vec::with_capacity(SESSIONS);
+    for i in 0..SESSIONS {
+        let mut s = TcpStream::connect(server.addr).expect("connect");
+        s.write_all(format!("register u{i} password-u{i}\n").as_bytes())
+            .expect("register");
+        clients.push(s);
+    }
+    for (i, s) in clients.iter().enumerate() {
+        // One descriptor per connection: read through a borrowed reader
+        // rather than a cloned stream.
+        s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        let mut reader = std::io::BufReader::new(s);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = std::io::BufRead::read_line(&mut reader, &mut line).expect("read");
+            assert!(n > 0, "connection {i} closed");
+            if !line.starts_with("* ") {
+                break;
+            }
+        }
+        assert_eq!(line.trim_end(), format!("+ registered u{i}"));
+    }
+    assert!(ordinary.ping() < PING_BOUND);
+    let after = server.rss_kib();
+    let per_session_bytes = after.saturating_sub(before) * 1024 / SESSIONS as u64;
+    let per_session = per_session_bytes.div_ceil(1024);
+    eprintln!("server RSS {before} KiB -> {after} KiB: {per_session_bytes} bytes per idle session");
+    drop(clients);
+    assert!(
+        per_session <= MAX_KIB_PER_IDLE_SESSION,
+        "{per_session} KiB per idle session"
+    );
+}
