@@ -215,6 +215,23 @@ impl ReplyOrder {
     }
 }
 
+/// When a session's timer should fire: a closing session's linger time;
+/// else the idle deadline once logged in; else the login deadline.
+pub fn session_deadline(
+    logged_in: bool,
+    connected_at: Instant,
+    last_command: Instant,
+    linger_until: Option<Instant>,
+    login_timeout: Duration,
+    idle_timeout: Duration,
+) -> Instant {
+    match linger_until {
+        Some(linger) => linger,
+        None if logged_in => last_command + idle_timeout,
+        None => connected_at + login_timeout,
+    }
+}
+
 /// One client connection and everything the server keeps about it.
 #[derive(Debug)]
 pub struct Session {
@@ -417,13 +434,14 @@ impl Session {
     /// When this session's next timer should fire: the login deadline until
     /// it logs in, then the idle deadline.
     pub fn deadline(&self, login_timeout: Duration, idle_timeout: Duration) -> Instant {
-        if let Some(linger) = self.linger_until {
-            linger
-        } else if self.caller.user.is_some() {
-            self.last_command + idle_timeout
-        } else {
-            self.connected_at + login_timeout
-        }
+        session_deadline(
+            self.caller.user.is_some(),
+            self.connected_at,
+            self.last_command,
+            self.linger_until,
+            login_timeout,
+            idle_timeout,
+        )
     }
 }
 
@@ -520,6 +538,29 @@ mod tests {
         let t0 = Instant::now();
         let mut b = RateBucket::new(0.0, 1, t0);
         assert!((0..10_000).all(|_| b.try_take(t0)));
+    }
+
+    #[test]
+    fn deadlines_follow_the_session_state() {
+        let t0 = Instant::now();
+        let secs = Duration::from_secs;
+        let later = t0 + secs(100);
+        // Before login the login timeout counts from connecting, whatever is typed.
+        assert_eq!(
+            session_deadline(false, t0, later, None, secs(60), secs(1800)),
+            t0 + secs(60)
+        );
+        // After login the idle timeout counts from the last command, even if shorter.
+        assert_eq!(
+            session_deadline(true, t0, later, None, secs(60), secs(1)),
+            later + secs(1)
+        );
+        // A closing session only waits for its output to drain.
+        let linger = t0 + secs(5);
+        assert_eq!(
+            session_deadline(true, t0, later, Some(linger), secs(60), secs(1800)),
+            linger
+        );
     }
 
     #[test]
