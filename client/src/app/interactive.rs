@@ -59,8 +59,10 @@ pub fn run(
         }
     };
     let print: Box<dyn FnMut(String) + Send> = match editor.create_external_printer() {
+        // The newline is added here because the printer only adds one itself
+        // while the editor is active; between prompts it writes as given.
         Ok(mut printer) => Box::new(move |line| {
-            if printer.print(line.clone()).is_err() {
+            if printer.print(format!("{line}\n")).is_err() {
                 println!("{line}");
             }
         }),

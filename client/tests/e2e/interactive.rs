@@ -1,0 +1,160 @@
+//! Interactive mode through a pseudo-terminal (rexpect): what a person at a
+//! terminal sees, above all that an incoming message never lands inside the
+//! line being typed.
+
+use rexpect::process::WaitStatus;
+use rexpect::session::{spawn_with_options, Options, PtySession};
+
+use crate::util::{natter, Raw, Server, TIMEOUT};
+
+/// `natter --user <user>` on a pty, logged in through NATTER_PASSWORD.
+fn client(server: &Server, user: &str, password: &str, colour: bool) -> PtySession {
+    let mut cmd = natter(server);
+    cmd.args(["--user", user])
+        .env("NATTER_PASSWORD", password)
+        .env("TERM", "xterm");
+    if !colour {
+        cmd.env("NO_COLOR", "1");
+    }
+    let timeout = Some(TIMEOUT.as_millis() as u64);
+    let mut pty =
+        spawn_with_options(cmd, Options::new().timeout_ms(timeout)).expect("spawn natter on a pty");
+    pty.exp_string(&format!("{user}> "))
+        .expect("the prompt after login");
+    pty
+}
+
+/// Types `text` (rexpect buffers until a newline or an explicit flush).
+fn keys(pty: &mut PtySession, text: &str) {
+    pty.send(text).expect("type into the pty");
+    pty.flush().expect("flush the pty");
+}
+
+/// Waits for the client to exit and returns its status code.
+fn exit_code(pty: &mut PtySession) -> i32 {
+    pty.exp_eof().expect("natter to exit");
+    match pty.process().wait().expect("natter's exit status") {
+        WaitStatus::Exited(_, code) => code,
+        other => panic!("natter did not exit normally: {other:?}"),
+    }
+}
+
+fn two_users() -> Server {
+    let server = Server::start();
+    server.register("alice", "password-a");
+    server.register("bob", "password-b");
+    server
+}
+
+#[test]
+fn incoming_message_keeps_the_partly_typed_line() {
+    let server = two_users();
+    let mut pty = client(&server, "alice", "password-a", false);
+    let mut bob = Raw::login(&server, "bob", "password-b");
+
+    keys(&mut pty, "send bob hel");
+    pty.exp_string("send bob hel")
+        .expect("the typed text echoed");
+
+    bob.send("send alice incoming words");
+    bob.expect_line("+ delivered");
+
+    // The typed line is wiped (carriage return, erase line) and the message
+    // written in its place; then, on the next line, the prompt is drawn again
+    // with the text typed so far. A client that just printed the message
+    // would leave it glued to "hel" and no prompt below it.
+    let before = pty
+        .exp_string("bob: incoming words")
+        .expect("the message shown");
+    let start_of_line = before.rsplit('\r').next().unwrap_or_default();
+    let time = ["\x1b[K", "\x1b[0K", "\x1b[2K"]
+        .iter()
+        .find_map(|erase| start_of_line.strip_prefix(erase));
+    assert!(
+        time.is_some_and(|t| t.len() == 8 && t.starts_with('[') && t.ends_with("] ")),
+        "the message did not start on a wiped line: {before:?}"
+    );
+    let between = pty
+        .exp_string("alice> send bob hel")
+        .expect("the prompt and typed text redrawn");
+    assert_eq!(
+        between, "\r\n",
+        "output between the message and the redrawn prompt"
+    );
+
+    // The cursor was left at the end: the rest of the word lands after "hel".
+    keys(&mut pty, "lo there\r");
+    pty.exp_string("+ delivered").expect("the send completes");
+    let got = bob.expect_prefix("* msg alice ");
+    assert!(got.ends_with(" hello there"), "bob got {got:?}");
+
+    pty.send_control('d').expect("Ctrl-D");
+    pty.exp_string("+ bye").expect("the logout confirmed");
+    assert_eq!(exit_code(&mut pty), 0);
+}
+
+#[test]
+fn sender_is_highlighted_only_when_colour_is_allowed() {
+    let server = two_users();
+    let mut bob = Raw::login(&server, "bob", "password-b");
+    for colour in [true, false] {
+        let mut pty = client(&server, "alice", "password-a", colour);
+        bob.send(&format!("send alice colour {colour}"));
+        bob.expect_line("+ delivered");
+        let shown = format!(": colour {colour}");
+        let before = pty.exp_string(&shown).expect("the message shown");
+        assert_eq!(
+            before.ends_with("\x1b[1m\x1b[36mbob\x1b[0m"),
+            colour,
+            "colour {colour}: {before:?}"
+        );
+        pty.send_control('c').expect("Ctrl-C");
+        assert_eq!(exit_code(&mut pty), 0);
+    }
+}
+
+#[test]
+fn ctrl_c_logs_out_cleanly() {
+    let server = two_users();
+    let mut pty = client(&server, "alice", "password-a", false);
+    let mut bob = Raw::login(&server, "bob", "password-b");
+    bob.send("whoelse");
+    bob.expect_line("= alice");
+    keys(&mut pty, "whoel");
+    pty.send_control('c').expect("Ctrl-C");
+    pty.exp_string("+ bye").expect("the logout confirmed");
+    assert_eq!(exit_code(&mut pty), 0);
+    bob.send("whoelse");
+    bob.expect_line("+ 0 online");
+}
+
+#[test]
+fn being_replaced_at_the_prompt_is_explained_and_fails() {
+    let server = two_users();
+    let mut pty = client(&server, "alice", "password-a", false);
+    keys(&mut pty, "send bob never sent");
+    let _other = Raw::login(&server, "alice", "password-a");
+    pty.exp_string("you logged in from somewhere else (replaced)")
+        .expect("the reason shown");
+    assert_eq!(exit_code(&mut pty), 1);
+}
+
+#[test]
+fn tab_completes_commands_and_seen_names() {
+    let server = two_users();
+    let mut pty = client(&server, "alice", "password-a", false);
+    let mut bob = Raw::login(&server, "bob", "password-b");
+    keys(&mut pty, "whoe\t");
+    pty.exp_string("whoelse").expect("the command completed");
+    keys(&mut pty, "\r");
+    pty.exp_string("+ 1 online").expect("whoelse answered");
+    keys(&mut pty, "send b\t");
+    pty.exp_string("send bob")
+        .expect("the name learnt from whoelse completed");
+    keys(&mut pty, "tab works\r");
+    pty.exp_string("+ delivered").expect("sent");
+    let got = bob.expect_prefix("* msg alice ");
+    assert!(got.ends_with(" tab works"), "bob got {got:?}");
+    pty.send_control('d').expect("Ctrl-D");
+    assert_eq!(exit_code(&mut pty), 0);
+}

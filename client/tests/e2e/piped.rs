@@ -1,0 +1,237 @@
+//! Piped mode end to end: the real `natter` with a script on stdin against a
+//! real natterd.
+
+use crate::util::{natter, run, Raw, Running, Server};
+
+/// A chat line as piped mode prints it: `[HH:MM] <from>: <text>`.
+fn is_chat_line(line: &str, from: &str, text: &str) -> bool {
+    let Some(rest) = line.strip_prefix('[') else {
+        return false;
+    };
+    let bytes = rest.as_bytes();
+    bytes.len() > 6
+        && bytes[..5].iter().enumerate().all(|(i, b)| match i {
+            2 => *b == b':',
+            _ => b.is_ascii_digit(),
+        })
+        && rest[5..] == format!("] {from}: {text}")
+}
+
+#[test]
+fn script_of_commands_gets_every_reply_in_order() {
+    let server = Server::start();
+    server.register("alice", "password-a");
+    let script =
+        "login alice password-a\nwhoelse\n\n   \nsend nobody hi\nPING\nwholast 5\nwholast 0\n";
+    let out = run(&mut natter(&server), script);
+    assert!(
+        out.status.success(),
+        "exit {:?}, stderr {}",
+        out.status,
+        out.stderr
+    );
+    assert_eq!(
+        out.replies(),
+        [
+            "+ welcome alice (0 unread messages)",
+            "+ 0 online",
+            "- NOUSER no such user nobody",
+            "+ pong",
+            "+ 0 users",
+            "- BADARG usage: wholast <minutes>, minutes from 1 to 10080",
+        ],
+        "stdout: {}",
+        out.stdout
+    );
+    assert!(out
+        .stdout
+        .starts_with("-- connected to natter (protocol 1)\n"));
+    assert_eq!(out.stderr, "");
+}
+
+#[test]
+fn user_flag_logs_in_without_showing_the_password() {
+    let server = Server::start();
+    server.register("alice", "secret-pass");
+    server.register("bob", "password-b");
+    let mut bob = Raw::login(&server, "bob", "password-b");
+    let out = run(
+        natter(&server)
+            .args(["--user", "Alice"])
+            .env("NATTER_PASSWORD", "secret-pass"),
+        "send bob hello from a pipe\nwhoelse\n",
+    );
+    assert!(out.status.success(), "stderr: {}", out.stderr);
+    assert_eq!(
+        out.replies(),
+        [
+            "+ welcome alice (0 unread messages)",
+            "+ delivered",
+            "= bob",
+            "+ 1 online"
+        ]
+    );
+    let got = bob.expect_prefix("* msg alice ");
+    assert!(got.ends_with(" hello from a pipe"), "{got}");
+    assert!(!out.stdout.contains("secret-pass") && !out.stderr.contains("secret-pass"));
+}
+
+#[test]
+fn events_are_shown_as_chat_lines_while_input_is_open() {
+    let server = Server::start();
+    server.register("alice", "password-a");
+    server.register("bob", "password-b");
+    let mut client = Running::spawn(
+        natter(&server)
+            .args(["--user", "alice"])
+            .env("NATTER_PASSWORD", "password-a"),
+    );
+    client.write("ping\n");
+    client.expect_stdout("+ pong", |l| l == "+ pong");
+    let mut bob = Raw::login(&server, "bob", "password-b");
+    bob.send("send alice are you there?");
+    bob.expect_line("+ delivered");
+    bob.send("broadcast hello all");
+    bob.expect_line("+ sent to 1");
+    client.expect_stdout("bob's message", |l| {
+        is_chat_line(l, "bob", "are you there?")
+    });
+    client.expect_stdout("bob's broadcast", |l| {
+        is_chat_line(l, "bob (broadcast)", "hello all")
+    });
+    client.close_stdin();
+    let out = client.finish();
+    assert!(out.status.success(), "stderr: {}", out.stderr);
+}
+
+#[test]
+fn nothing_is_sent_after_quit_and_the_exit_is_clean() {
+    let server = Server::start();
+    server.register("alice", "password-a");
+    let out = run(
+        &mut natter(&server),
+        "login alice password-a\nping\nquit\nping\n",
+    );
+    assert!(out.status.success(), "stderr: {}", out.stderr);
+    assert_eq!(
+        out.replies(),
+        ["+ welcome alice (0 unread messages)", "+ pong", "+ bye"]
+    );
+}
+
+#[test]
+fn being_replaced_is_explained_with_a_failure_status() {
+    let server = Server::start();
+    server.register("alice", "password-a");
+    let mut client = Running::spawn(
+        natter(&server)
+            .args(["--user", "alice"])
+            .env("NATTER_PASSWORD", "password-a"),
+    );
+    client.write("ping\n");
+    client.expect_stdout("+ pong", |l| l == "+ pong");
+    let _other = Raw::login(&server, "alice", "password-a");
+    let out = client.finish();
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("you logged in from somewhere else (replaced)"),
+        "stderr: {}",
+        out.stderr
+    );
+}
+
+#[test]
+fn server_going_away_is_a_failure() {
+    let server = Server::start();
+    server.register("alice", "password-a");
+    let mut client = Running::spawn(
+        natter(&server)
+            .args(["--user", "alice"])
+            .env("NATTER_PASSWORD", "password-a"),
+    );
+    client.write("ping\n");
+    client.expect_stdout("+ pong", |l| l == "+ pong");
+    drop(server);
+    let out = client.finish();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stderr.contains("lost the connection to the server"),
+        "stderr: {}",
+        out.stderr
+    );
+}
+
+#[test]
+fn wrong_password_is_one_clear_line() {
+    let server = Server::start();
+    server.register("alice", "password-a");
+    let out = run(
+        natter(&server)
+            .args(["--user", "alice"])
+            .env("NATTER_PASSWORD", "not-the-password"),
+        "ping\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        out.stderr,
+        "natter: login failed: wrong username or password\n"
+    );
+    assert_eq!(out.stdout, "");
+}
+
+#[test]
+fn register_flag_creates_the_user() {
+    let server = Server::start();
+    let out = run(
+        natter(&server)
+            .args(["--user", "carol", "--register"])
+            .env("NATTER_PASSWORD", "password-c"),
+        "whoelse\n",
+    );
+    assert!(out.status.success(), "stderr: {}", out.stderr);
+    assert_eq!(out.replies(), ["+ registered carol", "+ 0 online"]);
+    let _carol = Raw::login(&server, "carol", "password-c");
+}
+
+#[test]
+fn refused_connection_is_one_line_not_a_panic() {
+    // A port that was just free: bind, note it, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let out = run(
+        std::process::Command::new(crate::util::natter_bin())
+            .args(["127.0.0.1", &port.to_string()]),
+        "ping\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.stderr.lines().count(), 1, "stderr: {}", out.stderr);
+    assert!(
+        out.stderr
+            .starts_with(&format!("natter: cannot connect to 127.0.0.1:{port}")),
+        "stderr: {}",
+        out.stderr
+    );
+}
+
+#[test]
+fn help_documents_modes_and_environment() {
+    let out = run(
+        std::process::Command::new(crate::util::natter_bin()).arg("--help"),
+        "",
+    );
+    assert!(out.status.success());
+    for needed in [
+        "--user",
+        "--register",
+        "NATTER_PASSWORD",
+        "NO_COLOR",
+        "Piped use",
+        "Ctrl-C",
+        "Exit status",
+    ] {
+        assert!(out.stdout.contains(needed), "--help lacks {needed}");
+    }
+}
