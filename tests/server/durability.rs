@@ -4,27 +4,31 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::util::Server;
+use crate::util::{Server, TIMEOUT};
 
 const SENDERS: usize = 4;
 const PER_SENDER: usize = 300;
 
-/// A kill delay that differs from run to run without a random-number crate.
-fn varying_delay(round: u64) -> Duration {
+/// How many acknowledgements to wait for before the kill: differs from run
+/// to run (without a random-number crate) and lands mid-stream.
+fn varying_kill_point(round: u64) -> usize {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() as u64)
+        .map(|d| u64::from(d.subsec_nanos()))
         .unwrap_or(0);
-    Duration::from_millis(5 + (nanos / 1000 + round * 37) % 120)
+    let span = (SENDERS * PER_SENDER / 2) as u64;
+    (20 + (nanos / 1000 + round * 211) % span) as usize
 }
 
 /// Pipelines `send` commands alternating between `bob` (offline) and
 /// `carol` (online) and returns the texts whose `+` arrived before the
 /// connection died.
-fn pipeline_sends(mut stream: TcpStream, sender: usize) -> Vec<String> {
+fn pipeline_sends(mut stream: TcpStream, sender: usize, acks: Arc<AtomicUsize>) -> Vec<String> {
     let texts: Vec<(String, String)> = (0..PER_SENDER)
         .map(|n| {
             let to = if n % 2 == 0 { "bob" } else { "carol" };
@@ -60,6 +64,7 @@ fn pipeline_sends(mut stream: TcpStream, sender: usize) -> Vec<String> {
             "sender {sender}: unexpected reply {line:?}"
         );
         acked.push(texts[acked.len()].1.clone());
+        acks.fetch_add(1, Ordering::SeqCst);
     }
     let _ = writer.join();
     acked
@@ -88,12 +93,22 @@ fn acknowledged_sends_survive_sigkill_at_random_moments() {
                 c.stream
             })
             .collect();
+        let acks = Arc::new(AtomicUsize::new(0));
         let workers: Vec<_> = streams
             .into_iter()
             .enumerate()
-            .map(|(i, s)| thread::spawn(move || pipeline_sends(s, i)))
+            .map(|(i, s)| {
+                let acks = Arc::clone(&acks);
+                thread::spawn(move || pipeline_sends(s, i, acks))
+            })
             .collect();
-        thread::sleep(varying_delay(round));
+        // Kill while acknowledgements are streaming, the moment the chosen
+        // number has been seen: the riskiest moment for an ack sent too early.
+        let kill_point = varying_kill_point(round);
+        let deadline = Instant::now() + TIMEOUT;
+        while acks.load(Ordering::SeqCst) < kill_point && Instant::now() < deadline {
+            std::hint::spin_loop();
+        }
         server.kill();
         let acked: Vec<Vec<String>> = workers
             .into_iter()
@@ -147,7 +162,10 @@ fn acknowledged_sends_survive_sigkill_at_random_moments() {
             );
         }
         let total: usize = acked.iter().map(Vec::len).sum();
-        eprintln!("round {round}: {total} acknowledged, {} stored", kept.len());
+        eprintln!(
+            "round {round}: killed at {kill_point}; {total} acknowledged, {} stored",
+            kept.len()
+        );
     }
 }
 

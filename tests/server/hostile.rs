@@ -238,3 +238,32 @@ fn ten_thousand_idle_sessions_stay_within_the_memory_bound() {
         "{per_session} KiB per idle session"
     );
 }
+
+#[test]
+fn unknown_users_and_wrong_passwords_take_the_same_time() {
+    let server = Server::start(&["--hash-cost", "normal", "--max-login-failures", "1000"]);
+    drop(server.user("alice"));
+    let mut c = server.connect();
+    let mut timed = |line: &str| {
+        let started = Instant::now();
+        let reply = c.cmd1(line);
+        assert!(reply.starts_with("- AUTHFAIL "), "{reply}");
+        started.elapsed()
+    };
+    let mut wrong = Vec::new();
+    let mut unknown = Vec::new();
+    for _ in 0..7 {
+        wrong.push(timed("login alice not-her-password"));
+        unknown.push(timed("login nobody not-her-password"));
+    }
+    wrong.sort();
+    unknown.sort();
+    let (w, u) = (wrong[3].as_secs_f64(), unknown[3].as_secs_f64());
+    eprintln!("median wrong password {w:.4}s, unknown user {u:.4}s");
+    // Same work (one Argon2 verification at the same cost) either way; a
+    // shortcut for unknown names would be orders of magnitude faster.
+    assert!(
+        u > w / 3.0 && u < w * 3.0,
+        "wrong password {w:.4}s vs unknown user {u:.4}s"
+    );
+}
