@@ -326,10 +326,11 @@ fn savepoint_apply(
     tx: &rusqlite::Transaction<'_>,
     request: &StoreRequest,
 ) -> rusqlite::Result<StoreOutput> {
-    tx.execute_batch("SAVEPOINT req")?;
+    // Cached statements: this runs once per request on the hot path.
+    tx.prepare_cached("SAVEPOINT req")?.execute([])?;
     match apply(tx, request) {
         Ok(out) => {
-            tx.execute_batch("RELEASE req")?;
+            tx.prepare_cached("RELEASE req")?.execute([])?;
             Ok(out)
         }
         Err(e) => {
