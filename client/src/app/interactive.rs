@@ -63,11 +63,11 @@ pub fn run(
         // while the editor is active; between prompts it writes as given.
         Ok(mut printer) => Box::new(move |line| {
             if printer.print(format!("{line}\n")).is_err() {
-                println!("{line}");
+                super::say(&line);
             }
         }),
         // Output is not a terminal (e.g. piped to tee): nothing to redraw.
-        Err(_) => Box::new(|line| println!("{line}")),
+        Err(_) => Box::new(|line| super::say(&line)),
     };
     let for_reader = Arc::clone(&shared);
     let interrupt = move |end: End| leave_under_editor(&end, saved);

@@ -11,7 +11,7 @@ mod piped;
 mod session;
 
 use std::env;
-use std::io::{self, IsTerminal};
+use std::io::{self, IsTerminal, Write};
 use std::time::Duration;
 
 use natter_client::{connect, render, split, Style};
@@ -66,7 +66,7 @@ pub fn run(opts: Options) -> i32 {
         };
         let set_timeout = |t| timeouts.set_read_timeout(t);
         match login::log_in(&mut reader, &mut writer, set_timeout, &creds) {
-            Ok(welcome) => println!("{}", render(&welcome, &style)),
+            Ok(welcome) => say(&render(&welcome, &style)),
             Err(e) => return fail(&e),
         }
         user = Some(creds.user.to_ascii_lowercase());
@@ -82,6 +82,14 @@ pub fn run(opts: Options) -> i32 {
 /// (no-color.org).
 fn no_color() -> bool {
     env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+}
+
+/// Prints one line on stdout. A closed stdout (`natter | head -1`) is not
+/// worth a panic: the session goes on, or ends, as it would have.
+pub fn say(line: &str) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 /// Prints a one-line error and gives the failure status.

@@ -4,7 +4,7 @@
 //! to every command it sent, then exits. Errors go to stderr so stdout is
 //! only the server's lines.
 
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::thread;
@@ -20,11 +20,7 @@ pub fn run(reader: LineReader<TcpStream>, mut writer: LineWriter<TcpStream>, sty
     let spawned = thread::Builder::new()
         .name("natter-reader".into())
         .spawn(move || {
-            let print = |line: String| {
-                let mut out = io::stdout().lock();
-                let _ = writeln!(out, "{line}");
-                let _ = out.flush();
-            };
+            let print = |line: String| super::say(&line);
             // Until stdin ends the main thread is blocked reading it and would
             // not notice the connection going, so the reader ends the process.
             let interrupt = |end: End| std::process::exit(report(&end));
