@@ -8,6 +8,7 @@ use std::io::{self, BufRead, IsTerminal, Read, Write};
 use std::time::Duration;
 
 use natter_client::{parse, Event, LineReader, LineWriter, ServerLine};
+use nix::sys::signal::{self, SigHandler, Signal};
 
 /// The environment variable a script sets to give the password.
 pub const PASSWORD_VAR: &str = "NATTER_PASSWORD";
@@ -67,8 +68,12 @@ fn ask_username() -> Result<String, String> {
 }
 
 fn ask_password(register: bool) -> Result<String, String> {
-    let no_tty =
-        |e: io::Error| format!("cannot ask for the password ({e}); set {PASSWORD_VAR} to give it");
+    let no_tty = |e: io::Error| match e.kind() {
+        io::ErrorKind::Interrupted => "interrupted".to_string(),
+        io::ErrorKind::UnexpectedEof => "no password given".to_string(),
+        _ => format!("cannot ask for the password ({e}); set {PASSWORD_VAR} to give it"),
+    };
+    let _sigint = IgnoreSigint::new();
     // rpassword reads from the controlling terminal, not stdin, so this also
     // works when stdin is a script.
     let password = rpassword::prompt_password("password: ").map_err(no_tty)?;
@@ -79,6 +84,29 @@ fn ask_password(register: bool) -> Result<String, String> {
         }
     }
     Ok(password)
+}
+
+/// Ignores SIGINT while alive. rpassword turns echo off and, on Ctrl-C,
+/// raises SIGINT before it turns echo back on; with the default action the
+/// process would die and leave the person's shell typing blind. Ignored, the
+/// prompt returns `Interrupted` and rpassword restores the terminal.
+struct IgnoreSigint(Option<SigHandler>);
+
+impl IgnoreSigint {
+    fn new() -> Self {
+        // SAFETY: installs no handler code, only the kernel's "ignore".
+        let old = unsafe { signal::signal(Signal::SIGINT, SigHandler::SigIgn) };
+        IgnoreSigint(old.ok())
+    }
+}
+
+impl Drop for IgnoreSigint {
+    fn drop(&mut self) {
+        if let Some(old) = self.0 {
+            // SAFETY: puts back what was there before `new`.
+            let _ = unsafe { signal::signal(Signal::SIGINT, old) };
+        }
+    }
 }
 
 /// Sends `login` or `register` and waits for its completion. Events before it

@@ -158,3 +158,28 @@ fn tab_completes_commands_and_seen_names() {
     pty.send_control('d').expect("Ctrl-D");
     assert_eq!(exit_code(&mut pty), 0);
 }
+
+#[test]
+fn ctrl_c_at_the_password_prompt_leaves_echo_on() {
+    let server = two_users();
+    // A shell turns echo on (rexpect starts the pty without it), runs natter,
+    // then reports the echo setting as the person's shell would find it.
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args([
+        "-c",
+        "stty echo; \"$0\" --user alice 127.0.0.1 \"$1\"; echo status=$?; stty -a",
+    ])
+    .arg(crate::util::natter_bin())
+    .arg(server.port())
+    .env_remove("NATTER_PASSWORD");
+    let timeout = Some(TIMEOUT.as_millis() as u64);
+    let mut pty =
+        spawn_with_options(cmd, Options::new().timeout_ms(timeout)).expect("spawn sh on a pty");
+    pty.exp_string("password: ").expect("the password prompt");
+    pty.send_control('c').expect("Ctrl-C");
+    pty.exp_string("natter: interrupted")
+        .expect("the interruption reported");
+    pty.exp_string("status=1").expect("a failure status");
+    let (_, echo) = pty.exp_regex(" -?echo ").expect("stty's echo flag");
+    assert_eq!(echo, " echo ", "the terminal was left without echo");
+}
