@@ -114,6 +114,8 @@ impl TestServer {
             rate: 0.0,
             hash_cost: HashCost::Low,
             max_clients,
+            // Every bench client comes from 127.0.0.1.
+            max_per_ip: 0,
             ..Config::default()
         };
         let listener = TcpListener::bind("127.0.0.1:0").expect("cannot bind 127.0.0.1:0");

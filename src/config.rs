@@ -50,6 +50,12 @@ pub struct Config {
     #[arg(long, default_value_t = 10_000)]
     pub max_clients: usize,
 
+    /// Connections one IP address may hold at once (0: no limit). Enough for
+    /// an office behind one NAT address; far too few for one host to take
+    /// every slot of --max-clients.
+    #[arg(long, default_value_t = 64)]
+    pub max_per_ip: usize,
+
     /// Longest accepted line in bytes, LF included. Long enough for any chat
     /// message a person types; short enough that framing memory stays small.
     #[arg(long, default_value_t = 4096)]

@@ -6,6 +6,8 @@
 pub mod auth;
 pub mod commands;
 pub mod config;
+#[cfg(test)]
+mod props;
 pub mod protocol;
 pub mod reactor;
 pub mod session;

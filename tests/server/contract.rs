@@ -133,7 +133,7 @@ fn a_second_login_takes_over_the_first_session() {
 
 // ----- lockout --------------------------------------------------------------
 
-fn connect_from(source: &str, server: SocketAddr) -> Client {
+pub fn connect_from(source: &str, server: SocketAddr) -> Client {
     let socket =
         socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     let local: SocketAddr = format!("{source}:0").parse().expect("addr");

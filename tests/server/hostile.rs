@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::contract::connect_from;
 use crate::util::{Client, Server, TIMEOUT};
 
 /// A ping round trip an ordinary client must stay under while others
@@ -143,8 +144,30 @@ fn strangers_get_a_smaller_line_limit() {
 }
 
 #[test]
+fn one_address_cannot_take_every_slot() {
+    let server = Server::start(&["--max-per-ip", "3"]);
+    let _held: Vec<Client> = (0..3).map(|_| server.connect()).collect();
+    let mut refused = Client::connect(server.addr);
+    assert_eq!(refused.until_closed(), vec!["* bye busy"]);
+    // Another address still gets in.
+    let mut other = connect_from("127.0.0.2", server.addr);
+    assert_eq!(other.cmd1("ping").split(' ').nth(1), Some("NOAUTH"));
+    // A slot frees when one of the address's connections closes.
+    drop(_held);
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let mut c = Client::connect(server.addr);
+        if c.line() == "* hello natter 1" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slots were never freed");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
 fn running_out_of_file_descriptors_pauses_accepting_only() {
-    let server = Server::start_with_fd_limit(&[], 48);
+    let server = Server::start_with_fd_limit(&["--max-per-ip", "0"], 48);
     let mut ordinary = server.user("ordinary");
     // Far more connections than descriptors: the kernel completes them (the
     // backlog), the server accepts what it can and leaves the rest waiting.
@@ -201,7 +224,14 @@ fn ten_thousand_idle_sessions_stay_within_the_memory_bound() {
         limit >= SESSIONS as u64 + 100,
         "open-file limit {limit} is too low for this test"
     );
-    let server = Server::start(&["--max-clients", "10100", "--idle-timeout", "3600"]);
+    let server = Server::start(&[
+        "--max-clients",
+        "10100",
+        "--max-per-ip",
+        "0",
+        "--idle-timeout",
+        "3600",
+    ]);
     let mut ordinary = server.user("ordinary");
     let before = server.rss_kib();
     let mut clients: Vec<TcpStream> = Vec::with_capacity(SESSIONS);
