@@ -97,6 +97,27 @@ pub struct Config {
     #[arg(long, value_enum, default_value_t = HashCost::Normal)]
     pub hash_cost: HashCost,
 
+    /// PEM certificate chain for TLS (enables the TLS listener; needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Generate (once, kept in the data directory) a self-signed certificate
+    /// for these comma-separated host names and serve TLS with it.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["tls_cert", "tls_key"])]
+    pub tls_self_signed: Option<Vec<String>>,
+
+    /// TCP port of the TLS listener; 0 picks a free port.
+    #[arg(long, default_value_t = 4443)]
+    pub tls_port: u16,
+
+    /// Serve TLS only: no plaintext listener.
+    #[arg(long)]
+    pub no_plaintext: bool,
+
     /// Fault injection for tests: while this file exists, every store batch
     /// fails as a full disk would make it fail.
     #[arg(long, hide = true)]
@@ -119,6 +140,11 @@ impl Config {
     /// `--login-timeout` as a duration.
     pub fn login_timeout(&self) -> Duration {
         Duration::from_secs(self.login_timeout)
+    }
+
+    /// Whether a TLS listener is configured.
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_cert.is_some() || self.tls_self_signed.is_some()
     }
 
     /// `--block-time` as a duration.
@@ -144,6 +170,11 @@ impl Config {
         }
         if self.burst == 0 {
             return Err("--burst must be at least 1".into());
+        }
+        if self.no_plaintext && !self.tls_enabled() {
+            return Err(
+                "--no-plaintext needs TLS: --tls-cert/--tls-key or --tls-self-signed".into(),
+            );
         }
         if self.max_login_failures == 0 {
             return Err("--max-login-failures must be at least 1".into());

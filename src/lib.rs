@@ -12,6 +12,7 @@ pub mod protocol;
 pub mod reactor;
 pub mod session;
 pub mod store;
+pub mod tls;
 
 pub use config::Config;
-pub use reactor::{Server, ShutdownHandle};
+pub use reactor::{Listeners, Server, ShutdownHandle};

@@ -1,51 +1,59 @@
-//! natterd: parses flags, binds the listener, and runs the server loop.
+//! natterd: parses flags, binds the listeners, and runs the server loop.
 //! Nothing else lives here.
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::ExitCode;
 
 use clap::Parser;
-use natter::{Config, Server};
+use natter::{tls, Config, Listeners, Server};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let config = Config::parse();
-    if let Err(problem) = config.validate() {
-        eprintln!("natterd: {problem}");
-        return ExitCode::from(2);
-    }
-    let addr = SocketAddr::new(config.bind, config.port);
-    let listener = match TcpListener::bind(addr) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("natterd: cannot listen on {addr}: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let mut server = match Server::new(listener, config) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("natterd: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    if let Err(e) = server.handle_signals() {
-        eprintln!("natterd: cannot install signal handlers: {e}");
-        return ExitCode::FAILURE;
-    }
-    match server.local_addr() {
-        // Scripts and tests wait for exactly this line.
-        Ok(addr) => println!("listening on {addr}"),
-        Err(e) => {
-            eprintln!("natterd: {e}");
-            return ExitCode::FAILURE;
-        }
-    }
-    match server.run() {
+    match start(config) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("natterd: event loop failed: {e}");
+        Err(problem) => {
+            eprintln!("natterd: {problem}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))
+}
+
+fn start(config: Config) -> Result<(), String> {
+    config.validate()?;
+    let plain = match config.no_plaintext {
+        true => None,
+        false => Some(bind(SocketAddr::new(config.bind, config.port))?),
+    };
+    let mut fingerprint = None;
+    let tls = if config.tls_enabled() {
+        let (cert, key) = match (&config.tls_self_signed, &config.tls_cert, &config.tls_key) {
+            (Some(names), _, _) => tls::self_signed(&config.data, names)?,
+            (None, Some(cert), Some(key)) => (cert.clone(), key.clone()),
+            _ => return Err("--tls-cert and --tls-key go together".into()),
+        };
+        let setup = tls::load(&cert, &key)?;
+        fingerprint = Some(setup.fingerprint);
+        let listener = bind(SocketAddr::new(config.bind, config.tls_port))?;
+        Some((listener, setup.config))
+    } else {
+        None
+    };
+    let mut server =
+        Server::with_listeners(Listeners { plain, tls }, config).map_err(|e| e.to_string())?;
+    server
+        .handle_signals()
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    // Scripts and tests wait for these lines; the plaintext one comes first.
+    if let Ok(addr) = server.local_addr() {
+        println!("listening on {addr}");
+    }
+    if let (Ok(addr), Some(fingerprint)) = (server.tls_addr(), fingerprint) {
+        println!("listening on {addr} tls sha256 {fingerprint}");
+    }
+    server.run().map_err(|e| format!("event loop failed: {e}"))
 }

@@ -27,10 +27,11 @@ use crate::commands::{
 };
 use crate::config::{Config, Registration};
 use crate::protocol::{self, ByeReason, ErrorCode};
-use crate::session::{CloseState, Frame, RateBucket, Session, MAX_IN_FLIGHT};
+use crate::session::{CloseState, Frame, RateBucket, Session, Transport, MAX_IN_FLIGHT};
 use crate::store::{Store, StoreHandle, StoreRequest};
 
 const LISTENER: Token = Token(usize::MAX - 1);
+const TLS_LISTENER: Token = Token(usize::MAX - 4);
 const WAKER: Token = Token(usize::MAX - 2);
 const SIGNALS: Token = Token(usize::MAX - 3);
 
@@ -106,11 +107,22 @@ impl ShutdownHandle {
     }
 }
 
+/// The sockets a server accepts on: plaintext, TLS, or both.
+pub struct Listeners {
+    /// Plaintext line protocol.
+    pub plain: Option<StdListener>,
+    /// The same protocol inside TLS, with the configuration for its sessions.
+    pub tls: Option<(StdListener, Arc<rustls::ServerConfig>)>,
+}
+
 /// The server: everything the loop owns.
 pub struct Server {
     poll: Poll,
-    listener: TcpListener,
-    /// Whether the listener is registered (it is not during shutdown).
+    /// The plaintext listener, if any.
+    listener: Option<TcpListener>,
+    /// The TLS listener and its configuration, if any.
+    tls_listener: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
+    /// Whether the listeners are registered (they are not during shutdown).
     listening: bool,
     /// No accepting before this (file descriptors ran out).
     accept_paused_until: Option<Instant>,
@@ -165,6 +177,15 @@ impl Server {
     /// store and hashing threads and takes over `listener`. Blocking work is
     /// fine here: the loop has not started.
     pub fn new(listener: StdListener, config: Config) -> io::Result<Server> {
+        let listeners = Listeners {
+            plain: Some(listener),
+            tls: None,
+        };
+        Server::with_listeners(listeners, config)
+    }
+
+    /// Like [`Server::new`], with any combination of plaintext and TLS listeners.
+    pub fn with_listeners(listeners: Listeners, config: Config) -> io::Result<Server> {
         let mut store = Store::open(&config.data).map_err(|e| other_error(e.to_string()))?;
         store.set_fault_file(config.store_fault_file.clone());
         if let Some(path) = &config.users {
@@ -226,14 +247,31 @@ impl Server {
             let _ = hash_waker.wake();
         })?;
 
-        listener.set_nonblocking(true)?;
-        let mut listener = TcpListener::from_std(listener);
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let listener = match listeners.plain {
+            Some(l) => {
+                l.set_nonblocking(true)?;
+                let mut l = TcpListener::from_std(l);
+                poll.registry()
+                    .register(&mut l, LISTENER, Interest::READABLE)?;
+                Some(l)
+            }
+            None => None,
+        };
+        let tls_listener = match listeners.tls {
+            Some((l, tls)) => {
+                l.set_nonblocking(true)?;
+                let mut l = TcpListener::from_std(l);
+                poll.registry()
+                    .register(&mut l, TLS_LISTENER, Interest::READABLE)?;
+                Some((l, tls))
+            }
+            None => None,
+        };
 
         Ok(Server {
             poll,
             listener,
+            tls_listener,
             listening: true,
             accept_paused_until: None,
             sessions: Slab::new(),
@@ -260,7 +298,18 @@ impl Server {
 
     /// The address the listener is bound to.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        match &self.listener {
+            Some(l) => l.local_addr(),
+            None => Err(other_error("no plaintext listener")),
+        }
+    }
+
+    /// The address the TLS listener is bound to.
+    pub fn tls_addr(&self) -> io::Result<SocketAddr> {
+        match &self.tls_listener {
+            Some((l, _)) => l.local_addr(),
+            None => Err(other_error("no TLS listener")),
+        }
     }
 
     /// A handle that shuts the server down gracefully from another thread.
@@ -299,7 +348,8 @@ impl Server {
             self.clock = now_clock();
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept_ready(),
+                    LISTENER => self.accept_ready(false),
+                    TLS_LISTENER => self.accept_ready(true),
                     WAKER => self.drain_completions(),
                     SIGNALS => self.on_signals(),
                     Token(token) => {
@@ -343,7 +393,7 @@ impl Server {
 
     // ----- accepting -------------------------------------------------------
 
-    fn accept_ready(&mut self) {
+    fn accept_ready(&mut self, tls: bool) {
         while self.listening {
             if self
                 .accept_paused_until
@@ -351,8 +401,13 @@ impl Server {
             {
                 return;
             }
-            match self.listener.accept() {
-                Ok((stream, addr)) => self.admit(stream, addr),
+            let accepted = match (tls, &self.listener, &self.tls_listener) {
+                (false, Some(l), _) => l.accept().map(|(s, a)| (s, a, None)),
+                (true, _, Some((l, cfg))) => l.accept().map(|(s, a)| (s, a, Some(Arc::clone(cfg)))),
+                _ => return,
+            };
+            match accepted {
+                Ok((stream, addr, tls)) => self.admit(stream, addr, tls),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if is_resource_exhaustion(&e) => {
@@ -374,7 +429,12 @@ impl Server {
         }
     }
 
-    fn admit(&mut self, mut stream: TcpStream, addr: SocketAddr) {
+    fn admit(
+        &mut self,
+        mut stream: TcpStream,
+        addr: SocketAddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) {
         if self.sessions.len() >= self.config.max_clients {
             self.stats.refused_busy += 1;
             log::warn!("refusing {addr}: {} clients connected", self.sessions.len());
@@ -395,6 +455,16 @@ impl Server {
         if let Err(e) = stream.set_nodelay(true) {
             log::debug!("cannot set TCP_NODELAY for {addr}: {e}");
         }
+        let transport = match tls {
+            None => Transport::Plain,
+            Some(cfg) => match rustls::ServerConnection::new(cfg) {
+                Ok(conn) => Transport::Tls(Box::new(conn)),
+                Err(e) => {
+                    log::warn!("cannot start TLS for {addr}: {e}");
+                    return;
+                }
+            },
+        };
         let entry = self.sessions.vacant_entry();
         let token = entry.key();
         if let Err(e) = self
@@ -417,7 +487,7 @@ impl Server {
         let mut session = Session::new(
             id,
             stream,
-            addr.ip(),
+            transport,
             caller,
             self.config.max_line,
             bucket,
@@ -444,13 +514,25 @@ impl Server {
         if s.close != CloseState::Open || s.read_closed {
             return;
         }
+        let tls = matches!(s.transport, Transport::Tls(_));
         match s.read_from_socket() {
             Ok(full) => s.read_paused = full,
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                // A failed handshake or garbage on the TLS port: worth an
+                // operator's eye, not a warning.
+                log::info!("session {} from {}: {e}; closing", s.id, s.ip);
+                self.mark_close(token, CloseState::CloseNow);
+                return;
+            }
             Err(e) => {
                 log::debug!("session {}: read error: {e}", s.id);
                 self.mark_close(token, CloseState::CloseNow);
                 return;
             }
+        }
+        if tls {
+            // Reading may have produced handshake messages or alerts to send.
+            self.queue_flush(token);
         }
         self.drive(token);
     }
@@ -839,7 +921,7 @@ impl Server {
             self.mark_close(token, CloseState::CloseNow);
             return;
         }
-        let want_write = s.pending_output() > 0;
+        let want_write = s.wants_writable();
         if want_write != s.wants_write {
             let interest = if want_write {
                 Interest::READABLE | Interest::WRITABLE
@@ -936,6 +1018,7 @@ impl Server {
                 }
             }
             if s.close == CloseState::CloseAfterFlush {
+                s.close_transport();
                 s.discard_input(DISCARD_ON_CLOSE);
                 let _ = s.stream.shutdown(std::net::Shutdown::Write);
             }
@@ -962,7 +1045,8 @@ impl Server {
                 Timer::Lock(key) => self.chat.expire_lock(&key, now),
                 Timer::AcceptRetry => {
                     self.accept_paused_until = None;
-                    self.accept_ready();
+                    self.accept_ready(false);
+                    self.accept_ready(true);
                 }
             }
         }
@@ -1032,7 +1116,12 @@ impl Server {
         log::info!("shutting down: {} sessions", self.sessions.len());
         self.shutting_down = Some(self.clock.mono + SHUTDOWN_GRACE);
         if self.listening {
-            let _ = self.poll.registry().deregister(&mut self.listener);
+            if let Some(l) = self.listener.as_mut() {
+                let _ = self.poll.registry().deregister(l);
+            }
+            if let Some((l, _)) = self.tls_listener.as_mut() {
+                let _ = self.poll.registry().deregister(l);
+            }
             self.listening = false;
         }
         let tokens: Vec<usize> = self.sessions.iter().map(|(t, _)| t).collect();

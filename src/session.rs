@@ -153,6 +153,24 @@ impl RateBucket {
     }
 }
 
+/// What sits between the socket and the session's buffers.
+pub enum Transport {
+    /// Bytes on the wire are the protocol's lines.
+    Plain,
+    /// TLS: rustls turns records into plaintext and back. Boxed because a
+    /// connection is large and most sessions may be plain.
+    Tls(Box<rustls::ServerConnection>),
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transport::Plain => f.write_str("Plain"),
+            Transport::Tls(_) => f.write_str("Tls"),
+        }
+    }
+}
+
 /// How a session is to end, if it is. An enum rather than flags so that
 /// "close now" and "close after flush" cannot both be set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,6 +258,8 @@ pub struct Session {
     pub id: u64,
     /// The socket.
     pub stream: TcpStream,
+    /// Plain TCP, or a rustls connection between the socket and the buffers.
+    pub transport: Transport,
     /// Peer address, for lockouts and logs.
     pub ip: IpAddr,
     /// Who this session is to the chat logic (login state included).
@@ -292,7 +312,7 @@ impl Session {
     pub fn new(
         id: u64,
         stream: TcpStream,
-        ip: IpAddr,
+        transport: Transport,
         caller: Caller,
         max_line: usize,
         bucket: RateBucket,
@@ -301,7 +321,8 @@ impl Session {
         Session {
             id,
             stream,
-            ip,
+            transport,
+            ip: caller.ip,
             caller,
             inbuf: Vec::new(),
             framer: LineFramer::new(max_line.min(PRE_LOGIN_MAX_LINE)),
@@ -368,6 +389,13 @@ impl Session {
     /// Reads until `WouldBlock`, EOF, or the input buffer is full. Returns
     /// whether the buffer filled up before the socket was drained.
     pub fn read_from_socket(&mut self) -> io::Result<bool> {
+        match &mut self.transport {
+            Transport::Plain => self.read_plain(),
+            Transport::Tls(_) => self.read_tls(),
+        }
+    }
+
+    fn read_plain(&mut self) -> io::Result<bool> {
         let mut chunk = [0u8; READ_CHUNK];
         loop {
             let room = self.inbuf_limit().saturating_sub(self.inbuf.len());
@@ -384,6 +412,54 @@ impl Session {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// TLS: records from the socket go into the rustls connection, plaintext
+    /// comes out into `inbuf`. Plaintext rustls already holds is taken first,
+    /// and no more records are read while `inbuf` is full, so rustls's own
+    /// buffers stay within its limits.
+    fn read_tls(&mut self) -> io::Result<bool> {
+        let limit = self.inbuf_limit();
+        let Transport::Tls(conn) = &mut self.transport else {
+            return Ok(false);
+        };
+        let mut chunk = [0u8; READ_CHUNK];
+        loop {
+            loop {
+                let room = limit.saturating_sub(self.inbuf.len());
+                if room == 0 {
+                    return Ok(true);
+                }
+                match conn.reader().read(&mut chunk[..room.min(READ_CHUNK)]) {
+                    // close_notify: the peer ended the session cleanly.
+                    Ok(0) => {
+                        self.read_closed = true;
+                        return Ok(false);
+                    }
+                    Ok(n) => self.inbuf.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            match conn.read_tls(&mut self.stream) {
+                Ok(0) => {
+                    self.read_closed = true;
+                    return Ok(false);
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            if let Err(e) = conn.process_new_packets() {
+                // Tell the peer why (the alert is queued), then give up on it.
+                let _ = conn.write_tls(&mut self.stream);
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("TLS: {e}"),
+                ));
             }
         }
     }
@@ -407,14 +483,47 @@ impl Session {
     /// Writes until the buffer is empty or the socket would block, draining
     /// exactly what was written. A short write is normal, not an error.
     pub fn write_to_socket(&mut self) -> io::Result<()> {
-        while self.sent < self.outbuf.len() {
-            match self.stream.write(&self.outbuf[self.sent..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.sent += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+        match &mut self.transport {
+            Transport::Plain => {
+                while self.sent < self.outbuf.len() {
+                    match self.stream.write(&self.outbuf[self.sent..]) {
+                        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                        Ok(n) => self.sent += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
             }
+            Transport::Tls(conn) => loop {
+                // Plaintext moves into rustls only as far as its buffer
+                // limit allows; the rest waits in `outbuf`, where the
+                // --max-outbuf check sees it.
+                let accepted = if self.sent < self.outbuf.len() {
+                    conn.writer().write(&self.outbuf[self.sent..])?
+                } else {
+                    0
+                };
+                self.sent += accepted;
+                let mut blocked = false;
+                while conn.wants_write() {
+                    match conn.write_tls(&mut self.stream) {
+                        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            blocked = true;
+                            break;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                // No progress (e.g. mid-handshake, rustls holds plaintext
+                // until it has keys): the next read or WRITABLE event resumes.
+                if blocked || self.sent == self.outbuf.len() || accepted == 0 {
+                    break;
+                }
+            },
         }
         if self.sent == self.outbuf.len() {
             self.outbuf.clear();
@@ -429,6 +538,21 @@ impl Session {
             self.sent = 0;
         }
         Ok(())
+    }
+
+    /// Whether the socket should be watched for WRITABLE: output is waiting,
+    /// in our buffer or as TLS records rustls has not written yet.
+    pub fn wants_writable(&self) -> bool {
+        self.pending_output() > 0
+            || matches!(&self.transport, Transport::Tls(conn) if conn.wants_write())
+    }
+
+    /// Ends a TLS session politely (close_notify), best effort.
+    pub fn close_transport(&mut self) {
+        if let Transport::Tls(conn) = &mut self.transport {
+            conn.send_close_notify();
+            let _ = conn.write_tls(&mut self.stream);
+        }
     }
 
     /// When this session's next timer should fire: the login deadline until

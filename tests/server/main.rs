@@ -4,4 +4,5 @@
 mod contract;
 mod durability;
 mod hostile;
+mod tls;
 mod util;

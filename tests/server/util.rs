@@ -19,6 +19,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Server {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The TLS listener and its certificate's SHA-256 fingerprint, if any.
+    pub tls: Option<(SocketAddr, String)>,
     pub data: PathBuf,
     /// Keeps the temporary directory alive (and removes it at the end).
     _dir: Option<tempfile::TempDir>,
@@ -59,6 +61,9 @@ impl Server {
             full.extend(["--hash-cost".into(), "low".into()]);
         }
         full.extend(args.iter().map(|a| a.to_string()));
+        if args.iter().any(|a| a.starts_with("--tls")) && !args.contains(&"--tls-port") {
+            full.extend(["--tls-port".into(), "0".into()]);
+        }
         // Port 0: the kernel picks a free port, which the server prints.
         full.push("0".into());
         let log = std::fs::OpenOptions::new()
@@ -93,30 +98,47 @@ impl Server {
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
+            // Forward every line; keep draining so the server never blocks
+            // on a full pipe.
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
                 let _ = tx.send(line);
             }
-            // Keep draining so the server never blocks on a full pipe.
-            for _ in lines {}
         });
-        let line = match rx.recv_timeout(TIMEOUT) {
+        let mut next_line = |what: &str| match rx.recv_timeout(TIMEOUT) {
             Ok(line) => line,
             Err(_) => {
                 let _ = child.kill();
                 panic!(
-                    "natterd did not say it was listening; log:\n{}",
+                    "natterd did not print {what}; log:\n{}",
                     std::fs::read_to_string(data.with_extension("log")).unwrap_or_default()
                 );
             }
         };
-        let addr = line
-            .strip_prefix("listening on ")
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        let tls_wanted = args.iter().any(|a| a.starts_with("--tls"));
+        let plain_wanted = !args.contains(&"--no-plaintext");
+        let mut addr = None;
+        let mut tls = None;
+        if plain_wanted {
+            let line = next_line("its plaintext address");
+            addr = line
+                .strip_prefix("listening on ")
+                .and_then(|a| a.parse().ok());
+            assert!(addr.is_some(), "unexpected first line {line:?}");
+        }
+        if tls_wanted {
+            let line = next_line("its TLS address");
+            let rest = line.strip_prefix("listening on ").unwrap_or("");
+            let (a, fingerprint) = rest
+                .split_once(" tls sha256 ")
+                .unwrap_or_else(|| panic!("unexpected TLS line {line:?}"));
+            tls = Some((a.parse().expect("TLS address"), fingerprint.to_string()));
+        }
         Server {
             child: Some(child),
-            addr,
+            // With --no-plaintext nothing listens here; connecting fails fast.
+            addr: addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9))),
+            tls,
             data: data.to_path_buf(),
             _dir: None,
             args: args.iter().map(|a| a.to_string()).collect(),

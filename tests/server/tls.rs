@@ -1,0 +1,304 @@
+//! TLS on the same loop: a rustls client pinned to the server's self-signed
+//! certificate, openssl s_client as an outside client, and broken or
+//! stalled handshakes that must not affect anyone else.
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
+
+use crate::util::{Server, TIMEOUT};
+
+const SELF_SIGNED: [&str; 2] = ["--tls-self-signed", "localhost"];
+
+/// Accepts exactly the certificate with the pinned SHA-256 fingerprint; the
+/// handshake signature is still checked with the certificate's key.
+#[derive(Debug)]
+struct Pinned {
+    fingerprint: String,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if natter::tls::fingerprint(end_entity.as_ref()) == self.fingerprint {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General("fingerprint mismatch".into()))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A line client over TLS.
+struct TlsClient {
+    reader: BufReader<StreamOwned<ClientConnection, TcpStream>>,
+}
+
+impl TlsClient {
+    fn connect(addr: SocketAddr, fingerprint: &str) -> TlsClient {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = Pinned {
+            fingerprint: fingerprint.to_string(),
+            provider: Arc::clone(&provider),
+        };
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        let name = ServerName::try_from("localhost").expect("name");
+        let conn = ClientConnection::new(Arc::new(config), name).expect("client connection");
+        let tcp = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect");
+        tcp.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        let mut c = TlsClient {
+            reader: BufReader::new(StreamOwned::new(conn, tcp)),
+        };
+        assert_eq!(c.line(), "* hello natter 1");
+        while !c.line().contains("help") {}
+        c
+    }
+
+    fn send(&mut self, line: &str) {
+        let stream = self.reader.get_mut();
+        stream
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("write");
+        stream.flush().expect("flush");
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => panic!("connection closed"),
+            Ok(_) => line.trim_end_matches('\n').to_string(),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                panic!("no line within {TIMEOUT:?}")
+            }
+            Err(e) => panic!("read failed: {e}"),
+        }
+    }
+
+    fn cmd1(&mut self, line: &str) -> String {
+        self.send(line);
+        loop {
+            let l = self.line();
+            if l.starts_with("+ ") || l.starts_with("- ") {
+                return l;
+            }
+        }
+    }
+}
+
+fn tls_of(server: &Server) -> (SocketAddr, String) {
+    server.tls.clone().expect("server has a TLS listener")
+}
+
+#[test]
+fn login_send_and_broadcast_over_tls() {
+    let server = Server::start(&SELF_SIGNED);
+    let (addr, fingerprint) = tls_of(&server);
+    let mut alice = TlsClient::connect(addr, &fingerprint);
+    assert_eq!(
+        alice.cmd1("register alice password-alice"),
+        "+ registered alice"
+    );
+    let mut bob = TlsClient::connect(addr, &fingerprint);
+    assert_eq!(bob.cmd1("register bob password-bob"), "+ registered bob");
+    // A plaintext user and a TLS user talk to each other.
+    let mut carol = server.user("carol");
+    assert_eq!(alice.cmd1("send bob over tls"), "+ delivered");
+    assert!(bob.line().ends_with(" over tls"));
+    assert_eq!(alice.cmd1("broadcast hello everyone"), "+ sent to 2");
+    assert!(bob.line().ends_with(" hello everyone"));
+    assert!(carol.event().ends_with(" hello everyone"));
+    assert_eq!(carol.cmd1("send alice from plaintext"), "+ delivered");
+    assert!(alice.line().ends_with(" from plaintext"));
+}
+
+#[test]
+fn a_large_burst_of_pushes_arrives_whole_over_tls() {
+    let server = Server::start(&SELF_SIGNED);
+    let (addr, fingerprint) = tls_of(&server);
+    let mut bob = TlsClient::connect(addr, &fingerprint);
+    assert_eq!(bob.cmd1("register bob password-bob"), "+ registered bob");
+    let mut alice = server.user("alice");
+    // Far more than one TLS record and one socket read: records are split
+    // across reads on the client side and plaintext is metered into rustls.
+    let text = "y".repeat(3000);
+    let n = 300;
+    let mut batch = String::new();
+    for i in 0..n {
+        batch.push_str(&format!("send bob {i}-{text}\n"));
+    }
+    alice.send_raw(batch.as_bytes());
+    for i in 0..n {
+        let line = bob.line();
+        assert!(
+            line.ends_with(&format!(" {i}-{text}")),
+            "message {i}: {}",
+            &line[..60.min(line.len())]
+        );
+    }
+    for _ in 0..n {
+        assert_eq!(alice.reply(), vec!["+ delivered"]);
+    }
+}
+
+#[test]
+fn broken_and_stalled_handshakes_do_not_affect_others() {
+    let server = Server::start(&["--tls-self-signed", "localhost", "--login-timeout", "1"]);
+    let (addr, fingerprint) = tls_of(&server);
+    let mut ordinary = server.user("ordinary");
+
+    // Plaintext spoken to the TLS port: an alert, then the server hangs up.
+    let mut confused = TcpStream::connect(addr).expect("connect");
+    confused.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    confused
+        .write_all(b"login alice password\n")
+        .expect("write");
+    let mut got = Vec::new();
+    let _ = confused.read_to_end(&mut got);
+    assert_eq!(
+        got.first(),
+        Some(&0x15),
+        "expected a TLS alert record, got {got:?}"
+    );
+
+    // A client that sends half a ClientHello and vanishes.
+    let mut quitter = TcpStream::connect(addr).expect("connect");
+    quitter
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .expect("write");
+    drop(quitter);
+
+    // A client that stalls mid-handshake is closed by the login timeout.
+    let mut staller = TcpStream::connect(addr).expect("connect");
+    staller.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    staller.write_all(&[0x16, 0x03, 0x01]).expect("write");
+    let started = Instant::now();
+    let mut sink = Vec::new();
+    let _ = staller.read_to_end(&mut sink);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "staller was not timed out"
+    );
+
+    assert!(ordinary.ping() < Duration::from_millis(250));
+    let mut fine = TlsClient::connect(addr, &fingerprint);
+    assert_eq!(fine.cmd1("ping").split(' ').nth(1), Some("NOAUTH"));
+    assert!(
+        server.log().contains("TLS"),
+        "handshake failures are not logged"
+    );
+}
+
+#[test]
+fn the_self_signed_certificate_is_kept_across_restarts() {
+    let server = Server::start(&SELF_SIGNED);
+    let (_, first) = tls_of(&server);
+    let server = server.restart_after_kill();
+    let (addr, second) = tls_of(&server);
+    assert_eq!(first, second);
+    let mut c = TlsClient::connect(addr, &second);
+    assert_eq!(c.cmd1("register zed password-zed"), "+ registered zed");
+}
+
+#[test]
+fn tls_only_serves_no_plaintext() {
+    let server = Server::start(&["--tls-self-signed", "localhost", "--no-plaintext"]);
+    let (addr, fingerprint) = tls_of(&server);
+    let mut c = TlsClient::connect(addr, &fingerprint);
+    assert_eq!(c.cmd1("register solo password-solo"), "+ registered solo");
+}
+
+#[test]
+fn openssl_s_client_can_log_in_and_ping() {
+    let server = Server::start(&SELF_SIGNED);
+    drop(server.user("alice"));
+    let (addr, _) = tls_of(&server);
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect", &addr.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl is installed (.ci/run installs it)");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(b"login alice password-alice\nping\n")
+        .expect("write to openssl");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + TIMEOUT;
+    while !seen.iter().any(|l: &String| l == "+ pong") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => break,
+        }
+    }
+    drop(stdin);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        seen.iter().any(|l| l.starts_with("+ welcome alice")),
+        "{seen:?}"
+    );
+    assert!(seen.iter().any(|l| l == "+ pong"), "{seen:?}");
+}
