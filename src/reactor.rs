@@ -47,6 +47,11 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Most unread input thrown away when closing politely (see
 /// `Session::discard_input`); beyond that a peer still sending gets a reset.
 const DISCARD_ON_CLOSE: usize = 1 << 20;
+/// Lines one session may have handled per loop pass. A client pipelining
+/// thousands of broadcasts would otherwise hold the loop for the whole burst
+/// while everyone else's events wait; the rest of its input is handled on the
+/// next pass, after the events that arrived meanwhile.
+const MAX_LINES_PER_TURN: usize = 64;
 /// Hashing threads. Argon2 at normal cost takes tens of milliseconds and
 /// 19 MiB; two workers keep logins flowing without starving the loop's core.
 const HASH_THREADS: usize = 2;
@@ -148,6 +153,8 @@ pub struct Server {
     to_flush: Vec<usize>,
     /// Sessions marked for closing, reaped at the end of the pass.
     to_close: Vec<usize>,
+    /// Sessions with input left over after their turn, resumed next pass.
+    to_resume: Vec<usize>,
     /// Background jobs not yet answered.
     jobs_in_flight: usize,
     /// Set once shutdown starts: the time by which the loop exits regardless.
@@ -289,6 +296,7 @@ impl Server {
             signals: None,
             to_flush: Vec::new(),
             to_close: Vec::new(),
+            to_resume: Vec::new(),
             jobs_in_flight: 0,
             shutting_down: None,
             clock: now_clock(),
@@ -363,6 +371,7 @@ impl Server {
                 }
             }
             self.drain_completions();
+            self.resume_turns();
             self.fire_timers();
             if self.shutting_down.is_none() && self.shutdown_flag.load(Ordering::SeqCst) {
                 self.begin_shutdown();
@@ -385,7 +394,7 @@ impl Server {
         if let Some(deadline) = self.shutting_down {
             next = Some(next.map_or(deadline, |n| n.min(deadline)));
         }
-        if !self.failed_jobs.is_empty() {
+        if !self.failed_jobs.is_empty() || !self.to_resume.is_empty() {
             return Some(Duration::ZERO);
         }
         next.map(|at| at.saturating_duration_since(Instant::now()))
@@ -544,6 +553,7 @@ impl Server {
             && !s.quit
             && s.replies.outstanding() < MAX_IN_FLIGHT
             && s.pending_output() <= self.config.max_outbuf
+            && !s.turn_over
             && self.shutting_down.is_none()
     }
 
@@ -584,6 +594,7 @@ impl Server {
     /// Frames and handles complete lines, then compacts the buffer once.
     fn process_lines(&mut self, token: usize) {
         let mut consumed = 0;
+        let mut handled = 0;
         loop {
             let Some(s) = self.sessions.get(token) else {
                 return;
@@ -594,6 +605,12 @@ impl Server {
             let Some(s) = self.sessions.get_mut(token) else {
                 return;
             };
+            if handled == MAX_LINES_PER_TURN {
+                s.turn_over = true;
+                self.to_resume.push(token);
+                break;
+            }
+            handled += 1;
             let (used, frame) = s.framer.next_frame(&s.inbuf[consumed..]);
             match frame {
                 None if used == 0 => {
@@ -625,6 +642,16 @@ impl Server {
         }
         if let Some(s) = self.sessions.get_mut(token) {
             s.consume_input(consumed);
+        }
+    }
+
+    /// Gives sessions whose turn ended with input left their next turn.
+    fn resume_turns(&mut self) {
+        for token in std::mem::take(&mut self.to_resume) {
+            if let Some(s) = self.sessions.get_mut(token) {
+                s.turn_over = false;
+                self.drive(token);
+            }
         }
     }
 

@@ -288,6 +288,8 @@ pub struct Session {
     pub wants_write: bool,
     /// Whether the session is on the reactor's pending-flush list.
     pub flush_queued: bool,
+    /// Its turn ended with input left; it is on the reactor's resume list.
+    pub turn_over: bool,
     /// Whether the session is on the reactor's close list.
     pub close_queued: bool,
     /// Closing state.
@@ -336,6 +338,7 @@ impl Session {
             wants_write: false,
             flush_queued: false,
             close_queued: false,
+            turn_over: false,
             close: CloseState::Open,
             connected_at: now,
             last_command: now,
