@@ -114,6 +114,25 @@ impl<R: Read> LineReader<R> {
         }
         Ok(Some(String::from_utf8_lossy(&line).into_owned()))
     }
+
+    /// The wrapped stream, e.g. to write commands on the same socket.
+    pub fn get_ref(&self) -> &R {
+        self.inner.get_ref()
+    }
+
+    /// The stream back, with the bytes read from it but not yet returned.
+    pub fn into_parts(self) -> (R, Vec<u8>) {
+        let rest = self.buffered().to_vec();
+        (self.inner.into_inner(), rest)
+    }
+
+    /// Bytes already read from the stream but not yet returned as lines. A
+    /// caller that stops using this reader and reads the stream another way
+    /// (the load generator hands logged-in sockets to a poller) must start
+    /// with these, or it would lose them.
+    pub fn buffered(&self) -> &[u8] {
+        self.inner.buffer()
+    }
 }
 
 /// Writes one command line at a time.
@@ -225,6 +244,18 @@ mod tests {
             8,
         );
         assert_eq!(r.read_line().expect("read").as_deref(), Some("1234567"));
+    }
+
+    #[test]
+    fn buffered_holds_what_follows_the_returned_line() {
+        let mut r = LineReader::new(Trickle {
+            data: b"+ ok\n* msg a",
+            step: 64,
+        });
+        assert_eq!(r.read_line().expect("read").as_deref(), Some("+ ok"));
+        assert_eq!(r.buffered(), b"* msg a");
+        let (_, rest) = r.into_parts();
+        assert_eq!(rest, b"* msg a");
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! End-to-end tests of the `natter` binary against a real natterd: piped
-//! mode with scripts, and interactive mode through a pseudo-terminal. One
+//! mode with scripts, and interactive mode through a pseudo-terminal; and of
+//! the `natter-bench` load generator with tiny counts. One
 //! test binary, so natterd is located (or built) once and the fixtures live
 //! in one `util` module.
 
+mod bench;
 mod interactive;
 mod piped;
 mod util;

@@ -50,11 +50,18 @@ impl Server {
     /// Starts natterd on port 0 with cheap hashing and no rate limit, and
     /// waits (bounded) for its `listening on` line.
     pub fn start() -> Server {
+        Server::start_with(&["--hash-cost", "low", "--rate", "0"])
+    }
+
+    /// Starts natterd on port 0 with these flags (besides `--data`), and
+    /// waits (bounded) for its `listening on` line.
+    pub fn start_with(flags: &[&str]) -> Server {
         let data = tempfile::tempdir().expect("temp dir");
         let mut child = Command::new(natterd_bin())
             .arg("--data")
             .arg(data.path())
-            .args(["--hash-cost", "low", "--rate", "0", "0"])
+            .args(flags)
+            .arg("0")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -90,6 +97,11 @@ impl Server {
                 panic!("unexpected first line from natterd: {line:?}");
             }
         }
+    }
+
+    /// natterd's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The port, as `natter` takes it on its command line.

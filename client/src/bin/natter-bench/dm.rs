@@ -1,0 +1,371 @@
+//! The `dm` scenario: P sender→receiver pairs. Each sender pipelines `send`
+//! with at most `--window` unacknowledged; natterd acknowledges only after
+//! the message is committed, so acknowledged messages/s is the durable
+//! throughput. Pairs are spread over a few threads, each owning both ends of
+//! its pairs, so it can tell alone when its pairs are done. With
+//! `--rate-limit` each sender follows a fixed schedule and latency counts
+//! from when a message was due, not when it left: a server that falls behind
+//! shows as latency instead of silently slowing the sender.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Interest, Poll, Token};
+
+use crate::args::Args;
+use crate::error::BenchError;
+use crate::fanout::{nanos, GRACE, POLL_WAIT};
+use crate::lines::{push_text, stamp, Conn};
+use crate::progress::{Progress, TICK};
+use crate::report::{Report, Value};
+use crate::setup::{open_sessions, Target, STOPPED};
+use crate::stats::{per_sec, secs, Latency};
+use crate::sys::CpuWatch;
+
+/// One sender's progress.
+struct Sender {
+    conn: Conn,
+    /// `send <receiver> `, the start of every line.
+    prefix: Vec<u8>,
+    /// Messages to send: `--messages`, or what was sent when the cap hit.
+    limit: u64,
+    sent: u64,
+    acked: u64,
+    /// Acknowledgements that said `+ stored` (receiver offline).
+    stored: u64,
+    /// When the next message is due, in epoch nanoseconds (rate limit only).
+    due: u64,
+    /// Send (or due) times of unacknowledged messages, oldest first: replies
+    /// come in order.
+    in_flight: VecDeque<u64>,
+}
+
+/// What one thread measured.
+#[derive(Default)]
+struct Measured {
+    delivery: Latency,
+    ack: Latency,
+    acked: u64,
+    delivered: u64,
+    stored: u64,
+    sent: u64,
+    last_ack: Option<Instant>,
+}
+
+/// Runs the scenario.
+pub fn run(a: &Args, target: Target) -> Result<Report, BenchError> {
+    let p = &a.users_prefix;
+    let setup_deadline = Instant::now() + Duration::from_secs(a.max_seconds);
+    let mut names = Vec::with_capacity(2 * a.pairs);
+    for i in 0..a.pairs {
+        names.push(format!("{p}ds{i}"));
+        names.push(format!("{p}dr{i}"));
+    }
+    let sessions = open_sessions(target, &names, setup_deadline, "pairs")?;
+    let threads = a.threads.min(a.pairs);
+    let mut groups: Vec<Vec<(Sender, Conn)>> = (0..threads).map(|_| Vec::new()).collect();
+    // Without a rate limit `due` stays 0 (always due); with one, pair i
+    // starts i/P of an interval late so the pairs do not send in lockstep.
+    let interval = a
+        .rate_limit
+        .map(|r| (a.pairs as u64).saturating_mul(1_000_000_000) / r.max(1));
+    let mut it = sessions.into_iter();
+    for i in 0..a.pairs {
+        let (Some(s), Some(r)) = (it.next(), it.next()) else {
+            return Err(BenchError::new("fewer sessions than pairs"));
+        };
+        let sender = Sender {
+            conn: Conn::from_reader(s)?,
+            prefix: format!("send {p}dr{i} ").into_bytes(),
+            limit: a.messages,
+            sent: 0,
+            acked: 0,
+            stored: 0,
+            due: interval.map_or(0, |iv| iv * i as u64 / a.pairs as u64),
+            in_flight: VecDeque::with_capacity(a.window.min(1 << 16) as usize),
+        };
+        groups[i % threads].push((sender, Conn::from_reader(r)?));
+    }
+
+    let epoch = Instant::now();
+    let cap = epoch + Duration::from_secs(a.max_seconds);
+    let hard = cap + GRACE;
+    let acked_total = AtomicU64::new(0);
+    let abort = AtomicBool::new(false);
+    let cpu = CpuWatch::start(a.server_pid);
+    let results: Vec<Result<Measured, BenchError>> = thread::scope(|s| {
+        let workers: Vec<_> = groups
+            .into_iter()
+            .map(|pairs| {
+                let (acked_total, abort) = (&acked_total, &abort);
+                s.spawn(move || {
+                    let ctx = Ctx {
+                        a,
+                        epoch,
+                        cap,
+                        hard,
+                        interval,
+                        acked_total,
+                        abort,
+                    };
+                    let r = drive(pairs, &ctx);
+                    if r.is_err() {
+                        abort.store(true, Ordering::SeqCst);
+                    }
+                    r
+                })
+            })
+            .collect();
+        let mut bar = Progress::new("dm", a.messages * a.pairs as u64);
+        while !workers.iter().all(|w| w.is_finished()) {
+            thread::sleep(TICK);
+            bar.set(acked_total.load(Ordering::Relaxed));
+        }
+        bar.finish();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(BenchError::new("a bench thread panicked")))
+            })
+            .collect()
+    });
+    let mut all = Measured::default();
+    let mut first_err: Option<BenchError> = None;
+    for r in results {
+        match r {
+            Ok(m) => {
+                all.delivery.merge(&m.delivery);
+                all.ack.merge(&m.ack);
+                all.acked += m.acked;
+                all.delivered += m.delivered;
+                all.stored += m.stored;
+                all.sent += m.sent;
+                all.last_ack = all.last_ack.max(m.last_ack);
+            }
+            Err(e) if first_err.as_ref().is_none_or(|f| f.0 == STOPPED) => first_err = Some(e),
+            Err(_) => {}
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    let elapsed = all
+        .last_ack
+        .map_or(Duration::ZERO, |l| l.duration_since(epoch));
+    let rate = match a.rate_limit {
+        Some(r) => format!("rate limit {r} msgs/s"),
+        None => "no rate limit".to_string(),
+    };
+    let mut report = Report::new(
+        "dm",
+        format!(
+            "{} pairs, {}-byte text, window {} per sender, {rate}, {threads} threads",
+            a.pairs, a.payload, a.window
+        ),
+    );
+    report.field("pairs", "pairs", Value::Int(a.pairs as u64));
+    report.field("acked", "acked", Value::Int(all.acked));
+    report.field("delivered", "delivered", Value::Int(all.delivered));
+    report.field("seconds", "secs", secs(elapsed));
+    report.field("acked_per_sec", "acked/s", per_sec(all.acked, elapsed));
+    report.field(
+        "rate_limit",
+        "limit/s",
+        a.rate_limit.map_or(Value::Missing, Value::Int),
+    );
+    report.field("p50_ms", "p50 ms", all.delivery.quantile_ms(0.5));
+    report.field("p99_ms", "p99 ms", all.delivery.quantile_ms(0.99));
+    report.field("max_ms", "max ms", all.delivery.max_ms());
+    report.field("ack_p50_ms", "ack p50 ms", all.ack.quantile_ms(0.5));
+    report.field("ack_p99_ms", "ack p99 ms", all.ack.quantile_ms(0.99));
+    report.field("ack_max_ms", "ack max ms", all.ack.max_ms());
+    cpu.finish(&mut report);
+    let planned = a.messages * a.pairs as u64;
+    if all.sent < planned {
+        report.notes.push(format!(
+            "stopped at --max-seconds {} after {} of {planned} messages",
+            a.max_seconds, all.sent
+        ));
+    }
+    if all.acked != all.sent || all.delivered != all.sent {
+        report.notes.push(format!(
+            "of {} sent, {} acknowledged and {} delivered within {GRACE:?} after the cap",
+            all.sent, all.acked, all.delivered
+        ));
+    }
+    if all.stored > 0 {
+        report.notes.push(format!(
+            "{} messages were stored, not delivered: a receiver was offline",
+            all.stored
+        ));
+    }
+    if a.rate_limit.is_some() {
+        report
+            .notes
+            .push("latency counts from each message's scheduled time".into());
+    }
+    Ok(report)
+}
+
+/// What every dm thread shares.
+struct Ctx<'a> {
+    a: &'a Args,
+    epoch: Instant,
+    cap: Instant,
+    hard: Instant,
+    /// Nanoseconds between one sender's messages, with a rate limit.
+    interval: Option<u64>,
+    acked_total: &'a AtomicU64,
+    abort: &'a AtomicBool,
+}
+
+/// Runs this thread's pairs to the end. Token `2k` is pair k's sender, `2k+1`
+/// its receiver.
+fn drive(mut pairs: Vec<(Sender, Conn)>, ctx: &Ctx) -> Result<Measured, BenchError> {
+    let a = ctx.a;
+    let mut poll = Poll::new()?;
+    for (k, (s, r)) in pairs.iter_mut().enumerate() {
+        poll.registry().register(
+            &mut s.conn.stream,
+            Token(2 * k),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        poll.registry()
+            .register(&mut r.stream, Token(2 * k + 1), Interest::READABLE)?;
+    }
+    let mut events = Events::with_capacity(1024);
+    let mut m = Measured::default();
+    let mut got = vec![0u64; pairs.len()];
+    let mut ready: Vec<usize> = (0..2 * pairs.len()).collect();
+    let mut capped = false;
+    loop {
+        if ctx.abort.load(Ordering::Relaxed) {
+            return Err(BenchError::new(STOPPED));
+        }
+        for &t in &ready {
+            let (s, r) = &mut pairs[t / 2];
+            let now = nanos(ctx.epoch.elapsed());
+            if t.is_multiple_of(2) {
+                let before = s.acked;
+                read_acks(s, now, &mut m.ack)?;
+                if s.acked > before {
+                    m.last_ack = Some(Instant::now());
+                    ctx.acked_total
+                        .fetch_add(s.acked - before, Ordering::Relaxed);
+                }
+            } else {
+                let mut n = 0;
+                let delivery = &mut m.delivery;
+                let open = r.pump(|line| {
+                    if let Some((_, sent)) = stamp(line, b"* msg ") {
+                        delivery.record(now.saturating_sub(sent));
+                        n += 1;
+                    } else if let Some(reason) = line.strip_prefix(b"* bye ") {
+                        return Err(BenchError::bye(
+                            "dm receiver",
+                            &String::from_utf8_lossy(reason),
+                        ));
+                    }
+                    Ok(())
+                })?;
+                got[t / 2] += n;
+                if !open {
+                    return Err(BenchError::new("natterd closed a dm receiver's connection"));
+                }
+            }
+        }
+        if !capped && Instant::now() >= ctx.cap {
+            capped = true;
+            for (s, _) in pairs.iter_mut() {
+                s.limit = s.sent;
+            }
+        }
+        let now = nanos(ctx.epoch.elapsed());
+        let mut wait = POLL_WAIT;
+        for (s, _) in pairs.iter_mut() {
+            while s.sent < s.limit && s.sent - s.acked < a.window && s.due <= now {
+                let stamp_at = if ctx.interval.is_some() { s.due } else { now };
+                let out = s.conn.out();
+                out.extend_from_slice(&s.prefix);
+                push_text(out, s.sent, stamp_at, a.payload);
+                s.in_flight.push_back(stamp_at);
+                s.sent += 1;
+                if let Some(iv) = ctx.interval {
+                    s.due += iv;
+                }
+            }
+            if s.conn.has_output() {
+                s.conn.flush()?;
+            }
+            if s.sent < s.limit && s.sent - s.acked < a.window && s.due > now {
+                wait = wait.min(Duration::from_nanos(s.due - now));
+            }
+        }
+        let done = pairs
+            .iter()
+            .zip(&got)
+            .all(|((s, _), &g)| s.acked >= s.limit && g >= s.limit);
+        if done || Instant::now() > ctx.hard {
+            for (s, _) in &pairs {
+                m.acked += s.acked;
+                m.stored += s.stored;
+                m.sent += s.sent;
+            }
+            m.delivered = got.iter().sum();
+            return Ok(m);
+        }
+        match poll.poll(&mut events, Some(wait)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+        ready.clear();
+        ready.extend(events.iter().map(|e| e.token().0));
+    }
+}
+
+/// Reads a sender's replies: each `+` acknowledges its oldest message.
+fn read_acks(s: &mut Sender, now: u64, ack: &mut Latency) -> Result<(), BenchError> {
+    let Sender {
+        conn,
+        acked,
+        stored,
+        in_flight,
+        ..
+    } = s;
+    let open = conn.pump(|line| {
+        match line.first() {
+            Some(b'+') => {
+                *acked += 1;
+                if let Some(t) = in_flight.pop_front() {
+                    ack.record(now.saturating_sub(t));
+                }
+                if line == b"+ stored" {
+                    *stored += 1;
+                }
+            }
+            Some(b'-') => {
+                let text = String::from_utf8_lossy(line.get(2..).unwrap_or_default());
+                let (code, rest) = text.split_once(' ').unwrap_or((&text, ""));
+                return Err(BenchError::refused("send", code, rest));
+            }
+            _ => {
+                if let Some(reason) = line.strip_prefix(b"* bye ") {
+                    return Err(BenchError::bye(
+                        "dm sender",
+                        &String::from_utf8_lossy(reason),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    })?;
+    if open {
+        Ok(())
+    } else {
+        Err(BenchError::new("natterd closed a dm sender's connection"))
+    }
+}

@@ -1,0 +1,254 @@
+//! Non-blocking line I/O for the measured phase: one connection's fixed
+//! input buffer and pending output, read until `WouldBlock` as mio's
+//! edge-triggered readiness requires. Lines are handed out as byte slices of
+//! the buffer, so receiving costs no allocation per line; this module knows
+//! nothing of what the lines mean.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+
+use natter_client::LineReader;
+
+use crate::error::BenchError;
+
+/// Input buffer size. Large enough that one read takes many queued lines
+/// (fewer syscalls under fan-out), and far above natterd's longest line.
+pub const BUF: usize = 64 * 1024;
+
+/// Hands every complete line in `buf` (without LF or CRLF) to `f` and returns
+/// how many bytes those lines took; what follows is a partial line.
+pub fn each_line(
+    buf: &[u8],
+    mut f: impl FnMut(&[u8]) -> Result<(), BenchError>,
+) -> Result<usize, BenchError> {
+    let mut pos = 0;
+    while let Some(i) = buf[pos..].iter().position(|&b| b == b'\n') {
+        let mut line = &buf[pos..pos + i];
+        if let [rest @ .., b'\r'] = line {
+            line = rest;
+        }
+        f(line)?;
+        pos += i + 1;
+    }
+    Ok(pos)
+}
+
+/// One logged-in connection driven by a poller.
+pub struct Conn {
+    /// The socket, non-blocking.
+    pub stream: mio::net::TcpStream,
+    /// Received bytes; `start..end` is not yet handled (a partial line after
+    /// each pump).
+    inbuf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    /// Bytes carried over from setup that may hold whole lines.
+    unscanned: bool,
+    /// Queued output; `out_pos..` is unsent.
+    out: Vec<u8>,
+    out_pos: usize,
+}
+
+impl Conn {
+    /// Takes over a socket that setup logged in, with whatever setup's reader
+    /// had buffered beyond the login reply.
+    pub fn from_reader(reader: LineReader<TcpStream>) -> io::Result<Conn> {
+        let (stream, rest) = reader.into_parts();
+        stream.set_nonblocking(true)?;
+        let mut inbuf = vec![0u8; BUF.max(rest.len())].into_boxed_slice();
+        inbuf[..rest.len()].copy_from_slice(&rest);
+        Ok(Conn {
+            stream: mio::net::TcpStream::from_std(stream),
+            inbuf,
+            start: 0,
+            end: rest.len(),
+            unscanned: !rest.is_empty(),
+            out: Vec::new(),
+            out_pos: 0,
+        })
+    }
+
+    /// Reads until the socket has nothing more, handing each complete line to
+    /// `f`. `Ok(false)` when the server closed the connection.
+    pub fn pump(
+        &mut self,
+        mut f: impl FnMut(&[u8]) -> Result<(), BenchError>,
+    ) -> Result<bool, BenchError> {
+        if self.unscanned {
+            self.unscanned = false;
+            self.start += each_line(&self.inbuf[self.start..self.end], &mut f)?;
+        }
+        loop {
+            if self.start == self.end {
+                self.start = 0;
+                self.end = 0;
+            } else if self.end == self.inbuf.len() {
+                if self.start == 0 {
+                    return Err(BenchError::new(format!(
+                        "the server sent a line longer than {} bytes",
+                        self.inbuf.len()
+                    )));
+                }
+                self.inbuf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            match self.stream.read(&mut self.inbuf[self.end..]) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    // Only the new bytes can complete a line, but a line's
+                    // start may be earlier: scan from the unhandled start.
+                    self.end += n;
+                    self.start += each_line(&self.inbuf[self.start..self.end], &mut f)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The buffer that [`Conn::flush`] sends; append whole lines to it.
+    pub fn out(&mut self) -> &mut Vec<u8> {
+        &mut self.out
+    }
+
+    /// Whether queued output is still unsent.
+    pub fn has_output(&self) -> bool {
+        self.out_pos < self.out.len()
+    }
+
+    /// Writes queued output until it is all sent or the socket is full.
+    pub fn flush(&mut self) -> Result<(), BenchError> {
+        while self.out_pos < self.out.len() {
+            match self.stream.write(&self.out[self.out_pos..]) {
+                Ok(0) => return Err(BenchError::new("the server stopped taking data")),
+                Ok(n) => self.out_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.out.clear();
+        self.out_pos = 0;
+        Ok(())
+    }
+}
+
+/// The first word of `s` skipped, with the spaces after it.
+fn skip_word(s: &[u8]) -> Option<&[u8]> {
+    let i = s.iter().position(|&b| b == b' ')?;
+    let rest = &s[i..];
+    let j = rest.iter().position(|&b| b != b' ')?;
+    Some(&rest[j..])
+}
+
+/// A decimal number at the start of `s`, and what follows it.
+fn leading_u64(s: &[u8]) -> Option<(u64, &[u8])> {
+    let digits = s.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 19 {
+        return None;
+    }
+    let mut n = 0u64;
+    for &b in &s[..digits] {
+        n = n * 10 + u64::from(b - b'0');
+    }
+    Some((n, &s[digits..]))
+}
+
+/// From an event line `<event> <from> <time> <seq> <nanos> ...` (the form of
+/// `* msg` and `* broadcast` with the bench's own text), the sequence number
+/// and send time the text carries. `None` for any other line.
+pub fn stamp(line: &[u8], event: &[u8]) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix(event)?;
+    let rest = skip_word(skip_word(rest)?)?;
+    let (seq, rest) = leading_u64(rest)?;
+    let rest = rest.strip_prefix(b" ")?;
+    let (nanos, _) = leading_u64(rest)?;
+    Some((seq, nanos))
+}
+
+/// Appends the bench's message text: the sequence number and the send time
+/// (which the receiver subtracts from its own clock), padded with `x` to
+/// `payload` bytes. The numbers always fit: arguments keep `payload` above
+/// their longest form.
+pub fn push_text(out: &mut Vec<u8>, seq: u64, nanos: u64, payload: usize) {
+    let start = out.len();
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{seq} {nanos} ");
+    let used = out.len() - start;
+    out.resize(start + payload.max(used), b'x');
+    out.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(buf: &[u8]) -> (Vec<Vec<u8>>, usize) {
+        let mut got = Vec::new();
+        let used = each_line(buf, |l| {
+            got.push(l.to_vec());
+            Ok(())
+        })
+        .expect("no error");
+        (got, used)
+    }
+
+    #[test]
+    fn lines_are_split_and_partial_tail_left() {
+        let (got, used) = collect(b"+ a\r\n* b\n\n= par");
+        assert_eq!(got, vec![b"+ a".to_vec(), b"* b".to_vec(), b"".to_vec()]);
+        assert_eq!(used, 10);
+        let (got, used) = collect(b"no newline");
+        assert!(got.is_empty());
+        assert_eq!(used, 0);
+    }
+
+    #[test]
+    fn an_error_from_the_handler_stops_the_scan() {
+        let r = each_line(b"a\nb\n", |l| {
+            if l == b"b" {
+                Err(BenchError::new("stop"))
+            } else {
+                Ok(())
+            }
+        });
+        assert_eq!(r, Err(BenchError::new("stop")));
+    }
+
+    #[test]
+    fn stamps_are_read_from_event_lines() {
+        let line = b"* broadcast nbfs 2026-01-01T00:00:00Z 17 123456789 xxxx";
+        assert_eq!(stamp(line, b"* broadcast "), Some((17, 123456789)));
+        assert_eq!(stamp(line, b"* msg "), None);
+        assert_eq!(
+            stamp(b"* msg nbds0 2026-01-01T00:00:00Z 0 5", b"* msg "),
+            Some((0, 5))
+        );
+        for bad in [
+            &b"* broadcast a t"[..],
+            b"* broadcast a t x 1",
+            b"* broadcast a t 1x 2",
+            b"* broadcast a t 1",
+            b"* broadcast a t 99999999999999999999 1",
+            b"+ sent to 3",
+        ] {
+            assert_eq!(stamp(bad, b"* broadcast "), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn text_is_padded_to_the_payload_and_round_trips() {
+        let mut out = b"broadcast ".to_vec();
+        push_text(&mut out, 42, 987, 32);
+        assert_eq!(out.len(), 10 + 32 + 1);
+        assert_eq!(out.last(), Some(&b'\n'));
+        let text = &out[10..out.len() - 1];
+        let line = [b"* broadcast a t ".as_slice(), text].concat();
+        assert_eq!(stamp(&line, b"* broadcast "), Some((42, 987)));
+        let mut short = Vec::new();
+        push_text(&mut short, 123456, 7890123, 4);
+        assert_eq!(short, b"123456 7890123 \n");
+    }
+}

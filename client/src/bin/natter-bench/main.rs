@@ -1,0 +1,86 @@
+//! natter-bench: the load generator for natterd. `main` parses and checks the
+//! arguments, raises the open-file limit, and runs each scenario in turn,
+//! printing its report; the scenarios live in their own modules and share
+//! the session setup (`setup`), the non-blocking line I/O (`lines`), the
+//! statistics (`stats`) and the report format (`report`).
+
+mod args;
+mod dm;
+mod error;
+mod fanout;
+mod idle;
+mod lines;
+mod login;
+mod progress;
+mod report;
+mod setup;
+mod stats;
+mod sys;
+
+use std::process::ExitCode;
+use std::thread;
+use std::time::Duration;
+
+use clap::Parser;
+
+use args::{Args, Scenario};
+use setup::Target;
+
+/// Pause between scenarios, so natterd has closed the sessions of one before
+/// the next opens its own (they count against --max-clients).
+const BETWEEN: Duration = Duration::from_millis(500);
+
+/// Descriptors the bench needs beyond its sessions (stdio, pollers, spares).
+const SPARE_FDS: u64 = 64;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Err(e) = args.validate() {
+        eprintln!("natter-bench: {e}");
+        return ExitCode::from(2);
+    }
+    let scenarios = args.scenarios();
+    let most_sessions = scenarios
+        .iter()
+        .map(|s| match s {
+            Scenario::Fanout => args.receivers + 2,
+            Scenario::Dm => 2 * args.pairs,
+            Scenario::Idle => args.sessions,
+            Scenario::Login => args.concurrency,
+        })
+        .max()
+        .unwrap_or(0) as u64;
+    match sys::raise_nofile_limit() {
+        Ok(limit) if limit < most_sessions + SPARE_FDS => eprintln!(
+            "natter-bench: warning: the open-file limit is {limit}, below the \
+             {most_sessions} sessions asked for; raise the hard limit (ulimit -Hn)"
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("natter-bench: warning: cannot raise the open-file limit: {e}"),
+    }
+    let target = Target {
+        host: &args.host,
+        port: args.port,
+        password: &args.password,
+    };
+    for (i, scenario) in scenarios.iter().enumerate() {
+        if i > 0 {
+            thread::sleep(BETWEEN);
+        }
+        let result = match scenario {
+            Scenario::Fanout => fanout::run(&args, target),
+            Scenario::Dm => dm::run(&args, target),
+            Scenario::Idle => idle::run(&args, target),
+            Scenario::Login => login::run(&args, target),
+        };
+        match result {
+            Ok(report) if args.json => println!("{}", report.json()),
+            Ok(report) => println!("{}", report.table()),
+            Err(e) => {
+                eprintln!("natter-bench: {}: {e}", scenario.name());
+                return ExitCode::from(1);
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}

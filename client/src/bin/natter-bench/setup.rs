@@ -1,0 +1,222 @@
+//! Getting sessions logged in before a measurement starts, and the blocking
+//! request/reply helpers the slower scenarios (login, ping) use. Sessions are
+//! opened in batches on a few threads, each batch pipelined: connect all,
+//! send every `register`, then read every reply, so the server's hashing
+//! threads always have work queued. A name that already EXISTS is logged in
+//! instead, so repeated runs reuse their users.
+
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use natter_client::{connect, parse, Event, LineReader, LineWriter, ServerLine};
+
+use crate::error::BenchError;
+use crate::progress::{Progress, TICK};
+
+/// Threads opening sessions. Setup waits on the server (hashing, commits),
+/// not on the CPU, so a few threads keep it busy without crowding it.
+const SETUP_THREADS: usize = 4;
+
+/// Sessions one thread has in flight at once: enough to keep the server's
+/// queues full, few enough that a failure is reported promptly.
+const BATCH: usize = 250;
+
+/// What a thread returns when it stopped because another one failed.
+pub const STOPPED: &str = "stopped because another thread failed";
+
+/// Where and as whom to connect.
+#[derive(Clone, Copy)]
+pub struct Target<'a> {
+    /// natterd's host.
+    pub host: &'a str,
+    /// natterd's port.
+    pub port: u16,
+    /// Every bench user's password.
+    pub password: &'a str,
+}
+
+/// A logged-in session: the socket inside a reader that may hold bytes
+/// already received.
+pub type Session = LineReader<TcpStream>;
+
+/// Connects within what is left before `deadline`.
+pub fn dial(target: Target, deadline: Instant) -> Result<Session, BenchError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(BenchError::new(
+            "out of time (--max-seconds) while connecting",
+        ));
+    }
+    let stream = connect(target.host, target.port, left.min(Duration::from_secs(10)))?;
+    Ok(LineReader::new(stream))
+}
+
+/// Sends one command line.
+pub fn send(session: &Session, line: &str) -> Result<(), BenchError> {
+    LineWriter::new(session.get_ref()).send(line)?;
+    Ok(())
+}
+
+/// Reads until the completion (`+` or `-`) of the oldest command, skipping
+/// data lines and events other than `* bye`, which ends the session and so
+/// is an error. Bounded by `deadline`.
+pub fn completion(
+    session: &mut Session,
+    deadline: Instant,
+    what: &str,
+) -> Result<ServerLine, BenchError> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(BenchError::new(format!(
+                "{what}: no reply before the --max-seconds deadline"
+            )));
+        }
+        session.get_ref().set_read_timeout(Some(left))?;
+        let line = match session.read_line() {
+            Ok(Some(line)) => line,
+            Ok(None) => {
+                return Err(BenchError::new(format!(
+                    "{what}: natterd closed the connection"
+                )))
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(e) => return Err(BenchError::new(format!("{what}: {e}"))),
+        };
+        match parse(&line) {
+            ServerLine::Event(Event::Bye { reason }) => return Err(BenchError::bye(what, &reason)),
+            done @ (ServerLine::Ok(_) | ServerLine::Err { .. }) => return Ok(done),
+            _ => {}
+        }
+    }
+}
+
+/// Expects success from the oldest command; `- CODE` becomes an error that
+/// names the server flag to change where one would help.
+pub fn expect_ok(
+    session: &mut Session,
+    deadline: Instant,
+    what: &str,
+) -> Result<String, BenchError> {
+    match completion(session, deadline, what)? {
+        ServerLine::Ok(text) => Ok(text),
+        ServerLine::Err { code, text } => Err(BenchError::refused(what, &code, &text)),
+        _ => Err(BenchError::new(format!("{what}: unexpected reply"))),
+    }
+}
+
+/// Opens one logged-in session per name, in the order given, registering the
+/// users that do not exist yet. Shows a progress bar labelled `label` on long
+/// setups. Fails as a whole if any session fails.
+pub fn open_sessions(
+    target: Target,
+    names: &[String],
+    deadline: Instant,
+    label: &str,
+) -> Result<Vec<Session>, BenchError> {
+    let opened = AtomicU64::new(0);
+    let abort = AtomicBool::new(false);
+    let per_thread = names.len().div_ceil(SETUP_THREADS).max(1);
+    thread::scope(|s| {
+        let handles: Vec<_> = names
+            .chunks(per_thread)
+            .map(|chunk| {
+                let (opened, abort) = (&opened, &abort);
+                s.spawn(move || {
+                    let mut out = Vec::with_capacity(chunk.len());
+                    for batch in chunk.chunks(BATCH) {
+                        if abort.load(Ordering::Relaxed) {
+                            return Err(BenchError::new(STOPPED));
+                        }
+                        let r = open_batch(target, batch, deadline);
+                        match r {
+                            Ok(sessions) => {
+                                opened.fetch_add(sessions.len() as u64, Ordering::Relaxed);
+                                out.extend(sessions);
+                            }
+                            Err(e) => {
+                                abort.store(true, Ordering::Relaxed);
+                                return Err(e);
+                            }
+                        }
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        let mut bar = Progress::new(label, names.len() as u64);
+        while !handles.iter().all(|h| h.is_finished()) {
+            thread::sleep(TICK);
+            bar.set(opened.load(Ordering::Relaxed));
+        }
+        bar.finish();
+        let mut all = Vec::with_capacity(names.len());
+        let mut first_err: Option<BenchError> = None;
+        for h in handles {
+            match h.join() {
+                Ok(Ok(sessions)) => all.extend(sessions),
+                Ok(Err(e)) => {
+                    // Report the first real cause, not a thread told to stop.
+                    let replace = match &first_err {
+                        None => true,
+                        Some(f) => f.0 == STOPPED && e.0 != STOPPED,
+                    };
+                    if replace {
+                        first_err = Some(e);
+                    }
+                }
+                Err(_) => {
+                    first_err.get_or_insert(BenchError::new("a setup thread panicked"));
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(all),
+        }
+    })
+}
+
+/// One pipelined batch: connect all, register all, log in those that exist.
+fn open_batch(
+    target: Target,
+    names: &[String],
+    deadline: Instant,
+) -> Result<Vec<Session>, BenchError> {
+    let mut sessions = Vec::with_capacity(names.len());
+    for _ in names {
+        sessions.push(dial(target, deadline)?);
+    }
+    for (s, name) in sessions.iter().zip(names) {
+        send(s, &format!("register {name} {}", target.password))?;
+    }
+    let mut existing = Vec::new();
+    for (i, (s, name)) in sessions.iter_mut().zip(names).enumerate() {
+        let what = format!("register {name}");
+        match completion(s, deadline, &what)? {
+            ServerLine::Ok(_) => {}
+            ServerLine::Err { code, .. } if code == "EXISTS" => existing.push(i),
+            ServerLine::Err { code, text } => return Err(BenchError::refused(&what, &code, &text)),
+            _ => return Err(BenchError::new(format!("{what}: unexpected reply"))),
+        }
+    }
+    for &i in &existing {
+        send(
+            &sessions[i],
+            &format!("login {} {}", names[i], target.password),
+        )?;
+    }
+    for &i in &existing {
+        expect_ok(&mut sessions[i], deadline, &format!("login {}", names[i]))?;
+    }
+    Ok(sessions)
+}

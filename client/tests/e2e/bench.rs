@@ -1,0 +1,283 @@
+//! natter-bench against a real natterd, each scenario with tiny counts: the
+//! reports have their fields, the counts add up (every broadcast reaches
+//! every receiver, every message is acknowledged and delivered), and the
+//! server settings that would spoil a benchmark are named when met.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::util::{run, Run, Server};
+
+/// The flags the bench's own tests start natterd with, as its help says.
+const BENCH_SERVER: &[&str] = &["--hash-cost", "low", "--rate", "0", "--max-per-ip", "0"];
+
+fn bench(server: &Server, args: &[&str]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_natter-bench"));
+    cmd.args(["--port", &server.port(), "--max-seconds", "8"])
+        .args(args);
+    run(&mut cmd, "")
+}
+
+/// The JSON reports, one per stdout line, after checking the run succeeded.
+fn reports(r: &Run) -> Vec<Value> {
+    assert!(
+        r.status.success(),
+        "natter-bench failed: {:?}\nstdout: {}\nstderr: {}",
+        r.status,
+        r.stdout,
+        r.stderr
+    );
+    r.stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+fn int(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} is not a count in {v}"))
+}
+
+fn num(v: &Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} is not a number in {v}"))
+}
+
+/// p50 ≤ p99 ≤ max, all positive: a sane latency distribution.
+fn ordered(v: &Value, prefix: &str) {
+    let (p50, p99, max) = (
+        num(v, &format!("{prefix}p50_ms")),
+        num(v, &format!("{prefix}p99_ms")),
+        num(v, &format!("{prefix}max_ms")),
+    );
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{prefix}: {v}");
+}
+
+#[test]
+fn fanout_delivers_every_broadcast_to_every_receiver() {
+    let server = Server::start_with(BENCH_SERVER);
+    let pid = server.pid().to_string();
+    let r = bench(
+        &server,
+        &[
+            "fanout",
+            "--json",
+            "--receivers",
+            "5",
+            "--broadcasts",
+            "300",
+            "--window",
+            "4",
+            "--threads",
+            "2",
+            "--server-pid",
+            &pid,
+        ],
+    );
+    let v = &reports(&r)[0];
+    assert_eq!(v["scenario"], "fanout");
+    assert_eq!(int(v, "receivers"), 5);
+    assert_eq!(int(v, "broadcasts"), 300);
+    assert_eq!(int(v, "deliveries"), 5 * 300);
+    assert!(num(v, "deliveries_per_sec") > 0.0, "{v}");
+    assert!(num(v, "seconds") > 0.0, "{v}");
+    ordered(v, "");
+    // The ping client runs alongside; with 300 window-limited broadcasts it
+    // gets its first pong in, but a fast machine may give it no more.
+    if int(v, "ping_count") > 0 {
+        ordered(v, "ping_");
+    }
+    assert!(v["server_cpu_pct"].is_number(), "{v}");
+    assert!(v["bench_cpu_pct"].is_number(), "{v}");
+    assert_eq!(v["notes"], serde_json::json!([]));
+}
+
+#[test]
+fn dm_acknowledges_and_delivers_every_message_at_a_fixed_rate() {
+    let server = Server::start_with(BENCH_SERVER);
+    let r = bench(
+        &server,
+        &[
+            "dm",
+            "--json",
+            "--pairs",
+            "3",
+            "--messages",
+            "40",
+            "--window",
+            "8",
+            "--rate-limit",
+            "400",
+        ],
+    );
+    let v = &reports(&r)[0];
+    assert_eq!(v["scenario"], "dm");
+    assert_eq!(int(v, "pairs"), 3);
+    assert_eq!(int(v, "acked"), 120);
+    assert_eq!(int(v, "delivered"), 120);
+    assert_eq!(int(v, "rate_limit"), 400);
+    // 120 messages at 400/s take about 0.3 s: the limit holds.
+    let rate = num(v, "acked_per_sec");
+    assert!(rate > 0.0 && rate < 400.0 * 1.3, "{v}");
+    ordered(v, "");
+    ordered(v, "ack_");
+    // Without --server-pid there is no CPU figure.
+    assert!(v["server_cpu_pct"].is_null(), "{v}");
+}
+
+#[test]
+fn idle_reports_memory_per_session_only_with_the_server_pid() {
+    let server = Server::start_with(BENCH_SERVER);
+    let pid = server.pid().to_string();
+    let r = bench(
+        &server,
+        &["idle", "--json", "--sessions", "30", "--server-pid", &pid],
+    );
+    let v = &reports(&r)[0];
+    assert_eq!(int(v, "sessions"), 30);
+    assert_eq!(int(v, "checked_alive"), 30);
+    assert!(int(v, "rss_after_kib") > 0, "{v}");
+    assert!(v["bytes_per_session"].is_number(), "{v}");
+
+    // Again without the pid: same users (logged in, not registered), no
+    // memory figure, and a note saying why.
+    let r = bench(&server, &["idle", "--json", "--sessions", "30"]);
+    let v = &reports(&r)[0];
+    assert!(v["bytes_per_session"].is_null(), "{v}");
+    assert!(v["notes"][0]
+        .as_str()
+        .is_some_and(|n| n.contains("--server-pid")));
+}
+
+#[test]
+fn login_counts_every_login() {
+    let server = Server::start_with(BENCH_SERVER);
+    let r = bench(
+        &server,
+        &["login", "--json", "--logins", "12", "--concurrency", "3"],
+    );
+    let v = &reports(&r)[0];
+    assert_eq!(int(v, "logins"), 12);
+    assert_eq!(int(v, "concurrency"), 3);
+    assert!(num(v, "logins_per_sec") > 0.0, "{v}");
+    ordered(v, "");
+}
+
+#[test]
+fn table_output_has_a_heading_and_a_row_per_scenario() {
+    let server = Server::start_with(BENCH_SERVER);
+    let r = bench(
+        &server,
+        &[
+            "--receivers",
+            "3",
+            "--broadcasts",
+            "20",
+            "--pairs",
+            "2",
+            "--messages",
+            "10",
+            "--sessions",
+            "5",
+            "--logins",
+            "4",
+            "--concurrency",
+            "2",
+            "--users-prefix",
+            "tbl",
+        ],
+    );
+    assert!(r.status.success(), "stderr: {}", r.stderr);
+    for (scenario, heading) in [
+        ("fanout", "deliveries/s"),
+        ("dm", "acked/s"),
+        ("idle", "bytes/session"),
+        ("login", "logins/s"),
+    ] {
+        let at = r
+            .stdout
+            .find(&format!("== {scenario}: "))
+            .unwrap_or_else(|| panic!("no {scenario} table in {}", r.stdout));
+        let table: Vec<&str> = r.stdout[at..].lines().take(3).collect();
+        assert!(table[1].contains(heading), "{table:?}");
+        assert_eq!(
+            table[1].split_whitespace().count() > 3,
+            table[2].split_whitespace().count() > 3
+        );
+    }
+}
+
+#[test]
+fn a_rate_limited_server_is_named_as_the_problem() {
+    let server = Server::start_with(&["--hash-cost", "low", "--max-per-ip", "0"]);
+    let r = bench(
+        &server,
+        &[
+            "fanout",
+            "--receivers",
+            "2",
+            "--broadcasts",
+            "500",
+            "--window",
+            "500",
+        ],
+    );
+    assert_eq!(r.status.code(), Some(1), "stdout: {}", r.stdout);
+    assert!(r.stderr.contains("--rate 0"), "stderr: {}", r.stderr);
+}
+
+#[test]
+fn the_per_address_limit_is_named_as_the_problem() {
+    // natterd's default --max-per-ip is 64.
+    let server = Server::start_with(&["--hash-cost", "low", "--rate", "0"]);
+    let r = bench(&server, &["idle", "--sessions", "70"]);
+    assert_eq!(r.status.code(), Some(1), "stdout: {}", r.stdout);
+    assert!(r.stderr.contains("--max-per-ip 0"), "stderr: {}", r.stderr);
+}
+
+#[test]
+fn help_documents_every_flag_and_bad_arguments_exit_2() {
+    let out = Command::new(env!("CARGO_BIN_EXE_natter-bench"))
+        .arg("--help")
+        .output()
+        .expect("run natter-bench --help");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--host",
+        "--port",
+        "--receivers",
+        "--broadcasts",
+        "--pairs",
+        "--messages",
+        "--rate-limit",
+        "--sessions",
+        "--logins",
+        "--concurrency",
+        "--payload",
+        "--window",
+        "--threads",
+        "--ping-interval-us",
+        "--max-seconds",
+        "--server-pid",
+        "--users-prefix",
+        "--password",
+        "--json",
+        "fanout",
+        "dm",
+        "idle",
+        "login",
+        "--max-per-ip 0",
+    ] {
+        assert!(help.contains(flag), "--help does not mention {flag}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_natter-bench"))
+        .args(["--window", "0"])
+        .output()
+        .expect("run natter-bench");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--window"));
+}
