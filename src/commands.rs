@@ -204,7 +204,11 @@ pub fn parse(line: &str, logged_in: bool) -> Result<Command, Vec<u8>> {
                 text: relayable(text),
             })
         }
-        "broadcast" => parse_broadcast(rest).ok_or_else(usage_err),
+        "broadcast" => match parse_broadcast(rest) {
+            Some(Ok(cmd)) => Ok(cmd),
+            Some(Err(reply)) => Err(reply),
+            None => Err(usage_err()),
+        },
         "history" => parse_history(rest),
         "block" | "unblock" => {
             let (user, extra) = split_word(rest);
@@ -228,12 +232,15 @@ fn username_arg(raw: &str) -> Result<String, Vec<u8>> {
 
 /// `broadcast <text>`, `broadcast message <text>` or
 /// `broadcast user <u1> ... message <text>`; `None` means a usage error.
-fn parse_broadcast(rest: &str) -> Option<Command> {
+/// `None` means a usage error; `Some(Err)` a more specific one.
+fn parse_broadcast(rest: &str) -> Option<Result<Command, Vec<u8>>> {
     let (first, after_first) = split_word(rest);
     match first.to_ascii_lowercase().as_str() {
         "" => None,
-        "message" => (!after_first.is_empty()).then(|| Command::Broadcast {
-            text: relayable(after_first),
+        "message" => (!after_first.is_empty()).then(|| {
+            Ok(Command::Broadcast {
+                text: relayable(after_first),
+            })
         }),
         "user" => {
             let mut users = Vec::new();
@@ -247,18 +254,21 @@ fn parse_broadcast(rest: &str) -> Option<Command> {
                     if users.is_empty() || after.is_empty() {
                         return None;
                     }
-                    return Some(Command::BroadcastTo {
+                    return Some(Ok(Command::BroadcastTo {
                         users,
                         text: relayable(after),
-                    });
+                    }));
                 }
-                users.push(canonical_username(word)?);
+                match username_arg(word) {
+                    Ok(user) => users.push(user),
+                    Err(reply) => return Some(Err(reply)),
+                }
                 remaining = after;
             }
         }
-        _ => Some(Command::Broadcast {
+        _ => Some(Ok(Command::Broadcast {
             text: relayable(rest),
-        }),
+        })),
     }
 }
 
@@ -289,7 +299,7 @@ fn parse_history(rest: &str) -> Result<Command, Vec<u8>> {
             count: count_of(n)?,
         }),
         (user, n) => Ok(Command::History {
-            with: Some(canonical_username(user).ok_or_else(bad)?),
+            with: Some(username_arg(user)?),
             count: if n.is_empty() {
                 DEFAULT_HISTORY
             } else {
@@ -373,7 +383,14 @@ pub enum DirectKind {
 #[derive(Clone, Debug)]
 pub enum Cont {
     /// Password checked for a login.
-    Login { user: String, known: bool },
+    Login {
+        /// Who is logging in.
+        user: String,
+        /// Whether the account exists (else the dummy hash was checked).
+        known: bool,
+        /// From where: lockouts are per user and address.
+        ip: IpAddr,
+    },
     /// New password hashed for a register.
     RegisterHashed { user: String },
     /// New account written.
@@ -392,17 +409,34 @@ pub enum Cont {
     History,
     /// A write whose only reply is this fixed line once it is committed.
     Ack(Vec<u8>),
+    /// A block or unblock being written; undone in memory if that fails.
+    Block {
+        /// Who blocks.
+        user: String,
+        /// Whom.
+        other: String,
+        /// Block (true) or unblock.
+        on: bool,
+        /// Whether the block existed before.
+        had: bool,
+    },
     /// A write nobody waits for (last-seen times); failures are only logged.
     Background,
 }
 
 impl Cont {
     /// Whether later lines of the session must wait for this job: their
-    /// meaning depends on whether a login or register succeeds.
+    /// meaning depends on whether a login or register succeeds; and an
+    /// `inbox` or `history` reply can be megabytes, so one at a time keeps
+    /// what a pipelining client can make us hold to one such reply.
     pub fn is_barrier(&self) -> bool {
         matches!(
             self,
-            Cont::Login { .. } | Cont::RegisterHashed { .. } | Cont::RegisterStored { .. }
+            Cont::Login { .. }
+                | Cont::RegisterHashed { .. }
+                | Cont::RegisterStored { .. }
+                | Cont::Inbox { .. }
+                | Cont::History
         )
     }
 }
@@ -444,8 +478,13 @@ pub enum Step {
 /// One event line for several sessions, formatted once.
 #[derive(Debug)]
 pub struct Push {
+    /// Who gets it.
     pub to: Vec<SessionRef>,
+    /// The complete `* ...` line.
     pub line: Vec<u8>,
+    /// For a stored direct message: the recipient and message id per entry
+    /// of `to`, so a push that cannot be made goes back to the inbox.
+    pub stored: Option<Vec<(String, i64)>>,
 }
 
 /// Side effects beyond the caller's own reply, applied by the reactor.
@@ -636,26 +675,38 @@ impl Chat {
     }
 
     fn login(&mut self, caller: &Caller, user: String, password: String, now: Clock) -> Step {
-        let key = (user.clone(), caller.ip);
-        if let Some(f) = self.failures.get(&key) {
-            if f.forget_at <= now.mono {
-                self.failures.remove(&key);
-            } else if let Some(until) = f.locked_until.filter(|u| *u > now.mono) {
-                let secs = until.duration_since(now.mono).as_secs_f64().ceil() as u64;
-                return Step::Reply(err(
-                    ErrorCode::Locked,
-                    &format!("too many failed logins; try again in {secs} seconds"),
-                ));
-            }
+        if let Some(locked) = self.lock_message(&user, caller.ip, now) {
+            return Step::Reply(locked);
         }
         let (hash, known) = match self.accounts.get(&user) {
             Some(a) => (a.hash.clone(), true),
             None => (self.dummy_hash.clone(), false),
         };
         Step::Wait(Job {
-            cont: Cont::Login { user, known },
+            cont: Cont::Login {
+                user,
+                known,
+                ip: caller.ip,
+            },
             work: Work::Hash(HashWork::Verify { hash, password }),
         })
+    }
+
+    /// `- LOCKED ...` if `user` is locked out from `ip` now; forgets a
+    /// record whose time has passed.
+    fn lock_message(&mut self, user: &str, ip: IpAddr, now: Clock) -> Option<Vec<u8>> {
+        let key = (user.to_string(), ip);
+        let f = self.failures.get(&key)?;
+        if f.forget_at <= now.mono {
+            self.failures.remove(&key);
+            return None;
+        }
+        let until = f.locked_until.filter(|u| *u > now.mono)?;
+        let secs = until.duration_since(now.mono).as_secs_f64().ceil() as u64;
+        Some(err(
+            ErrorCode::Locked,
+            &format!("too many failed logins; try again in {secs} seconds"),
+        ))
     }
 
     fn register(&mut self, user: String, password: String) -> Step {
@@ -813,32 +864,43 @@ impl Chat {
             fx.pushes.push(Push {
                 to,
                 line: protocol::chat_event("broadcast", me, now.wall, text),
+                stored: None,
             });
         }
         ok(&format!("sent to {n}"))
     }
 
+    /// Applies a block at once (so nothing slips through while it is being
+    /// written) and undoes it if the write fails.
     fn set_block(&mut self, me: String, other: String, block: bool) -> Step {
-        if let Some(account) = self.accounts.get_mut(&me) {
-            if block {
-                account.blocks.insert(other.clone());
-            } else {
-                account.blocks.remove(&other);
-            }
-        }
-        let reply = if block {
-            ok(&format!("blocked {other}"))
-        } else {
-            ok(&format!("unblocked {other}"))
-        };
+        let had = self.apply_block(&me, &other, block);
         Step::Wait(Job {
-            cont: Cont::Ack(reply),
+            cont: Cont::Block {
+                user: me.clone(),
+                other: other.clone(),
+                on: block,
+                had,
+            },
             work: Work::Store(StoreRequest::SetBlock {
                 blocker: me,
                 blocked: other,
                 on: block,
             }),
         })
+    }
+
+    /// Sets whether `user` blocks `other`; returns whether it did before.
+    fn apply_block(&mut self, user: &str, other: &str, on: bool) -> bool {
+        let Some(account) = self.accounts.get_mut(user) else {
+            return false;
+        };
+        let had = account.blocks.contains(other);
+        if on {
+            account.blocks.insert(other.to_string());
+        } else {
+            account.blocks.remove(other);
+        }
+        had
     }
 
     /// Finishes a job. `caller` is `None` when its session has gone; the
@@ -853,8 +915,8 @@ impl Chat {
         fx: &mut Effects,
     ) -> Step {
         match (cont, result) {
-            (Cont::Login { user, known }, WorkResult::Hash(HashOutcome::Verified(matched))) => {
-                self.finish_login(caller, user, known && matched, now, fx)
+            (Cont::Login { user, known, ip }, WorkResult::Hash(HashOutcome::Verified(matched))) => {
+                self.finish_login(caller, user, ip, known && matched, now, fx)
             }
             (Cont::RegisterHashed { user }, WorkResult::Hash(HashOutcome::Hashed(Ok(hash)))) => {
                 Step::Wait(Job {
@@ -907,15 +969,19 @@ impl Chat {
                     DirectKind::List => "broadcast",
                 };
                 let mut pushed_to = Vec::new();
+                let mut pushed_ids = Vec::new();
                 let mut now_unread = Vec::new();
                 let mut ids = ids.into_iter();
                 for t in targets.iter_mut() {
                     match t.status {
                         DirectStatus::Delivered => {
                             let id = ids.next();
-                            match self.online.get(&t.user) {
-                                Some(session) => pushed_to.push(*session),
-                                None => {
+                            match (self.online.get(&t.user), id) {
+                                (Some(session), Some(id)) => {
+                                    pushed_to.push(*session);
+                                    pushed_ids.push((t.user.clone(), id));
+                                }
+                                _ => {
                                     // Left between submit and commit: it was
                                     // stored as read, so the inbox must get it.
                                     t.status = DirectStatus::Stored;
@@ -936,6 +1002,7 @@ impl Chat {
                     fx.pushes.push(Push {
                         to: pushed_to,
                         line,
+                        stored: Some(pushed_ids),
                     });
                 }
                 let reply = self.direct_reply(&Cont::Direct {
@@ -957,6 +1024,16 @@ impl Chat {
             }
             (Cont::Direct { .. }, _) => {
                 Step::Reply(err(ErrorCode::Internal, "message not stored; try again"))
+            }
+            (Cont::Inbox { .. }, WorkResult::Store(Ok(StoreOutput::Rows(rows))))
+                if caller.is_none() =>
+            {
+                // Marked read, but the reader is gone: back to the inbox.
+                let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+                if !ids.is_empty() {
+                    fx.background.push(StoreRequest::MarkUnread { ids });
+                }
+                Step::Reply(Vec::new())
             }
             (Cont::Inbox { user }, WorkResult::Store(Ok(StoreOutput::Rows(rows)))) => {
                 let left = self.accounts.get_mut(&user).map(|a| {
@@ -988,6 +1065,19 @@ impl Chat {
                 "could not read messages; try again",
             )),
             (Cont::Ack(reply), WorkResult::Store(Ok(_))) => Step::Reply(reply),
+            (Cont::Block { other, on, .. }, WorkResult::Store(Ok(_))) => {
+                let verb = if on { "blocked" } else { "unblocked" };
+                Step::Reply(ok(&format!("{verb} {other}")))
+            }
+            (
+                Cont::Block {
+                    user, other, had, ..
+                },
+                _,
+            ) => {
+                self.apply_block(&user, &other, had);
+                Step::Reply(err(ErrorCode::Internal, "change not saved; try again"))
+            }
             (Cont::Ack(_), _) => {
                 Step::Reply(err(ErrorCode::Internal, "change not saved; try again"))
             }
@@ -997,6 +1087,16 @@ impl Chat {
                 Step::Reply(err(ErrorCode::Internal, "internal error"))
             }
         }
+    }
+
+    /// A committed message could not be pushed after all (the recipient's
+    /// session was closing or got dropped as slow): it goes back to the
+    /// inbox. Returns the write that makes that durable.
+    pub fn undelivered(&mut self, user: &str, ids: &[i64]) -> StoreRequest {
+        for _ in ids {
+            self.bump_unread(user);
+        }
+        StoreRequest::MarkUnread { ids: ids.to_vec() }
     }
 
     fn bump_unread(&mut self, user: &str) {
@@ -1009,21 +1109,25 @@ impl Chat {
         &mut self,
         caller: Option<&mut Caller>,
         user: String,
+        ip: IpAddr,
         success: bool,
         now: Clock,
         fx: &mut Effects,
     ) -> Step {
-        let Some(caller) = caller else {
-            if !success {
-                self.record_failure(user, None, now, fx);
-            }
-            return Step::Reply(Vec::new());
-        };
         if !success {
-            self.record_failure(user, Some(caller.ip), now, fx);
+            // Counted even if the client hung up before the answer.
+            self.record_failure(user, ip, now, fx);
             return Step::Reply(err(ErrorCode::AuthFail, "wrong username or password"));
         }
-        self.failures.remove(&(user.clone(), caller.ip));
+        let Some(caller) = caller else {
+            return Step::Reply(Vec::new());
+        };
+        // A lock that began while this check was in flight still holds,
+        // even for the right password.
+        if let Some(locked) = self.lock_message(&user, ip, now) {
+            return Step::Reply(locked);
+        }
+        self.failures.remove(&(user.clone(), ip));
         self.enter(caller, &user, fx);
         let unread = self.accounts.get(&user).map_or(0, |a| a.unread);
         let plural = if unread == 1 { "" } else { "s" };
@@ -1032,8 +1136,7 @@ impl Chat {
         )))
     }
 
-    fn record_failure(&mut self, user: String, ip: Option<IpAddr>, now: Clock, fx: &mut Effects) {
-        let Some(ip) = ip else { return };
+    fn record_failure(&mut self, user: String, ip: IpAddr, now: Clock, fx: &mut Effects) {
         let block = self.settings.block_time;
         let key = (user, ip);
         let f = self.failures.entry(key.clone()).or_insert(Failures {
@@ -1043,7 +1146,9 @@ impl Chat {
         });
         f.count += 1;
         f.forget_at = now.mono + block;
-        if f.count >= self.settings.max_login_failures && f.locked_until.is_none() {
+        // Every failure at or past the limit (re)locks: verifications that
+        // were already in flight when the lock began must not reopen it.
+        if f.count >= self.settings.max_login_failures {
             f.locked_until = Some(now.mono + block);
             log::warn!(
                 "login locked for {} from {} after {} failures",

@@ -627,11 +627,7 @@ impl Server {
                 None => consumed += used,
                 Some(Frame::TooLong) => {
                     consumed += used;
-                    let reply = protocol::err(
-                        ErrorCode::TooLong,
-                        &format!("line longer than {} bytes discarded", s.framer.max_line()),
-                    );
-                    self.reply_to_line(token, reply);
+                    self.reply_too_long(token);
                 }
                 Some(Frame::Line(line)) => {
                     let line = line.to_vec();
@@ -655,12 +651,44 @@ impl Server {
         }
     }
 
-    /// Answers a line with a fixed reply (framing-level errors).
-    fn reply_to_line(&mut self, token: usize, reply: Vec<u8>) {
-        if let Some(s) = self.sessions.get_mut(token) {
-            let seq = s.replies.begin();
-            self.release(token, seq, reply);
+    /// Answers an overlong line: a command line like any other for rate
+    /// limiting, refused with `TOOLONG`.
+    fn reply_too_long(&mut self, token: usize) {
+        let Some(seq) = self.begin_command(token) else {
+            return;
+        };
+        if let Some(s) = self.sessions.get(token) {
+            let text = format!("line longer than {} bytes discarded", s.framer.max_line());
+            self.release(token, seq, protocol::err(ErrorCode::TooLong, &text));
         }
+    }
+
+    /// Starts a command line: gives it its place in the reply order, counts
+    /// it as activity, and takes a rate token. Returns its sequence number,
+    /// or `None` if it was refused (`RATE`, perhaps `* bye flood`).
+    fn begin_command(&mut self, token: usize) -> Option<u64> {
+        let now = self.clock;
+        let flood_limit = self.flood_limit();
+        let s = self.sessions.get_mut(token)?;
+        let seq = s.replies.begin();
+        s.last_command = now.mono;
+        if s.bucket.try_take(now.mono) {
+            s.rate_strikes = 0;
+            return Some(seq);
+        }
+        s.rate_strikes += 1;
+        let flooding = s.rate_strikes >= flood_limit;
+        let id = s.id;
+        let refusal = protocol::err(ErrorCode::Rate, "too many commands; slow down");
+        self.release(token, seq, refusal);
+        if flooding {
+            self.stats.closed_flood += 1;
+            log::warn!(
+                "session {id}: closing, still flooding after {flood_limit} refused commands"
+            );
+            self.say_bye(token, ByeReason::Flood);
+        }
+        None
     }
 
     fn handle_line(&mut self, token: usize, line: Vec<u8>) {
@@ -668,31 +696,12 @@ impl Server {
             return;
         }
         let now = self.clock;
-        let flood_limit = self.flood_limit();
+        let Some(seq) = self.begin_command(token) else {
+            return;
+        };
         let Some(s) = self.sessions.get_mut(token) else {
             return;
         };
-        let seq = s.replies.begin();
-        s.last_command = now.mono;
-        if !s.bucket.try_take(now.mono) {
-            s.rate_strikes += 1;
-            let flooding = s.rate_strikes >= flood_limit;
-            let id = s.id;
-            self.release(
-                token,
-                seq,
-                protocol::err(ErrorCode::Rate, "too many commands; slow down"),
-            );
-            if flooding {
-                self.stats.closed_flood += 1;
-                log::warn!(
-                    "session {id}: closing, still flooding after {flood_limit} refused commands"
-                );
-                self.say_bye(token, ByeReason::Flood);
-            }
-            return;
-        }
-        s.rate_strikes = 0;
         let Ok(text) = std::str::from_utf8(&line) else {
             self.release(
                 token,
@@ -743,7 +752,7 @@ impl Server {
             return;
         };
         for bytes in s.replies.finish(seq, reply) {
-            s.push_output(&bytes);
+            s.push_reply(&bytes);
         }
         self.queue_flush(token);
     }
@@ -857,8 +866,15 @@ impl Server {
 
     fn apply(&mut self, fx: Effects) {
         for push in fx.pushes {
-            for sref in push.to {
-                self.push_event(sref, &push.line);
+            for (i, sref) in push.to.into_iter().enumerate() {
+                let stored = push.stored.as_ref().and_then(|s| s.get(i));
+                if self.push_event(sref, &push.line, stored.map(|(_, id)| *id)) {
+                    continue;
+                }
+                if let Some((user, id)) = stored {
+                    let request = self.chat.undelivered(user, &[*id]);
+                    self.background(request);
+                }
             }
         }
         for (sref, reason) in fx.closes {
@@ -892,28 +908,36 @@ impl Server {
 
     /// Delivers an event line; a session whose backlog passes the limit is
     /// dropped rather than allowed to grow without bound.
-    fn push_event(&mut self, sref: SessionRef, line: &[u8]) {
-        let max = self.config.max_outbuf;
+    /// Returns whether the session took the line (false: it is gone or
+    /// closing). A stored direct message's id is tracked until written, so
+    /// a session dropped before that gives it back to the inbox on reaping.
+    fn push_event(&mut self, sref: SessionRef, line: &[u8], stored_id: Option<i64>) -> bool {
+        let max = self.config.max_outbuf as u64;
         let Some(s) = self
             .sessions
             .get_mut(sref.token)
             .filter(|s| s.id == sref.id)
         else {
-            return;
+            return false;
         };
-        if !s.push_output(line) {
-            return;
+        let taken = match stored_id {
+            Some(id) => s.push_direct(line, id),
+            None => s.push_output(line),
+        };
+        if !taken {
+            return false;
         }
-        if s.pending_output() > max {
+        if s.event_backlog() > max {
             self.stats.closed_slow += 1;
             log::warn!(
                 "session {}: closing, output backlog passed {max} bytes",
                 s.id
             );
             self.mark_close(sref.token, CloseState::CloseNow);
-            return;
+            return true;
         }
         self.queue_flush(sref.token);
+        true
     }
 
     // ----- output and closing ----------------------------------------------
@@ -1038,6 +1062,16 @@ impl Server {
                 continue;
             }
             let mut s = self.sessions.remove(token);
+            let unsent = s.take_unsent_direct();
+            if let (false, Some(user)) = (unsent.is_empty(), s.caller.user.as_deref()) {
+                log::debug!(
+                    "session {}: {} direct messages back to the inbox",
+                    s.id,
+                    unsent.len()
+                );
+                let request = self.chat.undelivered(user, &unsent);
+                self.background(request);
+            }
             if let Some(n) = self.per_ip.get_mut(&s.ip) {
                 *n -= 1;
                 if *n == 0 {

@@ -272,6 +272,16 @@ pub struct Session {
     pub outbuf: Vec<u8>,
     /// How much of `outbuf` the socket has taken.
     pub sent: usize,
+    /// Bytes ever queued for output.
+    pub pushed_total: u64,
+    /// Bytes ever taken by the socket (or by rustls).
+    pub written_total: u64,
+    /// `pushed_total` right after the latest reply was queued.
+    pub replies_end: u64,
+    /// Stored direct messages queued as events but not yet written, as
+    /// (`pushed_total` at the end of the line, message id). If the session
+    /// dies with some unwritten, they go back to the inbox.
+    pub unsent_direct: VecDeque<(u64, i64)>,
     /// Reply ordering for commands waiting on background work.
     pub replies: ReplyOrder,
     /// A login or register is in progress: later lines wait, because what
@@ -330,6 +340,10 @@ impl Session {
             framer: LineFramer::new(max_line.min(PRE_LOGIN_MAX_LINE)),
             outbuf: Vec::new(),
             sent: 0,
+            pushed_total: 0,
+            written_total: 0,
+            replies_end: 0,
+            unsent_direct: VecDeque::new(),
             replies: ReplyOrder::default(),
             barrier: false,
             read_closed: false,
@@ -360,7 +374,46 @@ impl Session {
             self.sent = 0;
         }
         self.outbuf.extend_from_slice(bytes);
+        self.pushed_total += bytes.len() as u64;
         true
+    }
+
+    /// Queues the event line of a stored direct message, remembering its id
+    /// until the line is written.
+    pub fn push_direct(&mut self, bytes: &[u8], id: i64) -> bool {
+        let taken = self.push_output(bytes);
+        if taken {
+            self.unsent_direct.push_back((self.pushed_total, id));
+        }
+        taken
+    }
+
+    /// Ids of direct messages queued but never written (for a closing session).
+    pub fn take_unsent_direct(&mut self) -> Vec<i64> {
+        let written = self.written_total;
+        self.unsent_direct
+            .drain(..)
+            .filter(|(end, _)| *end > written)
+            .map(|(_, id)| id)
+            .collect()
+    }
+
+    /// Like `push_output`, for a reply to the session's own command: the
+    /// client asked for these bytes, so they never count as a backlog of
+    /// events (see `event_backlog`).
+    pub fn push_reply(&mut self, bytes: &[u8]) -> bool {
+        let taken = self.push_output(bytes);
+        if taken {
+            self.replies_end = self.pushed_total;
+        }
+        taken
+    }
+
+    /// Unsent bytes queued after the last reply: what the client has not
+    /// read of what it did not ask for. A client reading a 4 MB `history`
+    /// reply is not slow; one that leaves a megabyte of messages unread is.
+    pub fn event_backlog(&self) -> u64 {
+        self.pushed_total - self.written_total.max(self.replies_end)
     }
 
     /// Removes the first `consumed` bytes of input (all handled lines),
@@ -491,7 +544,10 @@ impl Session {
                 while self.sent < self.outbuf.len() {
                     match self.stream.write(&self.outbuf[self.sent..]) {
                         Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                        Ok(n) => self.sent += n,
+                        Ok(n) => {
+                            self.sent += n;
+                            self.written_total += n as u64;
+                        }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         Err(e) => return Err(e),
@@ -508,11 +564,13 @@ impl Session {
                     0
                 };
                 self.sent += accepted;
+                self.written_total += accepted as u64;
                 let mut blocked = false;
+                let mut wrote_records = false;
                 while conn.wants_write() {
                     match conn.write_tls(&mut self.stream) {
                         Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                        Ok(_) => {}
+                        Ok(_) => wrote_records = true,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                             blocked = true;
                             break;
@@ -521,12 +579,23 @@ impl Session {
                         Err(e) => return Err(e),
                     }
                 }
-                // No progress (e.g. mid-handshake, rustls holds plaintext
-                // until it has keys): the next read or WRITABLE event resumes.
-                if blocked || self.sent == self.outbuf.len() || accepted == 0 {
+                // Stop at WouldBlock (a WRITABLE edge will come), when all is
+                // written, or when nothing moved at all (mid-handshake rustls
+                // holds plaintext until it has keys; the next read resumes).
+                // Draining rustls's buffer without blocking is progress: loop,
+                // or no edge would ever come for the rest.
+                let stuck = accepted == 0 && !wrote_records;
+                if blocked || self.sent == self.outbuf.len() || stuck {
                     break;
                 }
             },
+        }
+        while self
+            .unsent_direct
+            .front()
+            .is_some_and(|(end, _)| *end <= self.written_total)
+        {
+            self.unsent_direct.pop_front();
         }
         if self.sent == self.outbuf.len() {
             self.outbuf.clear();

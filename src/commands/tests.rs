@@ -468,3 +468,56 @@ fn inbox_reports_what_is_still_waiting() {
         "= 1970-01-01T00:00:00Z alice hi\n+ 1 unread (100 more waiting: inbox again)\n"
     );
 }
+
+#[test]
+fn logins_in_flight_when_the_lock_begins_cannot_reopen_it() {
+    let t0 = Instant::now();
+    let mut chat = chat_with(&["alice"]);
+    let mut fx = Effects::default();
+    let mut conns: Vec<Caller> = (0..5).map(|i| caller(i, None)).collect();
+    // Five guesses sent at once: all pass the lock check before any is verified.
+    let jobs: Vec<Job> = conns
+        .iter_mut()
+        .map(|c| {
+            let cmd = Command::Login {
+                user: "alice".into(),
+                password: "guess".into(),
+            };
+            match chat.execute(c, cmd, clock(t0, 0), &mut fx) {
+                Step::Wait(job) => job,
+                step => panic!("{step:?}"),
+            }
+        })
+        .collect();
+    let mut jobs = jobs.into_iter();
+    // Three fail at t=0 (lock until 60), the fourth at t=10.
+    for (i, at) in [(0, 0), (1, 0), (2, 0), (3, 10)] {
+        let job = jobs.next().unwrap();
+        let reply = chat.complete(
+            Some(&mut conns[i]),
+            job.cont,
+            WorkResult::Hash(HashOutcome::Verified(false)),
+            clock(t0, at),
+            &mut fx,
+        );
+        assert!(reply_text(reply).starts_with("- AUTHFAIL"));
+    }
+    // The fifth was the right password, but the lock began meanwhile.
+    let last = jobs.next().unwrap();
+    let reply = chat.complete(
+        Some(&mut conns[4]),
+        last.cont,
+        WorkResult::Hash(HashOutcome::Verified(true)),
+        clock(t0, 11),
+        &mut fx,
+    );
+    assert!(reply_text(reply).starts_with("- LOCKED"));
+    assert_eq!(conns[4].user, None);
+    // Between the first lock's end (60) and the last failure's (70): still locked.
+    let cmd = Command::Login {
+        user: "alice".into(),
+        password: "guess".into(),
+    };
+    let step = chat.execute(&mut conns[0], cmd, clock(t0, 65), &mut fx);
+    assert!(reply_text(step).starts_with("- LOCKED"));
+}

@@ -312,3 +312,79 @@ fn a_full_disk_refuses_sends_and_recovers_when_space_returns() {
         "stored messages differ from the acknowledged ones"
     );
 }
+
+#[test]
+fn direct_messages_to_a_reader_dropped_as_slow_go_back_to_its_inbox() {
+    use std::io::Read;
+    let server = Server::start(&["--max-outbuf", "65536"]);
+    let mut alice = server.user("alice");
+    // `slow` never reads, with a small receive window.
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    socket.connect(&server.addr.into()).expect("connect");
+    let mut slow = crate::util::Client::from_stream(TcpStream::from(socket));
+    slow.skip_greeting();
+    assert_eq!(
+        slow.cmd1("register slow password-slow"),
+        "+ registered slow"
+    );
+
+    let body = "m".repeat(3000);
+    let mut sent = Vec::new();
+    let mut stored_after_drop = 0;
+    for n in 0..5000 {
+        let reply = alice.cmd1(&format!("send slow {n}-{body}"));
+        sent.push(n);
+        match reply.as_str() {
+            "+ delivered" => {}
+            "+ stored" => {
+                stored_after_drop += 1;
+                if stored_after_drop == 3 {
+                    break;
+                }
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(stored_after_drop, 3, "the slow reader was never dropped");
+
+    // What reached slow's socket before the drop is still readable there.
+    let mut raw = Vec::new();
+    let _ = slow.stream.read_to_end(&mut raw);
+    // Only complete lines count: a line cut off by the drop was not delivered.
+    let complete = &raw[..raw.iter().rposition(|b| *b == b'\n').unwrap_or(0)];
+    let pushed: Vec<usize> = String::from_utf8_lossy(complete)
+        .lines()
+        .filter(|l| l.starts_with("* msg alice "))
+        .filter_map(|l| l.rsplit(' ').next()?.split('-').next()?.parse().ok())
+        .collect();
+    let mut again = server.connect();
+    again.login("slow", "password-slow");
+    let mut in_inbox = Vec::new();
+    loop {
+        let reply = again.cmd("inbox");
+        let rows = &reply[..reply.len() - 1];
+        if rows.is_empty() {
+            break;
+        }
+        in_inbox.extend(rows.iter().filter_map(|l| {
+            l.rsplit(' ')
+                .next()?
+                .split('-')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        }));
+    }
+    let mut all: Vec<usize> = pushed.iter().chain(&in_inbox).copied().collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        sent,
+        "pushed {} + inbox {} != sent {}",
+        pushed.len(),
+        in_inbox.len(),
+        sent.len()
+    );
+}
