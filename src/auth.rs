@@ -2,6 +2,7 @@
 //! does it off the loop thread. Hashing is deliberately slow, so it must
 //! never run on the loop: a login would stall every other session.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -70,6 +71,9 @@ fn run(work: HashWork) -> HashOutcome {
 pub struct HasherPool<T> {
     tx: Option<Sender<(HashWork, T)>>,
     threads: Vec<JoinHandle<()>>,
+    /// Set at shutdown: workers drop queued jobs instead of hashing them,
+    /// so hundreds of queued logins cannot hold up the exit.
+    cancelled: Arc<AtomicBool>,
 }
 
 impl<T: Send + 'static> HasherPool<T> {
@@ -81,10 +85,12 @@ impl<T: Send + 'static> HasherPool<T> {
         let (tx, rx) = mpsc::channel::<(HashWork, T)>();
         let rx = Arc::new(Mutex::new(rx));
         let on_done = Arc::new(on_done);
+        let cancelled = Arc::new(AtomicBool::new(false));
         let mut handles = Vec::new();
         for i in 0..threads.max(1) {
             let rx: Arc<Mutex<Receiver<(HashWork, T)>>> = Arc::clone(&rx);
             let on_done = Arc::clone(&on_done);
+            let cancelled = Arc::clone(&cancelled);
             handles.push(
                 thread::Builder::new()
                     .name(format!("natter-hash-{i}"))
@@ -95,6 +101,9 @@ impl<T: Send + 'static> HasherPool<T> {
                             Err(_) => return,
                         };
                         let Ok((work, tag)) = next else { return };
+                        if cancelled.load(Ordering::Relaxed) {
+                            return;
+                        }
                         on_done(tag, run(work));
                     })?,
             );
@@ -102,6 +111,7 @@ impl<T: Send + 'static> HasherPool<T> {
         Ok(HasherPool {
             tx: Some(tx),
             threads: handles,
+            cancelled,
         })
     }
 }
@@ -115,8 +125,10 @@ impl<T> HasherPool<T> {
         }
     }
 
-    /// Lets queued jobs finish and joins the workers.
+    /// Drops queued jobs, lets the ones being hashed finish, and joins the
+    /// workers.
     pub fn close(&mut self) {
+        self.cancelled.store(true, Ordering::Relaxed);
         self.tx.take();
         for t in self.threads.drain(..) {
             let _ = t.join();

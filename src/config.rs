@@ -176,6 +176,18 @@ impl Config {
                 "--no-plaintext needs TLS: --tls-cert/--tls-key or --tls-self-signed".into(),
             );
         }
+        // Far beyond any sensible setting, and small enough that adding it
+        // to a monotonic clock reading can never overflow.
+        const MAX_SECS: u64 = 365 * 24 * 3600;
+        for (flag, secs) in [
+            ("--idle-timeout", self.idle_timeout),
+            ("--login-timeout", self.login_timeout),
+            ("--block-time", self.block_time),
+        ] {
+            if secs == 0 || secs > MAX_SECS {
+                return Err(format!("{flag} must be from 1 to {MAX_SECS} seconds"));
+            }
+        }
         if self.max_login_failures == 0 {
             return Err("--max-login-failures must be at least 1".into());
         }

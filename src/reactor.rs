@@ -8,7 +8,7 @@
 //! Nothing here blocks: disk and hashing go to their threads, and their
 //! results come back through the completion channel.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener as StdListener};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,6 +52,11 @@ const DISCARD_ON_CLOSE: usize = 1 << 20;
 /// while everyone else's events wait; the rest of its input is handled on the
 /// next pass, after the events that arrived meanwhile.
 const MAX_LINES_PER_TURN: usize = 64;
+/// Sessions whose event output is written per pass. Each write to a local
+/// peer costs microseconds (the kernel delivers it in our time), so a
+/// fan-out to 1000 in one go would hold the loop for milliseconds; in slices
+/// of this size, input (a ping) waits at most one slice.
+const MAX_EVENT_FLUSHES_PER_PASS: usize = 128;
 /// Hashing threads. Argon2 at normal cost takes tens of milliseconds and
 /// 19 MiB; two workers keep logins flowing without starving the loop's core.
 const HASH_THREADS: usize = 2;
@@ -150,11 +155,14 @@ pub struct Server {
     shutdown_flag: Arc<AtomicBool>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
     /// Sessions with output to write at the end of the pass.
-    to_flush: Vec<usize>,
+    to_flush: VecDeque<usize>,
+    /// Sessions with a reply to write: written every pass, before events,
+    /// so a ping's answer never waits behind a fan-out.
+    to_flush_now: Vec<usize>,
     /// Sessions marked for closing, reaped at the end of the pass.
     to_close: Vec<usize>,
     /// Sessions with input left over after their turn, resumed next pass.
-    to_resume: Vec<usize>,
+    to_resume: Vec<SessionRef>,
     /// Background jobs not yet answered.
     jobs_in_flight: usize,
     /// Set once shutdown starts: the time by which the loop exits regardless.
@@ -193,6 +201,7 @@ impl Server {
 
     /// Like [`Server::new`], with any combination of plaintext and TLS listeners.
     pub fn with_listeners(listeners: Listeners, config: Config) -> io::Result<Server> {
+        config.validate().map_err(other_error)?;
         let mut store = Store::open(&config.data).map_err(|e| other_error(e.to_string()))?;
         store.set_fault_file(config.store_fault_file.clone());
         if let Some(path) = &config.users {
@@ -294,7 +303,8 @@ impl Server {
             waker,
             shutdown_flag: Arc::new(AtomicBool::new(false)),
             signals: None,
-            to_flush: Vec::new(),
+            to_flush: VecDeque::new(),
+            to_flush_now: Vec::new(),
             to_close: Vec::new(),
             to_resume: Vec::new(),
             jobs_in_flight: 0,
@@ -346,6 +356,8 @@ impl Server {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         loop {
             let timeout = self.poll_timeout();
+            // Turns that ended last pass resume after this pass's events.
+            let resumes = std::mem::take(&mut self.to_resume);
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -371,7 +383,7 @@ impl Server {
                 }
             }
             self.drain_completions();
-            self.resume_turns();
+            self.resume_turns(resumes);
             self.fire_timers();
             if self.shutting_down.is_none() && self.shutdown_flag.load(Ordering::SeqCst) {
                 self.begin_shutdown();
@@ -394,7 +406,7 @@ impl Server {
         if let Some(deadline) = self.shutting_down {
             next = Some(next.map_or(deadline, |n| n.min(deadline)));
         }
-        if !self.failed_jobs.is_empty() || !self.to_resume.is_empty() {
+        if !self.failed_jobs.is_empty() || !self.to_resume.is_empty() || !self.to_flush.is_empty() {
             return Some(Duration::ZERO);
         }
         next.map(|at| at.saturating_duration_since(Instant::now()))
@@ -447,15 +459,14 @@ impl Server {
         if self.sessions.len() >= self.config.max_clients {
             self.stats.refused_busy += 1;
             log::warn!("refusing {addr}: {} clients connected", self.sessions.len());
-            // Best effort on a fresh socket: a few bytes always fit.
-            let _ = stream.write(&protocol::bye(ByeReason::Busy));
+            refuse(&mut stream, tls.is_some());
             return;
         }
         let per_ip = self.per_ip.get(&addr.ip()).copied().unwrap_or(0);
         if self.config.max_per_ip > 0 && per_ip >= self.config.max_per_ip {
             self.stats.refused_per_ip += 1;
             log::warn!("refusing {addr}: {per_ip} connections from that address");
-            let _ = stream.write(&protocol::bye(ByeReason::Busy));
+            refuse(&mut stream, tls.is_some());
             return;
         }
         // Replies and events are already batched per loop pass; Nagle's
@@ -511,7 +522,7 @@ impl Server {
             .insert((deadline, Timer::Session(SessionRef { token, id })));
         self.stats.accepted += 1;
         log::debug!("session {id} connected from {addr}");
-        self.queue_flush(token);
+        self.queue_flush_now(token);
     }
 
     // ----- reading and commands --------------------------------------------
@@ -524,6 +535,9 @@ impl Server {
             return;
         }
         let tls = matches!(s.transport, Transport::Tls(_));
+        if !s.turn_over {
+            s.turn_lines = 0;
+        }
         match s.read_from_socket() {
             Ok(full) => s.read_paused = full,
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
@@ -541,7 +555,7 @@ impl Server {
         }
         if tls {
             // Reading may have produced handshake messages or alerts to send.
-            self.queue_flush(token);
+            self.queue_flush_now(token);
         }
         self.drive(token);
     }
@@ -594,7 +608,6 @@ impl Server {
     /// Frames and handles complete lines, then compacts the buffer once.
     fn process_lines(&mut self, token: usize) {
         let mut consumed = 0;
-        let mut handled = 0;
         loop {
             let Some(s) = self.sessions.get(token) else {
                 return;
@@ -605,12 +618,12 @@ impl Server {
             let Some(s) = self.sessions.get_mut(token) else {
                 return;
             };
-            if handled == MAX_LINES_PER_TURN {
+            if s.turn_lines >= MAX_LINES_PER_TURN {
                 s.turn_over = true;
-                self.to_resume.push(token);
+                self.to_resume.push(s.caller.session);
                 break;
             }
-            handled += 1;
+            s.turn_lines += 1;
             let (used, frame) = s.framer.next_frame(&s.inbuf[consumed..]);
             match frame {
                 None if used == 0 => {
@@ -642,11 +655,16 @@ impl Server {
     }
 
     /// Gives sessions whose turn ended with input left their next turn.
-    fn resume_turns(&mut self) {
-        for token in std::mem::take(&mut self.to_resume) {
-            if let Some(s) = self.sessions.get_mut(token) {
+    fn resume_turns(&mut self, resumes: Vec<SessionRef>) {
+        for sref in resumes {
+            if let Some(s) = self
+                .sessions
+                .get_mut(sref.token)
+                .filter(|s| s.id == sref.id)
+            {
                 s.turn_over = false;
-                self.drive(token);
+                s.turn_lines = 0;
+                self.drive(sref.token);
             }
         }
     }
@@ -754,7 +772,7 @@ impl Server {
         for bytes in s.replies.finish(seq, reply) {
             s.push_reply(&bytes);
         }
-        self.queue_flush(token);
+        self.queue_flush_now(token);
     }
 
     /// Closes a finished session: after `quit`, at EOF, or during shutdown,
@@ -942,17 +960,44 @@ impl Server {
 
     // ----- output and closing ----------------------------------------------
 
+    /// Queues a session whose new output is events (first come, first
+    /// written; at most `MAX_EVENT_FLUSHES_PER_PASS` per pass).
     fn queue_flush(&mut self, token: usize) {
         if let Some(s) = self.sessions.get_mut(token) {
             if !s.flush_queued {
                 s.flush_queued = true;
-                self.to_flush.push(token);
+                self.to_flush.push_back(token);
             }
         }
     }
 
+    /// Queues a session whose new output answers it (written this pass).
+    fn queue_flush_now(&mut self, token: usize) {
+        if let Some(s) = self.sessions.get_mut(token) {
+            if !s.flush_now_queued {
+                s.flush_now_queued = true;
+                self.to_flush_now.push(token);
+            }
+        }
+    }
+
+    /// Writes every session with a reply waiting, then event output for at
+    /// most `MAX_EVENT_FLUSHES_PER_PASS` sessions: a fan-out to thousands is
+    /// spread over several passes, with a poll for new input between them.
     fn flush_all(&mut self) {
-        while let Some(token) = self.to_flush.pop() {
+        while let Some(token) = self.to_flush_now.pop() {
+            if let Some(s) = self.sessions.get_mut(token) {
+                s.flush_now_queued = false;
+            }
+            self.flush_one(token);
+        }
+        for _ in 0..MAX_EVENT_FLUSHES_PER_PASS {
+            let Some(token) = self.to_flush.pop_front() else {
+                break;
+            };
+            if let Some(s) = self.sessions.get_mut(token) {
+                s.flush_queued = false;
+            }
             self.flush_one(token);
         }
     }
@@ -963,7 +1008,6 @@ impl Server {
         let Some(s) = self.sessions.get_mut(token) else {
             return;
         };
-        s.flush_queued = false;
         if s.close == CloseState::CloseNow {
             return;
         }
@@ -1196,6 +1240,15 @@ impl Server {
         // Commits whatever is still queued (last-seen times) before exiting.
         self.store.close();
         log::info!("stopped; {:?}", self.stats);
+    }
+}
+
+/// Turns a connection away. Plaintext clients get `* bye busy` (a few
+/// bytes always fit a fresh socket's buffer); on the TLS port plaintext would
+/// only garble the handshake, so the connection is just closed.
+fn refuse(stream: &mut TcpStream, tls: bool) {
+    if !tls {
+        let _ = stream.write(&protocol::bye(ByeReason::Busy));
     }
 }
 

@@ -296,8 +296,12 @@ pub struct Session {
     pub read_paused: bool,
     /// Whether the poller currently watches for WRITABLE.
     pub wants_write: bool,
-    /// Whether the session is on the reactor's pending-flush list.
+    /// Whether the session is on the reactor's event-flush queue.
     pub flush_queued: bool,
+    /// Whether the session is on the reactor's reply-flush list.
+    pub flush_now_queued: bool,
+    /// Lines handled in its current turn (see `turn_over`).
+    pub turn_lines: usize,
     /// Its turn ended with input left; it is on the reactor's resume list.
     pub turn_over: bool,
     /// Whether the session is on the reactor's close list.
@@ -351,6 +355,8 @@ impl Session {
             read_paused: false,
             wants_write: false,
             flush_queued: false,
+            flush_now_queued: false,
+            turn_lines: 0,
             close_queued: false,
             turn_over: false,
             close: CloseState::Open,

@@ -310,6 +310,15 @@ fn run_batch(conn: &mut Connection, requests: &[StoreRequest]) -> Vec<Result<Sto
             Ok(out) => Ok(out),
             Err(e) => {
                 log::error!("store: request failed: {e}");
+                // Some errors (disk full, I/O, out of memory) make SQLite roll
+                // back the whole transaction. Going on would run the rest
+                // outside any transaction, committing piecemeal what we then
+                // report as failed; so the whole batch fails here.
+                if tx.is_autocommit() {
+                    log::error!("store: transaction rolled back; failing the whole batch");
+                    let _ = tx.rollback();
+                    return requests.iter().map(|_| Err(e.to_string())).collect();
+                }
                 Err(e.to_string())
             }
         };
