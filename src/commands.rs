@@ -64,20 +64,35 @@ pub struct Clock {
 /// One parsed command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
+    /// `login <user> <password>`
     Login { user: String, password: String },
+    /// `register <user> <password>`
     Register { user: String, password: String },
+    /// `help`
     Help,
+    /// `quit` or `logout`
     Quit,
+    /// `whoelse`
     Whoelse,
+    /// `wholast <minutes>`
     Wholast { minutes: u32 },
+    /// `send <user> <text>`
     Send { to: String, text: String },
+    /// `broadcast [message] <text>`
     Broadcast { text: String },
+    /// `broadcast user <u1> ... message <text>`
     BroadcastTo { users: Vec<String>, text: String },
+    /// `inbox`
     Inbox,
+    /// `history [<user>] [<count>]`
     History { with: Option<String>, count: u32 },
+    /// `block <user>`
     Block { user: String },
+    /// `unblock <user>`
     Unblock { user: String },
+    /// `blocked`
     Blocked,
+    /// `ping`
     Ping,
 }
 
@@ -462,7 +477,9 @@ pub enum WorkResult {
 /// Background work plus what to do with its result.
 #[derive(Debug)]
 pub struct Job {
+    /// What to do with the result; comes back with it.
     pub cont: Cont,
+    /// What the background thread does.
     pub work: Work,
 }
 
@@ -505,9 +522,13 @@ pub struct Effects {
 /// Chat settings taken from [`Config`].
 #[derive(Clone, Debug)]
 pub struct ChatSettings {
+    /// Failed logins (per user and address) before a lockout.
     pub max_login_failures: u32,
+    /// How long a lockout lasts, and how long failures are remembered.
     pub block_time: Duration,
+    /// Whether `register` is accepted.
     pub registration: Registration,
+    /// Cost of new password hashes.
     pub hash_cost: HashCost,
 }
 

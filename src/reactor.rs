@@ -90,13 +90,21 @@ enum Timer {
 /// Counters for the log at shutdown (and for operators reading it).
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
+    /// Connections accepted.
     pub accepted: u64,
+    /// Refused at --max-clients.
     pub refused_busy: u64,
+    /// Refused at --max-per-ip.
     pub refused_per_ip: u64,
+    /// Dropped for not reading their output.
     pub closed_slow: u64,
+    /// Dropped for flooding past the rate limit.
     pub closed_flood: u64,
+    /// Closed by the idle timeout.
     pub closed_idle: u64,
+    /// Closed by the login timeout.
     pub closed_login_timeout: u64,
+    /// Failed accept calls.
     pub accept_errors: u64,
 }
 
@@ -169,6 +177,10 @@ pub struct Server {
     shutting_down: Option<Instant>,
     /// Time as of the current pass.
     clock: Clock,
+    /// Refused connections (busy, per address) are logged at most once a second.
+    refusal_log: LogThrottle,
+    /// Failed TLS handshakes likewise.
+    tls_error_log: LogThrottle,
     stats: Stats,
 }
 
@@ -310,6 +322,8 @@ impl Server {
             jobs_in_flight: 0,
             shutting_down: None,
             clock: now_clock(),
+            refusal_log: LogThrottle::default(),
+            tls_error_log: LogThrottle::default(),
             stats: Stats::default(),
         })
     }
@@ -458,14 +472,25 @@ impl Server {
     ) {
         if self.sessions.len() >= self.config.max_clients {
             self.stats.refused_busy += 1;
-            log::warn!("refusing {addr}: {} clients connected", self.sessions.len());
+            if let Some(skipped) = self.refusal_log.allow(self.clock.mono) {
+                log::warn!(
+                    "refusing {addr}: {} clients connected{}",
+                    self.sessions.len(),
+                    skipped_note(skipped)
+                );
+            }
             refuse(&mut stream, tls.is_some());
             return;
         }
         let per_ip = self.per_ip.get(&addr.ip()).copied().unwrap_or(0);
         if self.config.max_per_ip > 0 && per_ip >= self.config.max_per_ip {
             self.stats.refused_per_ip += 1;
-            log::warn!("refusing {addr}: {per_ip} connections from that address");
+            if let Some(skipped) = self.refusal_log.allow(self.clock.mono) {
+                log::warn!(
+                    "refusing {addr}: {per_ip} connections from that address{}",
+                    skipped_note(skipped)
+                );
+            }
             refuse(&mut stream, tls.is_some());
             return;
         }
@@ -543,7 +568,14 @@ impl Server {
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                 // A failed handshake or garbage on the TLS port: worth an
                 // operator's eye, not a warning.
-                log::info!("session {} from {}: {e}; closing", s.id, s.ip);
+                if let Some(skipped) = self.tls_error_log.allow(self.clock.mono) {
+                    log::info!(
+                        "session {} from {}: {e}; closing{}",
+                        s.id,
+                        s.ip,
+                        skipped_note(skipped)
+                    );
+                }
                 self.mark_close(token, CloseState::CloseNow);
                 return;
             }
@@ -1240,6 +1272,37 @@ impl Server {
         // Commits whatever is still queued (last-seen times) before exiting.
         self.store.close();
         log::info!("stopped; {:?}", self.stats);
+    }
+}
+
+/// Keeps a flood of one kind of event from becoming a flood of log lines
+/// written synchronously from the loop: at most one line a second, which
+/// says how many were skipped. The stats counters still count every one.
+#[derive(Debug, Default)]
+struct LogThrottle {
+    /// No line before this.
+    quiet_until: Option<Instant>,
+    /// Lines skipped since the last one written.
+    skipped: u64,
+}
+
+impl LogThrottle {
+    /// Whether to log now; if so, how many were skipped before.
+    fn allow(&mut self, now: Instant) -> Option<u64> {
+        if self.quiet_until.is_some_and(|t| now < t) {
+            self.skipped += 1;
+            return None;
+        }
+        self.quiet_until = Some(now + Duration::from_secs(1));
+        Some(std::mem::take(&mut self.skipped))
+    }
+}
+
+fn skipped_note(skipped: u64) -> String {
+    if skipped == 0 {
+        String::new()
+    } else {
+        format!(" ({skipped} more like it not logged)")
     }
 }
 

@@ -31,8 +31,11 @@ pub const DB_FILE: &str = "natter.db";
 pub struct NewMessage {
     /// Unix seconds.
     pub ts: i64,
+    /// Who sends it.
     pub sender: String,
+    /// To whom.
     pub recipient: String,
+    /// The text.
     pub body: String,
     /// Whether it waits in the recipient's inbox (they were offline).
     pub unread: bool,
@@ -41,10 +44,15 @@ pub struct NewMessage {
 /// A stored message as read back.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MessageRow {
+    /// Message id (insertion order).
     pub id: i64,
+    /// Unix seconds.
     pub ts: i64,
+    /// Who sent it.
     pub sender: String,
+    /// To whom.
     pub recipient: String,
+    /// The text.
     pub body: String,
 }
 
