@@ -6,6 +6,8 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
+use crate::stream::Stream;
+
 /// The longest server line the reader accepts, LF included. natterd refuses
 /// command lines over 4096 bytes by default, so its longest reply line is that
 /// text plus a time and two names; 1 MiB leaves room for a server run with a
@@ -41,9 +43,9 @@ pub fn connect(host: &str, port: u16, timeout: Duration) -> io::Result<TcpStream
     })
 }
 
-/// Splits a connected stream into a reader for one thread and a writer for
-/// another: the client reads events while the person types.
-pub fn split(stream: TcpStream) -> io::Result<(LineReader<TcpStream>, LineWriter<TcpStream>)> {
+/// Splits a connection (plaintext or TLS) into a reader for one thread and a
+/// writer for another: the client reads events while the person types.
+pub fn split(stream: Stream) -> io::Result<(LineReader<Stream>, LineWriter<Stream>)> {
     let read_half = stream.try_clone()?;
     Ok((LineReader::new(read_half), LineWriter::new(stream)))
 }
@@ -55,6 +57,9 @@ pub struct LineReader<R> {
     inner: BufReader<R>,
     /// Longest line accepted, LF included.
     max: usize,
+    /// The start of a line whose read failed (e.g. a read timeout): kept so
+    /// the next call goes on with it instead of losing it.
+    partial: Vec<u8>,
 }
 
 impl<R: Read> LineReader<R> {
@@ -68,6 +73,7 @@ impl<R: Read> LineReader<R> {
         LineReader {
             inner: BufReader::new(inner),
             max,
+            partial: Vec::new(),
         }
     }
 
@@ -75,14 +81,18 @@ impl<R: Read> LineReader<R> {
     /// a last line without LF is still returned, as natterd does. A line over
     /// the bound is an `InvalidData` error, as nothing sane follows it. Bytes
     /// that are not UTF-8 are replaced, not refused: the server promises UTF-8,
-    /// and one bad byte should not end a chat.
+    /// and one bad byte should not end a chat. After a read error such as a
+    /// timeout, calling again goes on with the same line.
     pub fn read_line(&mut self) -> io::Result<Option<String>> {
-        let mut line = Vec::new();
+        let mut line = std::mem::take(&mut self.partial);
         loop {
             let available = match self.inner.fill_buf() {
                 Ok(buf) => buf,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    self.partial = line;
+                    return Err(e);
+                }
             };
             if available.is_empty() {
                 if line.is_empty() {
@@ -120,18 +130,14 @@ impl<R: Read> LineReader<R> {
         self.inner.get_ref()
     }
 
-    /// The stream back, with the bytes read from it but not yet returned.
+    /// The stream back, with the bytes read from it but not yet returned as
+    /// lines. A caller that stops using this reader and reads the stream
+    /// another way (the load generator hands logged-in sockets to a poller)
+    /// must start with these, or it would lose them.
     pub fn into_parts(self) -> (R, Vec<u8>) {
-        let rest = self.buffered().to_vec();
+        let mut rest = self.partial;
+        rest.extend_from_slice(self.inner.buffer());
         (self.inner.into_inner(), rest)
-    }
-
-    /// Bytes already read from the stream but not yet returned as lines. A
-    /// caller that stops using this reader and reads the stream another way
-    /// (the load generator hands logged-in sockets to a poller) must start
-    /// with these, or it would lose them.
-    pub fn buffered(&self) -> &[u8] {
-        self.inner.buffer()
     }
 }
 
@@ -253,9 +259,47 @@ mod tests {
             step: 64,
         });
         assert_eq!(r.read_line().expect("read").as_deref(), Some("+ ok"));
-        assert_eq!(r.buffered(), b"* msg a");
         let (_, rest) = r.into_parts();
         assert_eq!(rest, b"* msg a");
+    }
+
+    /// Gives its input in pieces, with a timeout error between each piece.
+    struct Stutter(Vec<&'static [u8]>, bool);
+
+    impl Read for Stutter {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.1 = !self.1;
+            if self.1 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            if self.0.is_empty() {
+                return Ok(0);
+            }
+            let piece = self.0.remove(0);
+            buf[..piece.len()].copy_from_slice(piece);
+            Ok(piece.len())
+        }
+    }
+
+    #[test]
+    fn a_timeout_mid_line_loses_nothing() {
+        let mut r = LineReader::new(Stutter(vec![b"+ we", b"lcome al", b"ice\n= x"], false));
+        let mut got = Vec::new();
+        for _ in 0..20 {
+            match r.read_line() {
+                Ok(Some(line)) => got.push(line),
+                Ok(None) => break,
+                Err(e) => assert_eq!(e.kind(), io::ErrorKind::WouldBlock),
+            }
+        }
+        assert_eq!(got, ["+ welcome alice", "= x"]);
+        let mut r = LineReader::new(Stutter(vec![b"+ o", b"k\n* ms"], false));
+        assert!(r.read_line().is_err());
+        assert!(r.read_line().is_err());
+        assert_eq!(r.read_line().expect("read").as_deref(), Some("+ ok"));
+        assert!(r.read_line().is_err());
+        let (_, rest) = r.into_parts();
+        assert_eq!(rest, b"* ms");
     }
 
     #[test]

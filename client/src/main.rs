@@ -3,7 +3,10 @@
 
 mod app;
 
+use std::path::PathBuf;
+
 use clap::Parser;
+use natter_client::{tls, TlsConfig, Trust};
 
 const AFTER_HELP: &str = "\
 Interactive use (stdin is a terminal):
@@ -31,6 +34,16 @@ Piped use (stdin is not a terminal):
   terminal):
     printf 'send bob hi\\n' | NATTER_PASSWORD=secret-pw natter --user alice
 
+TLS:
+  --tls encrypts the connection (natterd's TLS listener, port 4443 unless
+  PORT is given). The server's certificate is verified against Mozilla's
+  root certificates (built in) and must be valid for HOST (a name or an IP
+  address, as typed). For a server with its own CA give --ca FILE; for one
+  started with --tls-self-signed, pin the fingerprint natterd printed:
+    natter --tls --fingerprint CE:54:97:...:25:DF 127.0.0.1
+  A certificate that fails the check ends the client with a one-line reason
+  before anything, the password included, is sent.
+
 Environment:
   NATTER_PASSWORD  the password, for scripts; used instead of asking.
   NO_COLOR         when set and non-empty, never use colour. Colour is
@@ -40,8 +53,10 @@ Exit status:
   0  logged out ('quit', 'logout', Ctrl-C, Ctrl-D), or the end of piped input
      with every reply received.
   1  the server closed the connection ('* bye <reason>', shown with the reason)
-     or it dropped; the server could not be reached; the login failed.
-  2  bad command-line arguments.";
+     or it dropped; the server could not be reached; its TLS certificate was
+     refused; the login failed.
+  2  bad command-line arguments (including a malformed --fingerprint or an
+     unreadable --ca file).";
 
 /// The natter chat client.
 #[derive(Parser)]
@@ -50,24 +65,67 @@ struct Args {
     /// Server host name or address.
     #[arg(default_value = natter_client::DEFAULT_HOST)]
     host: String,
-    /// Server port.
-    #[arg(default_value_t = natter_client::DEFAULT_PORT)]
-    port: u16,
+    /// Server port [default: 4000, or 4443 with --tls].
+    port: Option<u16>,
     /// Log in as NAME (asked for when missing on a terminal).
     #[arg(short, long, value_name = "NAME")]
     user: Option<String>,
     /// Register NAME as a new user (and log in) instead of logging in.
     #[arg(short, long)]
     register: bool,
+    /// Connect with TLS; the server's certificate must be trusted (see TLS
+    /// below).
+    #[arg(long)]
+    tls: bool,
+    /// With --tls: trust the certificates in this PEM file (a CA, or the
+    /// server's own certificate) instead of the built-in roots.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls",
+        conflicts_with = "fingerprint"
+    )]
+    ca: Option<PathBuf>,
+    /// With --tls: accept exactly the server certificate with this SHA-256
+    /// fingerprint (AB:CD:... as natterd prints it, or plain hex), whoever
+    /// issued it and whatever names it holds.
+    #[arg(long, value_name = "SHA256", requires = "tls")]
+    fingerprint: Option<String>,
 }
 
 fn main() {
     let args = Args::parse();
+    let tls = match tls_config(&args) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("natter: {e}");
+            std::process::exit(2);
+        }
+    };
+    let default_port = if args.tls {
+        natter_client::DEFAULT_TLS_PORT
+    } else {
+        natter_client::DEFAULT_PORT
+    };
     let code = app::run(app::Options {
         host: args.host,
-        port: args.port,
+        port: args.port.unwrap_or(default_port),
+        tls,
         user: args.user,
         register: args.register,
     });
     std::process::exit(code);
+}
+
+/// The TLS configuration the flags ask for, if any.
+fn tls_config(args: &Args) -> Result<Option<TlsConfig>, String> {
+    if !args.tls {
+        return Ok(None);
+    }
+    let trust = match (&args.ca, &args.fingerprint) {
+        (Some(ca), _) => Trust::Ca(ca.clone()),
+        (None, Some(fp)) => Trust::Pinned(tls::parse_fingerprint(fp)?),
+        (None, None) => Trust::WebRoots,
+    };
+    TlsConfig::new(trust).map(Some)
 }

@@ -8,7 +8,6 @@
 //! rustyline) and the only one that restores it.
 
 use std::io::{self, IsTerminal, Write};
-use std::net::TcpStream;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -22,7 +21,7 @@ use rustyline::history::DefaultHistory;
 use rustyline::validate::Validator;
 use rustyline::{CompletionType, Config, Context, Editor, ExternalPrinter as _, Helper};
 
-use natter_client::{LineReader, LineWriter, Style};
+use natter_client::{LineReader, LineWriter, Stream, Style};
 
 use super::complete::complete;
 use super::session::{read_loop, End, Sent, Shared};
@@ -42,8 +41,8 @@ const HISTORY_SIZE: usize = 1000;
 
 /// Runs interactive mode to the end; returns the exit status.
 pub fn run(
-    reader: LineReader<TcpStream>,
-    mut writer: LineWriter<TcpStream>,
+    reader: LineReader<Stream>,
+    mut writer: LineWriter<Stream>,
     style: Style,
     user: &str,
 ) -> i32 {
@@ -137,7 +136,7 @@ fn editor(shared: Arc<Shared>) -> rustyline::Result<Editor<NatterHelper, Default
 /// Sends `line` (a quit or logout) and waits briefly for the server to close.
 /// The person asked to leave, so this exits 0 even if the server is slow to
 /// confirm.
-fn quit(shared: &Shared, writer: &mut LineWriter<TcpStream>, line: &str) -> i32 {
+fn quit(shared: &Shared, writer: &mut LineWriter<Stream>, line: &str) -> i32 {
     if let Some(end) = shared.start_quitting() {
         return report(&end);
     }

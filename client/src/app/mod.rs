@@ -14,7 +14,7 @@ use std::env;
 use std::io::{self, IsTerminal, Write};
 use std::time::Duration;
 
-use natter_client::{connect, render, split, Style};
+use natter_client::{open, render, split, Style, TlsConfig};
 use time::UtcOffset;
 
 /// How long to try to reach the server before saying it is unreachable.
@@ -26,6 +26,8 @@ pub struct Options {
     pub host: String,
     /// Server port.
     pub port: u16,
+    /// Connect with TLS, trusting what this says.
+    pub tls: Option<TlsConfig>,
     /// Username to log in as; asked for when missing in interactive mode.
     pub user: Option<String>,
     /// Register the user instead of logging in.
@@ -46,11 +48,12 @@ pub fn run(opts: Options) -> i32 {
     if !interactive && opts.register && opts.user.is_none() {
         return fail("--register needs --user NAME when stdin is not a terminal");
     }
-    let stream = match connect(&opts.host, opts.port, CONNECT_TIMEOUT) {
+    let stream = match open(&opts.host, opts.port, CONNECT_TIMEOUT, opts.tls.as_ref()) {
         Ok(stream) => stream,
         Err(e) => return fail(&e.to_string()),
     };
-    let timeouts = match stream.try_clone() {
+    // Timeouts are the socket's, so they also bound reads through TLS.
+    let timeouts = match stream.tcp().try_clone() {
         Ok(s) => s,
         Err(e) => return fail(&format!("cannot use the connection: {e}")),
     };

@@ -5,16 +5,15 @@
 //! only the server's lines.
 
 use std::io::{self, BufRead};
-use std::net::TcpStream;
 use std::sync::Arc;
 use std::thread;
 
-use natter_client::{LineReader, LineWriter, Style};
+use natter_client::{LineReader, LineWriter, Stream, Style};
 
 use super::session::{read_loop, End, Sent, Shared};
 
 /// Runs piped mode to the end; returns the exit status.
-pub fn run(reader: LineReader<TcpStream>, mut writer: LineWriter<TcpStream>, style: Style) -> i32 {
+pub fn run(reader: LineReader<Stream>, mut writer: LineWriter<Stream>, style: Style) -> i32 {
     let shared = Arc::new(Shared::default());
     let for_reader = Arc::clone(&shared);
     let spawned = thread::Builder::new()
