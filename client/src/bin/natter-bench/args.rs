@@ -2,7 +2,9 @@
 //! run which could not measure anything meaningful before it connects.
 
 use clap::{Parser, ValueEnum};
-use natter_client::{DEFAULT_HOST, DEFAULT_PORT};
+use std::path::PathBuf;
+
+use natter_client::{tls, TlsConfig, Trust, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_TLS_PORT};
 
 /// A load scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -49,8 +51,8 @@ pub const MAX_BROADCASTS: u64 = 10_000_000;
 
 const LONG_ABOUT: &str = "\
 Load generator for natterd, in the spirit of redis-benchmark. It drives a
-running natterd over TCP and prints one table per scenario (or, with --json,
-one JSON object per line).
+running natterd over TCP (or TLS, with --tls) and prints one table per
+scenario (or, with --json, one JSON object per line).
 
 Start natterd for it like this (release build, same machine or not):
 
@@ -87,6 +89,16 @@ Scenarios:
 With --server-pid every report also shows the CPU used by natterd and by the
 bench during the measurement (100% = one core), so a bench-bound run shows.
 
+TLS: --tls runs every connection through natterd's TLS listener (port 4443
+unless --port is given), so TLS's cost shows beside a plaintext run: the
+handshake in login, record encryption in the others. The certificate is
+checked as the natter client does it: the built-in web roots, --ca FILE, or
+--fingerprint for a server started with --tls-self-signed:
+
+  natterd --rate 0 --hash-cost low --max-per-ip 0 --data /tmp/bench-data \
+          --tls-self-signed localhost 4000
+  natter-bench --tls --fingerprint <the sha256 natterd printed> fanout
+
 Exit status: 0 when every scenario ran, 1 when one failed, 2 for bad
 arguments.";
 
@@ -102,9 +114,28 @@ pub struct Args {
     #[arg(short = 'H', long, default_value = DEFAULT_HOST)]
     pub host: String,
 
-    /// natterd's port
-    #[arg(short, long, default_value_t = DEFAULT_PORT)]
-    pub port: u16,
+    /// natterd's port [default: 4000, or 4443 with --tls]
+    #[arg(short, long)]
+    pub port: Option<u16>,
+
+    /// Connect with TLS (natterd's TLS listener)
+    #[arg(long)]
+    pub tls: bool,
+
+    /// With --tls: trust the certificates in this PEM file (a CA, or the
+    /// server's own certificate) instead of the built-in roots
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls",
+        conflicts_with = "fingerprint"
+    )]
+    pub ca: Option<PathBuf>,
+
+    /// With --tls: accept exactly the server certificate with this SHA-256
+    /// fingerprint (AB:CD:... as natterd prints it, or plain hex)
+    #[arg(long, value_name = "SHA256", requires = "tls")]
+    pub fingerprint: Option<String>,
 
     /// fanout: logged-in receivers of every broadcast
     #[arg(long, default_value_t = 1000)]
@@ -185,6 +216,30 @@ pub struct Args {
 }
 
 impl Args {
+    /// The port to connect to: --port, else natterd's default for the
+    /// listener chosen.
+    pub fn port(&self) -> u16 {
+        let default = if self.tls {
+            DEFAULT_TLS_PORT
+        } else {
+            DEFAULT_PORT
+        };
+        self.port.unwrap_or(default)
+    }
+
+    /// The TLS configuration asked for, if any; reading --ca happens here.
+    pub fn tls_config(&self) -> Result<Option<TlsConfig>, String> {
+        if !self.tls {
+            return Ok(None);
+        }
+        let trust = match (&self.ca, &self.fingerprint) {
+            (Some(ca), _) => Trust::Ca(ca.clone()),
+            (None, Some(fp)) => Trust::Pinned(tls::parse_fingerprint(fp)?),
+            (None, None) => Trust::WebRoots,
+        };
+        TlsConfig::new(trust).map(Some)
+    }
+
     /// The scenarios to run, in order.
     pub fn scenarios(&self) -> Vec<Scenario> {
         if self.scenarios.is_empty() {
@@ -295,7 +350,9 @@ mod tests {
         assert_eq!(a.receivers, 1000);
         assert_eq!(a.pairs, 50);
         assert_eq!(a.sessions, 10000);
-        assert_eq!(a.port, 4000);
+        assert_eq!(a.port(), 4000);
+        assert_eq!(args(&["--tls"]).port(), 4443);
+        assert_eq!(args(&["--tls", "-p", "7"]).port(), 7);
         assert_eq!(a.scenarios().len(), 4);
         assert_eq!(a.validate(), Ok(()));
         Args::command().debug_assert();

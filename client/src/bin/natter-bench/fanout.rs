@@ -8,13 +8,12 @@
 //! server's loop stalls under the load.
 
 use std::io::Write;
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
-use natter_client::ServerLine;
+use natter_client::{ServerLine, Stream};
 
 use crate::args::Args;
 use crate::error::BenchError;
@@ -249,14 +248,14 @@ fn join<T>(h: thread::ScopedJoinHandle<'_, Result<T, BenchError>>) -> Result<T, 
 /// Sends broadcasts, at most `--window` incomplete, until all are sent or the
 /// cap. Returns how many were sent.
 fn send_broadcasts(
-    mut out: TcpStream,
+    mut out: Stream,
     a: &Args,
     sh: &Shared,
     cap: Instant,
     hard: Instant,
 ) -> Result<u64, BenchError> {
     // A server that stops reading must not hang the bench past the grace.
-    out.set_write_timeout(Some(
+    out.tcp().set_write_timeout(Some(
         hard.saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1)),
     ))?;
@@ -299,7 +298,7 @@ struct Acks {
 fn read_acks(mut s: Session, sh: &Shared, hard: Instant) -> Result<Acks, BenchError> {
     let mut acks = 0u64;
     let mut min_sent_to = None;
-    s.get_ref().set_read_timeout(Some(POLL_WAIT))?;
+    s.get_ref().tcp().set_read_timeout(Some(POLL_WAIT))?;
     loop {
         // `target` is final once the sender is done.
         let all_in =

@@ -1,13 +1,14 @@
 //! Non-blocking line I/O for the measured phase: one connection's fixed
 //! input buffer and pending output, read until `WouldBlock` as mio's
-//! edge-triggered readiness requires. Lines are handed out as byte slices of
+//! edge-triggered readiness requires; with --tls, through the connection's
+//! rustls record layer, kept apart from the socket I/O. Lines are handed out as byte slices of
 //! the buffer, so receiving costs no allocation per line; this module knows
 //! nothing of what the lines mean.
 
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
 
-use natter_client::LineReader;
+use natter_client::{LineReader, Stream};
+use rustls::ClientConnection;
 
 use crate::error::BenchError;
 
@@ -37,28 +38,36 @@ pub fn each_line(
 pub struct Conn {
     /// The socket, non-blocking.
     pub stream: mio::net::TcpStream,
-    /// Received bytes; `start..end` is not yet handled (a partial line after
-    /// each pump).
+    /// With --tls, the connection's record layer: raw bytes from the socket
+    /// go in, plaintext lines come out; lines to send go in, records for the
+    /// socket come out.
+    tls: Option<ClientConnection>,
+    /// Received plaintext; `start..end` is not yet handled (a partial line
+    /// after each pump).
     inbuf: Box<[u8]>,
     start: usize,
     end: usize,
     /// Bytes carried over from setup that may hold whole lines.
     unscanned: bool,
-    /// Queued output; `out_pos..` is unsent.
+    /// Queued output (plaintext); `out_pos..` is unsent (for TLS: not yet
+    /// handed to the record layer).
     out: Vec<u8>,
     out_pos: usize,
 }
 
 impl Conn {
-    /// Takes over a socket that setup logged in, with whatever setup's reader
-    /// had buffered beyond the login reply.
-    pub fn from_reader(reader: LineReader<TcpStream>) -> io::Result<Conn> {
-        let (stream, rest) = reader.into_parts();
-        stream.set_nonblocking(true)?;
+    /// Takes over a connection that setup logged in, with whatever setup had
+    /// received beyond the login reply.
+    pub fn from_reader(reader: LineReader<Stream>) -> io::Result<Conn> {
+        let (stream, mut rest) = reader.into_parts();
+        let (tcp, tls, decrypted) = stream.into_parts()?;
+        rest.extend_from_slice(&decrypted);
+        tcp.set_nonblocking(true)?;
         let mut inbuf = vec![0u8; BUF.max(rest.len())].into_boxed_slice();
         inbuf[..rest.len()].copy_from_slice(&rest);
         Ok(Conn {
-            stream: mio::net::TcpStream::from_std(stream),
+            stream: mio::net::TcpStream::from_std(tcp),
+            tls,
             inbuf,
             start: 0,
             end: rest.len(),
@@ -66,6 +75,40 @@ impl Conn {
             out: Vec::new(),
             out_pos: 0,
         })
+    }
+
+    /// Makes room at the end of the input buffer (`end..`), moving the
+    /// partial line to the front.
+    fn make_room(&mut self) -> Result<(), BenchError> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.end == self.inbuf.len() {
+            if self.start == 0 {
+                return Err(BenchError::new(format!(
+                    "the server sent a line longer than {} bytes",
+                    self.inbuf.len()
+                )));
+            }
+            self.inbuf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        Ok(())
+    }
+
+    /// Takes `n` new bytes at the end of the buffer into account, handing
+    /// every line they complete to `f`.
+    fn scan(
+        &mut self,
+        n: usize,
+        f: &mut impl FnMut(&[u8]) -> Result<(), BenchError>,
+    ) -> Result<(), BenchError> {
+        // Only the new bytes can complete a line, but a line's start may be
+        // earlier: scan from the unhandled start.
+        self.end += n;
+        self.start += each_line(&self.inbuf[self.start..self.end], f)?;
+        Ok(())
     }
 
     /// Reads until the socket has nothing more, handing each complete line to
@@ -78,32 +121,64 @@ impl Conn {
             self.unscanned = false;
             self.start += each_line(&self.inbuf[self.start..self.end], &mut f)?;
         }
+        if self.tls.is_some() {
+            return self.pump_tls(f);
+        }
         loop {
-            if self.start == self.end {
-                self.start = 0;
-                self.end = 0;
-            } else if self.end == self.inbuf.len() {
-                if self.start == 0 {
-                    return Err(BenchError::new(format!(
-                        "the server sent a line longer than {} bytes",
-                        self.inbuf.len()
-                    )));
-                }
-                self.inbuf.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            }
+            self.make_room()?;
             match self.stream.read(&mut self.inbuf[self.end..]) {
                 Ok(0) => return Ok(false),
-                Ok(n) => {
-                    // Only the new bytes can complete a line, but a line's
-                    // start may be earlier: scan from the unhandled start.
-                    self.end += n;
-                    self.start += each_line(&self.inbuf[self.start..self.end], &mut f)?;
-                }
+                Ok(n) => self.scan(n, &mut f)?,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// [`Conn::pump`] through TLS: feeds the record layer from the socket
+    /// until `WouldBlock`, draining its plaintext after every feed (it holds
+    /// only a bounded amount and refuses more input until drained).
+    fn pump_tls(
+        &mut self,
+        mut f: impl FnMut(&[u8]) -> Result<(), BenchError>,
+    ) -> Result<bool, BenchError> {
+        loop {
+            // Plaintext first: some may be left from setup or the last feed.
+            let closed = loop {
+                self.make_room()?;
+                let Some(tls) = self.tls.as_mut() else {
+                    return Ok(true);
+                };
+                match tls.reader().read(&mut self.inbuf[self.end..]) {
+                    Ok(0) => break true,
+                    Ok(n) => self.scan(n, &mut f)?,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break true,
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            let Some(tls) = self.tls.as_mut() else {
+                return Ok(true);
+            };
+            if closed {
+                return Ok(false);
+            }
+            // Answers the record layer owes (rare: a key update); anything
+            // the socket does not take now goes with the next flush.
+            write_records(tls, &mut self.stream)?;
+            match tls.read_tls(&mut self.stream) {
+                // The socket ended: what it carried is drained next pass,
+                // then the reader reports the end.
+                Ok(0) => {}
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+            if let Err(e) = tls.process_new_packets() {
+                let _ = write_records(tls, &mut self.stream);
+                return Err(BenchError::new(format!("TLS: {e}")));
             }
         }
     }
@@ -115,11 +190,19 @@ impl Conn {
 
     /// Whether queued output is still unsent.
     pub fn has_output(&self) -> bool {
-        self.out_pos < self.out.len()
+        self.out_pos < self.out.len() || self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
     /// Writes queued output until it is all sent or the socket is full.
     pub fn flush(&mut self) -> Result<(), BenchError> {
+        if let Some(tls) = self.tls.as_mut() {
+            // Encrypting never blocks: the record layer takes it all (its
+            // buffer limit is off; the window bounds what is queued).
+            tls.writer().write_all(&self.out[self.out_pos..])?;
+            self.out.clear();
+            self.out_pos = 0;
+            return write_records(tls, &mut self.stream);
+        }
         while self.out_pos < self.out.len() {
             match self.stream.write(&self.out[self.out_pos..]) {
                 Ok(0) => return Err(BenchError::new("the server stopped taking data")),
@@ -133,6 +216,24 @@ impl Conn {
         self.out_pos = 0;
         Ok(())
     }
+}
+
+/// Writes the records the TLS connection has ready until it has none or the
+/// socket is full.
+fn write_records(
+    tls: &mut ClientConnection,
+    stream: &mut mio::net::TcpStream,
+) -> Result<(), BenchError> {
+    while tls.wants_write() {
+        match tls.write_tls(stream) {
+            Ok(0) => return Err(BenchError::new("the server stopped taking data")),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// The first word of `s` skipped, with the spaces after it.

@@ -39,6 +39,13 @@ fn main() -> ExitCode {
         eprintln!("natter-bench: {e}");
         return ExitCode::from(2);
     }
+    let tls = match args.tls_config() {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("natter-bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let scenarios = args.scenarios();
     let most_sessions = scenarios
         .iter()
@@ -60,8 +67,9 @@ fn main() -> ExitCode {
     }
     let target = Target {
         host: &args.host,
-        port: args.port,
+        port: args.port(),
         password: &args.password,
+        tls: tls.as_ref(),
     };
     for (i, scenario) in scenarios.iter().enumerate() {
         if i > 0 {

@@ -5,12 +5,11 @@
 //! threads always have work queued. A name that already EXISTS is logged in
 //! instead, so repeated runs reuse their users.
 
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use natter_client::{connect, parse, Event, LineReader, LineWriter, ServerLine};
+use natter_client::{open, parse, Event, LineReader, LineWriter, ServerLine, Stream, TlsConfig};
 
 use crate::error::BenchError;
 use crate::progress::{Progress, TICK};
@@ -35,13 +34,16 @@ pub struct Target<'a> {
     pub port: u16,
     /// Every bench user's password.
     pub password: &'a str,
+    /// Connect with TLS, trusting what this says (`--tls`).
+    pub tls: Option<&'a TlsConfig>,
 }
 
-/// A logged-in session: the socket inside a reader that may hold bytes
-/// already received.
-pub type Session = LineReader<TcpStream>;
+/// A logged-in session: the connection (plaintext or TLS) inside a reader
+/// that may hold bytes already received.
+pub type Session = LineReader<Stream>;
 
-/// Connects within what is left before `deadline`.
+/// Connects (and with `--tls` runs the handshake) within what is left
+/// before `deadline`.
 pub fn dial(target: Target, deadline: Instant) -> Result<Session, BenchError> {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
@@ -49,7 +51,8 @@ pub fn dial(target: Target, deadline: Instant) -> Result<Session, BenchError> {
             "out of time (--max-seconds) while connecting",
         ));
     }
-    let stream = connect(target.host, target.port, left.min(Duration::from_secs(10)))?;
+    let timeout = left.min(Duration::from_secs(10));
+    let stream = open(target.host, target.port, timeout, target.tls)?;
     Ok(LineReader::new(stream))
 }
 
@@ -74,7 +77,7 @@ pub fn completion(
                 "{what}: no reply before the --max-seconds deadline"
             )));
         }
-        session.get_ref().set_read_timeout(Some(left))?;
+        session.get_ref().tcp().set_read_timeout(Some(left))?;
         let line = match session.read_line() {
             Ok(Some(line)) => line,
             Ok(None) => {
