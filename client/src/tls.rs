@@ -105,7 +105,12 @@ impl TlsConfig {
             E::InvalidCertificate(CertificateError::ApplicationVerificationFailure) if pinned => {
                 "TLS: certificate fingerprint does not match --fingerprint".into()
             }
-            E::InvalidCertificate(CertificateError::UnknownIssuer) => match &self.trust {
+            // A bad signature here means a certificate with the issuer's name
+            // but not made with its key: e.g. another natterd's self-signed
+            // certificate (they share a subject) given as --ca.
+            E::InvalidCertificate(
+                CertificateError::UnknownIssuer | CertificateError::BadSignature,
+            ) => match &self.trust {
                 Trust::Ca(path) => format!(
                     "TLS: certificate not trusted (not issued by a certificate in {})",
                     path.display()
@@ -359,6 +364,15 @@ mod tests {
         assert_eq!(
             pinned.explain(&mismatch, "h"),
             "TLS: certificate fingerprint does not match --fingerprint"
+        );
+        let forged = rustls::Error::InvalidCertificate(CertificateError::BadSignature);
+        let ca = TlsConfig {
+            config: Arc::clone(&web.config),
+            trust: Trust::Ca("ca.pem".into()),
+        };
+        assert_eq!(
+            ca.explain(&forged, "h"),
+            "TLS: certificate not trusted (not issued by a certificate in ca.pem)"
         );
         let name = rustls::Error::InvalidCertificate(CertificateError::NotValidForName);
         assert!(web.explain(&name, "example.org").contains("example.org"));

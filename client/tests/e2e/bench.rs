@@ -7,7 +7,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::util::{run, Run, Server};
+use crate::util::{run, Run, Server, TLS_FLAGS};
 
 /// The flags the bench's own tests start natterd with, as its help says.
 const BENCH_SERVER: &[&str] = &["--hash-cost", "low", "--rate", "0", "--max-per-ip", "0"];
@@ -266,6 +266,9 @@ fn help_documents_every_flag_and_bad_arguments_exit_2() {
         "--users-prefix",
         "--password",
         "--json",
+        "--tls",
+        "--ca",
+        "--fingerprint",
         "fanout",
         "dm",
         "idle",
@@ -280,4 +283,75 @@ fn help_documents_every_flag_and_bad_arguments_exit_2() {
         .expect("run natter-bench");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--window"));
+}
+
+/// natter-bench through natterd's TLS listener, pinned to its certificate.
+fn bench_tls(server: &Server, args: &[&str]) -> Run {
+    let tls = server.tls();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_natter-bench"));
+    cmd.args(["--tls", "--fingerprint", &tls.fingerprint])
+        .args(["--port", &tls.addr.port().to_string(), "--max-seconds", "8"])
+        .args(args);
+    run(&mut cmd, "")
+}
+
+#[test]
+fn fanout_and_dm_over_tls_count_every_message() {
+    let server = Server::start_with(TLS_FLAGS);
+    let r = bench_tls(
+        &server,
+        &[
+            "fanout",
+            "dm",
+            "--json",
+            "--receivers",
+            "4",
+            "--broadcasts",
+            "200",
+            "--window",
+            "8",
+            "--pairs",
+            "3",
+            "--messages",
+            "100",
+            // Lines of about 2 KB: several per record, records split
+            // across reads.
+            "--payload",
+            "2000",
+            "--threads",
+            "2",
+        ],
+    );
+    let v = reports(&r);
+    assert_eq!(v.len(), 2, "stdout: {}", r.stdout);
+    assert_eq!(v[0]["scenario"], "fanout");
+    assert_eq!(int(&v[0], "deliveries"), 4 * 200);
+    ordered(&v[0], "");
+    assert_eq!(v[0]["notes"], serde_json::json!([]));
+    assert_eq!(v[1]["scenario"], "dm");
+    assert_eq!(int(&v[1], "acked"), 300);
+    assert_eq!(int(&v[1], "delivered"), 300);
+    ordered(&v[1], "ack_");
+}
+
+#[test]
+fn login_over_tls_and_an_untrusted_certificate() {
+    let server = Server::start_with(TLS_FLAGS);
+    let r = bench_tls(
+        &server,
+        &["login", "--json", "--logins", "6", "--concurrency", "2"],
+    );
+    assert_eq!(int(&reports(&r)[0], "logins"), 6);
+
+    // Without the pin the self-signed certificate is refused, clearly.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_natter-bench"));
+    cmd.args(["--tls", "--port", &server.tls().addr.port().to_string()])
+        .args(["login", "--logins", "1", "--max-seconds", "8"]);
+    let r = run(&mut cmd, "");
+    assert_eq!(r.status.code(), Some(1), "stderr: {}", r.stderr);
+    assert!(
+        r.stderr.contains("TLS: certificate not trusted"),
+        "stderr: {}",
+        r.stderr
+    );
 }

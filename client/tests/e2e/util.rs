@@ -37,13 +37,39 @@ fn natterd_bin() -> PathBuf {
     path
 }
 
+/// The flags a TLS test server gets: a self-signed certificate for both
+/// names a test may connect by, on a free port.
+pub const TLS_FLAGS: &[&str] = &[
+    "--hash-cost",
+    "low",
+    "--rate",
+    "0",
+    "--max-per-ip",
+    "0",
+    "--tls-self-signed",
+    "localhost,127.0.0.1",
+    "--tls-port",
+    "0",
+];
+
+/// natterd's TLS listener, as its second `listening on` line gives it.
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The certificate's SHA-256, as `AB:CD:...`.
+    pub fingerprint: String,
+}
+
 /// A natterd child process, killed when dropped.
 pub struct Server {
     child: Child,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// The TLS listener, when started with a TLS flag.
+    pub tls: Option<TlsListener>,
     /// Its data directory, removed after the process is gone.
-    _data: tempfile::TempDir,
+    data: tempfile::TempDir,
 }
 
 impl Server {
@@ -69,34 +95,54 @@ impl Server {
             .expect("start natterd");
         let stdout = child.stdout.take().expect("natterd stdout");
         let (tx, rx) = mpsc::channel();
+        // Read to the end, so natterd never writes into a closed pipe.
         thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let server = |addr| Server {
-            child,
-            addr,
-            _data: data,
-        };
-        let line = match rx.recv_timeout(TIMEOUT) {
-            Ok(line) => line,
-            Err(_) => {
-                drop(server("127.0.0.1:0".parse().expect("addr")));
-                panic!("natterd did not say it was listening within {TIMEOUT:?}");
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
             }
+        });
+        let mut server = Server {
+            child,
+            addr: "127.0.0.1:0".parse().expect("addr"),
+            tls: None,
+            data,
         };
-        let addr = line
+        // The server is dropped (killed) by the panics below.
+        let next_line = |what: &str| match rx.recv_timeout(TIMEOUT) {
+            Ok(line) => line,
+            Err(_) => panic!("natterd did not print {what} within {TIMEOUT:?}"),
+        };
+        let line = next_line("its listening line");
+        server.addr = line
             .trim()
             .strip_prefix("listening on ")
-            .and_then(|a| a.parse().ok());
-        match addr {
-            Some(addr) => server(addr),
-            None => {
-                drop(server("127.0.0.1:0".parse().expect("addr")));
-                panic!("unexpected first line from natterd: {line:?}");
-            }
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line from natterd: {line:?}"));
+        if flags.iter().any(|f| f.starts_with("--tls")) {
+            let line = next_line("its TLS listening line");
+            server.tls = Some(
+                parse_tls_line(&line)
+                    .unwrap_or_else(|| panic!("unexpected TLS line from natterd: {line:?}")),
+            );
         }
+        server
+    }
+
+    /// Starts natterd with a self-signed TLS listener beside the plaintext
+    /// one ([`TLS_FLAGS`]).
+    pub fn start_tls() -> Server {
+        Server::start_with(TLS_FLAGS)
+    }
+
+    /// The TLS listener; panics if the server has none.
+    pub fn tls(&self) -> &TlsListener {
+        self.tls.as_ref().expect("natterd was started with TLS")
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.data.path()
     }
 
     /// natterd's process id.
@@ -124,6 +170,16 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `listening on <addr> tls sha256 <fingerprint>`, taken apart.
+fn parse_tls_line(line: &str) -> Option<TlsListener> {
+    let rest = line.trim().strip_prefix("listening on ")?;
+    let (addr, fingerprint) = rest.split_once(" tls sha256 ")?;
+    Some(TlsListener {
+        addr: addr.parse().ok()?,
+        fingerprint: fingerprint.to_string(),
+    })
 }
 
 /// A plain protocol connection, as netcat would use: the other person in a
@@ -219,6 +275,18 @@ impl Run {
 pub fn natter(server: &Server) -> Command {
     let mut cmd = Command::new(natter_bin());
     cmd.args(["127.0.0.1", &server.port()])
+        .env_remove("NATTER_PASSWORD")
+        .env_remove("NO_COLOR");
+    cmd
+}
+
+/// A `natter --tls` command for `server`'s TLS listener, with `trust` (e.g.
+/// `["--fingerprint", fp]`) and the same clean environment as [`natter`].
+pub fn natter_tls(server: &Server, host: &str, trust: &[&str]) -> Command {
+    let mut cmd = Command::new(natter_bin());
+    cmd.arg("--tls")
+        .args(trust)
+        .args([host, &server.tls().addr.port().to_string()])
         .env_remove("NATTER_PASSWORD")
         .env_remove("NO_COLOR");
     cmd
