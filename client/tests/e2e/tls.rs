@@ -3,7 +3,10 @@
 //! both directions; `--ca` with the server's own certificate; and every way
 //! verification can fail, each one clear line and a failure status.
 
-use crate::util::{natter_bin, natter_tls, run, Raw, Run, Running, Server};
+use rexpect::process::WaitStatus;
+use rexpect::session::{spawn_with_options, Options};
+
+use crate::util::{natter_bin, natter_tls, run, Raw, Run, Running, Server, TIMEOUT};
 
 /// `AB:CD:...` as plain lowercase hex, the other form --fingerprint takes.
 fn plain_hex(fingerprint: &str) -> String {
@@ -73,6 +76,83 @@ fn piped_session_over_tls_with_a_pinned_fingerprint() {
     let out = alice.finish();
     assert!(out.status.success(), "stderr: {}", out.stderr);
     assert_eq!(out.stderr, "");
+}
+
+#[test]
+fn being_replaced_over_tls_is_explained_with_a_failure_status() {
+    let server = Server::start_tls();
+    let fp = server.tls().fingerprint.clone();
+    server.register("alice", "password-a");
+    let mut client = Running::spawn(
+        natter_tls(&server, "127.0.0.1", &["--fingerprint", &fp])
+            .args(["--user", "alice"])
+            .env("NATTER_PASSWORD", "password-a"),
+    );
+    client.write("ping\n");
+    client.expect_stdout("+ pong", |l| l == "+ pong");
+    let _other = Raw::login(&server, "alice", "password-a");
+    let out = client.finish();
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("you logged in from somewhere else (replaced)"),
+        "stderr: {}",
+        out.stderr
+    );
+}
+
+#[test]
+fn server_going_away_over_tls_is_a_failure() {
+    let server = Server::start_tls();
+    let fp = server.tls().fingerprint.clone();
+    server.register("alice", "password-a");
+    let mut client = Running::spawn(
+        natter_tls(&server, "127.0.0.1", &["--fingerprint", &fp])
+            .args(["--user", "alice"])
+            .env("NATTER_PASSWORD", "password-a"),
+    );
+    client.write("ping\n");
+    client.expect_stdout("+ pong", |l| l == "+ pong");
+    drop(server);
+    let out = client.finish();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stderr.contains("lost the connection to the server"),
+        "stderr: {}",
+        out.stderr
+    );
+}
+
+#[test]
+fn interactive_session_over_tls_receives_and_logs_out() {
+    let server = Server::start_tls();
+    let fp = server.tls().fingerprint.clone();
+    server.register("alice", "password-a");
+    server.register("bob", "password-b");
+    let mut cmd = natter_tls(&server, "127.0.0.1", &["--fingerprint", &fp]);
+    cmd.args(["--user", "alice"])
+        .env("NATTER_PASSWORD", "password-a")
+        .env("NO_COLOR", "1")
+        .env("TERM", "xterm");
+    let timeout = Some(TIMEOUT.as_millis() as u64);
+    let mut pty =
+        spawn_with_options(cmd, Options::new().timeout_ms(timeout)).expect("spawn natter on a pty");
+    pty.exp_string("alice> ").expect("the prompt after login");
+    let mut bob = Raw::login(&server, "bob", "password-b");
+    bob.send("send alice encrypted hello");
+    bob.expect_line("+ delivered");
+    pty.exp_string("bob: encrypted hello")
+        .expect("bob's message shown");
+    pty.send_line("send bob and back").expect("type a command");
+    let got = bob.expect_prefix("* msg alice ");
+    assert!(got.ends_with(" and back"), "{got}");
+    pty.send_control('c').expect("Ctrl-C");
+    pty.exp_string("+ bye").expect("the logout confirmed");
+    pty.exp_eof().expect("natter to exit");
+    match pty.process().wait().expect("natter's exit status") {
+        WaitStatus::Exited(_, code) => assert_eq!(code, 0),
+        other => panic!("natter did not exit normally: {other:?}"),
+    }
 }
 
 #[test]
