@@ -4,6 +4,7 @@
 # prints one JSON line per run (collect them, take the median).
 #
 #   benches/natter-bench-runs.sh [RUNS] [extra natter-bench flags...]
+#   TLS=1 benches/natter-bench-runs.sh [RUNS]    # the same through the TLS listener
 #
 # natterd and natter-bench are pinned to different cores when taskset exists,
 # so the two processes do not take turns on one core (not for logins, where
@@ -27,13 +28,21 @@ run() { # run [nopin] <natterd flags...> -- <natter-bench args...>
     shift
     bench_args=("$@")
     data=$(mktemp -d)
+    local tls_flags=()
+    if [ "${TLS:-0}" = 1 ]; then tls_flags=(--tls-self-signed localhost --tls-port 0); fi
     "${ps[@]}" target/release/natterd --rate 0 --max-per-ip 0 --max-clients 20000 \
-        --data "$data" "${server_flags[@]}" 0 >"$data/out" 2>"$data/log" &
+        --data "$data" "${tls_flags[@]}" "${server_flags[@]}" 0 >"$data/out" 2>"$data/log" &
     local pid=$!
     for _ in $(seq 100); do grep -q '^listening on' "$data/out" 2>/dev/null && break; sleep 0.05; done
-    local port
-    port=$(sed -n '1s/^listening on .*:\([0-9]*\)$/\1/p' "$data/out")
-    "${pb[@]}" target/release/natter-bench -p "$port" --server-pid "$pid" --json \
+    local port target=()
+    if [ "${TLS:-0}" = 1 ]; then
+        for _ in $(seq 100); do grep -q ' tls sha256 ' "$data/out" 2>/dev/null && break; sleep 0.05; done
+        port=$(sed -n 's/^listening on .*:\([0-9]*\) tls sha256 .*$/\1/p' "$data/out")
+        target=(--tls --fingerprint "$(sed -n 's/^.* tls sha256 //p' "$data/out")")
+    else
+        port=$(sed -n '1s/^listening on .*:\([0-9]*\)$/\1/p' "$data/out")
+    fi
+    "${pb[@]}" target/release/natter-bench -p "$port" "${target[@]}" --server-pid "$pid" --json \
         --max-seconds 120 "${bench_args[@]}" "${extra[@]}" || true
     kill "$pid"; wait "$pid" 2>/dev/null || true
     rm -rf "$data"
