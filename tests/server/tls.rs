@@ -5,75 +5,14 @@
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConnection, StreamOwned};
 
 use crate::util::{Server, TIMEOUT};
 
 const SELF_SIGNED: [&str; 2] = ["--tls-self-signed", "localhost"];
-
-/// Accepts exactly the certificate with the pinned SHA-256 fingerprint; the
-/// handshake signature is still checked with the certificate's key.
-#[derive(Debug)]
-struct Pinned {
-    fingerprint: String,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if natter::tls::fingerprint(end_entity.as_ref()) == self.fingerprint {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General("fingerprint mismatch".into()))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
 
 /// A line client over TLS.
 struct TlsClient {
@@ -82,19 +21,13 @@ struct TlsClient {
 
 impl TlsClient {
     fn connect(addr: SocketAddr, fingerprint: &str) -> TlsClient {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = Pinned {
-            fingerprint: fingerprint.to_string(),
-            provider: Arc::clone(&provider),
-        };
-        let config = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("protocol versions")
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth();
+        // The natter client's own pinning, as a user of --fingerprint gets it.
+        let pin = natter_client::tls::parse_fingerprint(fingerprint).expect("fingerprint");
+        let config = natter_client::TlsConfig::new(natter_client::Trust::Pinned(pin))
+            .expect("client TLS config")
+            .config;
         let name = ServerName::try_from("localhost").expect("name");
-        let conn = ClientConnection::new(Arc::new(config), name).expect("client connection");
+        let conn = ClientConnection::new(config, name).expect("client connection");
         let tcp = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect");
         tcp.set_read_timeout(Some(TIMEOUT)).expect("timeout");
         let mut c = TlsClient {
