@@ -589,8 +589,13 @@ fn a_reader_that_never_reads_is_dropped_and_others_are_unaffected() {
     );
     let text = "z".repeat(4000);
     let mut dropped = false;
+    let rss_before = server.rss_kib();
+    let mut rss_peak = rss_before;
     for round in 0..5000 {
         let reply = alice.cmd1(&format!("broadcast {text}"));
+        if round % 50 == 0 {
+            rss_peak = rss_peak.max(server.rss_kib());
+        }
         if reply == "+ sent to 1" {
             dropped = true;
             break;
@@ -600,6 +605,12 @@ fn a_reader_that_never_reads_is_dropped_and_others_are_unaffected() {
         assert!(carol.event().ends_with(&text));
     }
     assert!(dropped, "the slow reader was never dropped");
+    // The backlog was bounded by --max-outbuf, not by how much was sent.
+    let grown = rss_peak.saturating_sub(rss_before);
+    assert!(
+        grown < 8 * 1024,
+        "server grew by {grown} KiB while a reader lagged"
+    );
     assert!(carol.ping() < Duration::from_millis(500));
     assert!(server.log().contains("output backlog"));
     drop(slow);

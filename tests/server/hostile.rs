@@ -94,6 +94,7 @@ fn a_command_flood_is_dropped_and_never_slows_others() {
     let server = Server::start(&["--rate", "100", "--burst", "100"]);
     let mut ordinary = server.user("ordinary");
     let mut flooder = server.user("flooder");
+    let before = server.rss_kib();
     let worst = worst_ping_during(&mut ordinary, move || {
         let _ = flooder
             .stream
@@ -103,6 +104,12 @@ fn a_command_flood_is_dropped_and_never_slows_others() {
         assert!(lines.iter().any(|l| l.starts_with("- RATE ")));
     });
     assert!(worst < PING_BOUND, "worst ping {worst:?}");
+    // 400 KB of commands went by; the server held a bounded slice of them.
+    let grown = server.rss_kib().saturating_sub(before);
+    assert!(
+        grown < 8 * 1024,
+        "server grew by {grown} KiB during the flood"
+    );
 }
 
 #[test]
