@@ -132,11 +132,6 @@ fn split_word(s: &str) -> (&str, &str) {
     }
 }
 
-/// True for a line the contract treats as no command at all.
-pub fn is_blank_line(line: &str) -> bool {
-    line.chars().all(is_blank)
-}
-
 /// Parses a line that has already passed the UTF-8 and control-character
 /// checks. `logged_in` decides between `NOAUTH`/`ALREADY` and the command.
 /// On failure the complete error reply is returned.

@@ -18,7 +18,7 @@ use crate::args::Args;
 use crate::error::BenchError;
 use crate::fanout::{nanos, GRACE, POLL_WAIT};
 use crate::lines::{push_text, stamp, Conn};
-use crate::progress::{Progress, TICK};
+use crate::progress::join_with_progress;
 use crate::report::{Report, Value};
 use crate::setup::{open_sessions, Target, STOPPED};
 use crate::stats::{per_sec, secs, Latency};
@@ -118,19 +118,7 @@ pub fn run(a: &Args, target: Target) -> Result<Report, BenchError> {
                 })
             })
             .collect();
-        let mut bar = Progress::new("dm", a.messages * a.pairs as u64);
-        while !workers.iter().all(|w| w.is_finished()) {
-            thread::sleep(TICK);
-            bar.set(acked_total.load(Ordering::Relaxed));
-        }
-        bar.finish();
-        workers
-            .into_iter()
-            .map(|w| {
-                w.join()
-                    .unwrap_or_else(|_| Err(BenchError::new("a bench thread panicked")))
-            })
-            .collect()
+        join_with_progress("dm", a.messages * a.pairs as u64, &acked_total, workers)
     });
     let mut all = Measured::default();
     let mut first_err: Option<BenchError> = None;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::args::Args;
 use crate::error::BenchError;
-use crate::progress::{Progress, TICK};
+use crate::progress::join_with_progress;
 use crate::report::{Report, Value};
 use crate::setup::{dial, expect_ok, open_sessions, send, Target, STOPPED};
 use crate::stats::{per_sec, secs, Latency};
@@ -69,19 +69,7 @@ pub fn run(a: &Args, target: Target) -> Result<Report, BenchError> {
                 })
             })
             .collect();
-        let mut bar = Progress::new("login", a.logins);
-        while !workers.iter().all(|w| w.is_finished()) {
-            thread::sleep(TICK);
-            bar.set(done.load(Ordering::Relaxed));
-        }
-        bar.finish();
-        workers
-            .into_iter()
-            .map(|w| {
-                w.join()
-                    .unwrap_or_else(|_| Err(BenchError::new("a bench thread panicked")))
-            })
-            .collect()
+        join_with_progress("login", a.logins, &done, workers)
     });
     let mut latency = Latency::new();
     let mut last = None;

@@ -3,6 +3,8 @@
 //! logged output stay clean.
 
 use std::io::IsTerminal;
+
+use crate::error::BenchError;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -55,4 +57,27 @@ impl Progress {
     pub fn finish(self) {
         self.bar.finish_and_clear();
     }
+}
+
+/// Shows `counter` on a bar while the scoped `workers` run, then joins them;
+/// a worker that panicked counts as a failed one.
+pub fn join_with_progress<T>(
+    label: &str,
+    total: u64,
+    counter: &std::sync::atomic::AtomicU64,
+    workers: Vec<std::thread::ScopedJoinHandle<'_, Result<T, BenchError>>>,
+) -> Vec<Result<T, BenchError>> {
+    let mut bar = Progress::new(label, total);
+    while !workers.iter().all(|w| w.is_finished()) {
+        std::thread::sleep(TICK);
+        bar.set(counter.load(std::sync::atomic::Ordering::Relaxed));
+    }
+    bar.finish();
+    workers
+        .into_iter()
+        .map(|w| {
+            w.join()
+                .unwrap_or_else(|_| Err(BenchError::new("a bench thread panicked")))
+        })
+        .collect()
 }
