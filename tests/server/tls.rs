@@ -235,3 +235,42 @@ fn openssl_s_client_can_log_in_and_ping() {
     );
     assert!(seen.iter().any(|l| l == "+ pong"), "{seen:?}");
 }
+
+#[test]
+fn a_large_reply_reaches_a_tls_reader_that_starts_late() {
+    // A 3 MB reply through rustls's 64 KiB record buffer to a reader that
+    // lets every buffer fill first. (A review found that a flush which
+    // drained rustls's buffer without the socket saying WouldBlock used to
+    // stop there, with no WRITABLE edge to come; that depends on kernel
+    // buffer timing and this test does not reproduce it reliably, but it
+    // covers the path.)
+    let server = Server::start(&SELF_SIGNED);
+    let (addr, fingerprint) = tls_of(&server);
+    drop(server.user("bob"));
+    let mut alice = server.user("alice");
+    let text = "h".repeat(3000);
+    let n = 1000;
+    let mut batch = String::new();
+    for i in 0..n {
+        batch.push_str(&format!("send bob {i}-{text}\n"));
+    }
+    alice.send_raw(batch.as_bytes());
+    for _ in 0..n {
+        assert_eq!(alice.reply(), vec!["+ stored"]);
+    }
+    let mut bob = TlsClient::connect(addr, &fingerprint);
+    assert!(bob
+        .cmd1("login bob password-bob")
+        .starts_with("+ welcome bob"));
+    bob.send("history 1000");
+    // Let the server fill every buffer on the way before reading anything.
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..n {
+        let line = bob.line();
+        assert!(
+            line.ends_with(&format!(" alice bob {i}-{text}")),
+            "line {i}"
+        );
+    }
+    assert_eq!(bob.line(), "+ 1000 messages");
+}
