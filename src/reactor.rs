@@ -370,14 +370,14 @@ impl Server {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         loop {
             let timeout = self.poll_timeout();
-            // Turns that ended last pass resume after this pass's events.
-            let resumes = std::mem::take(&mut self.to_resume);
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(e);
             }
+            // Turns that ended last pass resume after this pass's events.
+            let resumes = std::mem::take(&mut self.to_resume);
             // poll can return late; every decision of this pass uses this time.
             self.clock = now_clock();
             for event in events.iter() {
@@ -411,6 +411,7 @@ impl Server {
                 }
             }
         }
+        self.return_unsent_direct();
         self.finish();
         Ok(())
     }
@@ -420,7 +421,11 @@ impl Server {
         if let Some(deadline) = self.shutting_down {
             next = Some(next.map_or(deadline, |n| n.min(deadline)));
         }
-        if !self.failed_jobs.is_empty() || !self.to_resume.is_empty() || !self.to_flush.is_empty() {
+        if !self.failed_jobs.is_empty()
+            || !self.to_resume.is_empty()
+            || !self.to_flush.is_empty()
+            || !self.to_flush_now.is_empty()
+        {
             return Some(Duration::ZERO);
         }
         next.map(|at| at.saturating_duration_since(Instant::now()))
@@ -977,6 +982,14 @@ impl Server {
         if !taken {
             return false;
         }
+        if s.event_backlog() > max && !s.wants_write {
+            // Its backlog may only be waiting for its turn to be written:
+            // see what the socket takes before calling the reader slow.
+            if s.write_to_socket().is_err() {
+                self.mark_close(sref.token, CloseState::CloseNow);
+                return true;
+            }
+        }
         if s.event_backlog() > max {
             self.stats.closed_slow += 1;
             log::warn!(
@@ -1017,18 +1030,25 @@ impl Server {
     /// most `MAX_EVENT_FLUSHES_PER_PASS` sessions: a fan-out to thousands is
     /// spread over several passes, with a poll for new input between them.
     fn flush_all(&mut self) {
-        while let Some(token) = self.to_flush_now.pop() {
-            if let Some(s) = self.sessions.get_mut(token) {
-                s.flush_now_queued = false;
-            }
-            self.flush_one(token);
-        }
+        self.flush_replies();
         for _ in 0..MAX_EVENT_FLUSHES_PER_PASS {
             let Some(token) = self.to_flush.pop_front() else {
                 break;
             };
             if let Some(s) = self.sessions.get_mut(token) {
                 s.flush_queued = false;
+            }
+            self.flush_one(token);
+        }
+        // Writing events can let a session's waiting commands run, whose
+        // replies must not wait for the next pass.
+        self.flush_replies();
+    }
+
+    fn flush_replies(&mut self) {
+        while let Some(token) = self.to_flush_now.pop() {
+            if let Some(s) = self.sessions.get_mut(token) {
+                s.flush_now_queued = false;
             }
             self.flush_one(token);
         }
@@ -1138,16 +1158,7 @@ impl Server {
                 continue;
             }
             let mut s = self.sessions.remove(token);
-            let unsent = s.take_unsent_direct();
-            if let (false, Some(user)) = (unsent.is_empty(), s.caller.user.as_deref()) {
-                log::debug!(
-                    "session {}: {} direct messages back to the inbox",
-                    s.id,
-                    unsent.len()
-                );
-                let request = self.chat.undelivered(user, &unsent);
-                self.background(request);
-            }
+            self.give_back_unsent(&mut s);
             if let Some(n) = self.per_ip.get_mut(&s.ip) {
                 *n -= 1;
                 if *n == 0 {
@@ -1265,6 +1276,33 @@ impl Server {
         for token in tokens {
             self.maybe_finish(token);
         }
+    }
+
+    /// Sessions still open when the shutdown deadline passed: direct
+    /// messages queued for them but never written go back to the inbox.
+    fn return_unsent_direct(&mut self) {
+        let tokens: Vec<usize> = self.sessions.iter().map(|(t, _)| t).collect();
+        for token in tokens {
+            if let Some(mut s) = self.sessions.try_remove(token) {
+                self.give_back_unsent(&mut s);
+            }
+        }
+    }
+
+    /// A session is going away: the direct messages queued for it but not
+    /// written go back to its user's inbox.
+    fn give_back_unsent(&mut self, s: &mut Session) {
+        let unsent = s.take_unsent_direct();
+        let Some(user) = s.caller.user.as_deref().filter(|_| !unsent.is_empty()) else {
+            return;
+        };
+        log::debug!(
+            "session {}: {} direct messages back to the inbox",
+            s.id,
+            unsent.len()
+        );
+        let request = self.chat.undelivered(user, &unsent);
+        self.background(request);
     }
 
     fn finish(mut self) {
