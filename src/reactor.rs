@@ -3,8 +3,10 @@
 //! which the store and hashing threads report back, and the signal source.
 //! It is the only place that registers, reregisters or deregisters sockets.
 //!
-//! One pass: poll (timeout = earliest deadline), handle every event, fire due
-//! timers, flush every session with pending output, reap closed sessions.
+//! One pass: poll (timeout = earliest deadline, or zero while work is left
+//! over), handle every event, give resumed sessions their turn, fire due
+//! timers, write every pending reply and a slice of event output, reap
+//! closed sessions.
 //! Nothing here blocks: disk and hashing go to their threads, and their
 //! results come back through the completion channel.
 
