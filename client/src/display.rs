@@ -64,7 +64,10 @@ pub fn render(line: &ServerLine, style: &Style) -> String {
             &style.paint(RED, &format!("- {}", clean(code))),
             &clean(text),
         ),
-        ServerLine::Data(fields) => join(&style.paint(DIM, "="), &clean(fields)),
+        ServerLine::Data(fields) => join(
+            &style.paint(DIM, "="),
+            &clean(&local_data_times(fields, style.offset)),
+        ),
         ServerLine::Event(event) => render_event(event, style),
         ServerLine::Unknown(raw) => join(&style.paint(YELLOW, "??"), &clean(raw)),
     }
@@ -127,6 +130,24 @@ pub fn explain_bye(reason: &str) -> String {
     format!("{why} ({reason})")
 }
 
+/// A data line with its time shown in local time. Times stand first (`inbox`,
+/// `history`) or second (`wholast`); later words are message text and are
+/// left exactly as sent, even if they look like a time.
+fn local_data_times(fields: &str, offset: UtcOffset) -> String {
+    let full = format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    let mut words = fields.splitn(3, ' ');
+    let mut out = Vec::with_capacity(3);
+    for _ in 0..2 {
+        let Some(word) = words.next() else { break };
+        let local = OffsetDateTime::parse(word, &Rfc3339)
+            .ok()
+            .and_then(|t| t.to_offset(offset).format(&full).ok());
+        out.push(local.unwrap_or_else(|| word.to_string()));
+    }
+    out.extend(words.next().map(str::to_string));
+    out.join(" ")
+}
+
 /// An RFC 3339 time as local `HH:MM`, or the text as sent when it does not
 /// parse: a wrong time must not hide the message.
 fn local_time(time: &str, offset: UtcOffset) -> String {
@@ -159,6 +180,26 @@ mod tests {
 
     fn plain(line: &str) -> String {
         show(line, &Style::PLAIN)
+    }
+
+    #[test]
+    fn data_line_times_are_local_and_text_is_untouched() {
+        let style = Style {
+            offset: UtcOffset::from_hms(1, 0, 0).unwrap(),
+            ..Style::PLAIN
+        };
+        // inbox: time first; the text keeps a time-looking word as sent.
+        assert_eq!(
+            show(&format!("= {T} bob see you at {T}"), &style),
+            format!("= 2026-11-24 20:20:03 bob see you at {T}")
+        );
+        // wholast: time second.
+        assert_eq!(
+            show(&format!("= bob {T}"), &style),
+            "= bob 2026-11-24 20:20:03"
+        );
+        assert_eq!(show("= bob online", &style), "= bob online");
+        assert_eq!(show("= carol", &style), "= carol");
     }
 
     #[test]
