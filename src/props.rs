@@ -11,34 +11,7 @@ use proptest::prelude::*;
 use crate::commands::{self, Caller, Chat, ChatSettings, Clock, Effects, SessionRef, Step};
 use crate::config::Config;
 use crate::protocol;
-use crate::session::{Frame, LineFramer};
-
-/// What framing yields, owned: a line, or "too long".
-type Framed = Vec<Result<Vec<u8>, ()>>;
-
-/// Frames `chunks` as the reactor does: append each read to a buffer, take
-/// every frame, drop the consumed bytes.
-fn frame_chunks(max_line: usize, chunks: &[&[u8]]) -> Framed {
-    let mut framer = LineFramer::new(max_line);
-    let mut buf = Vec::new();
-    let mut out = Vec::new();
-    for chunk in chunks {
-        buf.extend_from_slice(chunk);
-        let mut consumed = 0;
-        loop {
-            let (used, frame) = framer.next_frame(&buf[consumed..]);
-            consumed += used;
-            match frame {
-                Some(Frame::Line(line)) => out.push(Ok(line.to_vec())),
-                Some(Frame::TooLong) => out.push(Err(())),
-                None if used == 0 => break,
-                None => {}
-            }
-        }
-        buf.drain(..consumed);
-    }
-    out
-}
+use crate::session::frame_chunks;
 
 /// Splits `bytes` at the given (unsorted, possibly repeated) points.
 fn split_at_points(bytes: &[u8], points: &[usize]) -> Vec<Vec<u8>> {

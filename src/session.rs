@@ -111,6 +111,32 @@ impl LineFramer {
     }
 }
 
+/// Frames a byte stream that arrives in `chunks` the way a session does:
+/// append each read, take every frame, drop what was consumed. `Some(line)`
+/// per line, `None` per overlong line. The reference that property tests and
+/// fuzzers compare split and whole deliveries with.
+pub fn frame_chunks(max_line: usize, chunks: &[&[u8]]) -> Vec<Option<Vec<u8>>> {
+    let mut framer = LineFramer::new(max_line);
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    for chunk in chunks {
+        buf.extend_from_slice(chunk);
+        let mut consumed = 0;
+        loop {
+            let (used, frame) = framer.next_frame(&buf[consumed..]);
+            consumed += used;
+            match frame {
+                Some(Frame::Line(line)) => out.push(Some(line.to_vec())),
+                Some(Frame::TooLong) => out.push(None),
+                None if used == 0 => break,
+                None => {}
+            }
+        }
+        buf.drain(..consumed);
+    }
+    out
+}
+
 /// A token bucket: `rate` commands per second, up to `burst` at once.
 #[derive(Debug, Clone)]
 pub struct RateBucket {

@@ -4,29 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use natter::session::{Frame, LineFramer};
-
-fn frame(max_line: usize, chunks: &[&[u8]]) -> Vec<Option<Vec<u8>>> {
-    let mut framer = LineFramer::new(max_line);
-    let mut buf = Vec::new();
-    let mut out = Vec::new();
-    for chunk in chunks {
-        buf.extend_from_slice(chunk);
-        let mut consumed = 0;
-        loop {
-            let (used, frame) = framer.next_frame(&buf[consumed..]);
-            consumed += used;
-            match frame {
-                Some(Frame::Line(line)) => out.push(Some(line.to_vec())),
-                Some(Frame::TooLong) => out.push(None),
-                None if used == 0 => break,
-                None => {}
-            }
-        }
-        buf.drain(..consumed);
-    }
-    out
-}
+use natter::session::frame_chunks;
 
 fuzz_target!(|data: &[u8]| {
     // First byte: line limit; second: split stride; rest: the stream.
@@ -34,5 +12,5 @@ fuzz_target!(|data: &[u8]| {
     let max_line = usize::from(*limit).max(1);
     let stride = usize::from(*stride).max(1);
     let chunks: Vec<&[u8]> = stream.chunks(stride).collect();
-    assert_eq!(frame(max_line, &chunks), frame(max_line, &[stream]));
+    assert_eq!(frame_chunks(max_line, &chunks), frame_chunks(max_line, &[stream]));
 });
