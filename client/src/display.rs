@@ -125,7 +125,9 @@ pub fn explain_bye(reason: &str) -> String {
         "slow" => "this client was not reading fast enough",
         "flood" => "too many commands too fast",
         "busy" => "the server has too many connections",
-        other => return other.to_string(),
+        // Unknown words are shown as sent, but never with control characters:
+        // this text goes to the terminal too.
+        other => return clean(other),
     };
     format!("{why} ({reason})")
 }
@@ -162,7 +164,7 @@ fn local_time(time: &str, offset: UtcOffset) -> String {
 /// them, but whatever is at the other end of the socket must not be able to
 /// move the cursor or recolour the terminal. A TAB becomes a space, the way
 /// the server itself relays it.
-fn clean(text: &str) -> String {
+pub fn clean(text: &str) -> String {
     text.chars()
         .map(|c| match c {
             '\t' => ' ',
@@ -200,6 +202,14 @@ mod tests {
         );
         assert_eq!(show("= bob online", &style), "= bob online");
         assert_eq!(show("= carol", &style), "= carol");
+    }
+
+    #[test]
+    fn an_unknown_bye_reason_cannot_reach_the_terminal_raw() {
+        assert_eq!(
+            explain_bye("\u{1b}]52;c;eA==\u{7}"),
+            "\u{fffd}]52;c;eA==\u{fffd}"
+        );
     }
 
     #[test]

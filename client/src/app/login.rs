@@ -7,6 +7,7 @@ use std::env;
 use std::io::{self, BufRead, IsTerminal, Read, Write};
 use std::time::Duration;
 
+use natter_client::display::clean;
 use natter_client::{parse, Event, LineReader, LineWriter, ServerLine};
 use nix::sys::signal::{self, SigHandler, Signal};
 
@@ -161,9 +162,12 @@ pub fn log_in(
 fn explain_failure(verb: &str, user: &str, code: &str, text: &str) -> String {
     match code {
         "AUTHFAIL" => "login failed: wrong username or password".into(),
-        "LOCKED" => format!("login refused: too many failed attempts for {user} ({text})"),
+        "LOCKED" => format!(
+            "login refused: too many failed attempts for {user} ({})",
+            clean(text)
+        ),
         "EXISTS" => format!("registration failed: the name {user} is taken"),
         "CLOSED" => "registration failed: registration is closed on this server".into(),
-        _ => format!("{verb} failed: {code} {text}"),
+        _ => format!("{verb} failed: {} {}", clean(code), clean(text)),
     }
 }

@@ -56,9 +56,15 @@ pub fn run(reader: LineReader<Stream>, mut writer: LineWriter<Stream>, style: St
             // The socket is gone; the reader reports why.
             break;
         }
-        // The server ignores whatever follows a quit.
+        // The server closes after a quit it accepts, and ignores what follows;
+        // a refused one (logout before login, RATE) leaves the script going.
         if Sent::of(line).is_some_and(|s| s.ends_session()) {
-            break;
+            if let Some(end) = shared.wait_idle(None) {
+                return report(&end);
+            }
+            if shared.quit_accepted() {
+                break;
+            }
         }
     }
 

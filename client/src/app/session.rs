@@ -91,6 +91,8 @@ struct State {
     /// the end of the connection is expected, and the input thread, not the
     /// reader, finishes the process.
     quitting: bool,
+    /// A `quit`/`logout` got its `+`.
+    quit_accepted: bool,
 }
 
 /// The shared state, with a condition variable the reader signals whenever a
@@ -116,7 +118,20 @@ impl Shared {
             return Ok(());
         };
         self.lock().pending.push_back(sent);
-        writer.send(line)
+        let result = writer.send(line);
+        if matches!(&result, Err(e) if e.kind() == io::ErrorKind::InvalidInput) {
+            // Refused before anything was written (a CR or LF inside the
+            // line): no reply will come for it, so it must not be awaited.
+            self.lock().pending.pop_back();
+        }
+        result
+    }
+
+    /// Whether a `quit`/`logout` was answered with `+` (the server closes
+    /// next). A refused one (`- NOAUTH` before login, `- RATE`) leaves the
+    /// session open.
+    pub fn quit_accepted(&self) -> bool {
+        self.lock().quit_accepted
     }
 
     /// How many commands await their completion.
@@ -187,6 +202,10 @@ impl Shared {
             state.names.insert(name);
         }
         if line.is_completion() {
+            if matches!(line, ServerLine::Ok(_)) && current.as_ref().is_some_and(Sent::ends_session)
+            {
+                state.quit_accepted = true;
+            }
             state.pending.pop_front();
             self.changed.notify_all();
         }

@@ -235,3 +235,50 @@ fn help_documents_modes_and_environment() {
         assert!(out.stdout.contains(needed), "--help lacks {needed}");
     }
 }
+
+#[test]
+fn a_line_with_a_cr_inside_is_skipped_without_waiting_for_its_reply() {
+    // Regression: the skipped line stayed in the queue of commands awaiting
+    // a reply, so the client waited until the server timed the session out.
+    let server = Server::start();
+    server.register("alice", "password-a");
+    let script = "login alice password-a\nping\rping\nping\n";
+    let out = run(&mut natter(&server), script);
+    assert!(
+        out.status.success(),
+        "exit {:?}, stderr {}",
+        out.status,
+        out.stderr
+    );
+    assert_eq!(
+        out.replies(),
+        ["+ welcome alice (0 unread messages)", "+ pong"]
+    );
+    assert!(
+        out.stderr.contains("skipped an input line"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_refused_logout_does_not_end_the_script() {
+    // `logout` before login is refused (NOAUTH) and the connection stays:
+    // the rest of the script must still be sent.
+    let server = Server::start();
+    server.register("alice", "password-a");
+    let script = "logout\nlogin alice password-a\nping\nquit\n";
+    let out = run(&mut natter(&server), script);
+    assert!(
+        out.status.success(),
+        "exit {:?}, stderr {}",
+        out.status,
+        out.stderr
+    );
+    let replies = out.replies();
+    assert!(replies[0].starts_with("- NOAUTH "), "{replies:?}");
+    assert_eq!(
+        &replies[1..],
+        ["+ welcome alice (0 unread messages)", "+ pong", "+ bye"]
+    );
+}

@@ -252,7 +252,9 @@ fn leading_u64(s: &[u8]) -> Option<(u64, &[u8])> {
     }
     let mut n = 0u64;
     for &b in &s[..digits] {
-        n = n * 10 + u64::from(b - b'0');
+        // 19 digits always fit a u64; checked anyway, since someone else's
+        // message can start with any number.
+        n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
     }
     Some((n, &s[digits..]))
 }
@@ -294,6 +296,17 @@ mod tests {
         })
         .expect("no error");
         (got, used)
+    }
+
+    #[test]
+    fn a_huge_leading_number_is_not_a_number() {
+        let nineteen = b"9999999999999999999 x";
+        assert_eq!(
+            leading_u64(nineteen),
+            Some((9_999_999_999_999_999_999, &b" x"[..]))
+        );
+        assert_eq!(leading_u64(b"18446744073709551616 x"), None);
+        assert_eq!(leading_u64(b"99999999999999999999"), None);
     }
 
     #[test]
