@@ -154,13 +154,14 @@ impl Stream {
             )
         };
         while conn.is_handshaking() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(timed_out());
-            }
-            tcp.set_read_timeout(Some(left))?;
-            tcp.set_write_timeout(Some(left))?;
-            if let Err(e) = conn.complete_io(&mut &tcp) {
+            // The deadline is applied to every read and write, not once per
+            // complete_io: a server dribbling a byte at a time must not
+            // stretch the handshake past it.
+            let mut io = DeadlineIo {
+                tcp: &tcp,
+                deadline,
+            };
+            if let Err(e) = conn.complete_io(&mut io) {
                 let tls_error = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
                 return Err(match (tls_error, e.kind()) {
                     (Some(te), _) => io::Error::new(e.kind(), tls.explain(te, host)),
@@ -321,5 +322,75 @@ pub fn open(
     match tls {
         None => Ok(Stream::plain(tcp)),
         Some(tls) => Stream::tls(tcp, tls, host, timeout),
+    }
+}
+
+/// A socket whose every read and write must finish by `deadline` (the
+/// handshake's time limit).
+struct DeadlineIo<'a> {
+    tcp: &'a TcpStream,
+    deadline: Instant,
+}
+
+impl DeadlineIo<'_> {
+    /// Sets the socket's timeouts to what is left, or fails once none is.
+    fn arm(&self) -> io::Result<()> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.tcp.set_read_timeout(Some(left))?;
+        self.tcp.set_write_timeout(Some(left))
+    }
+}
+
+impl Read for DeadlineIo<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.arm()?;
+        (&*self.tcp).read(buf)
+    }
+}
+
+impl Write for DeadlineIo<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.arm()?;
+        (&*self.tcp).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        (&*self.tcp).flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::Trust;
+
+    #[test]
+    fn a_server_dribbling_bytes_cannot_stretch_the_handshake() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // A "server" that sends a plausible record header one byte at a time,
+        // each well within the timeout, for far longer than the timeout.
+        let dribbler = std::thread::spawn(move || {
+            let (mut peer, _) = listener.accept().unwrap();
+            for b in [0x16u8, 0x03, 0x03, 0x40, 0x00].iter().cycle().take(40) {
+                if peer.write_all(&[*b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let tls = TlsConfig::new(Trust::WebRoots).unwrap();
+        let started = Instant::now();
+        let result = open("127.0.0.1", port, Duration::from_millis(500), Some(&tls));
+        let took = started.elapsed();
+        assert!(result.is_err(), "a dribbling server completed a handshake?");
+        assert!(
+            took < Duration::from_secs(2),
+            "handshake took {took:?} despite a 500 ms limit"
+        );
+        let _ = dribbler.join();
     }
 }
