@@ -68,6 +68,7 @@ pub fn run(
         // Output is not a terminal (e.g. piped to tee): nothing to redraw.
         Err(_) => Box::new(|line| super::say(&line)),
     };
+    restore_on_termination(saved.clone());
     let for_reader = Arc::clone(&shared);
     let interrupt = move |end: End| leave_under_editor(&end, saved);
     let spawned = thread::Builder::new()
@@ -178,6 +179,30 @@ fn leave_under_editor(end: &End, saved: Option<Termios>) -> ! {
         end.message().unwrap_or_else(|| "disconnected".into())
     );
     std::process::exit(end.exit_code())
+}
+
+/// SIGTERM or SIGHUP while the editor holds the terminal in raw mode would
+/// leave the person's shell without echo: a watcher thread puts the saved
+/// settings back before the process ends.
+fn restore_on_termination(saved: Option<Termios>) {
+    use signal_hook::consts::{SIGHUP, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGTERM, SIGHUP]) else {
+        return;
+    };
+    let watcher = thread::Builder::new()
+        .name("natter-signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                if let Some(saved) = &saved {
+                    let _ = termios::tcsetattr(io::stdin(), SetArg::TCSADRAIN, saved);
+                }
+                eprintln!("\r\nnatter: terminated (signal {signal})");
+                std::process::exit(1);
+            }
+        });
+    if let Err(e) = watcher {
+        eprintln!("natter: cannot watch for termination signals: {e}");
+    }
 }
 
 /// rustyline's hooks: completion of command words and known usernames.

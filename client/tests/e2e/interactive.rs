@@ -183,3 +183,36 @@ fn ctrl_c_at_the_password_prompt_leaves_echo_on() {
     let (_, echo) = pty.exp_regex(" -?echo ").expect("stty's echo flag");
     assert_eq!(echo, " echo ", "the terminal was left without echo");
 }
+
+#[test]
+fn sigterm_at_the_prompt_leaves_echo_on() {
+    let server = two_users();
+    // The shell prints its pid (natter's parent), turns echo on, runs natter,
+    // then reports the echo setting as the person's shell would find it.
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args([
+        "-c",
+        "echo shell=$$; stty echo; \"$0\" --user alice 127.0.0.1 \"$1\"; echo status=$?; stty -a",
+    ])
+    .arg(crate::util::natter_bin())
+    .arg(server.port())
+    .env("NATTER_PASSWORD", "password-a")
+    .env("TERM", "xterm")
+    .env("NO_COLOR", "1");
+    let timeout = Some(TIMEOUT.as_millis() as u64);
+    let mut pty =
+        spawn_with_options(cmd, Options::new().timeout_ms(timeout)).expect("spawn sh on a pty");
+    let (_, shell) = pty.exp_regex("shell=[0-9]+").expect("the shell's pid");
+    let shell = shell.trim_start_matches("shell=").to_string();
+    pty.exp_string("alice> ")
+        .expect("the prompt (editor in raw mode)");
+    let killed = std::process::Command::new("pkill")
+        .args(["-TERM", "-P", &shell])
+        .status()
+        .expect("pkill");
+    assert!(killed.success(), "no natter under shell {shell}");
+    pty.exp_string("status=1")
+        .expect("natter ended with a failure status");
+    let (_, echo) = pty.exp_regex(" -?echo ").expect("stty's echo flag");
+    assert_eq!(echo, " echo ", "the terminal was left without echo");
+}
