@@ -20,7 +20,9 @@ use crate::error::BenchError;
 use crate::lines::{push_text, stamp, Conn};
 use crate::progress::{Progress, TICK};
 use crate::report::{Report, Value};
-use crate::setup::{self, completion, expect_ok, open_sessions, send, Session, Target, STOPPED};
+use crate::setup::{
+    self, completion, expect_ok, open_sessions, read_or_quiet, send, Read, Session, Target, STOPPED,
+};
 use crate::stats::{per_sec, secs, Latency};
 use crate::sys::CpuWatch;
 
@@ -306,18 +308,10 @@ fn read_acks(mut s: Session, sh: &Shared, hard: Instant) -> Result<Acks, BenchEr
         if all_in || sh.abort.load(Ordering::Relaxed) || Instant::now() > hard {
             break;
         }
-        let line = match s.read_line() {
-            Ok(Some(line)) => line,
-            Ok(None) => return Err(BenchError::new("natterd closed the sender's connection")),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue
-            }
-            Err(e) => return Err(e.into()),
+        let line = match read_or_quiet(&mut s)? {
+            Read::Line(line) => line,
+            Read::Closed => return Err(BenchError::new("natterd closed the sender's connection")),
+            Read::Quiet => continue,
         };
         match natter_client::parse(&line) {
             ServerLine::Ok(text) => {

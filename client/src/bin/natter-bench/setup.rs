@@ -42,6 +42,33 @@ pub struct Target<'a> {
 /// that may hold bytes already received.
 pub type Session = LineReader<Stream>;
 
+/// What one read from a session with a read timeout gave.
+pub enum Read {
+    /// A line.
+    Line(String),
+    /// natterd closed the connection.
+    Closed,
+    /// Nothing within the read timeout: look at the clock and try again.
+    Quiet,
+}
+
+/// Reads one line, telling a timeout apart from an end or an error.
+pub fn read_or_quiet(session: &mut Session) -> std::io::Result<Read> {
+    match session.read_line() {
+        Ok(Some(line)) => Ok(Read::Line(line)),
+        Ok(None) => Ok(Read::Closed),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Ok(Read::Quiet)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Connects (and with `--tls` runs the handshake) within what is left
 /// before `deadline`.
 pub fn dial(target: Target, deadline: Instant) -> Result<Session, BenchError> {
@@ -78,23 +105,16 @@ pub fn completion(
             )));
         }
         session.get_ref().tcp().set_read_timeout(Some(left))?;
-        let line = match session.read_line() {
-            Ok(Some(line)) => line,
-            Ok(None) => {
-                return Err(BenchError::new(format!(
-                    "{what}: natterd closed the connection"
-                )))
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue
-            }
-            Err(e) => return Err(BenchError::new(format!("{what}: {e}"))),
-        };
+        let line =
+            match read_or_quiet(session).map_err(|e| BenchError::new(format!("{what}: {e}")))? {
+                Read::Line(line) => line,
+                Read::Closed => {
+                    return Err(BenchError::new(format!(
+                        "{what}: natterd closed the connection"
+                    )))
+                }
+                Read::Quiet => continue,
+            };
         match parse(&line) {
             ServerLine::Event(Event::Bye { reason }) => return Err(BenchError::bye(what, &reason)),
             done @ (ServerLine::Ok(_) | ServerLine::Err { .. }) => return Ok(done),
