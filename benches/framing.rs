@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use natter::commands::{self, Command};
+use natter::commands::{self, Command, ParseError};
 use natter::session::{Frame, LineFramer};
 
 /// Lines in the framing buffer: enough (about 400 KiB) that the per-call
@@ -91,18 +91,18 @@ fn framing(c: &mut Criterion) {
 
 fn parsing(c: &mut Criterion) {
     // (line, logged_in) pairs as the reactor would hand them to `parse`.
-    let mix: Vec<(&str, bool)> = LOGGED_IN_MIX
+    let mix: Vec<(&str, Option<&str>)> = LOGGED_IN_MIX
         .iter()
-        .map(|l| (*l, true))
-        .chain(LOGGED_OUT_MIX.iter().map(|l| (*l, false)))
+        .map(|l| (*l, Some("alice")))
+        .chain(LOGGED_OUT_MIX.iter().map(|l| (*l, None)))
         .collect();
     // Every line of the mix is valid, so an Err means the bench no longer
     // measures the path it claims to (or parse regressed).
     for (line, logged_in) in &mix {
-        if let Err(reply) = commands::parse(line, *logged_in) {
+        if let Err(e) = commands::parse(line, *logged_in) {
             panic!(
                 "bench line {line:?} no longer parses: {}",
-                String::from_utf8_lossy(&reply)
+                String::from_utf8_lossy(&e.reply())
             );
         }
     }
@@ -117,7 +117,7 @@ fn parsing(c: &mut Criterion) {
         b.iter(|| {
             let mut parsed = 0usize;
             for (line, logged_in) in &mix {
-                let cmd: Result<Command, Vec<u8>> =
+                let cmd: Result<Command, ParseError> =
                     commands::parse(black_box(line), black_box(*logged_in));
                 parsed += usize::from(black_box(cmd).is_ok());
             }

@@ -11,6 +11,9 @@ mod props;
 pub mod protocol;
 pub mod reactor;
 pub mod session;
+#[doc(hidden)]
+pub mod sim;
+mod startup;
 pub mod store;
 pub mod tls;
 

@@ -1,17 +1,18 @@
-//! Property tests (proptest) for the parts every byte from the network goes
-//! through: framing, parsing, the chat logic's replies and the line encoder.
-//! They run in the normal test suite; `fuzz/` drives the same code with
+//! Property tests (proptest) for what every byte from the network goes
+//! through: the connection state machine (framing, reply order, barriers,
+//! turns, backpressure) driven through `crate::sim` with input split and
+//! jobs finished in any order, parsing, and the line encoder. They run in
+//! the normal test suite; `fuzz/` drives the same machine with
 //! coverage-guided fuzzers.
 
-use std::collections::HashMap;
-use std::time::Instant;
+use std::time::Duration;
 
 use proptest::prelude::*;
 
-use crate::commands::{self, Caller, Chat, ChatSettings, Clock, Effects, SessionRef, Step};
-use crate::config::Config;
+use crate::commands;
 use crate::protocol;
-use crate::session::frame_chunks;
+use crate::session::{MAX_IN_FLIGHT, MAX_LINES_PER_TURN};
+use crate::sim::{Sim, PASSWORD};
 
 /// Splits `bytes` at the given (unsorted, possibly repeated) points.
 fn split_at_points(bytes: &[u8], points: &[usize]) -> Vec<Vec<u8>> {
@@ -58,55 +59,188 @@ fn assert_wire_lines(bytes: &[u8]) {
     }
 }
 
-fn test_chat() -> Chat {
-    let accounts = ["alice", "bob"]
-        .iter()
-        .map(|u| {
-            let account = commands::Account {
-                hash: "h".into(),
-                unread: 0,
-                last_seen: Some(0),
-                blocks: Default::default(),
-            };
-            (u.to_string(), account)
-        })
-        .collect::<HashMap<_, _>>();
-    Chat::new(
-        ChatSettings::from(&Config::default()),
-        accounts,
-        "dummy".into(),
+/// One step of a client's and the server's life, in any order.
+#[derive(Clone, Debug)]
+enum Op {
+    /// Alice's client sends the next `n` bytes of her script.
+    Send(usize),
+    /// Bob's client sends a line.
+    Bob(&'static str),
+    /// A background job (picked by index) finishes.
+    Finish(usize),
+    /// Alice's socket takes `n` more bytes.
+    Drain(usize),
+    /// A new loop pass.
+    Pass,
+    /// A second goes by.
+    Tick,
+}
+
+fn ops() -> impl Strategy<Value = Vec<Op>> {
+    prop::collection::vec(
+        prop_oneof![
+            4 => (1usize..40).prop_map(Op::Send),
+            1 => prop_oneof![Just("send alice hey"), Just("broadcast all"), Just("ping")].prop_map(Op::Bob),
+            4 => any::<usize>().prop_map(Op::Finish),
+            2 => (0usize..200).prop_map(Op::Drain),
+            1 => Just(Op::Pass),
+            1 => Just(Op::Tick),
+        ],
+        0..120,
     )
+}
+
+/// Alice's command lines; each has a completion that tells which it was.
+fn commands_script() -> impl Strategy<Value = Vec<&'static str>> {
+    prop::collection::vec(
+        prop_oneof![
+            Just("ping"),
+            Just("whoelse"),
+            Just("history 3"),
+            Just("send bob hi"),
+            Just("broadcast hi all"),
+            Just("inbox"),
+            Just("wholast 5"),
+            Just("dance"),
+            Just("block bob"),
+            Just("   "),
+        ],
+        0..40,
+    )
+}
+
+/// The completion a command line must get, as the start of its `+`/`-` line.
+fn expected_completion(line: &str) -> Option<&'static str> {
+    Some(match line.split(' ').next().unwrap_or("") {
+        "ping" => "+ pong",
+        "whoelse" => "+ 1 online",
+        "history" => "+ 3 messages",
+        "send" => "+ delivered",
+        "broadcast" => "+ sent to",
+        "inbox" => "+ 0 unread",
+        "wholast" => "+ 1 users",
+        "dance" => "- BADCMD",
+        "block" => "+ blocked bob",
+        _ => return None,
+    })
+}
+
+/// Splits a client's output into completions and checks the shape rules:
+/// every line clean, `=` lines followed by their completion with no event
+/// in between.
+fn completions(out: &str) -> Vec<String> {
+    assert_wire_lines(out.as_bytes());
+    let mut done = Vec::new();
+    let mut in_reply = false;
+    for line in out.lines() {
+        match line.as_bytes().first() {
+            Some(b'=') => in_reply = true,
+            Some(b'*') => assert!(!in_reply, "event inside a reply:\n{out}"),
+            Some(b'+' | b'-') => {
+                in_reply = false;
+                done.push(line.to_string());
+            }
+            _ => panic!("unexpected line {line:?}"),
+        }
+    }
+    done
 }
 
 proptest! {
     #[test]
-    fn framing_does_not_depend_on_how_reads_split_the_stream(
-        bytes in traffic(),
-        points in prop::collection::vec(any::<usize>(), 0..12),
-        max_line in 1usize..64,
+    fn every_command_gets_one_completion_in_order_whatever_the_interleaving(
+        script in commands_script(),
+        ops in ops(),
     ) {
-        let whole = frame_chunks(max_line, &[&bytes]);
-        let pieces = split_at_points(&bytes, &points);
-        let refs: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
-        prop_assert_eq!(frame_chunks(max_line, &refs), whole);
-    }
-
-    #[test]
-    fn framed_lines_respect_the_limit_and_carry_no_lf(bytes in traffic(), max_line in 1usize..64) {
-        for line in frame_chunks(max_line, &[&bytes]).into_iter().flatten() {
-            prop_assert!(line.len() < max_line);
-            prop_assert!(!line.contains(&b'\n'));
+        let mut sim = Sim::new(&["alice", "bob"], Sim::limits(4096, 1 << 20));
+        let alice = sim.connect();
+        let bob = sim.connect();
+        let mut input = format!("login alice {PASSWORD}\n");
+        for line in &script {
+            input.push_str(line);
+            input.push('\n');
+        }
+        let input = input.into_bytes();
+        sim.send(bob, format!("login bob {PASSWORD}\n").as_bytes());
+        while sim.finish_job(0) {}
+        let mut sent = 0;
+        for op in ops {
+            match op {
+                Op::Send(n) => {
+                    let end = (sent + n).min(input.len());
+                    sim.send(alice, &input[sent..end]);
+                    sent = end;
+                }
+                Op::Bob(line) => sim.send(bob, format!("{line}\n").as_bytes()),
+                Op::Finish(i) => { sim.finish_job(i); }
+                Op::Drain(n) => sim.drain(alice, n),
+                Op::Pass => sim.next_pass(),
+                Op::Tick => sim.advance(Duration::from_secs(1)),
+            }
+            let session = &sim.conns[alice].session;
+            prop_assert!(session.buffered_input() <= 4096 + crate::session::INBUF_SLACK_LOGGED_IN);
+            // Held input stops growing output: at most the backlog limit
+            // plus the replies of the commands already in flight.
+            prop_assert!(session.pending_output() <= (1 << 20) + MAX_IN_FLIGHT * 4096);
+            prop_assert!(sim.breaches.is_empty(), "{:?}", sim.breaches);
+        }
+        sim.send(alice, &input[sent..]);
+        sim.settle_all();
+        prop_assert!(sim.breaches.is_empty(), "{:?}", sim.breaches);
+        let got = completions(&sim.output(alice));
+        let want: Vec<&str> = std::iter::once("+ welcome alice")
+            .chain(script.iter().filter_map(|l| expected_completion(l)))
+            .collect();
+        prop_assert_eq!(got.len(), want.len(), "completions: {:?}", got);
+        for (got, want) in got.iter().zip(&want) {
+            prop_assert!(got.starts_with(want), "got {:?}, want {:?}", got, want);
         }
     }
 
     #[test]
-    fn any_line_parses_or_gets_one_clean_error(line in "\\PC{0,200}", logged_in in any::<bool>()) {
-        match commands::parse(&line, logged_in) {
-            Ok(_) => {}
-            Err(reply) => {
-                assert_wire_lines(&reply);
-                prop_assert_eq!(reply.iter().filter(|b| **b == b'\n').count(), 1);
+    fn what_a_client_sees_does_not_depend_on_how_reads_split_its_stream(
+        bytes in traffic(),
+        points in prop::collection::vec(any::<usize>(), 0..12),
+        max_line in 16usize..64,
+    ) {
+        let run = |pieces: &[Vec<u8>]| {
+            let mut sim = Sim::new(&["alice"], Sim::limits(max_line, 1 << 20));
+            let alice = sim.connect();
+            sim.send(alice, format!("login alice {PASSWORD}\n").as_bytes());
+            sim.finish_job(0);
+            for piece in pieces {
+                sim.send(alice, piece);
             }
+            sim.settle_all();
+            sim.output(alice)
+        };
+        let whole = run(std::slice::from_ref(&bytes));
+        assert_wire_lines(whole.as_bytes());
+        prop_assert_eq!(run(&split_at_points(&bytes, &points)), whole);
+    }
+
+    #[test]
+    fn a_burst_is_handled_a_turn_at_a_time(n in 1usize..300) {
+        let mut sim = Sim::new(&["alice"], Sim::limits(4096, 1 << 20));
+        let alice = sim.connect();
+        sim.send(alice, format!("login alice {PASSWORD}\n").as_bytes());
+        sim.finish_job(0);
+        sim.drain(alice, usize::MAX);
+        sim.conns[alice].socket.written.clear();
+        sim.next_pass();
+        sim.send(alice, "ping\n".repeat(n).as_bytes());
+        prop_assert_eq!(sim.output(alice).lines().count(), n.min(MAX_LINES_PER_TURN));
+        sim.settle_all();
+        prop_assert_eq!(sim.output(alice).lines().count(), n);
+    }
+
+    #[test]
+    fn any_line_parses_or_gets_one_clean_error(line in "\\PC{0,200}", logged_in in any::<bool>()) {
+        let user = logged_in.then_some("alice");
+        if let Err(e) = commands::parse(&line, user) {
+            let reply = e.reply();
+            assert_wire_lines(&reply);
+            prop_assert_eq!(reply.iter().filter(|b| **b == b'\n').count(), 1);
         }
     }
 
@@ -122,29 +256,16 @@ proptest! {
             0..8,
         ),
     ) {
-        let line = words.join(" ");
-        let mut chat = test_chat();
-        let mut caller = Caller {
-            session: SessionRef { token: 0, id: 1 },
-            ip: "127.0.0.1".parse().expect("ip"),
-            user: Some("alice".into()),
-        };
-        let now = Clock { mono: Instant::now(), wall: 1_800_000_000 };
-        if protocol::has_forbidden_control(&line) {
-            return Ok(());
+        let mut sim = Sim::new(&["alice", "bob"], Sim::limits(4096, 1 << 20));
+        let alice = sim.connect();
+        let bob = sim.connect();
+        for (token, user) in [(alice, "alice"), (bob, "bob")] {
+            sim.send(token, format!("login {user} {PASSWORD}\n").as_bytes());
         }
-        let mut fx = Effects::default();
-        match commands::parse(&line, true) {
-            Ok(cmd) => {
-                if let Step::Reply(reply) = chat.execute(&mut caller, cmd, now, &mut fx) {
-                    assert_wire_lines(&reply);
-                }
-            }
-            Err(reply) => assert_wire_lines(&reply),
-        }
-        for push in &fx.pushes {
-            assert_wire_lines(&push.line);
-        }
+        sim.send(alice, format!("{}\n", words.join(" ")).as_bytes());
+        sim.settle_all();
+        assert_wire_lines(sim.output(alice).as_bytes());
+        assert_wire_lines(sim.output(bob).as_bytes());
     }
 
     #[test]

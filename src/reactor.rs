@@ -1,36 +1,40 @@
-//! The readiness loop. It owns the `mio::Poll`, the listener, every session
-//! (a `Slab` indexed by token), the deadline set, the one `Waker` through
-//! which the store and hashing threads report back, and the signal source.
-//! It is the only place that registers, reregisters or deregisters sockets.
+//! The readiness loop and its syscalls. It owns the `mio::Poll`, the
+//! listeners, the `Slab` of connections (a socket and its [`Session`]), the
+//! deadline set, the one `Waker` through which the store and hashing threads
+//! report back, and the signal source. It is the only place that registers,
+//! reregisters or deregisters sockets, and it decides no per-connection rule:
+//! those are the session's (`session.rs`); the reactor moves bytes and
+//! events between sessions and sockets and reconciles each socket with what
+//! its session wants ([`Server::settle`]).
 //!
 //! One pass: poll (timeout = earliest deadline, or zero while work is left
-//! over), handle every event, give resumed sessions their turn, fire due
-//! timers, write every pending reply and a slice of event output, reap
-//! closed sessions.
-//! Nothing here blocks: disk and hashing go to their threads, and their
-//! results come back through the completion channel.
+//! over), note readiness, apply finished jobs, fire due timers, serve every
+//! ready connection (read, handle lines, write replies), write event output
+//! for a slice of connections, reap the closed. Nothing here blocks: disk
+//! and hashing go to their threads, and their results come back through the
+//! completion channel.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener as StdListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::auth::{self, HashOutcome, HashWork, HasherPool};
+use crate::auth::{HashOutcome, HashWork, HasherPool};
 use crate::commands::{
-    self, Account, Caller, Chat, ChatSettings, Clock, Cont, Effects, Job, LockKey, SessionRef,
-    Step, Work, WorkResult,
+    Chat, Clock, Cont, Delivery, Effects, Job, LockKey, SessionRef, Step, Work, WorkResult,
 };
-use crate::config::{Config, Registration};
-use crate::protocol::{self, ByeReason, ErrorCode};
-use crate::session::{CloseState, Frame, RateBucket, Session, Transport, MAX_IN_FLIGHT};
-use crate::store::{Store, StoreHandle, StoreRequest};
+use crate::config::Config;
+use crate::protocol::{self, ByeReason};
+use crate::session::{Ending, Limits, Outbox, Pushed, ReadStatus, ReplyTo, Session, Transport};
+use crate::startup;
+use crate::store::{StoreHandle, StoreRequest};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const TLS_LISTENER: Token = Token(usize::MAX - 4);
@@ -42,20 +46,14 @@ const EVENTS_CAPACITY: usize = 1024;
 /// How long a shutdown waits for replies to be flushed before giving up;
 /// under the 5 seconds the contract promises, with room for the final commit.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
-/// How long a closing session may take to drain its output.
-const CLOSE_LINGER: Duration = Duration::from_secs(5);
 /// Pause before accepting again after running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// Most unread input thrown away when closing politely (see
-/// `Session::discard_input`); beyond that a peer still sending gets a reset.
+/// Most unread input thrown away when closing politely; beyond that a peer
+/// still sending gets a reset. Closing a socket with unread input makes the
+/// kernel send a reset, which can destroy the goodbye still in flight.
 const DISCARD_ON_CLOSE: usize = 1 << 20;
-/// Lines one session may have handled per loop pass. A client pipelining
-/// thousands of broadcasts would otherwise hold the loop for the whole burst
-/// while everyone else's events wait; the rest of its input is handled on the
-/// next pass, after the events that arrived meanwhile.
-const MAX_LINES_PER_TURN: usize = 64;
-/// Sessions whose event output is written per pass. Each write to a local
-/// peer costs microseconds (the kernel delivers it in our time), so a
+/// Connections whose event output is written per pass. Each write to a
+/// local peer costs microseconds (the kernel delivers it in our time), so a
 /// fan-out to 1000 in one go would hold the loop for milliseconds; in slices
 /// of this size, input (a ping) waits at most one slice.
 const MAX_EVENT_FLUSHES_PER_PASS: usize = 128;
@@ -63,11 +61,11 @@ const MAX_EVENT_FLUSHES_PER_PASS: usize = 128;
 /// 19 MiB; two workers keep logins flowing without starving the loop's core.
 const HASH_THREADS: usize = 2;
 
-/// Routing for a background job's result: which session and command it
-/// answers (none for background writes) and what to do with it.
+/// Routing for a background job's result: the command it answers (none for
+/// background writes) and what to do with it.
 #[derive(Debug)]
 pub struct Tag {
-    target: Option<(SessionRef, u64)>,
+    reply_to: Option<ReplyTo>,
     cont: Cont,
 }
 
@@ -135,6 +133,26 @@ pub struct Listeners {
     pub tls: Option<(StdListener, Arc<rustls::ServerConfig>)>,
 }
 
+/// One connection: the socket, what the poller knows of it, and its session.
+struct Conn {
+    stream: TcpStream,
+    session: Session,
+    /// The socket may hold input not yet read. Readiness is edge-triggered:
+    /// set by a readable event, cleared only by `WouldBlock` or EOF.
+    readable: bool,
+    /// Whether WRITABLE is registered.
+    write_interest: bool,
+    /// When this connection's live entry in the deadline set fires. Entries
+    /// with another time are stale and ignored when they fire.
+    timer_at: Option<Instant>,
+    /// On the ready list.
+    in_ready: bool,
+    /// On the event-output queue.
+    in_events: bool,
+    /// On the close list.
+    in_close: bool,
+}
+
 /// The server: everything the loop owns.
 pub struct Server {
     poll: Poll,
@@ -146,39 +164,46 @@ pub struct Server {
     listening: bool,
     /// No accepting before this (file descriptors ran out).
     accept_paused_until: Option<Instant>,
-    sessions: Slab<Session>,
-    /// Open sessions per peer address, for --max-per-ip.
+    conns: Slab<Conn>,
+    /// Open connections per peer address, for --max-per-ip.
     per_ip: HashMap<IpAddr, usize>,
     /// Next session id; ids are never reused.
     next_id: u64,
     chat: Chat,
     config: Config,
+    /// What every session enforces, from `config`.
+    limits: Limits,
+    /// The first lines of every connection, formatted once.
+    greeting: Vec<u8>,
     /// Every timer, earliest first. Entries are never removed early; a
     /// firing entry is checked against the current state (lazy deletion).
     deadlines: BTreeSet<(Instant, Timer)>,
     store: StoreHandle<Tag>,
     hasher: HasherPool<Tag>,
     completions: Receiver<Completion>,
-    /// Jobs that could not be handed to their thread; answered on the next pass.
+    /// Jobs that could not be handed to their thread; answered next pass.
     failed_jobs: Vec<Completion>,
     waker: Arc<Waker>,
     shutdown_flag: Arc<AtomicBool>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
-    /// Sessions with output to write at the end of the pass.
-    to_flush: VecDeque<usize>,
-    /// Sessions with a reply to write: written every pass, before events,
-    /// so a ping's answer never waits behind a fan-out.
-    to_flush_now: Vec<usize>,
-    /// Sessions marked for closing, reaped at the end of the pass.
+    /// Connections to serve this pass: input to read or handle, a reply or
+    /// a handshake to write.
+    ready: Vec<usize>,
+    /// Connections with event output, written first come first served, at
+    /// most `MAX_EVENT_FLUSHES_PER_PASS` a pass.
+    events: VecDeque<usize>,
+    /// Sessions whose line turn ran out with input left; served next pass.
+    resume: Vec<SessionRef>,
+    /// Connections whose session may be finished, reaped at the end of the pass.
     to_close: Vec<usize>,
-    /// Sessions with input left over after their turn, resumed next pass.
-    to_resume: Vec<SessionRef>,
     /// Background jobs not yet answered.
     jobs_in_flight: usize,
     /// Set once shutdown starts: the time by which the loop exits regardless.
     shutting_down: Option<Instant>,
     /// Time as of the current pass.
     clock: Clock,
+    /// Loop passes so far: a session's line budget is per pass.
+    pass: u64,
     /// Refused connections (busy, per address) are logged at most once a second.
     refusal_log: LogThrottle,
     /// Failed TLS handshakes likewise.
@@ -186,19 +211,16 @@ pub struct Server {
     stats: Stats,
 }
 
-fn now_clock() -> Clock {
-    let wall = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    Clock {
-        mono: Instant::now(),
-        wall,
-    }
-}
-
 fn other_error(msg: impl Into<String>) -> io::Error {
     io::Error::other(msg.into())
+}
+
+fn register_listener(poll: &Poll, listener: StdListener, token: Token) -> io::Result<TcpListener> {
+    listener.set_nonblocking(true)?;
+    let mut listener = TcpListener::from_std(listener);
+    poll.registry()
+        .register(&mut listener, token, Interest::READABLE)?;
+    Ok(listener)
 }
 
 impl Server {
@@ -216,41 +238,7 @@ impl Server {
     /// Like [`Server::new`], with any combination of plaintext and TLS listeners.
     pub fn with_listeners(listeners: Listeners, config: Config) -> io::Result<Server> {
         config.validate().map_err(other_error)?;
-        let mut store = Store::open(&config.data).map_err(|e| other_error(e.to_string()))?;
-        store.set_fault_file(config.store_fault_file.clone());
-        if let Some(path) = &config.users {
-            import_users(&mut store, path, &config)?;
-        }
-        let snapshot = store
-            .load()
-            .map_err(|e| other_error(format!("cannot load {}: {e}", store.path().display())))?;
-        let mut accounts: HashMap<String, Account> = snapshot
-            .users
-            .into_iter()
-            .map(|(name, (hash, last_seen))| {
-                let unread = snapshot.unread.get(&name).copied().unwrap_or(0);
-                let account = Account {
-                    hash,
-                    unread,
-                    last_seen,
-                    blocks: Default::default(),
-                };
-                (name, account)
-            })
-            .collect();
-        for (blocker, blocked) in snapshot.blocks {
-            if let Some(a) = accounts.get_mut(&blocker) {
-                a.blocks.insert(blocked);
-            }
-        }
-        let dummy_hash =
-            auth::hash_password("natter-dummy-password", config.hash_cost).map_err(other_error)?;
-        let chat = Chat::new(ChatSettings::from(&config), accounts, dummy_hash);
-        log::info!(
-            "{} users loaded from {}",
-            chat.user_count(),
-            store.path().display()
-        );
+        let (store, chat) = startup::open(&config)?;
 
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -278,23 +266,11 @@ impl Server {
         })?;
 
         let listener = match listeners.plain {
-            Some(l) => {
-                l.set_nonblocking(true)?;
-                let mut l = TcpListener::from_std(l);
-                poll.registry()
-                    .register(&mut l, LISTENER, Interest::READABLE)?;
-                Some(l)
-            }
+            Some(l) => Some(register_listener(&poll, l, LISTENER)?),
             None => None,
         };
         let tls_listener = match listeners.tls {
-            Some((l, tls)) => {
-                l.set_nonblocking(true)?;
-                let mut l = TcpListener::from_std(l);
-                poll.registry()
-                    .register(&mut l, TLS_LISTENER, Interest::READABLE)?;
-                Some((l, tls))
-            }
+            Some((l, tls)) => Some((register_listener(&poll, l, TLS_LISTENER)?, tls)),
             None => None,
         };
 
@@ -304,10 +280,12 @@ impl Server {
             tls_listener,
             listening: true,
             accept_paused_until: None,
-            sessions: Slab::new(),
+            conns: Slab::new(),
             per_ip: HashMap::new(),
             next_id: 1,
             chat,
+            limits: Limits::from(&config),
+            greeting: startup::greeting(&config),
             config,
             deadlines: BTreeSet::new(),
             store,
@@ -317,13 +295,14 @@ impl Server {
             waker,
             shutdown_flag: Arc::new(AtomicBool::new(false)),
             signals: None,
-            to_flush: VecDeque::new(),
-            to_flush_now: Vec::new(),
+            ready: Vec::new(),
+            events: VecDeque::new(),
+            resume: Vec::new(),
             to_close: Vec::new(),
-            to_resume: Vec::new(),
             jobs_in_flight: 0,
             shutting_down: None,
-            clock: now_clock(),
+            clock: Clock::now(),
+            pass: 0,
             refusal_log: LogThrottle::default(),
             tls_error_log: LogThrottle::default(),
             stats: Stats::default(),
@@ -378,10 +357,11 @@ impl Server {
                 }
                 return Err(e);
             }
-            // Turns that ended last pass resume after this pass's events.
-            let resumes = std::mem::take(&mut self.to_resume);
             // poll can return late; every decision of this pass uses this time.
-            self.clock = now_clock();
+            self.clock = Clock::now();
+            self.pass += 1;
+            // Turns that ran out last pass go after this pass's events.
+            let resumes = std::mem::take(&mut self.resume);
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_ready(false),
@@ -389,25 +369,33 @@ impl Server {
                     WAKER => self.drain_completions(),
                     SIGNALS => self.on_signals(),
                     Token(token) => {
-                        if event.is_writable() {
-                            self.flush_one(token);
+                        let input =
+                            event.is_readable() || event.is_read_closed() || event.is_error();
+                        if let Some(conn) = self.conns.get_mut(token) {
+                            conn.readable |= input;
                         }
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.read_ready(token);
-                        }
+                        self.mark_ready(token);
                     }
                 }
             }
             self.drain_completions();
-            self.resume_turns(resumes);
+            for sref in resumes {
+                if self.is_live(sref) {
+                    self.mark_ready(sref.token);
+                }
+            }
             self.fire_timers();
             if self.shutting_down.is_none() && self.shutdown_flag.load(Ordering::SeqCst) {
                 self.begin_shutdown();
             }
-            self.flush_all();
+            self.serve_ready();
+            self.write_events();
+            // Writing events can let a session's waiting lines run, whose
+            // replies must not wait for the next pass.
+            self.serve_ready();
             self.reap();
             if let Some(deadline) = self.shutting_down {
-                let idle = self.sessions.is_empty() && self.jobs_in_flight == 0;
+                let idle = self.conns.is_empty() && self.jobs_in_flight == 0;
                 if idle || self.clock.mono >= deadline {
                     break;
                 }
@@ -419,16 +407,16 @@ impl Server {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
+        if !self.failed_jobs.is_empty()
+            || !self.resume.is_empty()
+            || !self.events.is_empty()
+            || !self.ready.is_empty()
+        {
+            return Some(Duration::ZERO);
+        }
         let mut next = self.deadlines.first().map(|(at, _)| *at);
         if let Some(deadline) = self.shutting_down {
             next = Some(next.map_or(deadline, |n| n.min(deadline)));
-        }
-        if !self.failed_jobs.is_empty()
-            || !self.to_resume.is_empty()
-            || !self.to_flush.is_empty()
-            || !self.to_flush_now.is_empty()
-        {
-            return Some(Duration::ZERO);
         }
         next.map(|at| at.saturating_duration_since(Instant::now()))
     }
@@ -477,12 +465,12 @@ impl Server {
         addr: SocketAddr,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) {
-        if self.sessions.len() >= self.config.max_clients {
+        if self.conns.len() >= self.config.max_clients {
             self.stats.refused_busy += 1;
             if let Some(skipped) = self.refusal_log.allow(self.clock.mono) {
                 log::warn!(
                     "refusing {addr}: {} clients connected{}",
-                    self.sessions.len(),
+                    self.conns.len(),
                     skipped_note(skipped)
                 );
             }
@@ -517,7 +505,7 @@ impl Server {
                 }
             },
         };
-        let entry = self.sessions.vacant_entry();
+        let entry = self.conns.vacant_entry();
         let token = entry.key();
         if let Err(e) = self
             .poll
@@ -529,314 +517,323 @@ impl Server {
         }
         let id = self.next_id;
         self.next_id += 1;
-        let now = self.clock.mono;
-        let caller = Caller {
-            session: SessionRef { token, id },
-            ip: addr.ip(),
-            user: None,
-        };
-        let bucket = RateBucket::new(self.config.rate, self.config.burst, now);
-        let mut session = Session::new(
-            id,
-            stream,
+        let sref = SessionRef { token, id };
+        let session = Session::new(
+            sref,
+            addr.ip(),
             transport,
-            caller,
-            self.config.max_line,
-            bucket,
-            now,
+            self.limits,
+            &self.greeting,
+            self.clock.mono,
         );
-        session.push_output(&greeting(&self.config));
-        let deadline = session.deadline(self.config.login_timeout(), self.config.idle_timeout());
-        session.timer_at = Some(deadline);
-        entry.insert(session);
+        entry.insert(Conn {
+            stream,
+            session,
+            readable: false,
+            write_interest: false,
+            timer_at: None,
+            in_ready: false,
+            in_events: false,
+            in_close: false,
+        });
         *self.per_ip.entry(addr.ip()).or_default() += 1;
-        self.deadlines
-            .insert((deadline, Timer::Session(SessionRef { token, id })));
         self.stats.accepted += 1;
         log::debug!("session {id} connected from {addr}");
-        self.queue_flush_now(token);
+        // The greeting goes out this pass.
+        self.mark_ready(token);
     }
 
-    // ----- reading and commands --------------------------------------------
+    // ----- serving connections ---------------------------------------------
 
-    fn read_ready(&mut self, token: usize) {
-        let Some(s) = self.sessions.get_mut(token) else {
+    fn mark_ready(&mut self, token: usize) {
+        if let Some(conn) = self.conns.get_mut(token) {
+            if !conn.in_ready {
+                conn.in_ready = true;
+                self.ready.push(token);
+            }
+        }
+    }
+
+    fn serve_ready(&mut self) {
+        while let Some(token) = self.ready.pop() {
+            self.serve(token);
+        }
+    }
+
+    /// Reads what the session may take, lets it handle its lines, writes
+    /// what it has to say, and reconciles the socket with the session.
+    fn serve(&mut self, token: usize) {
+        let Some(conn) = self.conns.get_mut(token) else {
             return;
         };
-        if s.close != CloseState::Open || s.read_closed {
-            return;
-        }
-        let tls = matches!(s.transport, Transport::Tls(_));
-        if !s.turn_over {
-            s.turn_lines = 0;
-        }
-        match s.read_from_socket() {
-            Ok(full) => s.read_paused = full,
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                // A failed handshake or garbage on the TLS port: worth an
-                // operator's eye, not a warning.
-                if let Some(skipped) = self.tls_error_log.allow(self.clock.mono) {
-                    log::info!(
-                        "session {} from {}: {e}; closing{}",
-                        s.id,
-                        s.ip,
-                        skipped_note(skipped)
-                    );
-                }
-                self.mark_close(token, CloseState::CloseNow);
-                return;
-            }
-            Err(e) => {
-                log::debug!("session {}: read error: {e}", s.id);
-                self.mark_close(token, CloseState::CloseNow);
-                return;
-            }
-        }
-        if tls {
-            // Reading may have produced handshake messages or alerts to send.
-            self.queue_flush_now(token);
-        }
-        self.drive(token);
-    }
-
-    /// Whether the session's next line may be handled now.
-    fn can_process(&self, s: &Session) -> bool {
-        s.close == CloseState::Open
-            && !s.barrier
-            && !s.quit
-            && s.replies.outstanding() < MAX_IN_FLIGHT
-            && s.pending_output() <= self.config.max_outbuf
-            && !s.turn_over
-            && self.shutting_down.is_none()
-    }
-
-    /// Handles whatever input the session may handle now, reading more while
-    /// reading had been paused for room, then closes it if it is done.
-    fn drive(&mut self, token: usize) {
+        conn.in_ready = false;
         loop {
-            self.process_lines(token);
-            let Some(s) = self.sessions.get(token) else {
+            let Some(conn) = self.conns.get_mut(token) else {
                 return;
             };
-            let resume_read = s.read_paused
-                && !s.read_closed
-                && s.inbuf.len() < s.inbuf_limit()
-                && self.can_process(s);
-            if !resume_read {
-                break;
+            // Writing first frees room that decides whether input is handled.
+            if conn.session.wants_write() {
+                let _ = conn.session.write_to(&mut conn.stream);
             }
-            let Some(s) = self.sessions.get_mut(token) else {
-                return;
-            };
-            let before = s.inbuf.len();
-            match s.read_from_socket() {
-                Ok(full) => s.read_paused = full,
-                Err(e) => {
-                    log::debug!("session {}: read error: {e}", s.id);
-                    self.mark_close(token, CloseState::CloseNow);
-                    return;
-                }
-            }
-            if s.inbuf.len() == before && !s.read_closed {
-                break;
-            }
-        }
-        self.maybe_finish(token);
-    }
-
-    /// Frames and handles complete lines, then compacts the buffer once.
-    fn process_lines(&mut self, token: usize) {
-        let mut consumed = 0;
-        loop {
-            let Some(s) = self.sessions.get(token) else {
-                return;
-            };
-            if !self.can_process(s) {
-                break;
-            }
-            let Some(s) = self.sessions.get_mut(token) else {
-                return;
-            };
-            if s.turn_lines >= MAX_LINES_PER_TURN {
-                s.turn_over = true;
-                self.to_resume.push(s.caller.session);
-                break;
-            }
-            s.turn_lines += 1;
-            let (used, frame) = s.framer.next_frame(&s.inbuf[consumed..]);
-            match frame {
-                None if used == 0 => {
-                    if s.read_closed && consumed < s.inbuf.len() {
-                        // The peer closed after a last line without LF: netcat
-                        // users forget it; treat it as a line.
-                        let line = s.inbuf[consumed..].to_vec();
-                        consumed = s.inbuf.len();
-                        self.handle_line(token, line);
-                        continue;
+            let mut read_any = false;
+            if conn.readable && conn.session.wants_read() {
+                read_any = true;
+                match conn.session.read_from(&mut conn.stream) {
+                    Ok(ReadStatus::Full) => {}
+                    Ok(ReadStatus::Drained | ReadStatus::Eof) => conn.readable = false,
+                    Err(e) => {
+                        conn.readable = false;
+                        let id = conn.session.id();
+                        let ip = conn.session.caller().ip;
+                        if e.kind() == io::ErrorKind::InvalidData {
+                            // A failed handshake or garbage on the TLS port:
+                            // worth an operator's eye, not a warning.
+                            if let Some(skipped) = self.tls_error_log.allow(self.clock.mono) {
+                                log::info!(
+                                    "session {id} from {ip}: {e}; closing{}",
+                                    skipped_note(skipped)
+                                );
+                            }
+                        } else {
+                            log::debug!("session {id}: read error: {e}");
+                        }
+                        break;
                     }
-                    break;
-                }
-                None => consumed += used,
-                Some(Frame::TooLong) => {
-                    consumed += used;
-                    self.reply_too_long(token);
-                }
-                Some(Frame::Line(line)) => {
-                    let line = line.to_vec();
-                    consumed += used;
-                    self.handle_line(token, line);
                 }
             }
+            let mut outbox = Outbox::default();
+            let turn_over =
+                conn.session
+                    .process(&mut self.chat, self.clock, self.pass, &mut outbox);
+            if conn.session.wants_write() {
+                let _ = conn.session.write_to(&mut conn.stream);
+            }
+            // Handling lines made room for what the socket still holds, or
+            // writing made room for lines that waited on output.
+            let room = read_any && conn.readable && conn.session.wants_read();
+            let again = !turn_over && (room || conn.session.has_work());
+            let sref = conn.session.caller().session;
+            self.apply(outbox);
+            if turn_over {
+                self.resume.push(sref);
+            }
+            if !again {
+                break;
+            }
         }
-        if let Some(s) = self.sessions.get_mut(token) {
-            s.consume_input(consumed);
-        }
+        self.settle(token);
     }
 
-    /// Gives sessions whose turn ended with input left their next turn.
-    fn resume_turns(&mut self, resumes: Vec<SessionRef>) {
-        for sref in resumes {
-            if let Some(s) = self
-                .sessions
-                .get_mut(sref.token)
-                .filter(|s| s.id == sref.id)
+    /// Makes the socket and the timers match what the session now wants:
+    /// takes a departing session out of the chat, moves its timer earlier if
+    /// its deadline came closer, asks for WRITABLE only while output waits,
+    /// and queues a finished session for reaping.
+    fn settle(&mut self, token: usize) {
+        let Some(conn) = self.conns.get_mut(token) else {
+            return;
+        };
+        let sref = conn.session.caller().session;
+        if let Some(ending) = conn.session.take_departure() {
+            // From here on it is no longer online: nothing more is
+            // delivered to it.
+            let leaving = self.chat.disconnect(conn.session.caller(), self.clock);
+            let ip = conn.session.caller().ip;
+            self.count_departure(sref.id, ip, ending);
+            if let Some(request) = leaving {
+                self.background(request);
+            }
+        }
+        let Some(conn) = self.conns.get_mut(token) else {
+            return;
+        };
+        if let Some(due) = conn.session.deadline() {
+            if conn.timer_at.is_none_or(|at| due < at) {
+                conn.timer_at = Some(due);
+                self.deadlines.insert((due, Timer::Session(sref)));
+            }
+        }
+        if conn.session.is_finished() {
+            if !conn.in_close {
+                conn.in_close = true;
+                self.to_close.push(token);
+            }
+            return;
+        }
+        let want_write = conn.session.wants_write();
+        if want_write != conn.write_interest {
+            let interest = if want_write {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            match self
+                .poll
+                .registry()
+                .reregister(&mut conn.stream, Token(token), interest)
             {
-                s.turn_over = false;
-                s.turn_lines = 0;
-                self.drive(sref.token);
+                Ok(()) => conn.write_interest = want_write,
+                Err(e) => {
+                    log::warn!("session {}: reregister failed: {e}", sref.id);
+                    conn.session.close_now(Ending::IoError);
+                    self.settle(token);
+                }
             }
         }
     }
 
-    /// Answers an overlong line: a command line like any other for rate
-    /// limiting, refused with `TOOLONG`.
-    fn reply_too_long(&mut self, token: usize) {
-        let Some(seq) = self.begin_command(token) else {
-            return;
-        };
-        if let Some(s) = self.sessions.get(token) {
-            let text = format!("line longer than {} bytes discarded", s.framer.max_line());
-            self.release(token, seq, protocol::err(ErrorCode::TooLong, &text));
-        }
-    }
-
-    /// Starts a command line: gives it its place in the reply order, counts
-    /// it as activity, and takes a rate token. Returns its sequence number,
-    /// or `None` if it was refused (`RATE`, perhaps `* bye flood`).
-    fn begin_command(&mut self, token: usize) -> Option<u64> {
-        let now = self.clock;
-        let flood_limit = self.flood_limit();
-        let s = self.sessions.get_mut(token)?;
-        let seq = s.replies.begin();
-        s.last_command = now.mono;
-        if s.bucket.try_take(now.mono) {
-            s.rate_strikes = 0;
-            return Some(seq);
-        }
-        s.rate_strikes += 1;
-        let flooding = s.rate_strikes >= flood_limit;
-        let id = s.id;
-        let refusal = protocol::err(ErrorCode::Rate, "too many commands; slow down");
-        self.release(token, seq, refusal);
-        if flooding {
-            self.stats.closed_flood += 1;
-            log::warn!(
-                "session {id}: closing, still flooding after {flood_limit} refused commands"
-            );
-            self.say_bye(token, ByeReason::Flood);
-        }
-        None
-    }
-
-    fn handle_line(&mut self, token: usize, line: Vec<u8>) {
-        if line.iter().all(|b| *b == b' ' || *b == b'\t') {
-            return;
-        }
-        let now = self.clock;
-        let Some(seq) = self.begin_command(token) else {
-            return;
-        };
-        let Some(s) = self.sessions.get_mut(token) else {
-            return;
-        };
-        let Ok(text) = std::str::from_utf8(&line) else {
-            self.release(
-                token,
-                seq,
-                protocol::err(ErrorCode::BadUtf8, "line is not valid UTF-8"),
-            );
-            return;
-        };
-        if protocol::has_forbidden_control(text) {
-            self.release(
-                token,
-                seq,
-                protocol::err(ErrorCode::BadText, "control characters are not allowed"),
-            );
-            return;
-        }
-        let cmd = match commands::parse(text, s.caller.user.is_some()) {
-            Ok(cmd) => cmd,
-            Err(reply) => {
-                self.release(token, seq, reply);
-                return;
+    /// Logs a session's end and counts policy disconnects.
+    fn count_departure(&mut self, id: u64, ip: IpAddr, ending: Ending) {
+        match ending {
+            Ending::Bye(ByeReason::Flood) => {
+                self.stats.closed_flood += 1;
+                log::warn!(
+                    "session {id} from {ip}: closing, still flooding after refused commands"
+                );
             }
-        };
-        let mut fx = Effects::default();
-        let step = self.chat.execute(&mut s.caller, cmd, now, &mut fx);
-        if fx.close_caller {
-            s.quit = true;
+            Ending::Bye(ByeReason::Slow) => {
+                self.stats.closed_slow += 1;
+                log::warn!(
+                    "session {id} from {ip}: closing, output backlog passed {} bytes",
+                    self.config.max_outbuf
+                );
+            }
+            Ending::Bye(ByeReason::Idle) => {
+                self.stats.closed_idle += 1;
+                log::debug!("session {id}: idle timeout");
+            }
+            Ending::Bye(ByeReason::Timeout) => {
+                self.stats.closed_login_timeout += 1;
+                log::debug!("session {id}: login timeout");
+            }
+            Ending::Linger => log::debug!("session {id}: output not drained in time; dropping"),
+            other => log::debug!("session {id}: closing ({other:?})"),
         }
-        let session = s.caller.session;
-        match step {
-            Step::Reply(reply) => self.release(token, seq, reply),
-            Step::Wait(job) => {
-                s.barrier = job.cont.is_barrier();
-                self.dispatch(job, Some((session, seq)));
+    }
+
+    /// Queues a connection's event output (written first come, first served).
+    fn write_soon(&mut self, token: usize) {
+        if let Some(conn) = self.conns.get_mut(token) {
+            if !conn.in_events {
+                conn.in_events = true;
+                self.events.push_back(token);
             }
         }
-        self.apply(fx);
     }
 
-    /// Consecutive `RATE` refusals after which a client is dropped for flooding.
-    fn flood_limit(&self) -> u32 {
-        self.config.burst.max(10).saturating_mul(2)
+    /// Writes event output for at most `MAX_EVENT_FLUSHES_PER_PASS`
+    /// connections: a fan-out to thousands is spread over several passes,
+    /// with a poll for new input between them.
+    fn write_events(&mut self) {
+        for _ in 0..MAX_EVENT_FLUSHES_PER_PASS {
+            let Some(token) = self.events.pop_front() else {
+                break;
+            };
+            let Some(conn) = self.conns.get_mut(token) else {
+                continue;
+            };
+            conn.in_events = false;
+            let _ = conn.session.write_to(&mut conn.stream);
+            // Output that had held its input back has drained: serve it.
+            let blocked_input = conn.readable || !conn.session.wants_read();
+            if conn.session.is_open() && blocked_input {
+                self.mark_ready(token);
+            }
+            self.settle(token);
+        }
     }
 
-    /// Gives a command its reply and writes every reply now in order.
-    fn release(&mut self, token: usize, seq: u64, reply: Vec<u8>) {
-        let Some(s) = self.sessions.get_mut(token) else {
-            return;
+    // ----- what sessions produce ------------------------------------------
+
+    fn apply(&mut self, outbox: Outbox) {
+        for (job, reply_to) in outbox.jobs {
+            self.dispatch(job, reply_to);
+        }
+        self.apply_effects(outbox.effects);
+    }
+
+    fn apply_effects(&mut self, fx: Effects) {
+        for delivery in fx.deliveries {
+            self.deliver(delivery);
+        }
+        let now = self.clock.mono;
+        for (sref, reason) in fx.closes {
+            if let Some(conn) = self.live_conn(sref) {
+                conn.session.say_bye(reason, now);
+                self.settle(sref.token);
+                self.write_soon(sref.token);
+            }
+        }
+        for request in fx.background {
+            self.background(request);
+        }
+        for (at, key) in fx.lock_timers {
+            self.deadlines.insert((at, Timer::Lock(key)));
+        }
+    }
+
+    /// Queues an event line for one session; one whose unread backlog
+    /// passes the limit is dropped rather than allowed to grow without
+    /// bound. A stored message that no session took goes back to the inbox.
+    fn deliver(&mut self, delivery: Delivery) {
+        let stored_id = delivery.stored.as_ref().map(|s| s.id);
+        let taken = match self.live_conn(delivery.to) {
+            None => false,
+            Some(conn) => match conn.session.push_event(&delivery.line, stored_id) {
+                Pushed::Refused => false,
+                Pushed::Taken => {
+                    self.write_soon(delivery.to.token);
+                    true
+                }
+                Pushed::OverLimit => {
+                    // Its backlog may only be waiting for its turn to be
+                    // written: see what the socket takes before calling
+                    // the reader slow.
+                    if !conn.write_interest {
+                        let _ = conn.session.write_to(&mut conn.stream);
+                    }
+                    if conn.session.is_open() && conn.session.over_backlog() {
+                        conn.session.drop_slow();
+                    }
+                    self.settle(delivery.to.token);
+                    self.write_soon(delivery.to.token);
+                    true
+                }
+            },
         };
-        for bytes in s.replies.finish(seq, reply) {
-            s.push_reply(&bytes);
+        if let (false, Some(stored)) = (taken, delivery.stored) {
+            let request = self.chat.undelivered(&stored.recipient, &[stored.id]);
+            self.background(request);
         }
-        self.queue_flush_now(token);
     }
 
-    /// Closes a finished session: after `quit`, at EOF, or during shutdown,
-    /// once every reply it is owed has been written to its buffer.
-    fn maybe_finish(&mut self, token: usize) {
-        let shutting_down = self.shutting_down.is_some();
-        let Some(s) = self.sessions.get(token) else {
-            return;
-        };
-        if s.close != CloseState::Open || s.replies.outstanding() > 0 {
-            return;
-        }
-        if s.quit || (s.read_closed && s.inbuf.is_empty()) {
-            self.mark_close(token, CloseState::CloseAfterFlush);
-        } else if shutting_down {
-            self.say_bye(token, ByeReason::Shutdown);
-        }
+    fn live_conn(&mut self, sref: SessionRef) -> Option<&mut Conn> {
+        self.conns
+            .get_mut(sref.token)
+            .filter(|c| c.session.id() == sref.id)
+    }
+
+    fn is_live(&self, sref: SessionRef) -> bool {
+        self.conns
+            .get(sref.token)
+            .is_some_and(|c| c.session.id() == sref.id)
     }
 
     // ----- background work -------------------------------------------------
 
-    fn dispatch(&mut self, job: Job, target: Option<(SessionRef, u64)>) {
+    fn background(&mut self, request: StoreRequest) {
+        self.dispatch(
+            Job {
+                cont: Cont::Background,
+                work: Work::Store(request),
+            },
+            None,
+        );
+    }
+
+    fn dispatch(&mut self, job: Job, reply_to: Option<ReplyTo>) {
         self.jobs_in_flight += 1;
         let tag = Tag {
-            target,
+            reply_to,
             cont: job.cont,
         };
         let failed = match job.work {
@@ -876,306 +873,37 @@ impl Server {
 
     fn on_completion(&mut self, c: Completion) {
         self.jobs_in_flight = self.jobs_in_flight.saturating_sub(1);
-        let Tag { target, cont } = c.tag;
-        let barrier = cont.is_barrier();
-        let now = self.clock;
-        // A reply for a session that has gone, or whose slot now holds a
-        // newer session, must not reach it; the state change still happens.
-        let live = target.filter(|(sref, _)| {
-            self.sessions
-                .get(sref.token)
-                .is_some_and(|s| s.id == sref.id && s.close == CloseState::Open)
+        let Tag { reply_to, cont } = c.tag;
+        let clock = self.clock;
+        // A reply for a session that has gone, or is closing, or whose slot
+        // now holds a newer session, must not reach it; the state change
+        // still happens.
+        let live = reply_to.filter(|r| {
+            self.conns
+                .get(r.session.token)
+                .is_some_and(|c| c.session.id() == r.session.id && c.session.is_open())
         });
-        let caller = live
-            .and_then(|(sref, _)| self.sessions.get_mut(sref.token))
-            .map(|s| &mut s.caller);
-        let mut fx = Effects::default();
-        let step = self.chat.complete(caller, cont, c.result, now, &mut fx);
-        match step {
-            Step::Wait(job) => self.dispatch(job, live),
-            Step::Reply(reply) => {
-                if let Some((sref, seq)) = live {
-                    if barrier {
-                        if let Some(s) = self.sessions.get_mut(sref.token) {
-                            s.barrier = false;
-                        }
-                        // A login swaps the login deadline for the idle one,
-                        // which may come sooner, and lifts the stranger's line limit.
-                        self.refresh_timer(sref.token);
-                        let max_line = self.config.max_line;
-                        if let Some(s) = self
-                            .sessions
-                            .get_mut(sref.token)
-                            .filter(|s| s.caller.user.is_some())
-                        {
-                            s.framer.set_max_line(max_line);
-                        }
-                    }
-                    self.release(sref.token, seq, reply);
+        match live.and_then(|r| Some((r, self.conns.get_mut(r.session.token)?))) {
+            Some((reply_to, conn)) => {
+                let mut outbox = Outbox::default();
+                conn.session.complete(
+                    &mut self.chat,
+                    reply_to.seq,
+                    cont,
+                    c.result,
+                    clock,
+                    &mut outbox,
+                );
+                self.apply(outbox);
+                self.mark_ready(reply_to.session.token);
+            }
+            None => {
+                let mut fx = Effects::default();
+                if let Step::Wait(job) = self.chat.complete(None, cont, c.result, clock, &mut fx) {
+                    self.dispatch(job, None);
                 }
+                self.apply_effects(fx);
             }
-        }
-        self.apply(fx);
-        if let Some((sref, _)) = live {
-            self.drive(sref.token);
-        }
-    }
-
-    fn apply(&mut self, fx: Effects) {
-        for push in fx.pushes {
-            for (i, sref) in push.to.into_iter().enumerate() {
-                let stored = push.stored.as_ref().and_then(|s| s.get(i));
-                if self.push_event(sref, &push.line, stored.map(|(_, id)| *id)) {
-                    continue;
-                }
-                if let Some((user, id)) = stored {
-                    let request = self.chat.undelivered(user, &[*id]);
-                    self.background(request);
-                }
-            }
-        }
-        for (sref, reason) in fx.closes {
-            if self.is_live(sref) {
-                self.say_bye(sref.token, reason);
-            }
-        }
-        for request in fx.background {
-            self.background(request);
-        }
-        for (at, key) in fx.lock_timers {
-            self.deadlines.insert((at, Timer::Lock(key)));
-        }
-    }
-
-    fn background(&mut self, request: StoreRequest) {
-        self.dispatch(
-            Job {
-                cont: Cont::Background,
-                work: Work::Store(request),
-            },
-            None,
-        );
-    }
-
-    fn is_live(&self, sref: SessionRef) -> bool {
-        self.sessions
-            .get(sref.token)
-            .is_some_and(|s| s.id == sref.id)
-    }
-
-    /// Delivers an event line; a session whose backlog passes the limit is
-    /// dropped rather than allowed to grow without bound.
-    /// Returns whether the session took the line (false: it is gone or
-    /// closing). A stored direct message's id is tracked until written, so
-    /// a session dropped before that gives it back to the inbox on reaping.
-    fn push_event(&mut self, sref: SessionRef, line: &[u8], stored_id: Option<i64>) -> bool {
-        let max = self.config.max_outbuf as u64;
-        let Some(s) = self
-            .sessions
-            .get_mut(sref.token)
-            .filter(|s| s.id == sref.id)
-        else {
-            return false;
-        };
-        let taken = match stored_id {
-            Some(id) => s.push_direct(line, id),
-            None => s.push_output(line),
-        };
-        if !taken {
-            return false;
-        }
-        if s.event_backlog() > max && !s.wants_write {
-            // Its backlog may only be waiting for its turn to be written:
-            // see what the socket takes before calling the reader slow.
-            if s.write_to_socket().is_err() {
-                self.mark_close(sref.token, CloseState::CloseNow);
-                return true;
-            }
-        }
-        if s.event_backlog() > max {
-            self.stats.closed_slow += 1;
-            log::warn!(
-                "session {}: closing, output backlog passed {max} bytes",
-                s.id
-            );
-            self.mark_close(sref.token, CloseState::CloseNow);
-            return true;
-        }
-        self.queue_flush(sref.token);
-        true
-    }
-
-    // ----- output and closing ----------------------------------------------
-
-    /// Queues a session whose new output is events (first come, first
-    /// written; at most `MAX_EVENT_FLUSHES_PER_PASS` per pass).
-    fn queue_flush(&mut self, token: usize) {
-        if let Some(s) = self.sessions.get_mut(token) {
-            if !s.flush_queued {
-                s.flush_queued = true;
-                self.to_flush.push_back(token);
-            }
-        }
-    }
-
-    /// Queues a session whose new output answers it (written this pass).
-    fn queue_flush_now(&mut self, token: usize) {
-        if let Some(s) = self.sessions.get_mut(token) {
-            if !s.flush_now_queued {
-                s.flush_now_queued = true;
-                self.to_flush_now.push(token);
-            }
-        }
-    }
-
-    /// Writes every session with a reply waiting, then event output for at
-    /// most `MAX_EVENT_FLUSHES_PER_PASS` sessions: a fan-out to thousands is
-    /// spread over several passes, with a poll for new input between them.
-    fn flush_all(&mut self) {
-        self.flush_replies();
-        for _ in 0..MAX_EVENT_FLUSHES_PER_PASS {
-            let Some(token) = self.to_flush.pop_front() else {
-                break;
-            };
-            if let Some(s) = self.sessions.get_mut(token) {
-                s.flush_queued = false;
-            }
-            self.flush_one(token);
-        }
-        // Writing events can let a session's waiting commands run, whose
-        // replies must not wait for the next pass.
-        self.flush_replies();
-    }
-
-    fn flush_replies(&mut self) {
-        while let Some(token) = self.to_flush_now.pop() {
-            if let Some(s) = self.sessions.get_mut(token) {
-                s.flush_now_queued = false;
-            }
-            self.flush_one(token);
-        }
-    }
-
-    /// Writes what the socket takes, asks for WRITABLE only while bytes
-    /// remain, and resumes input that waited for the backlog to shrink.
-    fn flush_one(&mut self, token: usize) {
-        let Some(s) = self.sessions.get_mut(token) else {
-            return;
-        };
-        if s.close == CloseState::CloseNow {
-            return;
-        }
-        if let Err(e) = s.write_to_socket() {
-            log::debug!("session {}: write error: {e}", s.id);
-            self.mark_close(token, CloseState::CloseNow);
-            return;
-        }
-        let want_write = s.wants_writable();
-        if want_write != s.wants_write {
-            let interest = if want_write {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            if let Err(e) = self
-                .poll
-                .registry()
-                .reregister(&mut s.stream, Token(token), interest)
-            {
-                log::warn!("session {}: reregister failed: {e}", s.id);
-                self.mark_close(token, CloseState::CloseNow);
-                return;
-            }
-            s.wants_write = want_write;
-        }
-        match s.close {
-            CloseState::CloseAfterFlush if !want_write => self.queue_close(token),
-            CloseState::Open if !s.inbuf.is_empty() || s.read_paused => self.drive(token),
-            _ => {}
-        }
-    }
-
-    /// Sends `* bye <reason>` and closes once it is written.
-    fn say_bye(&mut self, token: usize, reason: ByeReason) {
-        if let Some(s) = self.sessions.get_mut(token) {
-            s.push_output(&protocol::bye(reason));
-        }
-        self.mark_close(token, CloseState::CloseAfterFlush);
-    }
-
-    /// Marks a session for closing. From here on it is no longer online, so
-    /// nothing more is delivered to it; the reactor reaps it at the end of
-    /// the pass (or once its output has drained).
-    fn mark_close(&mut self, token: usize, state: CloseState) {
-        let now = self.clock;
-        let Some(s) = self.sessions.get_mut(token) else {
-            return;
-        };
-        if s.close == CloseState::CloseNow || s.close == state {
-            return;
-        }
-        let was_open = s.close == CloseState::Open;
-        s.close = state;
-        let leaving = if was_open {
-            self.chat.disconnect(&s.caller, now)
-        } else {
-            None
-        };
-        if state == CloseState::CloseAfterFlush {
-            let linger = now.mono + CLOSE_LINGER;
-            s.linger_until = Some(linger);
-            s.timer_at = Some(linger);
-            self.deadlines
-                .insert((linger, Timer::Session(s.caller.session)));
-            self.queue_flush(token);
-        } else {
-            self.queue_close(token);
-        }
-        if let Some(request) = leaving {
-            self.background(request);
-        }
-    }
-
-    fn queue_close(&mut self, token: usize) {
-        if let Some(s) = self.sessions.get_mut(token) {
-            if !s.close_queued {
-                s.close_queued = true;
-                self.to_close.push(token);
-            }
-        }
-    }
-
-    fn reap(&mut self) {
-        for token in std::mem::take(&mut self.to_close) {
-            let Some(s) = self.sessions.get_mut(token) else {
-                continue;
-            };
-            s.close_queued = false;
-            let done = match s.close {
-                CloseState::CloseNow => true,
-                CloseState::CloseAfterFlush => s.pending_output() == 0,
-                CloseState::Open => false,
-            };
-            if !done {
-                continue;
-            }
-            let mut s = self.sessions.remove(token);
-            self.give_back_unsent(&mut s);
-            if let Some(n) = self.per_ip.get_mut(&s.ip) {
-                *n -= 1;
-                if *n == 0 {
-                    self.per_ip.remove(&s.ip);
-                }
-            }
-            if s.close == CloseState::CloseAfterFlush {
-                s.close_transport();
-                s.discard_input(DISCARD_ON_CLOSE);
-                let _ = s.stream.shutdown(std::net::Shutdown::Write);
-            }
-            if let Err(e) = self.poll.registry().deregister(&mut s.stream) {
-                log::debug!("session {}: deregister failed: {e}", s.id);
-            }
-            log::debug!("session {} closed", s.id);
         }
     }
 
@@ -1202,56 +930,72 @@ impl Server {
         }
     }
 
-    /// Moves a session's timer earlier if its deadline now comes sooner than
-    /// the entry it has (later deadlines are found when the entry fires).
-    fn refresh_timer(&mut self, token: usize) {
-        let (login, idle) = (self.config.login_timeout(), self.config.idle_timeout());
-        let Some(s) = self.sessions.get_mut(token) else {
+    fn session_timer(&mut self, sref: SessionRef, at: Instant) {
+        let now = self.clock.mono;
+        let Some(conn) = self.live_conn(sref) else {
             return;
         };
-        let due = s.deadline(login, idle);
-        if s.timer_at.is_none_or(|at| due < at) {
-            s.timer_at = Some(due);
-            self.deadlines
-                .insert((due, Timer::Session(s.caller.session)));
+        if conn.timer_at != Some(at) {
+            return;
+        }
+        conn.timer_at = None;
+        conn.session.on_deadline(now);
+        self.settle(sref.token);
+        self.write_soon(sref.token);
+    }
+
+    // ----- closing and shutdown --------------------------------------------
+
+    fn reap(&mut self) {
+        for token in std::mem::take(&mut self.to_close) {
+            let Some(conn) = self.conns.get_mut(token) else {
+                continue;
+            };
+            conn.in_close = false;
+            if !conn.session.is_finished() {
+                continue;
+            }
+            let mut conn = self.conns.remove(token);
+            self.give_back_unsent(&mut conn.session);
+            let ip = conn.session.caller().ip;
+            if let Some(n) = self.per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_ip.remove(&ip);
+                }
+            }
+            if conn.session.closes_gracefully() {
+                conn.session.close_transport(&mut conn.stream);
+                discard_input(&mut conn.stream, DISCARD_ON_CLOSE);
+                let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+            }
+            if let Err(e) = self.poll.registry().deregister(&mut conn.stream) {
+                log::debug!("session {}: deregister failed: {e}", conn.session.id());
+            }
+            log::debug!("session {} closed", conn.session.id());
         }
     }
 
-    fn session_timer(&mut self, sref: SessionRef, at: Instant) {
-        let now = self.clock.mono;
-        let (login, idle) = (self.config.login_timeout(), self.config.idle_timeout());
-        let Some(s) = self
-            .sessions
-            .get_mut(sref.token)
-            .filter(|s| s.id == sref.id)
+    /// A session is going away: the direct messages queued for it but not
+    /// written go back to its user's inbox.
+    fn give_back_unsent(&mut self, session: &mut Session) {
+        let unsent = session.take_unsent_direct();
+        let Some(user) = session
+            .caller()
+            .user
+            .as_deref()
+            .filter(|_| !unsent.is_empty())
         else {
             return;
         };
-        if s.timer_at != Some(at) {
-            return;
-        }
-        let due = s.deadline(login, idle);
-        if due > now {
-            s.timer_at = Some(due);
-            self.deadlines.insert((due, Timer::Session(sref)));
-            return;
-        }
-        s.timer_at = None;
-        if s.close != CloseState::Open {
-            log::debug!("session {}: output not drained in time; dropping", s.id);
-            self.mark_close(sref.token, CloseState::CloseNow);
-        } else if s.caller.user.is_some() {
-            self.stats.closed_idle += 1;
-            log::debug!("session {}: idle timeout", s.id);
-            self.say_bye(sref.token, ByeReason::Idle);
-        } else {
-            self.stats.closed_login_timeout += 1;
-            log::debug!("session {}: login timeout", s.id);
-            self.say_bye(sref.token, ByeReason::Timeout);
-        }
+        log::debug!(
+            "session {}: {} direct messages back to the inbox",
+            session.id(),
+            unsent.len()
+        );
+        let request = self.chat.undelivered(user, &unsent);
+        self.background(request);
     }
-
-    // ----- shutdown --------------------------------------------------------
 
     fn on_signals(&mut self) {
         if let Some(signals) = self.signals.as_mut() {
@@ -1263,7 +1007,7 @@ impl Server {
     }
 
     fn begin_shutdown(&mut self) {
-        log::info!("shutting down: {} sessions", self.sessions.len());
+        log::info!("shutting down: {} sessions", self.conns.len());
         self.shutting_down = Some(self.clock.mono + SHUTDOWN_GRACE);
         if self.listening {
             if let Some(l) = self.listener.as_mut() {
@@ -1274,37 +1018,26 @@ impl Server {
             }
             self.listening = false;
         }
-        let tokens: Vec<usize> = self.sessions.iter().map(|(t, _)| t).collect();
+        let now = self.clock.mono;
+        let tokens: Vec<usize> = self.conns.iter().map(|(t, _)| t).collect();
         for token in tokens {
-            self.maybe_finish(token);
+            if let Some(conn) = self.conns.get_mut(token) {
+                conn.session.begin_shutdown(now);
+            }
+            self.settle(token);
+            self.mark_ready(token);
         }
     }
 
     /// Sessions still open when the shutdown deadline passed: direct
     /// messages queued for them but never written go back to the inbox.
     fn return_unsent_direct(&mut self) {
-        let tokens: Vec<usize> = self.sessions.iter().map(|(t, _)| t).collect();
+        let tokens: Vec<usize> = self.conns.iter().map(|(t, _)| t).collect();
         for token in tokens {
-            if let Some(mut s) = self.sessions.try_remove(token) {
-                self.give_back_unsent(&mut s);
+            if let Some(mut conn) = self.conns.try_remove(token) {
+                self.give_back_unsent(&mut conn.session);
             }
         }
-    }
-
-    /// A session is going away: the direct messages queued for it but not
-    /// written go back to its user's inbox.
-    fn give_back_unsent(&mut self, s: &mut Session) {
-        let unsent = s.take_unsent_direct();
-        let Some(user) = s.caller.user.as_deref().filter(|_| !unsent.is_empty()) else {
-            return;
-        };
-        log::debug!(
-            "session {}: {} direct messages back to the inbox",
-            s.id,
-            unsent.len()
-        );
-        let request = self.chat.undelivered(user, &unsent);
-        self.background(request);
     }
 
     fn finish(mut self) {
@@ -1312,6 +1045,21 @@ impl Server {
         // Commits whatever is still queued (last-seen times) before exiting.
         self.store.close();
         log::info!("stopped; {:?}", self.stats);
+    }
+}
+
+/// Reads and throws away up to `max` bytes of pending input (see
+/// `DISCARD_ON_CLOSE`).
+fn discard_input(stream: &mut TcpStream, max: usize) {
+    let mut chunk = [0u8; crate::session::READ_CHUNK];
+    let mut total = 0;
+    while total < max {
+        match stream.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(n) => total += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        }
     }
 }
 
@@ -1355,82 +1103,11 @@ fn refuse(stream: &mut TcpStream, tls: bool) {
     }
 }
 
+/// Running out of descriptors or memory: a reason to pause accepting, not
+/// to drop the connection waiting in the backlog.
 fn is_resource_exhaustion(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(code) if code == libc_codes::EMFILE
-            || code == libc_codes::ENFILE
-            || code == libc_codes::ENOBUFS
-            || code == libc_codes::ENOMEM
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
-}
-
-/// errno values (Linux) for running out of descriptors or memory.
-mod libc_codes {
-    pub const ENOMEM: i32 = 12;
-    pub const ENFILE: i32 = 23;
-    pub const EMFILE: i32 = 24;
-    pub const ENOBUFS: i32 = 105;
-}
-
-/// The lines every connection starts with.
-fn greeting(config: &Config) -> Vec<u8> {
-    let mut out = protocol::event(&format!("hello natter {}", protocol::PROTOCOL_VERSION));
-    out.extend(protocol::event(
-        "notice welcome to natter; log in with: login <user> <password>",
-    ));
-    let register = match config.registration {
-        Registration::Open => "notice new here? create an account with: register <user> <password>",
-        Registration::Closed => {
-            "notice registration is closed on this server; ask its operator for an account"
-        }
-    };
-    out.extend(protocol::event(register));
-    out.extend(protocol::event("notice type help for every command"));
-    out
-}
-
-/// Imports `<user> <password>` lines, adding only users that do not exist.
-fn import_users(store: &mut Store, path: &std::path::Path, config: &Config) -> io::Result<()> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| other_error(format!("cannot read users file {}: {e}", path.display())))?;
-    let now = now_clock().wall;
-    let mut requests = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim_end_matches('\r');
-        if line.trim().is_empty() || line.trim_start().starts_with('#') {
-            continue;
-        }
-        let (user, password) = match line.trim_start().split_once([' ', '\t']) {
-            Some((u, p)) => (u, p.trim_start_matches([' ', '\t'])),
-            None => (line.trim(), ""),
-        };
-        let Some(name) = protocol::canonical_username(user).filter(|_| !password.is_empty()) else {
-            log::warn!(
-                "{}:{}: skipped: not `<user> <password>`",
-                path.display(),
-                n + 1
-            );
-            continue;
-        };
-        let exists = store
-            .user_exists(&name)
-            .map_err(|e| other_error(format!("cannot read database: {e}")))?;
-        if exists || !seen.insert(name.clone()) {
-            continue;
-        }
-        let hash = auth::hash_password(password, config.hash_cost).map_err(other_error)?;
-        requests.push(StoreRequest::CreateUser {
-            name,
-            hash,
-            created: now,
-        });
-    }
-    let imported = requests.len();
-    for result in store.run_batch(&requests) {
-        result.map_err(|e| other_error(format!("cannot import users: {e}")))?;
-    }
-    log::info!("imported {imported} users from {}", path.display());
-    Ok(())
 }

@@ -1,27 +1,55 @@
-//! One connection: its input buffer and line framing, its output buffer, the
-//! order its replies must keep, its rate bucket and its activity times.
+//! One connection as a state machine with no I/O of its own: every rule of
+//! the per-connection pipeline lives here, and the reactor only moves bytes
+//! and events between it and the socket.
 //!
-//! A session never registers itself with the poller and never decides chat
-//! semantics: the reactor drives its I/O, `commands` decides what its lines
-//! mean. Everything except `read_from`/`write_to` is pure and unit-tested.
+//! Inputs: bytes from any `io::Read` ([`Session::read_from`]), a line turn
+//! ([`Session::process`]), a finished job ([`Session::complete`]), an event
+//! for it ([`Session::push_event`]), a timer ([`Session::on_deadline`]), a
+//! writable socket ([`Session::write_to`]), shutdown. Outputs: bytes to
+//! write, jobs and effects on others (an [`Outbox`]), and what it wants
+//! next, derived from its state: [`Session::wants_read`],
+//! [`Session::wants_write`], [`Session::deadline`], [`Session::is_finished`],
+//! and the one-time [`Session::take_departure`].
+//!
+//! The rules: replies go out in command order, each command line gets
+//! exactly one completion, and events never land inside a reply; a login,
+//! register, inbox or history holds later lines until it is answered; at
+//! most `MAX_LINES_PER_TURN` lines per loop pass and `MAX_IN_FLIGHT`
+//! commands in flight; input is not handled while output is backed up past
+//! `--max-outbuf`; rate limit and flood; login and idle timeouts; closing
+//! after a flush or at once.
+//!
+//! Submodules: `framing` (bytes to lines), `buffers` (output, reply order,
+//! rate bucket), `transport` (plain or TLS bytes to and from the socket).
 
-use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use mio::net::TcpStream;
+use crate::commands::{
+    self, Caller, Chat, Clock, Cont, Effects, Job, SessionRef, Step, WorkResult,
+};
+use crate::config::Config;
+use crate::protocol::{self, ByeReason, ErrorCode};
 
-use crate::commands::Caller;
+mod buffers;
+mod framing;
+mod transport;
 
-/// Bytes read from the socket per `read` call. Large enough that a burst of
-/// pipelined commands arrives in a few calls, small enough to live on the stack.
-pub const READ_CHUNK: usize = 16 * 1024;
+pub use buffers::{Output, RateBucket, ReplyOrder, KEEP_BUFFER_CAPACITY};
+pub use framing::{Frame, LineFramer};
+pub use transport::{ReadStatus, Transport, READ_CHUNK};
 
 /// Most commands one session may have waiting on the store or the hasher.
 /// Beyond this its input is not parsed (and then not read), so a client that
 /// pipelines without limit is slowed by TCP instead of growing our memory.
 pub const MAX_IN_FLIGHT: usize = 64;
+
+/// Lines one session may have handled per loop pass. A client pipelining
+/// thousands of broadcasts would otherwise hold the loop for the whole burst
+/// while everyone else's events wait; the rest of its input is handled on the
+/// next pass, after the events that arrived meanwhile.
+pub const MAX_LINES_PER_TURN: usize = 64;
 
 /// Longest line accepted before login, LF included. The longest useful line
 /// then is `register` with a 32-character name and a 256-byte password
@@ -35,432 +63,292 @@ pub const INBUF_SLACK_LOGGED_IN: usize = READ_CHUNK;
 /// See [`INBUF_SLACK_LOGGED_IN`].
 pub const INBUF_SLACK_PRE_LOGIN: usize = 1024;
 
-/// Buffer capacity an emptied buffer may keep. Enough for the typical
-/// command or event, so a busy session does not reallocate per message, yet
-/// small enough that ten thousand idle sessions cost little.
-pub const KEEP_BUFFER_CAPACITY: usize = 4096;
+/// How long a closing session may take to drain its output.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(5);
 
-/// What framing found at the front of the input buffer.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Frame<'a> {
-    /// A complete line without its LF (and without the CR before it).
-    Line(&'a [u8]),
-    /// A line passed the length limit; reply `TOOLONG` once for it.
-    TooLong,
+/// The limits a session enforces, from the configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Longest line once logged in (LF included).
+    pub max_line: usize,
+    /// Unsent output past which input waits, and event backlog past which
+    /// the reader is dropped as slow.
+    pub max_outbuf: usize,
+    /// A stranger must log in within this.
+    pub login_timeout: Duration,
+    /// A member silent this long is logged out.
+    pub idle_timeout: Duration,
+    /// Commands per second (0: unlimited).
+    pub rate: f64,
+    /// Commands at once.
+    pub burst: u32,
 }
 
-/// Splits a byte stream into lines, enforcing the line-length limit.
-///
-/// "Need more bytes" is the normal `None` result, not an error. Once an
-/// unterminated line passes the limit the framer reports it once and then
-/// swallows bytes up to the next LF, so memory stays bounded by the limit.
-#[derive(Debug)]
-pub struct LineFramer {
-    /// Longest accepted line in bytes, LF included.
-    max_line: usize,
-    /// True while discarding the rest of an overlong line.
-    discarding: bool,
+impl Limits {
+    /// Consecutive `RATE` refusals after which a client is dropped for flooding.
+    fn flood_limit(&self) -> u32 {
+        self.burst.max(10).saturating_mul(2)
+    }
 }
 
-impl LineFramer {
-    /// A framer enforcing `max_line` (LF included).
-    pub fn new(max_line: usize) -> Self {
-        LineFramer {
-            max_line: max_line.max(1),
-            discarding: false,
-        }
-    }
-
-    /// The line-length limit in force (LF included).
-    pub fn max_line(&self) -> usize {
-        self.max_line
-    }
-
-    /// Changes the limit for lines not yet framed (it grows at login).
-    pub fn set_max_line(&mut self, max_line: usize) {
-        self.max_line = max_line.max(1);
-    }
-
-    /// Looks at the front of `buf` and returns how many bytes it used and
-    /// the frame found, if any. Call again with the rest until it returns
-    /// `(0, None)`, which means "need more bytes".
-    pub fn next_frame<'a>(&mut self, buf: &'a [u8]) -> (usize, Option<Frame<'a>>) {
-        let newline = buf.iter().position(|&b| b == b'\n');
-        if self.discarding {
-            return match newline {
-                Some(end) => {
-                    self.discarding = false;
-                    (end + 1, None)
-                }
-                None => (buf.len(), None),
-            };
-        }
-        match newline {
-            Some(end) if end < self.max_line => {
-                let line = &buf[..end];
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
-                (end + 1, Some(Frame::Line(line)))
-            }
-            Some(end) => (end + 1, Some(Frame::TooLong)),
-            None if buf.len() >= self.max_line => {
-                self.discarding = true;
-                (buf.len(), Some(Frame::TooLong))
-            }
-            None => (0, None),
+impl From<&Config> for Limits {
+    fn from(c: &Config) -> Self {
+        Limits {
+            max_line: c.max_line,
+            max_outbuf: c.max_outbuf,
+            login_timeout: c.login_timeout(),
+            idle_timeout: c.idle_timeout(),
+            rate: c.rate,
+            burst: c.burst,
         }
     }
 }
 
-/// Frames a byte stream that arrives in `chunks` the way a session does:
-/// append each read, take every frame, drop what was consumed. `Some(line)`
-/// per line, `None` per overlong line. The reference that property tests and
-/// fuzzers compare split and whole deliveries with.
-pub fn frame_chunks(max_line: usize, chunks: &[&[u8]]) -> Vec<Option<Vec<u8>>> {
-    let mut framer = LineFramer::new(max_line);
-    let mut buf = Vec::new();
-    let mut out = Vec::new();
-    for chunk in chunks {
-        buf.extend_from_slice(chunk);
-        let mut consumed = 0;
-        loop {
-            let (used, frame) = framer.next_frame(&buf[consumed..]);
-            consumed += used;
-            match frame {
-                Some(Frame::Line(line)) => out.push(Some(line.to_vec())),
-                Some(Frame::TooLong) => out.push(None),
-                None if used == 0 => break,
-                None => {}
-            }
-        }
-        buf.drain(..consumed);
-    }
-    out
-}
-
-/// A token bucket: `rate` commands per second, up to `burst` at once.
-#[derive(Debug, Clone)]
-pub struct RateBucket {
-    /// Tokens added per second; 0 means unlimited.
-    rate: f64,
-    /// Bucket capacity.
-    burst: f64,
-    /// Tokens available at `updated`.
-    tokens: f64,
-    /// When `tokens` was last brought up to date.
-    updated: Instant,
-}
-
-impl RateBucket {
-    /// A full bucket.
-    pub fn new(rate: f64, burst: u32, now: Instant) -> Self {
-        let burst = f64::from(burst.max(1));
-        RateBucket {
-            rate,
-            burst,
-            tokens: burst,
-            updated: now,
-        }
-    }
-
-    /// Takes one token if there is one.
-    pub fn try_take(&mut self, now: Instant) -> bool {
-        if self.rate <= 0.0 {
-            return true;
-        }
-        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        self.updated = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-/// What sits between the socket and the session's buffers.
-pub enum Transport {
-    /// Bytes on the wire are the protocol's lines.
-    Plain,
-    /// TLS: rustls turns records into plaintext and back. Boxed because a
-    /// connection is large and most sessions may be plain.
-    Tls(Box<rustls::ServerConnection>),
-}
-
-impl std::fmt::Debug for Transport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Transport::Plain => f.write_str("Plain"),
-            Transport::Tls(_) => f.write_str("Tls"),
-        }
-    }
+/// Where the session's input stands. One enum, so that "quit" and "shut
+/// down" cannot both hold, and nothing outside sets it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum InputState {
+    /// Lines are handled as they arrive.
+    Open,
+    /// The peer shut its side: finish what it sent, then close.
+    PeerClosed,
+    /// It said `quit`/`logout`: later lines are ignored, and it closes
+    /// once every earlier reply is out.
+    Quit,
+    /// The server is shutting down: no more lines; `* bye shutdown` once
+    /// every earlier reply is out.
+    Shutdown,
 }
 
 /// How a session is to end, if it is. An enum rather than flags so that
 /// "close now" and "close after flush" cannot both be set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloseState {
     /// Serving normally.
     Open,
     /// Send what is buffered, then close; no further output is accepted.
-    CloseAfterFlush,
+    /// Dropped anyway at `until`.
+    CloseAfterFlush { until: Instant },
     /// Close at the end of this pass without writing anything more.
     CloseNow,
 }
 
-/// Replies waiting for an earlier command's reply, so that each session's
-/// completions go out in command order even when some wait on the store or
-/// the hasher.
+/// Why a session ended, for the log and the counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// It said `quit`/`logout`.
+    Quit,
+    /// The peer closed the connection.
+    PeerClosed,
+    /// A read or write failed.
+    IoError,
+    /// TLS failed (bad handshake, garbage on the TLS port).
+    TlsError,
+    /// `* bye <reason>` from the server.
+    Bye(ByeReason),
+    /// Its output did not drain within `CLOSE_LINGER` while closing.
+    Linger,
+}
+
+/// Routing for a job's result: the command it answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplyTo {
+    /// The session that gave the command.
+    pub session: SessionRef,
+    /// Its place in that session's reply order.
+    pub seq: u64,
+}
+
+/// What a session produced for the rest of the server while handling input
+/// or a completion: jobs to dispatch and effects on other sessions.
 #[derive(Debug, Default)]
-pub struct ReplyOrder {
-    /// Sequence number the next parsed command gets.
-    next_seq: u64,
-    /// Sequence number of the oldest command whose reply has not been released.
-    released_upto: u64,
-    /// Replies for `released_upto..next_seq`; `None` while still being worked on.
-    parked: VecDeque<Option<Vec<u8>>>,
+pub struct Outbox {
+    /// Background work; a reply comes back to `ReplyTo` if set.
+    pub jobs: Vec<(Job, Option<ReplyTo>)>,
+    /// Deliveries, closes, background writes, lock timers.
+    pub effects: Effects,
 }
 
-impl ReplyOrder {
-    /// Gives the next command its sequence number.
-    pub fn begin(&mut self) -> u64 {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.parked.push_back(None);
-        seq
-    }
-
-    /// Records command `seq`'s reply and returns every reply that may now be
-    /// written, in order.
-    pub fn finish(&mut self, seq: u64, reply: Vec<u8>) -> Vec<Vec<u8>> {
-        let Some(index) = seq
-            .checked_sub(self.released_upto)
-            .and_then(|i| usize::try_from(i).ok())
-        else {
-            return Vec::new();
-        };
-        if let Some(slot) = self.parked.get_mut(index) {
-            *slot = Some(reply);
-        }
-        let mut ready = Vec::new();
-        while let Some(Some(_)) = self.parked.front() {
-            if let Some(Some(bytes)) = self.parked.pop_front() {
-                ready.push(bytes);
-            }
-            self.released_upto += 1;
-        }
-        ready
-    }
-
-    /// Commands started whose reply has not been released yet.
-    pub fn outstanding(&self) -> usize {
-        self.parked.len()
-    }
+/// What a pushed event did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued.
+    Taken,
+    /// Queued, but the unread backlog is now past `--max-outbuf`.
+    OverLimit,
+    /// Not queued: the session is closing.
+    Refused,
 }
 
-/// When a session's timer should fire: a closing session's linger time;
-/// else the idle deadline once logged in; else the login deadline.
-pub fn session_deadline(
-    logged_in: bool,
-    connected_at: Instant,
-    last_command: Instant,
-    linger_until: Option<Instant>,
-    login_timeout: Duration,
-    idle_timeout: Duration,
-) -> Instant {
-    match linger_until {
-        Some(linger) => linger,
-        None if logged_in => last_command + idle_timeout,
-        None => connected_at + login_timeout,
-    }
-}
-
-/// One client connection and everything the server keeps about it.
+/// One client connection and everything the server keeps about it, except
+/// its socket (the reactor's).
 #[derive(Debug)]
 pub struct Session {
-    /// Never reused, unlike the slab slot: replies from the store or hasher
-    /// carry it so a late reply never reaches a newer session in the same slot.
-    pub id: u64,
-    /// The socket.
-    pub stream: TcpStream,
-    /// Plain TCP, or a rustls connection between the socket and the buffers.
-    pub transport: Transport,
-    /// Peer address, for lockouts and logs.
-    pub ip: IpAddr,
-    /// Who this session is to the chat logic (login state included).
-    pub caller: Caller,
+    /// Who it is to the chat logic: its reference (slab slot plus a
+    /// never-reused id), its address, and the user once logged in.
+    caller: Caller,
+    /// Plain TCP, or TLS between the socket and the buffers.
+    transport: Transport,
+    /// The limits it enforces.
+    limits: Limits,
     /// Bytes read but not yet framed into lines.
-    pub inbuf: Vec<u8>,
-    /// Line framing state.
-    pub framer: LineFramer,
-    /// Bytes waiting to be written; `outbuf[sent..]` is still unsent.
-    pub outbuf: Vec<u8>,
-    /// How much of `outbuf` the socket has taken.
-    pub sent: usize,
-    /// Bytes ever queued for output.
-    pub pushed_total: u64,
-    /// Bytes ever taken by the socket (or by rustls).
-    pub written_total: u64,
-    /// `pushed_total` right after the latest reply was queued.
-    pub replies_end: u64,
-    /// Stored direct messages queued as events but not yet written, as
-    /// (`pushed_total` at the end of the line, message id). If the session
-    /// dies with some unwritten, they go back to the inbox.
-    pub unsent_direct: VecDeque<(u64, i64)>,
+    inbuf: Vec<u8>,
+    /// Line framing state (its limit grows at login).
+    framer: LineFramer,
+    /// Bytes waiting to be written.
+    output: Output,
     /// Reply ordering for commands waiting on background work.
-    pub replies: ReplyOrder,
-    /// A login or register is in progress: later lines wait, because what
-    /// they mean depends on its outcome.
-    pub barrier: bool,
-    /// The peer shut its side: finish what was asked, then close.
-    pub read_closed: bool,
-    /// The client said `quit`/`logout`: later lines are ignored, and the
-    /// session closes once every earlier reply is out.
-    pub quit: bool,
-    /// Reading stopped because `inbuf` is full of unprocessed lines.
-    pub read_paused: bool,
-    /// Whether the poller currently watches for WRITABLE.
-    pub wants_write: bool,
-    /// Whether the session is on the reactor's event-flush queue.
-    pub flush_queued: bool,
-    /// Whether the session is on the reactor's reply-flush list.
-    pub flush_now_queued: bool,
-    /// Lines handled in its current turn (see `turn_over`).
-    pub turn_lines: usize,
-    /// Its turn ended with input left; it is on the reactor's resume list.
-    pub turn_over: bool,
-    /// Whether the session is on the reactor's close list.
-    pub close_queued: bool,
-    /// Closing state.
-    pub close: CloseState,
-    /// When the connection was accepted (login timeout).
-    pub connected_at: Instant,
-    /// When the last command arrived (idle timeout).
-    pub last_command: Instant,
-    /// When this session's live entry in the deadline set fires. Entries
-    /// with another time are stale and ignored when they fire.
-    pub timer_at: Option<Instant>,
-    /// A closing session that has not drained its output by then is dropped.
-    pub linger_until: Option<Instant>,
+    replies: ReplyOrder,
+    /// The command whose reply later lines wait for (login, register,
+    /// inbox, history): what they mean or cost depends on it.
+    waiting_on: Option<u64>,
+    /// Where its input stands.
+    input: InputState,
+    /// Whether and how it is closing.
+    close: CloseState,
+    /// Set when it stops being open, until the reactor takes it.
+    departure: Option<Ending>,
     /// Command rate limit.
-    pub bucket: RateBucket,
+    bucket: RateBucket,
     /// Consecutive commands refused with `RATE`; too many means `flood`.
-    pub rate_strikes: u32,
+    rate_strikes: u32,
+    /// The loop pass whose line budget `turn_lines` counts.
+    turn_pass: u64,
+    /// Lines handled in `turn_pass`.
+    turn_lines: usize,
+    /// When the connection was accepted (login timeout).
+    connected_at: Instant,
+    /// When the last command arrived (idle timeout).
+    last_command: Instant,
 }
 
 impl Session {
-    /// A fresh, not yet logged-in session.
+    /// A fresh, not yet logged-in session that starts by sending `greeting`.
     pub fn new(
-        id: u64,
-        stream: TcpStream,
+        session: SessionRef,
+        ip: IpAddr,
         transport: Transport,
-        caller: Caller,
-        max_line: usize,
-        bucket: RateBucket,
+        limits: Limits,
+        greeting: &[u8],
         now: Instant,
     ) -> Self {
+        let mut output = Output::default();
+        output.push(greeting);
         Session {
-            id,
-            stream,
+            caller: Caller {
+                session,
+                ip,
+                user: None,
+            },
             transport,
-            ip: caller.ip,
-            caller,
+            limits,
             inbuf: Vec::new(),
-            framer: LineFramer::new(max_line.min(PRE_LOGIN_MAX_LINE)),
-            outbuf: Vec::new(),
-            sent: 0,
-            pushed_total: 0,
-            written_total: 0,
-            replies_end: 0,
-            unsent_direct: VecDeque::new(),
+            framer: LineFramer::new(limits.max_line.min(PRE_LOGIN_MAX_LINE)),
+            output,
             replies: ReplyOrder::default(),
-            barrier: false,
-            read_closed: false,
-            quit: false,
-            read_paused: false,
-            wants_write: false,
-            flush_queued: false,
-            flush_now_queued: false,
-            turn_lines: 0,
-            close_queued: false,
-            turn_over: false,
+            waiting_on: None,
+            input: InputState::Open,
             close: CloseState::Open,
+            departure: None,
+            bucket: RateBucket::new(limits.rate, limits.burst, now),
+            rate_strikes: 0,
+            turn_pass: 0,
+            turn_lines: 0,
             connected_at: now,
             last_command: now,
-            timer_at: None,
-            linger_until: None,
-            bucket,
-            rate_strikes: 0,
         }
     }
 
-    /// The one door for output: appends bytes unless the session is
-    /// closing. Returns whether the bytes were taken; the caller queues a flush.
-    pub fn push_output(&mut self, bytes: &[u8]) -> bool {
-        if self.close != CloseState::Open {
-            return false;
-        }
-        if self.sent == self.outbuf.len() {
-            self.outbuf.clear();
-            self.sent = 0;
-        }
-        self.outbuf.extend_from_slice(bytes);
-        self.pushed_total += bytes.len() as u64;
-        true
+    /// Who it is to the chat logic.
+    pub fn caller(&self) -> &Caller {
+        &self.caller
     }
 
-    /// Queues the event line of a stored direct message, remembering its id
-    /// until the line is written.
-    pub fn push_direct(&mut self, bytes: &[u8], id: i64) -> bool {
-        let taken = self.push_output(bytes);
-        if taken {
-            self.unsent_direct.push_back((self.pushed_total, id));
+    /// Its never-reused id.
+    pub fn id(&self) -> u64 {
+        self.caller.session.id
+    }
+
+    /// Whether it speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.transport, Transport::Tls(_))
+    }
+
+    /// Whether it is serving (not closing).
+    pub fn is_open(&self) -> bool {
+        self.close == CloseState::Open
+    }
+
+    // ----- what it wants -----------------------------------------------
+
+    /// Whether the reactor should read from its socket now: it is serving,
+    /// its peer has not closed, and its input buffer has room.
+    pub fn wants_read(&self) -> bool {
+        self.is_open() && self.input == InputState::Open && self.inbuf.len() < self.inbuf_limit()
+    }
+
+    /// Whether output is waiting: in the buffer, or as TLS records.
+    pub fn wants_write(&self) -> bool {
+        self.output.pending_len() > 0 || self.transport.has_records()
+    }
+
+    /// When `on_deadline` should next be called: the login deadline until
+    /// it logs in, then the idle deadline; while closing, the linger limit.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.close {
+            CloseState::Open if self.caller.user.is_some() => {
+                Some(self.last_command + self.limits.idle_timeout)
+            }
+            CloseState::Open => Some(self.connected_at + self.limits.login_timeout),
+            CloseState::CloseAfterFlush { until } => Some(until),
+            CloseState::CloseNow => None,
         }
-        taken
     }
 
-    /// Ids of direct messages queued but never written (for a closing session).
-    pub fn take_unsent_direct(&mut self) -> Vec<i64> {
-        let written = self.written_total;
-        self.unsent_direct
-            .drain(..)
-            .filter(|(end, _)| *end > written)
-            .map(|(_, id)| id)
-            .collect()
-    }
-
-    /// Like `push_output`, for a reply to the session's own command: the
-    /// client asked for these bytes, so they never count as a backlog of
-    /// events (see `event_backlog`).
-    pub fn push_reply(&mut self, bytes: &[u8]) -> bool {
-        let taken = self.push_output(bytes);
-        if taken {
-            self.replies_end = self.pushed_total;
+    /// Whether the reactor may remove it: closing now, or closing after a
+    /// flush with everything flushed.
+    pub fn is_finished(&self) -> bool {
+        match self.close {
+            CloseState::Open => false,
+            CloseState::CloseAfterFlush { .. } => !self.wants_write(),
+            CloseState::CloseNow => true,
         }
-        taken
     }
 
-    /// Unsent bytes queued after the last reply: what the client has not
-    /// read of what it did not ask for. A client reading a 4 MB `history`
-    /// reply is not slow; one that leaves a megabyte of messages unread is.
+    /// Whether it was closed politely (its goodbye should reach the peer).
+    pub fn closes_gracefully(&self) -> bool {
+        matches!(self.close, CloseState::CloseAfterFlush { .. })
+    }
+
+    /// Once, after it stops being open: why. The reactor then takes it out
+    /// of the chat (it is no longer online) and counts the reason.
+    pub fn take_departure(&mut self) -> Option<Ending> {
+        self.departure.take()
+    }
+
+    /// Bytes read and not yet handled.
+    pub fn buffered_input(&self) -> usize {
+        self.inbuf.len()
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn pending_output(&self) -> usize {
+        self.output.pending_len()
+    }
+
+    /// Unsent bytes queued after its last reply (see [`Output::event_backlog`]).
     pub fn event_backlog(&self) -> u64 {
-        self.pushed_total - self.written_total.max(self.replies_end)
+        self.output.event_backlog()
     }
 
-    /// Removes the first `consumed` bytes of input (all handled lines),
-    /// giving back a large allocation once the buffer is empty.
-    pub fn consume_input(&mut self, consumed: usize) {
-        let consumed = consumed.min(self.inbuf.len());
-        self.inbuf.drain(..consumed);
-        if self.inbuf.is_empty() && self.inbuf.capacity() > KEEP_BUFFER_CAPACITY {
-            self.inbuf = Vec::new();
-        }
+    /// Ids of direct messages queued but never written, for the inbox.
+    pub fn take_unsent_direct(&mut self) -> Vec<i64> {
+        self.output.take_unsent_direct()
     }
 
-    /// How much unprocessed input this session may hold: one maximal line
-    /// plus some slack, so an overlong line is always detected.
-    pub fn inbuf_limit(&self) -> usize {
+    /// How much unprocessed input it may hold: one maximal line plus some
+    /// slack, so an overlong line is always detected.
+    fn inbuf_limit(&self) -> usize {
         let slack = if self.caller.user.is_some() {
             INBUF_SLACK_LOGGED_IN
         } else {
@@ -469,345 +357,333 @@ impl Session {
         self.framer.max_line() + slack
     }
 
-    /// Bytes buffered and not yet written.
-    pub fn pending_output(&self) -> usize {
-        self.outbuf.len() - self.sent
+    /// Whether its next line may be handled now.
+    fn can_process(&self) -> bool {
+        self.is_open()
+            && matches!(self.input, InputState::Open | InputState::PeerClosed)
+            && self.waiting_on.is_none()
+            && self.replies.outstanding() < MAX_IN_FLIGHT
+            && self.output.pending_len() <= self.limits.max_outbuf
     }
 
-    /// Reads until `WouldBlock`, EOF, or the input buffer is full. Returns
-    /// whether the buffer filled up before the socket was drained.
-    pub fn read_from_socket(&mut self) -> io::Result<bool> {
-        match &mut self.transport {
-            Transport::Plain => self.read_plain(),
-            Transport::Tls(_) => self.read_tls(),
-        }
+    /// Whether it has a complete line it may handle now: after its output
+    /// drained, say, or a job it waited for came back.
+    pub fn has_work(&self) -> bool {
+        self.can_process()
+            && (self.inbuf.contains(&b'\n')
+                || (self.input == InputState::PeerClosed && !self.inbuf.is_empty()))
     }
 
-    fn read_plain(&mut self) -> io::Result<bool> {
-        let mut chunk = [0u8; READ_CHUNK];
-        loop {
-            let room = self.inbuf_limit().saturating_sub(self.inbuf.len());
-            if room == 0 {
-                return Ok(true);
-            }
-            let want = room.min(READ_CHUNK);
-            match self.stream.read(&mut chunk[..want]) {
-                Ok(0) => {
-                    self.read_closed = true;
-                    return Ok(false);
-                }
-                Ok(n) => self.inbuf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-        }
-    }
+    // ----- bytes in and out ---------------------------------------------
 
-    /// TLS: records from the socket go into the rustls connection, plaintext
-    /// comes out into `inbuf`. Plaintext rustls already holds is taken first,
-    /// and no more records are read while `inbuf` is full, so rustls's own
-    /// buffers stay within its limits.
-    fn read_tls(&mut self) -> io::Result<bool> {
+    /// Reads what `socket` has, up to the input limit. An error closes the
+    /// session at once (and is returned for the log).
+    pub fn read_from(&mut self, socket: &mut (impl Read + Write)) -> io::Result<ReadStatus> {
         let limit = self.inbuf_limit();
-        let Transport::Tls(conn) = &mut self.transport else {
-            return Ok(false);
-        };
-        let mut chunk = [0u8; READ_CHUNK];
-        loop {
-            loop {
-                let room = limit.saturating_sub(self.inbuf.len());
-                if room == 0 {
-                    return Ok(true);
+        match self.transport.read(socket, &mut self.inbuf, limit) {
+            Ok(ReadStatus::Eof) => {
+                if self.input == InputState::Open {
+                    self.input = InputState::PeerClosed;
                 }
-                match conn.reader().read(&mut chunk[..room.min(READ_CHUNK)]) {
-                    // close_notify: the peer ended the session cleanly.
-                    Ok(0) => {
-                        self.read_closed = true;
-                        return Ok(false);
-                    }
-                    Ok(n) => self.inbuf.extend_from_slice(&chunk[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(e),
-                }
+                Ok(ReadStatus::Eof)
             }
-            match conn.read_tls(&mut self.stream) {
-                Ok(0) => {
-                    self.read_closed = true;
-                    return Ok(false);
-                }
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-            if let Err(e) = conn.process_new_packets() {
-                // Tell the peer why (the alert is queued), then give up on it.
-                let _ = conn.write_tls(&mut self.stream);
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("TLS: {e}"),
-                ));
-            }
-        }
-    }
-
-    /// Reads and throws away up to `max` bytes of pending input. Closing a
-    /// socket with unread input makes the kernel send a reset, which can
-    /// destroy the goodbye still in flight to the peer.
-    pub fn discard_input(&mut self, max: usize) {
-        let mut chunk = [0u8; READ_CHUNK];
-        let mut total = 0;
-        while total < max {
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return,
-                Ok(n) => total += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return,
-            }
-        }
-    }
-
-    /// Writes until the buffer is empty or the socket would block, draining
-    /// exactly what was written. A short write is normal, not an error.
-    pub fn write_to_socket(&mut self) -> io::Result<()> {
-        match &mut self.transport {
-            Transport::Plain => {
-                while self.sent < self.outbuf.len() {
-                    match self.stream.write(&self.outbuf[self.sent..]) {
-                        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                        Ok(n) => {
-                            self.sent += n;
-                            self.written_total += n as u64;
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(e),
-                    }
-                }
-            }
-            Transport::Tls(conn) => loop {
-                // Plaintext moves into rustls only as far as its buffer
-                // limit allows; the rest waits in `outbuf`, where the
-                // --max-outbuf check sees it.
-                let accepted = if self.sent < self.outbuf.len() {
-                    conn.writer().write(&self.outbuf[self.sent..])?
+            Ok(status) => Ok(status),
+            Err(e) => {
+                let why = if e.kind() == io::ErrorKind::InvalidData {
+                    Ending::TlsError
                 } else {
-                    0
+                    Ending::IoError
                 };
-                self.sent += accepted;
-                self.written_total += accepted as u64;
-                let mut blocked = false;
-                let mut wrote_records = false;
-                while conn.wants_write() {
-                    match conn.write_tls(&mut self.stream) {
-                        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                        Ok(_) => wrote_records = true,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            blocked = true;
-                            break;
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(e),
-                    }
-                }
-                // Stop at WouldBlock (a WRITABLE edge will come), when all is
-                // written, or when nothing moved at all (mid-handshake rustls
-                // holds plaintext until it has keys; the next read resumes).
-                // Draining rustls's buffer without blocking is progress: loop,
-                // or no edge would ever come for the rest.
-                let stuck = accepted == 0 && !wrote_records;
-                if blocked || self.sent == self.outbuf.len() || stuck {
-                    break;
-                }
-            },
-        }
-        while self
-            .unsent_direct
-            .front()
-            .is_some_and(|(end, _)| *end <= self.written_total)
-        {
-            self.unsent_direct.pop_front();
-        }
-        if self.sent == self.outbuf.len() {
-            self.outbuf.clear();
-            self.sent = 0;
-            // A burst can leave a large allocation behind; idle sessions
-            // should cost little, so give it back.
-            if self.outbuf.capacity() > KEEP_BUFFER_CAPACITY {
-                self.outbuf = Vec::new();
+                self.close_now(why);
+                Err(e)
             }
-        } else if self.sent > self.outbuf.len() / 2 {
-            self.outbuf.drain(..self.sent);
-            self.sent = 0;
-        }
-        Ok(())
-    }
-
-    /// Whether the socket should be watched for WRITABLE: output is waiting,
-    /// in our buffer or as TLS records rustls has not written yet.
-    pub fn wants_writable(&self) -> bool {
-        self.pending_output() > 0
-            || matches!(&self.transport, Transport::Tls(conn) if conn.wants_write())
-    }
-
-    /// Ends a TLS session politely (close_notify), best effort.
-    pub fn close_transport(&mut self) {
-        if let Transport::Tls(conn) = &mut self.transport {
-            conn.send_close_notify();
-            let _ = conn.write_tls(&mut self.stream);
         }
     }
 
-    /// When this session's next timer should fire: the login deadline until
-    /// it logs in, then the idle deadline.
-    pub fn deadline(&self, login_timeout: Duration, idle_timeout: Duration) -> Instant {
-        session_deadline(
-            self.caller.user.is_some(),
-            self.connected_at,
-            self.last_command,
-            self.linger_until,
-            login_timeout,
-            idle_timeout,
-        )
+    /// Writes what `socket` takes. An error closes the session at once.
+    pub fn write_to(&mut self, socket: &mut impl Write) -> io::Result<()> {
+        if self.close == CloseState::CloseNow {
+            return Ok(());
+        }
+        let result = self.transport.write(socket, &mut self.output);
+        if result.is_err() {
+            self.close_now(Ending::IoError);
+        }
+        result
+    }
+
+    /// Best-effort TLS close_notify before the socket is closed.
+    pub fn close_transport(&mut self, socket: &mut impl Write) {
+        self.transport.close_notify(socket);
+    }
+
+    // ----- lines -----------------------------------------------------------
+
+    /// Handles the complete lines it may handle now, at most
+    /// `MAX_LINES_PER_TURN` in loop pass `pass`. Returns true if its turn
+    /// ran out with lines left: the reactor gives it another next pass.
+    pub fn process(&mut self, chat: &mut Chat, now: Clock, pass: u64, out: &mut Outbox) -> bool {
+        if self.turn_pass != pass {
+            self.turn_pass = pass;
+            self.turn_lines = 0;
+        }
+        // Taken out so lines can be borrowed from it while `self` changes.
+        let inbuf = std::mem::take(&mut self.inbuf);
+        let mut consumed = 0;
+        let mut turn_over = false;
+        while self.can_process() {
+            if self.turn_lines >= MAX_LINES_PER_TURN {
+                turn_over = consumed < inbuf.len();
+                break;
+            }
+            let rest = &inbuf[consumed..];
+            let (used, frame) = self.framer.next_frame(rest);
+            consumed += used;
+            match frame {
+                Some(Frame::Line(line)) => self.handle_line(line, chat, now, out),
+                Some(Frame::TooLong) => {
+                    let max_line = self.framer.max_line();
+                    self.handle_parsed(
+                        Err(commands::ParseError::TooLong { max_line }),
+                        chat,
+                        now,
+                        out,
+                    );
+                }
+                // The peer closed after a last line without LF: netcat
+                // users forget it; treat it as a line.
+                None if used == 0 && self.input == InputState::PeerClosed && !rest.is_empty() => {
+                    consumed = inbuf.len();
+                    self.handle_line(rest, chat, now, out);
+                }
+                None if used == 0 => break,
+                None => {}
+            }
+        }
+        self.inbuf = inbuf;
+        self.consume_input(consumed);
+        self.maybe_finish(now.mono);
+        turn_over
+    }
+
+    fn handle_line(&mut self, line: &[u8], chat: &mut Chat, now: Clock, out: &mut Outbox) {
+        match commands::parse_line(line, self.caller.user.as_deref()) {
+            Ok(None) => {}
+            Ok(Some(cmd)) => self.handle_parsed(Ok(cmd), chat, now, out),
+            Err(e) => self.handle_parsed(Err(e), chat, now, out),
+        }
+    }
+
+    /// One command line (or a refused one): its place in the reply order,
+    /// activity, a rate token, then the chat's answer.
+    fn handle_parsed(
+        &mut self,
+        parsed: Result<commands::Command, commands::ParseError>,
+        chat: &mut Chat,
+        now: Clock,
+        out: &mut Outbox,
+    ) {
+        self.turn_lines += 1;
+        let Some(seq) = self.begin_command(now.mono) else {
+            return;
+        };
+        match parsed {
+            Err(e) => self.release(seq, e.reply()),
+            Ok(cmd) => {
+                let step = chat.execute(&self.caller, cmd, now, &mut out.effects);
+                self.absorb(&mut out.effects);
+                self.step(seq, step, out);
+            }
+        }
+    }
+
+    /// Starts a command line: gives it its place in the reply order, counts
+    /// it as activity, and takes a rate token. Returns its sequence number,
+    /// or `None` if it was refused (`RATE`, perhaps `* bye flood`).
+    fn begin_command(&mut self, now: Instant) -> Option<u64> {
+        let seq = self.replies.begin();
+        self.last_command = now;
+        if self.bucket.try_take(now) {
+            self.rate_strikes = 0;
+            return Some(seq);
+        }
+        self.rate_strikes += 1;
+        self.release(
+            seq,
+            protocol::err(ErrorCode::Rate, "too many commands; slow down"),
+        );
+        if self.rate_strikes >= self.limits.flood_limit() {
+            self.say_bye(ByeReason::Flood, now);
+        }
+        None
+    }
+
+    /// Takes the effects meant for this session itself out of `fx`.
+    fn absorb(&mut self, fx: &mut Effects) {
+        if let Some(user) = fx.logged_in.take() {
+            self.caller.user = Some(user);
+            // A member may send longer lines than a stranger.
+            self.framer.set_max_line(self.limits.max_line);
+        }
+        if std::mem::take(&mut fx.quit) && self.input != InputState::Shutdown {
+            self.input = InputState::Quit;
+        }
+    }
+
+    /// Acts on what the chat answered for command `seq`.
+    fn step(&mut self, seq: u64, step: Step, out: &mut Outbox) {
+        match step {
+            Step::Reply(reply) => self.release(seq, reply),
+            // Only a job whose caller is gone ends without a word; a command
+            // still gets its place in the order released.
+            Step::Done => self.release(seq, Vec::new()),
+            Step::Wait(job) => {
+                if job.cont.is_barrier() {
+                    self.waiting_on = Some(seq);
+                }
+                let reply_to = ReplyTo {
+                    session: self.caller.session,
+                    seq,
+                };
+                out.jobs.push((job, Some(reply_to)));
+            }
+        }
+    }
+
+    /// Gives command `seq` its reply and queues every reply now in order.
+    fn release(&mut self, seq: u64, reply: Vec<u8>) {
+        let output = &mut self.output;
+        let open = self.close == CloseState::Open;
+        self.replies.finish(seq, reply, |bytes| {
+            if open && !bytes.is_empty() {
+                output.push_reply(bytes);
+            }
+        });
+    }
+
+    /// A job for command `seq` is back. Only called while it is open; the
+    /// reactor completes jobs of closing sessions without them.
+    pub fn complete(
+        &mut self,
+        chat: &mut Chat,
+        seq: u64,
+        cont: Cont,
+        result: WorkResult,
+        now: Clock,
+        out: &mut Outbox,
+    ) {
+        let step = chat.complete(Some(&self.caller), cont, result, now, &mut out.effects);
+        self.absorb(&mut out.effects);
+        if self.waiting_on == Some(seq) {
+            self.waiting_on = None;
+        }
+        self.step(seq, step, out);
+        self.maybe_finish(now.mono);
+    }
+
+    /// Removes the first `consumed` bytes of input (all handled lines),
+    /// giving back a large allocation once the buffer is empty.
+    fn consume_input(&mut self, consumed: usize) {
+        let consumed = consumed.min(self.inbuf.len());
+        self.inbuf.drain(..consumed);
+        if self.inbuf.is_empty() && self.inbuf.capacity() > KEEP_BUFFER_CAPACITY {
+            self.inbuf = Vec::new();
+        }
+    }
+
+    /// Closes a session that is done, once every reply it is owed is queued:
+    /// after `quit`, at EOF, or during shutdown.
+    fn maybe_finish(&mut self, now: Instant) {
+        if !self.is_open() || self.replies.outstanding() > 0 {
+            return;
+        }
+        match self.input {
+            InputState::Quit => self.close_after_flush(Ending::Quit, now),
+            InputState::PeerClosed if self.inbuf.is_empty() => {
+                self.close_after_flush(Ending::PeerClosed, now)
+            }
+            InputState::Shutdown => self.say_bye(ByeReason::Shutdown, now),
+            InputState::Open | InputState::PeerClosed => {}
+        }
+    }
+
+    // ----- events, timers, closing ---------------------------------------
+
+    /// Queues an event line (a stored direct message's id is tracked until
+    /// written, so a session dropped before that gives it back).
+    pub fn push_event(&mut self, line: &[u8], stored_id: Option<i64>) -> Pushed {
+        if !self.is_open() {
+            return Pushed::Refused;
+        }
+        match stored_id {
+            Some(id) => self.output.push_direct(line, id),
+            None => self.output.push(line),
+        }
+        if self.over_backlog() {
+            Pushed::OverLimit
+        } else {
+            Pushed::Taken
+        }
+    }
+
+    /// Whether what it has not read of what it did not ask for is past the limit.
+    pub fn over_backlog(&self) -> bool {
+        self.output.event_backlog() > self.limits.max_outbuf as u64
+    }
+
+    /// Drops a reader whose backlog stays past the limit.
+    pub fn drop_slow(&mut self) {
+        self.close_now(Ending::Bye(ByeReason::Slow));
+    }
+
+    /// Its deadline came (or an earlier one it had): closes it if it really
+    /// is due, by what it is now.
+    pub fn on_deadline(&mut self, now: Instant) {
+        if self.deadline().is_none_or(|due| due > now) {
+            return;
+        }
+        match self.close {
+            CloseState::CloseAfterFlush { .. } => self.close_now(Ending::Linger),
+            CloseState::Open if self.caller.user.is_some() => self.say_bye(ByeReason::Idle, now),
+            CloseState::Open => self.say_bye(ByeReason::Timeout, now),
+            CloseState::CloseNow => {}
+        }
+    }
+
+    /// The server is shutting down: no more lines; `* bye shutdown` once
+    /// every reply it is owed is out.
+    pub fn begin_shutdown(&mut self, now: Instant) {
+        if self.input != InputState::Quit {
+            self.input = InputState::Shutdown;
+        }
+        self.maybe_finish(now);
+    }
+
+    /// Sends `* bye <reason>` and closes once it is written.
+    pub fn say_bye(&mut self, reason: ByeReason, now: Instant) {
+        if self.is_open() {
+            self.output.push(&protocol::bye(reason));
+        }
+        self.close_after_flush(Ending::Bye(reason), now);
+    }
+
+    fn close_after_flush(&mut self, why: Ending, now: Instant) {
+        if self.is_open() {
+            self.close = CloseState::CloseAfterFlush {
+                until: now + CLOSE_LINGER,
+            };
+            self.departure = Some(why);
+        }
+    }
+
+    /// Closes at the end of the pass, writing nothing more.
+    pub fn close_now(&mut self, why: Ending) {
+        if self.is_open() {
+            self.departure = Some(why);
+        }
+        self.close = CloseState::CloseNow;
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frames(framer: &mut LineFramer, mut buf: &[u8]) -> Vec<Result<Vec<u8>, ()>> {
-        let mut out = Vec::new();
-        loop {
-            let (used, frame) = framer.next_frame(buf);
-            match frame {
-                Some(Frame::Line(l)) => out.push(Ok(l.to_vec())),
-                Some(Frame::TooLong) => out.push(Err(())),
-                None if used == 0 => break,
-                None => {}
-            }
-            buf = &buf[used..];
-        }
-        out
-    }
-
-    #[test]
-    fn framing_splits_lines_and_drops_cr_before_lf() {
-        let mut f = LineFramer::new(100);
-        assert_eq!(
-            frames(&mut f, b"ping\r\nwhoelse\n\npar"),
-            vec![
-                Ok(b"ping".to_vec()),
-                Ok(b"whoelse".to_vec()),
-                Ok(Vec::new())
-            ]
-        );
-    }
-
-    #[test]
-    fn framing_waits_for_the_rest_of_a_split_line() {
-        let mut f = LineFramer::new(100);
-        assert_eq!(f.next_frame(b"pi"), (0, None));
-        assert_eq!(f.next_frame(b"ping\r"), (0, None));
-        assert_eq!(f.next_frame(b"ping\r\n"), (6, Some(Frame::Line(b"ping"))));
-    }
-
-    #[test]
-    fn framing_keeps_a_lone_cr_inside_a_line() {
-        let mut f = LineFramer::new(100);
-        assert_eq!(f.next_frame(b"a\rb\n"), (4, Some(Frame::Line(b"a\rb"))));
-    }
-
-    #[test]
-    fn a_line_at_the_limit_passes_and_one_byte_more_is_too_long() {
-        let mut f = LineFramer::new(5);
-        assert_eq!(f.next_frame(b"abcd\n"), (5, Some(Frame::Line(b"abcd"))));
-        assert_eq!(f.next_frame(b"abcde\n"), (6, Some(Frame::TooLong)));
-        assert_eq!(f.next_frame(b"ok\n"), (3, Some(Frame::Line(b"ok"))));
-    }
-
-    #[test]
-    fn an_overlong_line_split_across_reads_is_reported_once_and_discarded() {
-        let mut f = LineFramer::new(4);
-        assert_eq!(f.next_frame(b"abcd"), (4, Some(Frame::TooLong)));
-        assert_eq!(f.next_frame(b"efgh"), (4, None));
-        assert_eq!(f.next_frame(b"ij\nok\n"), (3, None));
-        assert_eq!(f.next_frame(b"ok\n"), (3, Some(Frame::Line(b"ok"))));
-    }
-
-    #[test]
-    fn invalid_utf8_is_framed_as_bytes_for_the_caller_to_refuse() {
-        let mut f = LineFramer::new(100);
-        assert_eq!(
-            f.next_frame(b"\xff\xfe\n"),
-            (3, Some(Frame::Line(&b"\xff\xfe"[..])))
-        );
-    }
-
-    #[test]
-    fn rate_bucket_allows_a_burst_then_the_rate() {
-        let t0 = Instant::now();
-        let mut b = RateBucket::new(2.0, 3, t0);
-        assert!(b.try_take(t0));
-        assert!(b.try_take(t0));
-        assert!(b.try_take(t0));
-        assert!(!b.try_take(t0));
-        assert!(b.try_take(t0 + Duration::from_millis(500)));
-        assert!(!b.try_take(t0 + Duration::from_millis(600)));
-        // Refill is capped at the burst.
-        let later = t0 + Duration::from_secs(100);
-        assert!((0..3).all(|_| b.try_take(later)));
-        assert!(!b.try_take(later));
-    }
-
-    #[test]
-    fn rate_zero_means_unlimited() {
-        let t0 = Instant::now();
-        let mut b = RateBucket::new(0.0, 1, t0);
-        assert!((0..10_000).all(|_| b.try_take(t0)));
-    }
-
-    #[test]
-    fn deadlines_follow_the_session_state() {
-        let t0 = Instant::now();
-        let secs = Duration::from_secs;
-        let later = t0 + secs(100);
-        // Before login the login timeout counts from connecting, whatever is typed.
-        assert_eq!(
-            session_deadline(false, t0, later, None, secs(60), secs(1800)),
-            t0 + secs(60)
-        );
-        // After login the idle timeout counts from the last command, even if shorter.
-        assert_eq!(
-            session_deadline(true, t0, later, None, secs(60), secs(1)),
-            later + secs(1)
-        );
-        // A closing session only waits for its output to drain.
-        let linger = t0 + secs(5);
-        assert_eq!(
-            session_deadline(true, t0, later, Some(linger), secs(60), secs(1800)),
-            linger
-        );
-    }
-
-    #[test]
-    fn replies_are_released_in_command_order() {
-        let mut order = ReplyOrder::default();
-        let a = order.begin();
-        let b = order.begin();
-        let c = order.begin();
-        assert!(order.finish(b, b"B".to_vec()).is_empty());
-        assert!(order.finish(c, b"C".to_vec()).is_empty());
-        assert_eq!(order.outstanding(), 3);
-        assert_eq!(
-            order.finish(a, b"A".to_vec()),
-            vec![b"A".to_vec(), b"B".to_vec(), b"C".to_vec()]
-        );
-        assert_eq!(order.outstanding(), 0);
-        let d = order.begin();
-        assert_eq!(order.finish(d, b"D".to_vec()), vec![b"D".to_vec()]);
-        // A stale or duplicate completion is ignored.
-        assert!(order.finish(a, b"again".to_vec()).is_empty());
-    }
-}
+mod tests;

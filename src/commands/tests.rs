@@ -1,10 +1,29 @@
 //! Command parsing and chat logic without sockets, threads or real time.
 
-use super::*;
-use crate::store::MessageRow;
+use std::collections::HashSet;
+use std::time::Duration;
 
-fn parse_in(line: &str) -> Result<Command, String> {
-    parse(line, true).map_err(|e| String::from_utf8_lossy(&e).into_owned())
+use super::*;
+use crate::auth::{HashOutcome, HashWork};
+use crate::config::{HashCost, Registration};
+use crate::protocol::ByeReason;
+use crate::store::{MessageRow, StoreOutput, StoreRequest};
+
+/// Parses a member's line into its command, or the error line.
+fn parse_in(line: &str) -> Result<MemberCommand, String> {
+    match parse(line, Some("me")) {
+        Ok(Command::Member { cmd, .. }) => Ok(cmd),
+        Ok(other) => Err(format!("{other:?}")),
+        Err(e) => Err(String::from_utf8_lossy(&e.reply()).into_owned()),
+    }
+}
+
+fn member(me: &str, cmd: MemberCommand) -> Command {
+    Command::Member { me: me.into(), cmd }
+}
+
+fn recipients(fx: &Effects) -> Vec<SessionRef> {
+    fx.deliveries.iter().map(|d| d.to).collect()
 }
 
 fn code(reply: &[u8]) -> String {
@@ -17,10 +36,10 @@ fn code(reply: &[u8]) -> String {
 
 #[test]
 fn command_words_are_case_insensitive_and_blanks_separate() {
-    assert_eq!(parse_in("PiNg"), Ok(Command::Ping));
+    assert_eq!(parse_in("PiNg"), Ok(MemberCommand::Ping));
     assert_eq!(
         parse_in("SEND\tBob  hi  there"),
-        Ok(Command::Send {
+        Ok(MemberCommand::Send {
             to: "bob".into(),
             text: "hi  there".into()
         })
@@ -29,21 +48,24 @@ fn command_words_are_case_insensitive_and_blanks_separate() {
 
 #[test]
 fn login_state_decides_noauth_and_already() {
-    let noauth = parse("whoelse", false).unwrap_err();
+    let noauth = parse("whoelse", None).unwrap_err().reply();
     assert_eq!(code(&noauth), "- NOAUTH");
-    let already = parse("login a password", true).unwrap_err();
+    let already = parse("login a password", Some("me")).unwrap_err().reply();
     assert_eq!(code(&already), "- ALREADY");
     // Unknown words are BADCMD whatever the state.
-    assert_eq!(code(&parse("dance", false).unwrap_err()), "- BADCMD");
-    assert_eq!(code(&parse("dance", true).unwrap_err()), "- BADCMD");
-    assert_eq!(parse("help", false), Ok(Command::Help));
-    assert_eq!(parse("logout", true), Ok(Command::Quit));
+    assert_eq!(code(&parse("dance", None).unwrap_err().reply()), "- BADCMD");
+    assert_eq!(
+        code(&parse("dance", Some("me")).unwrap_err().reply()),
+        "- BADCMD"
+    );
+    assert_eq!(parse("help", None), Ok(Command::Help));
+    assert_eq!(parse("logout", Some("me")), Ok(Command::Quit));
 }
 
 #[test]
 fn a_password_is_the_rest_of_the_line() {
     assert_eq!(
-        parse("login Alice  my pass word ", false),
+        parse("login Alice  my pass word ", None),
         Ok(Command::Login {
             user: "alice".into(),
             password: "my pass word ".into()
@@ -55,19 +77,19 @@ fn a_password_is_the_rest_of_the_line() {
 fn broadcast_forms() {
     assert_eq!(
         parse_in("broadcast hello world"),
-        Ok(Command::Broadcast {
+        Ok(MemberCommand::Broadcast {
             text: "hello world".into()
         })
     );
     assert_eq!(
         parse_in("broadcast MESSAGE hello"),
-        Ok(Command::Broadcast {
+        Ok(MemberCommand::Broadcast {
             text: "hello".into()
         })
     );
     assert_eq!(
         parse_in("broadcast user Bob carol message hi there"),
-        Ok(Command::BroadcastTo {
+        Ok(MemberCommand::BroadcastTo {
             users: vec!["bob".into(), "carol".into()],
             text: "hi there".into()
         })
@@ -80,14 +102,18 @@ fn broadcast_forms() {
         "broadcast user bob message",
         "broadcast user bob hi",
     ] {
-        assert_eq!(code(&parse(bad, true).unwrap_err()), "- BADARG", "{bad}");
+        assert_eq!(
+            code(&parse(bad, Some("me")).unwrap_err().reply()),
+            "- BADARG",
+            "{bad}"
+        );
     }
 }
 
 #[test]
 fn history_arguments() {
     let h = |with: Option<&str>, count| {
-        Ok(Command::History {
+        Ok(MemberCommand::History {
             with: with.map(str::to_string),
             count,
         })
@@ -109,10 +135,13 @@ fn history_arguments() {
 
 #[test]
 fn wholast_bounds() {
-    assert_eq!(parse_in("wholast 1"), Ok(Command::Wholast { minutes: 1 }));
+    assert_eq!(
+        parse_in("wholast 1"),
+        Ok(MemberCommand::Wholast { minutes: 1 })
+    );
     assert_eq!(
         parse_in("wholast 10080"),
-        Ok(Command::Wholast { minutes: 10080 })
+        Ok(MemberCommand::Wholast { minutes: 10080 })
     );
     for bad in [
         "wholast",
@@ -179,19 +208,21 @@ fn log_in(chat: &mut Chat, c: &mut Caller, user: &str, now: Clock) -> Effects {
         panic!("login must wait for the hasher")
     };
     let step = chat.complete(
-        Some(c),
+        Some(&*c),
         job.cont,
         WorkResult::Hash(HashOutcome::Verified(true)),
         now,
         &mut fx,
     );
     assert!(matches!(step, Step::Reply(ref r) if r.starts_with(b"+ welcome")));
+    c.user = fx.logged_in.clone();
     fx
 }
 
 fn reply_text(step: Step) -> String {
     match step {
         Step::Reply(r) => String::from_utf8(r).unwrap(),
+        Step::Done => panic!("expected a reply, got nothing"),
         Step::Wait(job) => panic!("expected a reply, got a job {job:?}"),
     }
 }
@@ -205,14 +236,20 @@ fn a_send_is_acknowledged_only_when_its_commit_returns() {
     log_in(&mut chat, &mut alice, "alice", clock(t0, 0));
     log_in(&mut chat, &mut bob, "bob", clock(t0, 0));
     let mut fx = Effects::default();
-    let cmd = Command::Send {
-        to: "bob".into(),
-        text: "hi".into(),
-    };
-    let Step::Wait(job) = chat.execute(&mut alice, cmd, clock(t0, 1), &mut fx) else {
+    let cmd = member(
+        "alice",
+        MemberCommand::Send {
+            to: "bob".into(),
+            text: "hi".into(),
+        },
+    );
+    let Step::Wait(job) = chat.execute(&alice, cmd, clock(t0, 1), &mut fx) else {
         panic!("send must wait for the store")
     };
-    assert!(fx.pushes.is_empty(), "nothing is pushed before the commit");
+    assert!(
+        fx.deliveries.is_empty(),
+        "nothing is pushed before the commit"
+    );
     let Work::Store(StoreRequest::InsertMessages(msgs)) = &job.work else {
         panic!("{job:?}")
     };
@@ -222,16 +259,16 @@ fn a_send_is_acknowledged_only_when_its_commit_returns() {
         "an online recipient's message is not an inbox message"
     );
     let step = chat.complete(
-        Some(&mut alice),
+        Some(&alice),
         job.cont,
         WorkResult::Store(Ok(StoreOutput::Ids(vec![7]))),
         clock(t0, 1),
         &mut fx,
     );
     assert_eq!(reply_text(step), "+ delivered\n");
-    assert_eq!(fx.pushes.len(), 1);
-    assert_eq!(fx.pushes[0].to, vec![bob.session]);
-    let line = String::from_utf8(fx.pushes[0].line.clone()).unwrap();
+    assert_eq!(fx.deliveries.len(), 1);
+    assert_eq!(recipients(&fx), vec![bob.session]);
+    let line = String::from_utf8(fx.deliveries[0].line.to_vec()).unwrap();
     assert_eq!(line, "* msg alice 2027-01-15T08:00:01Z hi\n");
 }
 
@@ -242,22 +279,25 @@ fn a_failed_commit_is_never_acknowledged() {
     let mut alice = caller(1, None);
     log_in(&mut chat, &mut alice, "alice", clock(t0, 0));
     let mut fx = Effects::default();
-    let cmd = Command::Send {
-        to: "bob".into(),
-        text: "hi".into(),
-    };
-    let Step::Wait(job) = chat.execute(&mut alice, cmd, clock(t0, 1), &mut fx) else {
+    let cmd = member(
+        "alice",
+        MemberCommand::Send {
+            to: "bob".into(),
+            text: "hi".into(),
+        },
+    );
+    let Step::Wait(job) = chat.execute(&alice, cmd, clock(t0, 1), &mut fx) else {
         panic!()
     };
     let step = chat.complete(
-        Some(&mut alice),
+        Some(&alice),
         job.cont,
         WorkResult::Store(Err("disk full".into())),
         clock(t0, 1),
         &mut fx,
     );
     assert!(reply_text(step).starts_with("- INTERNAL "));
-    assert!(fx.pushes.is_empty());
+    assert!(fx.deliveries.is_empty());
 }
 
 #[test]
@@ -269,16 +309,19 @@ fn a_recipient_who_leaves_before_the_commit_gets_it_in_the_inbox() {
     log_in(&mut chat, &mut alice, "alice", clock(t0, 0));
     log_in(&mut chat, &mut bob, "bob", clock(t0, 0));
     let mut fx = Effects::default();
-    let cmd = Command::Send {
-        to: "bob".into(),
-        text: "hi".into(),
-    };
-    let Step::Wait(job) = chat.execute(&mut alice, cmd, clock(t0, 1), &mut fx) else {
+    let cmd = member(
+        "alice",
+        MemberCommand::Send {
+            to: "bob".into(),
+            text: "hi".into(),
+        },
+    );
+    let Step::Wait(job) = chat.execute(&alice, cmd, clock(t0, 1), &mut fx) else {
         panic!()
     };
     assert!(chat.disconnect(&bob, clock(t0, 1)).is_some());
     let step = chat.complete(
-        Some(&mut alice),
+        Some(&alice),
         job.cont,
         WorkResult::Store(Ok(StoreOutput::Ids(vec![9]))),
         clock(t0, 1),
@@ -293,14 +336,14 @@ fn a_recipient_who_leaves_before_the_commit_gets_it_in_the_inbox() {
         Work::Store(StoreRequest::MarkUnread { ref ids }) if ids == &[9]
     ));
     let ack = chat.complete(
-        Some(&mut alice),
+        Some(&alice),
         mark.cont,
         WorkResult::Store(Ok(StoreOutput::Done)),
         clock(t0, 1),
         &mut fx,
     );
     assert_eq!(reply_text(ack), "+ stored\n");
-    assert!(fx.pushes.is_empty());
+    assert!(fx.deliveries.is_empty());
     assert_eq!(chat.accounts["bob"].unread, 1);
 }
 
@@ -317,7 +360,7 @@ fn lockout_counts_per_user_and_address_and_expires() {
         };
         match chat.execute(c, cmd, clock(t0, at), fx) {
             Step::Wait(job) => reply_text(chat.complete(
-                Some(c),
+                Some(&*c),
                 job.cont,
                 WorkResult::Hash(HashOutcome::Verified(ok)),
                 clock(t0, at),
@@ -345,18 +388,18 @@ fn lockout_counts_per_user_and_address_and_expires() {
 fn unknown_users_are_verified_against_the_dummy_hash() {
     let t0 = Instant::now();
     let mut chat = chat_with(&[]);
-    let mut c = caller(1, None);
+    let c = caller(1, None);
     let cmd = Command::Login {
         user: "ghost".into(),
         password: "pw".into(),
     };
-    let Step::Wait(job) = chat.execute(&mut c, cmd, clock(t0, 0), &mut Effects::default()) else {
+    let Step::Wait(job) = chat.execute(&c, cmd, clock(t0, 0), &mut Effects::default()) else {
         panic!()
     };
     assert!(matches!(job.work, Work::Hash(HashWork::Verify { ref hash, .. }) if hash == "dummy"));
     // Even a "match" against the dummy hash is a failure.
     let step = chat.complete(
-        Some(&mut c),
+        Some(&c),
         job.cont,
         WorkResult::Hash(HashOutcome::Verified(true)),
         clock(t0, 0),
@@ -385,19 +428,19 @@ fn a_second_login_replaces_the_first_session() {
 fn two_registrations_cannot_race_for_one_name() {
     let t0 = Instant::now();
     let mut chat = chat_with(&[]);
-    let mut a = caller(1, None);
-    let mut b = caller(2, None);
+    let a = caller(1, None);
+    let b = caller(2, None);
     let reg = || Command::Register {
         user: "neo".into(),
         password: "password1".into(),
     };
     let mut fx = Effects::default();
-    let Step::Wait(job) = chat.execute(&mut a, reg(), clock(t0, 0), &mut fx) else {
+    let Step::Wait(job) = chat.execute(&a, reg(), clock(t0, 0), &mut fx) else {
         panic!()
     };
-    assert!(reply_text(chat.execute(&mut b, reg(), clock(t0, 0), &mut fx)).starts_with("- EXISTS"));
+    assert!(reply_text(chat.execute(&b, reg(), clock(t0, 0), &mut fx)).starts_with("- EXISTS"));
     let Step::Wait(store) = chat.complete(
-        Some(&mut a),
+        Some(&a),
         job.cont,
         WorkResult::Hash(HashOutcome::Hashed(Ok("h".into()))),
         clock(t0, 0),
@@ -406,14 +449,14 @@ fn two_registrations_cannot_race_for_one_name() {
         panic!()
     };
     let done = chat.complete(
-        Some(&mut a),
+        Some(&a),
         store.cont,
         WorkResult::Store(Ok(StoreOutput::Done)),
         clock(t0, 0),
         &mut fx,
     );
     assert_eq!(reply_text(done), "+ registered neo\n");
-    assert_eq!(a.user.as_deref(), Some("neo"));
+    assert_eq!(fx.logged_in.as_deref(), Some("neo"));
 }
 
 #[test]
@@ -425,21 +468,24 @@ fn broadcast_skips_the_sender_and_those_who_block_them() {
         log_in(&mut chat, c, name, clock(t0, 0));
     }
     let mut fx = Effects::default();
-    let block = Command::Block {
-        user: "alice".into(),
-    };
+    let block = member(
+        "carol",
+        MemberCommand::Block {
+            user: "alice".into(),
+        },
+    );
     assert!(matches!(
-        chat.execute(&mut cs[2], block, clock(t0, 0), &mut fx),
+        chat.execute(&cs[2], block, clock(t0, 0), &mut fx),
         Step::Wait(_)
     ));
     let step = chat.execute(
-        &mut cs[0],
-        Command::Broadcast { text: "yo".into() },
+        &cs[0],
+        member("alice", MemberCommand::Broadcast { text: "yo".into() }),
         clock(t0, 1),
         &mut fx,
     );
     assert_eq!(reply_text(step), "+ sent to 1\n");
-    assert_eq!(fx.pushes[0].to, vec![cs[1].session]);
+    assert_eq!(recipients(&fx), vec![cs[1].session]);
 }
 
 #[test]
@@ -457,7 +503,7 @@ fn inbox_reports_what_is_still_waiting() {
         body: "hi".into(),
     }];
     let step = chat.complete(
-        Some(&mut bob),
+        Some(&bob),
         Cont::Inbox { user: "bob".into() },
         WorkResult::Store(Ok(StoreOutput::Rows(rows))),
         clock(t0, 0),
@@ -494,7 +540,7 @@ fn logins_in_flight_when_the_lock_begins_cannot_reopen_it() {
     for (i, at) in [(0, 0), (1, 0), (2, 0), (3, 10)] {
         let job = jobs.next().unwrap();
         let reply = chat.complete(
-            Some(&mut conns[i]),
+            Some(&conns[i]),
             job.cont,
             WorkResult::Hash(HashOutcome::Verified(false)),
             clock(t0, at),
@@ -505,19 +551,19 @@ fn logins_in_flight_when_the_lock_begins_cannot_reopen_it() {
     // The fifth was the right password, but the lock began meanwhile.
     let last = jobs.next().unwrap();
     let reply = chat.complete(
-        Some(&mut conns[4]),
+        Some(&conns[4]),
         last.cont,
         WorkResult::Hash(HashOutcome::Verified(true)),
         clock(t0, 11),
         &mut fx,
     );
     assert!(reply_text(reply).starts_with("- LOCKED"));
-    assert_eq!(conns[4].user, None);
+    assert_eq!(fx.logged_in, None);
     // Between the first lock's end (60) and the last failure's (70): still locked.
     let cmd = Command::Login {
         user: "alice".into(),
         password: "guess".into(),
     };
-    let step = chat.execute(&mut conns[0], cmd, clock(t0, 65), &mut fx);
+    let step = chat.execute(&conns[0], cmd, clock(t0, 65), &mut fx);
     assert!(reply_text(step).starts_with("- LOCKED"));
 }

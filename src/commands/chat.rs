@@ -1,0 +1,216 @@
+//! [`Chat`]: the in-memory chat state (accounts, who is online where,
+//! registrations in flight, lockout records) and the two entry points the
+//! connection layer calls: [`Chat::execute`] for a parsed command and
+//! [`Chat::complete`] for a finished job. Both only dispatch; the commands
+//! themselves live in `login.rs`, `direct.rs` and `reads.rs`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use crate::config::{Config, HashCost, Registration};
+use crate::protocol::{err, ok, ByeReason, ErrorCode};
+use crate::store::StoreRequest;
+
+use super::job::{Cont, Effects, Step, WorkResult};
+use super::login::Failures;
+use super::parse::{Command, MemberCommand};
+use super::{Caller, Clock, LockKey, SessionRef};
+
+/// What a registered user carries in memory.
+#[derive(Clone, Debug)]
+pub struct Account {
+    /// PHC string of the password hash.
+    pub hash: String,
+    /// Messages waiting in the inbox.
+    pub unread: u32,
+    /// Unix time the user's last session ended.
+    pub last_seen: Option<i64>,
+    /// Users whose messages this user refuses.
+    pub blocks: HashSet<String>,
+}
+
+/// Chat settings taken from [`Config`].
+#[derive(Clone, Debug)]
+pub struct ChatSettings {
+    /// Failed logins (per user and address) before a lockout.
+    pub max_login_failures: u32,
+    /// How long a lockout lasts, and how long failures are remembered.
+    pub block_time: Duration,
+    /// Whether `register` is accepted.
+    pub registration: Registration,
+    /// Cost of new password hashes.
+    pub hash_cost: HashCost,
+}
+
+impl From<&Config> for ChatSettings {
+    fn from(c: &Config) -> Self {
+        ChatSettings {
+            max_login_failures: c.max_login_failures.max(1),
+            block_time: c.block_time(),
+            registration: c.registration,
+            hash_cost: c.hash_cost,
+        }
+    }
+}
+
+/// The chat state every command needs, owned by the loop thread.
+#[derive(Debug)]
+pub struct Chat {
+    pub(super) settings: ChatSettings,
+    /// Registered users by canonical name.
+    pub(super) accounts: HashMap<String, Account>,
+    /// Who is online and where; ordered so `whoelse` needs no sort.
+    pub(super) online: BTreeMap<String, SessionRef>,
+    /// Names with a registration in flight, so two cannot race for one name.
+    pub(super) registering: HashSet<String>,
+    /// Failed-login records.
+    pub(super) failures: HashMap<LockKey, Failures>,
+    /// Verified when the user is unknown, so a miss costs what a wrong
+    /// password costs and timing does not reveal which names exist.
+    pub(super) dummy_hash: String,
+}
+
+impl Chat {
+    /// Chat state over accounts loaded from the store.
+    pub fn new(
+        settings: ChatSettings,
+        accounts: HashMap<String, Account>,
+        dummy_hash: String,
+    ) -> Self {
+        Chat {
+            settings,
+            accounts,
+            online: BTreeMap::new(),
+            registering: HashSet::new(),
+            failures: HashMap::new(),
+            dummy_hash,
+        }
+    }
+
+    /// Number of registered users.
+    pub fn user_count(&self) -> usize {
+        self.accounts.len()
+    }
+
+    /// Online sessions, for shutdown and tests.
+    pub fn online_count(&self) -> usize {
+        self.online.len()
+    }
+
+    /// Runs one parsed command for `caller`. [`super::parse`] has already
+    /// checked that the caller may give it.
+    pub fn execute(&mut self, caller: &Caller, cmd: Command, now: Clock, fx: &mut Effects) -> Step {
+        match cmd {
+            Command::Help => Step::Reply(super::reads::help_reply(caller.user.is_some())),
+            Command::Quit => {
+                fx.quit = true;
+                Step::Reply(ok("bye"))
+            }
+            Command::Login { user, password } => self.login(caller, user, password, now),
+            Command::Register { user, password } => self.register(user, password),
+            Command::Member { me, cmd } => self.member(me, cmd, now, fx),
+        }
+    }
+
+    fn member(&mut self, me: String, cmd: MemberCommand, now: Clock, fx: &mut Effects) -> Step {
+        match cmd {
+            MemberCommand::Ping => Step::Reply(ok("pong")),
+            MemberCommand::Whoelse => Step::Reply(self.whoelse(&me)),
+            MemberCommand::Wholast { minutes } => Step::Reply(self.wholast(&me, minutes, now)),
+            MemberCommand::Send { to, text } => self.send(me, to, text, now),
+            MemberCommand::BroadcastTo { users, text } => self.send_to_list(me, users, text, now),
+            MemberCommand::Broadcast { text } => Step::Reply(self.broadcast(&me, &text, now, fx)),
+            MemberCommand::Inbox => self.inbox(me),
+            MemberCommand::History { with, count } => self.history(me, with, count),
+            MemberCommand::Block { user } => self.block(me, user, true),
+            MemberCommand::Unblock { user } => self.block(me, user, false),
+            MemberCommand::Blocked => Step::Reply(self.blocked(&me)),
+        }
+    }
+
+    /// Finishes a job. `caller` is `None` when its session has gone; the
+    /// state change still happens (a committed message still reaches its
+    /// recipient, a written account still exists).
+    pub fn complete(
+        &mut self,
+        caller: Option<&Caller>,
+        cont: Cont,
+        result: WorkResult,
+        now: Clock,
+        fx: &mut Effects,
+    ) -> Step {
+        match cont {
+            Cont::Login { user, known, ip } => {
+                self.finish_login(caller, user, known, ip, result, now, fx)
+            }
+            Cont::RegisterHashed { user } => self.register_hashed(user, result, now),
+            Cont::RegisterStored { user, hash } => {
+                self.register_stored(caller, user, hash, result, fx)
+            }
+            Cont::Direct {
+                kind,
+                from,
+                ts,
+                text,
+                targets,
+            } => self.direct_committed(kind, from, ts, text, targets, result, fx),
+            Cont::Inbox { user } => self.inbox_read(caller, user, result, fx),
+            Cont::History => self.history_read(result),
+            Cont::Ack(reply) => match result {
+                WorkResult::Store(Ok(_)) => Step::Reply(reply),
+                _ => Step::Reply(err(ErrorCode::Internal, "change not saved; try again")),
+            },
+            Cont::Block {
+                user,
+                other,
+                on,
+                had,
+            } => self.block_written(user, other, on, had, result),
+            Cont::Background => Step::Done,
+        }
+    }
+
+    /// Logs `caller` in as `user`, taking over any older session.
+    pub(super) fn enter(&mut self, caller: &Caller, user: &str, fx: &mut Effects) {
+        if let Some(old) = self.online.insert(user.to_string(), caller.session) {
+            if old != caller.session {
+                fx.closes.push((old, ByeReason::Replaced));
+            }
+        }
+        fx.logged_in = Some(user.to_string());
+    }
+
+    /// A committed message could not be pushed after all (the recipient's
+    /// session was closing or got dropped as slow): it goes back to the
+    /// inbox. Returns the write that makes that durable.
+    pub fn undelivered(&mut self, user: &str, ids: &[i64]) -> StoreRequest {
+        for _ in ids {
+            self.bump_unread(user);
+        }
+        StoreRequest::MarkUnread { ids: ids.to_vec() }
+    }
+
+    pub(super) fn bump_unread(&mut self, user: &str) {
+        if let Some(a) = self.accounts.get_mut(user) {
+            a.unread = a.unread.saturating_add(1);
+        }
+    }
+
+    /// The session is ending: it is no longer online, and its user's
+    /// last-seen time moves to now. Returns the write to make, if any.
+    pub fn disconnect(&mut self, caller: &Caller, now: Clock) -> Option<StoreRequest> {
+        let user = caller.user.as_ref()?;
+        if self.online.get(user) != Some(&caller.session) {
+            // Replaced by a newer session: the user is still online.
+            return None;
+        }
+        self.online.remove(user);
+        if let Some(a) = self.accounts.get_mut(user) {
+            a.last_seen = Some(now.wall);
+        }
+        Some(StoreRequest::SetLastSeen {
+            user: user.clone(),
+            at: now.wall,
+        })
+    }
+}

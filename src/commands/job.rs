@@ -1,0 +1,161 @@
+//! The contract between the chat core and the connection layer: what a
+//! command produces for its own session ([`Step`]), the background work it
+//! may need ([`Job`], [`Work`], and the continuation [`Cont`] that comes
+//! back with the result), and what it does to everyone else ([`Effects`]).
+//!
+//! Plain data only: the connection layer moves these values around and
+//! never looks inside a continuation.
+
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use crate::auth::{HashOutcome, HashWork};
+use crate::protocol::ByeReason;
+use crate::store::{StoreOutput, StoreRequest};
+
+use super::direct::{DirectKind, DirectTarget};
+use super::SessionRef;
+
+/// Key of a lockout record: the username and the address guessing it.
+pub type LockKey = (String, IpAddr);
+
+/// What a command (or a completed job) produced for its own session.
+#[derive(Debug)]
+pub enum Step {
+    /// Nothing to say: a job whose session has gone, or one nobody waits for.
+    Done,
+    /// The complete reply: data lines and one completion.
+    Reply(Vec<u8>),
+    /// Waiting for background work; the reply comes from [`super::Chat::complete`].
+    Wait(Job),
+}
+
+/// Background work plus what to do with its result.
+#[derive(Debug)]
+pub struct Job {
+    /// What to do with the result; comes back with it.
+    pub cont: Cont,
+    /// What the background thread does.
+    pub work: Work,
+}
+
+/// Work for a background thread.
+#[derive(Debug)]
+pub enum Work {
+    /// For the store thread.
+    Store(StoreRequest),
+    /// For the hashing pool.
+    Hash(HashWork),
+}
+
+/// The outcome of [`Work`].
+#[derive(Debug)]
+pub enum WorkResult {
+    /// Store result; the error text is for the log.
+    Store(Result<StoreOutput, String>),
+    /// From the hashing pool.
+    Hash(HashOutcome),
+}
+
+/// What to do with a background result once it is back. Carried with the
+/// job and returned untouched, so the reactor keeps no per-job state.
+#[derive(Clone, Debug)]
+pub enum Cont {
+    /// Password checked for a login.
+    Login {
+        /// Who is logging in.
+        user: String,
+        /// Whether the account exists (else the dummy hash was checked).
+        known: bool,
+        /// From where: lockouts are per user and address.
+        ip: IpAddr,
+    },
+    /// New password hashed for a register.
+    RegisterHashed { user: String },
+    /// New account written.
+    RegisterStored { user: String, hash: String },
+    /// Direct message(s) committed.
+    Direct {
+        kind: DirectKind,
+        from: String,
+        ts: i64,
+        text: String,
+        targets: Vec<DirectTarget>,
+    },
+    /// Unread messages read and marked read.
+    Inbox { user: String },
+    /// History rows read.
+    History,
+    /// A write whose only reply is this fixed line once it is committed.
+    Ack(Vec<u8>),
+    /// A block or unblock being written; undone in memory if that fails.
+    Block {
+        /// Who blocks.
+        user: String,
+        /// Whom.
+        other: String,
+        /// Block (true) or unblock.
+        on: bool,
+        /// Whether the block existed before.
+        had: bool,
+    },
+    /// A write nobody waits for (last-seen times); failures are only logged.
+    Background,
+}
+
+impl Cont {
+    /// Whether later lines of the session must wait for this job: their
+    /// meaning depends on whether a login or register succeeds; and an
+    /// `inbox` or `history` reply can be megabytes, so one at a time keeps
+    /// what a pipelining client can make us hold to one such reply.
+    pub fn is_barrier(&self) -> bool {
+        matches!(
+            self,
+            Cont::Login { .. }
+                | Cont::RegisterHashed { .. }
+                | Cont::RegisterStored { .. }
+                | Cont::Inbox { .. }
+                | Cont::History
+        )
+    }
+}
+
+/// A stored direct message on its way to a recipient's socket: if it
+/// cannot be written there, it goes back to the inbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// The recipient's name.
+    pub recipient: String,
+    /// The message's id in the store.
+    pub id: i64,
+}
+
+/// One event line for one session.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    /// Who gets it.
+    pub to: SessionRef,
+    /// The complete `* ...` line, formatted once and shared by every
+    /// delivery of the same message.
+    pub line: Rc<[u8]>,
+    /// Set for a stored direct message.
+    pub stored: Option<StoredMessage>,
+}
+
+/// Side effects of a command beyond its own reply.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Events for other sessions.
+    pub deliveries: Vec<Delivery>,
+    /// Sessions to send `* bye <reason>` and close.
+    pub closes: Vec<(SessionRef, ByeReason)>,
+    /// Writes nobody waits for.
+    pub background: Vec<StoreRequest>,
+    /// Lockout records to look at again at the given time.
+    pub lock_timers: Vec<(Instant, LockKey)>,
+    /// The caller is now logged in as this user.
+    pub logged_in: Option<String>,
+    /// The caller asked to leave (`quit`/`logout`).
+    pub quit: bool,
+}

@@ -1,0 +1,217 @@
+//! Commands that read or change a user's own view: `whoelse`, `wholast`,
+//! `inbox`, `history`, `block`/`unblock`/`blocked`, and `help`.
+
+use crate::protocol::{self, err, ok, ErrorCode, Reply};
+use crate::store::{MessageRow, StoreOutput, StoreRequest};
+
+use super::job::{Cont, Effects, Job, Step, Work, WorkResult};
+use super::parse::{BEFORE_LOGIN, USAGE};
+use super::{Caller, Chat, Clock, INBOX_PAGE};
+
+impl Chat {
+    pub(super) fn whoelse(&self, me: &str) -> Vec<u8> {
+        let mut reply = Reply::new();
+        let mut n = 0;
+        for name in self.online.keys().filter(|n| *n != me) {
+            reply.data(name);
+            n += 1;
+        }
+        reply.ok(&format!("{n} online"))
+    }
+
+    pub(super) fn wholast(&self, me: &str, minutes: u32, now: Clock) -> Vec<u8> {
+        let since = now.wall - i64::from(minutes) * 60;
+        let mut rows: Vec<(&str, String)> = Vec::new();
+        for (name, account) in &self.accounts {
+            if name == me {
+                continue;
+            }
+            if self.online.contains_key(name) {
+                rows.push((name, "online".to_string()));
+            } else if let Some(seen) = account.last_seen.filter(|t| *t >= since) {
+                rows.push((name, protocol::format_time(seen)));
+            }
+        }
+        rows.sort();
+        let mut reply = Reply::new();
+        for (name, when) in &rows {
+            reply.data(&format!("{name} {when}"));
+        }
+        reply.ok(&format!("{} users", rows.len()))
+    }
+
+    pub(super) fn inbox(&self, me: String) -> Step {
+        Step::Wait(Job {
+            cont: Cont::Inbox { user: me.clone() },
+            work: Work::Store(StoreRequest::TakeInbox {
+                user: me,
+                limit: INBOX_PAGE,
+            }),
+        })
+    }
+
+    pub(super) fn inbox_read(
+        &mut self,
+        caller: Option<&Caller>,
+        user: String,
+        result: WorkResult,
+        fx: &mut Effects,
+    ) -> Step {
+        let WorkResult::Store(Ok(StoreOutput::Rows(rows))) = result else {
+            return read_failed();
+        };
+        if caller.is_none() {
+            // Marked read, but the reader is gone: back to the inbox.
+            let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+            if !ids.is_empty() {
+                fx.background.push(StoreRequest::MarkUnread { ids });
+            }
+            return Step::Done;
+        }
+        let left = self.accounts.get_mut(&user).map(|a| {
+            a.unread = a.unread.saturating_sub(rows.len() as u32);
+            a.unread
+        });
+        let mut reply = Reply::new();
+        for row in &rows {
+            reply.data(&format!(
+                "{} {} {}",
+                protocol::format_time(row.ts),
+                row.sender,
+                row.body
+            ));
+        }
+        let text = match left {
+            Some(n) if n > 0 => format!("{} unread ({n} more waiting: inbox again)", rows.len()),
+            _ => format!("{} unread", rows.len()),
+        };
+        Step::Reply(reply.ok(&text))
+    }
+
+    pub(super) fn history(&self, me: String, with: Option<String>, count: u32) -> Step {
+        if let Some(other) = &with {
+            if !self.accounts.contains_key(other) {
+                return Step::Reply(err(ErrorCode::NoUser, &format!("no such user {other}")));
+            }
+        }
+        Step::Wait(Job {
+            cont: Cont::History,
+            work: Work::Store(StoreRequest::History {
+                user: me,
+                with,
+                limit: count,
+            }),
+        })
+    }
+
+    pub(super) fn history_read(&self, result: WorkResult) -> Step {
+        let WorkResult::Store(Ok(StoreOutput::Rows(rows))) = result else {
+            return read_failed();
+        };
+        Step::Reply(history_reply(&rows))
+    }
+
+    /// `block` or `unblock`: applied at once (so nothing slips through while
+    /// it is being written) and undone if the write fails.
+    pub(super) fn block(&mut self, me: String, other: String, on: bool) -> Step {
+        if !self.accounts.contains_key(&other) {
+            return Step::Reply(err(ErrorCode::NoUser, &format!("no such user {other}")));
+        }
+        if on && other == me {
+            return Step::Reply(err(ErrorCode::BadArg, "you cannot block yourself"));
+        }
+        let had = self.apply_block(&me, &other, on);
+        Step::Wait(Job {
+            cont: Cont::Block {
+                user: me.clone(),
+                other: other.clone(),
+                on,
+                had,
+            },
+            work: Work::Store(StoreRequest::SetBlock {
+                blocker: me,
+                blocked: other,
+                on,
+            }),
+        })
+    }
+
+    pub(super) fn block_written(
+        &mut self,
+        user: String,
+        other: String,
+        on: bool,
+        had: bool,
+        result: WorkResult,
+    ) -> Step {
+        if let WorkResult::Store(Ok(_)) = result {
+            let verb = if on { "blocked" } else { "unblocked" };
+            return Step::Reply(ok(&format!("{verb} {other}")));
+        }
+        self.apply_block(&user, &other, had);
+        Step::Reply(err(ErrorCode::Internal, "change not saved; try again"))
+    }
+
+    /// Sets whether `user` blocks `other`; returns whether it did before.
+    fn apply_block(&mut self, user: &str, other: &str, on: bool) -> bool {
+        let Some(account) = self.accounts.get_mut(user) else {
+            return false;
+        };
+        let had = account.blocks.contains(other);
+        if on {
+            account.blocks.insert(other.to_string());
+        } else {
+            account.blocks.remove(other);
+        }
+        had
+    }
+
+    pub(super) fn blocked(&self, me: &str) -> Vec<u8> {
+        let mut names: Vec<&String> = self
+            .accounts
+            .get(me)
+            .map(|a| a.blocks.iter().collect())
+            .unwrap_or_default();
+        names.sort();
+        let mut reply = Reply::new();
+        for name in &names {
+            reply.data(name);
+        }
+        reply.ok(&format!("{} blocked", names.len()))
+    }
+}
+
+fn read_failed() -> Step {
+    Step::Reply(err(
+        ErrorCode::Internal,
+        "could not read messages; try again",
+    ))
+}
+
+fn history_reply(rows: &[MessageRow]) -> Vec<u8> {
+    let mut reply = Reply::new();
+    for row in rows {
+        reply.data(&format!(
+            "{} {} {} {}",
+            protocol::format_time(row.ts),
+            row.sender,
+            row.recipient,
+            row.body
+        ));
+    }
+    reply.ok(&format!("{} messages", rows.len()))
+}
+
+pub(super) fn help_reply(logged_in: bool) -> Vec<u8> {
+    let mut reply = Reply::new();
+    for (word, usage) in USAGE {
+        if logged_in || BEFORE_LOGIN.contains(word) {
+            reply.data(usage);
+        }
+    }
+    if logged_in {
+        reply.ok("commands")
+    } else {
+        reply.ok("commands before login; more after")
+    }
+}

@@ -1,0 +1,234 @@
+//! The session's rules, driven without sockets through `crate::sim`.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::sim::{Sim, PASSWORD};
+
+fn sim() -> Sim {
+    Sim::new(&["alice", "bob"], Sim::limits(4096, 1 << 20))
+}
+
+/// A connection logged in as `user`, its greeting and welcome consumed.
+fn logged_in(sim: &mut Sim, user: &str) -> usize {
+    let token = sim.connect();
+    sim.send(token, format!("login {user} {PASSWORD}\n").as_bytes());
+    assert!(sim.finish_job(0));
+    sim.drain(token, usize::MAX);
+    assert!(
+        sim.output(token).contains("+ welcome"),
+        "{}",
+        sim.output(token)
+    );
+    sim.conns[token].socket.written.clear();
+    token
+}
+
+#[test]
+fn a_late_job_holds_back_the_replies_after_it() {
+    let mut sim = sim();
+    let alice = logged_in(&mut sim, "alice");
+    sim.send(alice, b"send bob hi\nping\n");
+    assert_eq!(
+        sim.output(alice),
+        "",
+        "ping must wait for the send before it"
+    );
+    assert!(sim.finish_job(0));
+    assert_eq!(sim.output(alice), "+ stored\n+ pong\n");
+}
+
+#[test]
+fn lines_after_a_login_wait_for_its_answer() {
+    let mut sim = sim();
+    let token = sim.connect();
+    sim.send(
+        token,
+        format!("login alice {PASSWORD}\nwhoelse\n").as_bytes(),
+    );
+    sim.drain(token, usize::MAX);
+    // Were whoelse handled now, it would get NOAUTH.
+    assert_eq!(sim.output(token), "");
+    assert!(sim.finish_job(0));
+    let out = sim.output(token);
+    assert!(out.starts_with("+ welcome alice"), "{out}");
+    assert!(out.ends_with("+ 0 online\n"), "{out}");
+}
+
+#[test]
+fn an_event_never_lands_inside_a_reply() {
+    let mut sim = sim();
+    let alice = logged_in(&mut sim, "alice");
+    let bob = logged_in(&mut sim, "bob");
+    sim.send(bob, b"history 5\n");
+    // Alice's broadcast is queued for bob while his history is read.
+    sim.send(alice, b"broadcast hello\n");
+    assert!(sim.finish_job(0));
+    sim.drain(bob, usize::MAX);
+    let out = sim.output(bob);
+    let event = out.find("* broadcast").expect("event");
+    let reply_end = out.find("+ 3 messages").expect("reply");
+    let first_data = out.find("= ").expect("data");
+    assert!(event < first_data || event > reply_end, "{out}");
+}
+
+#[test]
+fn the_turn_limit_leaves_the_rest_for_the_next_pass() {
+    let mut sim = sim();
+    let alice = logged_in(&mut sim, "alice");
+    sim.next_pass();
+    let burst = "ping\n".repeat(MAX_LINES_PER_TURN + 10);
+    sim.send(alice, burst.as_bytes());
+    assert_eq!(sim.output(alice).lines().count(), MAX_LINES_PER_TURN);
+    sim.next_pass();
+    assert_eq!(sim.output(alice).lines().count(), MAX_LINES_PER_TURN + 10);
+}
+
+#[test]
+fn input_waits_while_output_is_backed_up_and_resumes_when_it_drains() {
+    let mut sim = Sim::new(&["alice"], Sim::limits(4096, 64));
+    let alice = logged_in(&mut sim, "alice");
+    sim.conns[alice].socket.accept = 0;
+    sim.send(alice, "whoelse\n".repeat(30).as_bytes());
+    let held = sim.conns[alice].session.buffered_input();
+    assert!(held > 0, "nothing held back");
+    sim.drain(alice, usize::MAX);
+    sim.next_pass();
+    assert_eq!(sim.conns[alice].session.buffered_input(), 0);
+    assert_eq!(sim.output(alice).matches("+ 0 online").count(), 30);
+}
+
+#[test]
+fn a_reader_that_never_reads_is_dropped_and_its_direct_messages_go_back() {
+    let mut sim = Sim::new(&["alice", "bob"], Sim::limits(4096, 256));
+    let alice = logged_in(&mut sim, "alice");
+    let bob = logged_in(&mut sim, "bob");
+    sim.conns[bob].socket.accept = 0;
+    for _ in 0..10 {
+        sim.send(alice, format!("send bob {}\n", "x".repeat(60)).as_bytes());
+        while let Some(i) = sim.jobs.iter().position(|j| j.reply_to.is_some()) {
+            sim.finish_job(i);
+        }
+    }
+    assert!(
+        sim.conns[bob].reaped,
+        "bob should have been dropped as slow"
+    );
+    let back: usize = sim
+        .jobs
+        .iter()
+        .map(|j| match &j.job.work {
+            crate::commands::Work::Store(crate::store::StoreRequest::MarkUnread { ids }) => {
+                ids.len()
+            }
+            _ => 0,
+        })
+        .sum();
+    assert!(back > 0, "unwritten messages must go back to the inbox");
+}
+
+#[test]
+fn quit_ignores_later_lines_and_closes_after_the_reply() {
+    let mut sim = sim();
+    let alice = logged_in(&mut sim, "alice");
+    sim.send(alice, b"ping\nquit\nping\n");
+    sim.drain(alice, usize::MAX);
+    assert_eq!(sim.output(alice), "+ pong\n+ bye\n");
+    assert!(sim.conns[alice].reaped);
+}
+
+#[test]
+fn a_last_line_without_lf_counts_at_eof() {
+    let mut sim = sim();
+    let alice = logged_in(&mut sim, "alice");
+    sim.send(alice, b"ping");
+    sim.hang_up(alice);
+    sim.drain(alice, usize::MAX);
+    assert_eq!(sim.output(alice), "+ pong\n");
+    assert!(sim.conns[alice].reaped);
+}
+
+#[test]
+fn shutdown_answers_what_is_in_flight_then_says_bye() {
+    let mut sim = sim();
+    let alice = logged_in(&mut sim, "alice");
+    sim.send(alice, b"send bob hi\n");
+    sim.shutdown();
+    sim.send(alice, b"ping\n");
+    assert!(sim.finish_job(0));
+    sim.drain(alice, usize::MAX);
+    assert_eq!(sim.output(alice), "+ stored\n* bye shutdown\n");
+}
+
+#[test]
+fn timers_log_strangers_and_idlers_out() {
+    let mut sim = sim();
+    let stranger = sim.connect();
+    let alice = logged_in(&mut sim, "alice");
+    sim.advance(Duration::from_secs(61));
+    sim.drain(stranger, usize::MAX);
+    assert_eq!(sim.output(stranger), "* bye timeout\n");
+    assert_eq!(sim.output(alice), "");
+    sim.advance(Duration::from_secs(1800));
+    sim.drain(alice, usize::MAX);
+    assert_eq!(sim.output(alice), "* bye idle\n");
+}
+
+#[test]
+fn overlong_lines_and_bad_bytes_get_one_error_each() {
+    let mut sim = Sim::new(&["alice"], Sim::limits(64, 1 << 20));
+    let alice = logged_in(&mut sim, "alice");
+    let mut input = "x".repeat(100).into_bytes();
+    input.extend_from_slice(b"\n\xff\n \t\nping\x07\nping\n");
+    sim.send(alice, &input);
+    sim.drain(alice, usize::MAX);
+    assert_eq!(
+        sim.output(alice),
+        "- TOOLONG line longer than 64 bytes discarded\n\
+         - BADUTF8 line is not valid UTF-8\n\
+         - BADTEXT control characters are not allowed\n\
+         + pong\n"
+    );
+}
+
+#[test]
+fn rate_bucket_allows_a_burst_then_the_rate() {
+    let t0 = Instant::now();
+    let mut b = RateBucket::new(2.0, 3, t0);
+    assert!(b.try_take(t0));
+    assert!(b.try_take(t0));
+    assert!(b.try_take(t0));
+    assert!(!b.try_take(t0));
+    assert!(b.try_take(t0 + Duration::from_millis(500)));
+    assert!(!b.try_take(t0 + Duration::from_millis(600)));
+    // Refill is capped at the burst.
+    let later = t0 + Duration::from_secs(100);
+    assert!((0..3).all(|_| b.try_take(later)));
+    assert!(!b.try_take(later));
+}
+
+#[test]
+fn rate_zero_means_unlimited() {
+    let t0 = Instant::now();
+    let mut b = RateBucket::new(0.0, 1, t0);
+    assert!((0..10_000).all(|_| b.try_take(t0)));
+}
+
+#[test]
+fn replies_are_released_in_command_order() {
+    let mut order = ReplyOrder::default();
+    let mut out = Vec::new();
+    let a = order.begin();
+    let b = order.begin();
+    let c = order.begin();
+    order.finish(b, b"B".to_vec(), |r| out.extend_from_slice(r));
+    order.finish(c, b"C".to_vec(), |r| out.extend_from_slice(r));
+    assert!(out.is_empty());
+    assert_eq!(order.outstanding(), 3);
+    order.finish(a, b"A".to_vec(), |r| out.extend_from_slice(r));
+    assert_eq!(out, b"ABC");
+    assert_eq!(order.outstanding(), 0);
+    // A stale or duplicate completion is ignored.
+    order.finish(a, b"again".to_vec(), |r| out.extend_from_slice(r));
+    assert_eq!(out, b"ABC");
+}

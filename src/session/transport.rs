@@ -1,0 +1,194 @@
+//! What sits between the socket and a session's line buffers: nothing
+//! (plaintext), or a rustls connection. Both move bytes between any
+//! `io::Read`/`io::Write` (the socket in the server, a scripted stream in
+//! tests) and the session's buffers; neither knows what a line means.
+
+use std::io::{self, Read, Write};
+
+use super::buffers::Output;
+
+/// Bytes read from the socket per `read` call. Large enough that a burst of
+/// pipelined commands arrives in a few calls, small enough to live on the stack.
+pub const READ_CHUNK: usize = 16 * 1024;
+
+/// How a read stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadStatus {
+    /// The socket has nothing more for now (`WouldBlock`).
+    Drained,
+    /// The input buffer is full; the socket may hold more.
+    Full,
+    /// The peer closed its side (or sent TLS close_notify).
+    Eof,
+}
+
+/// Plain TCP, or a rustls connection between the socket and the buffers.
+pub enum Transport {
+    /// Bytes on the wire are the protocol's lines.
+    Plain,
+    /// TLS: rustls turns records into plaintext and back. Boxed because a
+    /// connection is large and most sessions may be plain.
+    Tls(Box<rustls::ServerConnection>),
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transport::Plain => f.write_str("Plain"),
+            Transport::Tls(_) => f.write_str("Tls"),
+        }
+    }
+}
+
+impl Transport {
+    /// Reads until `WouldBlock`, EOF, or `inbuf` holds `limit` bytes.
+    /// The socket is also written to: a TLS failure sends its alert.
+    pub fn read(
+        &mut self,
+        socket: &mut (impl Read + Write),
+        inbuf: &mut Vec<u8>,
+        limit: usize,
+    ) -> io::Result<ReadStatus> {
+        match self {
+            Transport::Plain => read_plain(socket, inbuf, limit),
+            Transport::Tls(conn) => read_tls(conn, socket, inbuf, limit),
+        }
+    }
+
+    /// Writes until `out` is empty or the socket would block, draining
+    /// exactly what was written. A short write is normal, not an error.
+    pub fn write(&mut self, socket: &mut impl Write, out: &mut Output) -> io::Result<()> {
+        match self {
+            Transport::Plain => write_plain(socket, out)?,
+            Transport::Tls(conn) => write_tls(conn, socket, out)?,
+        }
+        out.compact();
+        Ok(())
+    }
+
+    /// Whether rustls holds records not yet written.
+    pub fn has_records(&self) -> bool {
+        matches!(self, Transport::Tls(conn) if conn.wants_write())
+    }
+
+    /// Ends a TLS session politely (close_notify), best effort.
+    pub fn close_notify(&mut self, socket: &mut impl Write) {
+        if let Transport::Tls(conn) = self {
+            conn.send_close_notify();
+            let _ = conn.write_tls(socket);
+        }
+    }
+}
+
+fn read_plain(socket: &mut impl Read, inbuf: &mut Vec<u8>, limit: usize) -> io::Result<ReadStatus> {
+    let mut chunk = [0u8; READ_CHUNK];
+    loop {
+        let room = limit.saturating_sub(inbuf.len());
+        if room == 0 {
+            return Ok(ReadStatus::Full);
+        }
+        match socket.read(&mut chunk[..room.min(READ_CHUNK)]) {
+            Ok(0) => return Ok(ReadStatus::Eof),
+            Ok(n) => inbuf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadStatus::Drained),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Records from the socket go into the rustls connection, plaintext comes
+/// out into `inbuf`. Plaintext rustls already holds is taken first, and no
+/// more records are read while `inbuf` is full, so rustls's own buffers
+/// stay within its limits.
+fn read_tls(
+    conn: &mut rustls::ServerConnection,
+    socket: &mut (impl Read + Write),
+    inbuf: &mut Vec<u8>,
+    limit: usize,
+) -> io::Result<ReadStatus> {
+    let mut chunk = [0u8; READ_CHUNK];
+    loop {
+        loop {
+            let room = limit.saturating_sub(inbuf.len());
+            if room == 0 {
+                return Ok(ReadStatus::Full);
+            }
+            match conn.reader().read(&mut chunk[..room.min(READ_CHUNK)]) {
+                // close_notify: the peer ended the session cleanly.
+                Ok(0) => return Ok(ReadStatus::Eof),
+                Ok(n) => inbuf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        match conn.read_tls(socket) {
+            Ok(0) => return Ok(ReadStatus::Eof),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadStatus::Drained),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+        if let Err(e) = conn.process_new_packets() {
+            // Tell the peer why (the alert is queued), then give up on it.
+            let _ = conn.write_tls(socket);
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("TLS: {e}"),
+            ));
+        }
+    }
+}
+
+fn write_plain(socket: &mut impl Write, out: &mut Output) -> io::Result<()> {
+    while out.pending_len() > 0 {
+        match socket.write(out.pending()) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => out.advance(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn write_tls(
+    conn: &mut rustls::ServerConnection,
+    socket: &mut impl Write,
+    out: &mut Output,
+) -> io::Result<()> {
+    loop {
+        // Plaintext moves into rustls only as far as its buffer limit
+        // allows; the rest waits in `out`, where the --max-outbuf check sees it.
+        let accepted = if out.pending_len() > 0 {
+            conn.writer().write(out.pending())?
+        } else {
+            0
+        };
+        out.advance(accepted);
+        let mut blocked = false;
+        let mut wrote_records = false;
+        while conn.wants_write() {
+            match conn.write_tls(socket) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => wrote_records = true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    blocked = true;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        // Stop at WouldBlock (a WRITABLE edge will come), when all is
+        // written, or when nothing moved at all (mid-handshake rustls holds
+        // plaintext until it has keys; the next read resumes). Draining
+        // rustls's buffer without blocking is progress: loop, or no edge
+        // would ever come for the rest.
+        let stuck = accepted == 0 && !wrote_records;
+        if blocked || out.pending_len() == 0 || stuck {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,484 @@
+//! A socket-free stand-in for the reactor, for property tests and fuzzers:
+//! real [`Session`]s and a real [`Chat`], with scripted sockets, a clock
+//! that moves only when told, and background jobs that finish only when
+//! told, in any order. It routes what sessions produce the way the reactor
+//! does, and records everything each session wrote, so tests can check the
+//! per-connection rules against what a client would see.
+//!
+//! Never used by the server itself.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use crate::auth::{HashOutcome, HashWork};
+use crate::commands::{self, Account, Chat, ChatSettings, Clock, Effects, Job, SessionRef, Step};
+use crate::commands::{Work, WorkResult};
+use crate::config::Config;
+use crate::session::{Limits, Outbox, Pushed, ReplyTo, Session, Transport};
+use crate::store::{MessageRow, StoreOutput, StoreRequest};
+
+/// The password every simulated account has.
+pub const PASSWORD: &str = "password1";
+
+/// A socket that hands out queued bytes, then `WouldBlock`; and takes at
+/// most `accept` bytes before it too would block.
+#[derive(Debug, Default)]
+pub struct ScriptedSocket {
+    /// Bytes the peer has sent and the session has not read.
+    pub incoming: VecDeque<u8>,
+    /// Whether the peer has closed its side (EOF once `incoming` is empty).
+    pub peer_closed: bool,
+    /// Everything the session wrote.
+    pub written: Vec<u8>,
+    /// How many more bytes a write may take now.
+    pub accept: usize,
+}
+
+impl Read for ScriptedSocket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.incoming.is_empty() {
+            return if self.peer_closed {
+                Ok(0)
+            } else {
+                Err(io::ErrorKind::WouldBlock.into())
+            };
+        }
+        let n = buf.len().min(self.incoming.len());
+        for (slot, byte) in buf.iter_mut().zip(self.incoming.drain(..n)) {
+            *slot = byte;
+        }
+        Ok(n)
+    }
+}
+
+impl Write for ScriptedSocket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.accept == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = buf.len().min(self.accept);
+        self.accept -= n;
+        self.written.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One simulated connection.
+#[derive(Debug)]
+pub struct SimConn {
+    /// The machine under test.
+    pub session: Session,
+    /// Its socket.
+    pub socket: ScriptedSocket,
+    /// Set when the session was removed (what the reactor reaps).
+    pub reaped: bool,
+}
+
+/// A job in flight, as the reactor would hold it.
+#[derive(Debug)]
+pub struct PendingJob {
+    /// The work and its continuation.
+    pub job: Job,
+    /// The command it answers.
+    pub reply_to: Option<ReplyTo>,
+}
+
+/// A breach of a rule the reactor relies on, seen while routing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Breach(pub String);
+
+/// The simulated server.
+#[derive(Debug)]
+pub struct Sim {
+    /// The chat state.
+    pub chat: Chat,
+    /// Every connection ever opened; the index is the slab token.
+    pub conns: Vec<SimConn>,
+    /// Jobs not yet finished.
+    pub jobs: Vec<PendingJob>,
+    /// Time now.
+    pub now: Clock,
+    /// Loop passes so far.
+    pub pass: u64,
+    /// The limits sessions get.
+    pub limits: Limits,
+    /// Rules found broken while routing (e.g. a job started behind a barrier).
+    pub breaches: Vec<Breach>,
+    /// Next message id the fake store hands out.
+    next_message_id: i64,
+    /// History rows the fake store returns per `history` request.
+    pub history_rows: usize,
+}
+
+impl Sim {
+    /// A server whose accounts are `users`, all with [`PASSWORD`]
+    /// (verification is faked: see [`Sim::finish_job`]).
+    pub fn new(users: &[&str], limits: Limits) -> Sim {
+        let accounts: HashMap<String, Account> = users
+            .iter()
+            .map(|u| {
+                let account = Account {
+                    hash: "h".into(),
+                    unread: 0,
+                    last_seen: Some(0),
+                    blocks: Default::default(),
+                };
+                (u.to_string(), account)
+            })
+            .collect();
+        let chat = Chat::new(
+            ChatSettings::from(&Config::default()),
+            accounts,
+            "dummy".into(),
+        );
+        Sim {
+            chat,
+            conns: Vec::new(),
+            jobs: Vec::new(),
+            now: Clock {
+                mono: Instant::now(),
+                wall: 1_800_000_000,
+            },
+            pass: 1,
+            limits,
+            breaches: Vec::new(),
+            next_message_id: 1,
+            history_rows: 3,
+        }
+    }
+
+    /// Limits for simulation: no rate limit, the default timeouts, and the
+    /// given line and output limits.
+    pub fn limits(max_line: usize, max_outbuf: usize) -> Limits {
+        Limits {
+            max_line,
+            max_outbuf,
+            login_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(1800),
+            rate: 0.0,
+            burst: 20,
+        }
+    }
+
+    /// Opens a connection; returns its token.
+    pub fn connect(&mut self) -> usize {
+        let token = self.conns.len();
+        let sref = SessionRef {
+            token,
+            id: token as u64 + 1,
+        };
+        let ip: IpAddr = [127, 0, 0, 1].into();
+        let session = Session::new(sref, ip, Transport::Plain, self.limits, b"", self.now.mono);
+        self.conns.push(SimConn {
+            session,
+            socket: ScriptedSocket::default(),
+            reaped: false,
+        });
+        token
+    }
+
+    /// The peer sends `bytes`; the connection is then served.
+    pub fn send(&mut self, token: usize, bytes: &[u8]) {
+        if let Some(conn) = self.conns.get_mut(token) {
+            conn.socket.incoming.extend(bytes);
+        }
+        self.serve(token);
+    }
+
+    /// The peer closes its side.
+    pub fn hang_up(&mut self, token: usize) {
+        if let Some(conn) = self.conns.get_mut(token) {
+            conn.socket.peer_closed = true;
+        }
+        self.serve(token);
+    }
+
+    /// The socket takes up to `n` more bytes; the connection is then served.
+    pub fn drain(&mut self, token: usize, n: usize) {
+        if let Some(conn) = self.conns.get_mut(token) {
+            conn.socket.accept = conn.socket.accept.saturating_add(n);
+        }
+        self.serve(token);
+    }
+
+    /// A new loop pass: every live connection is served again.
+    pub fn next_pass(&mut self) {
+        self.pass += 1;
+        for token in 0..self.conns.len() {
+            self.serve(token);
+        }
+    }
+
+    /// Time moves on; timers that are due fire.
+    pub fn advance(&mut self, by: Duration) {
+        self.now.mono += by;
+        self.now.wall += by.as_secs() as i64;
+        let now = self.now.mono;
+        for token in 0..self.conns.len() {
+            if let Some(conn) = self.live(token) {
+                conn.session.on_deadline(now);
+                self.settle(token);
+            }
+        }
+    }
+
+    /// Starts shutting down every connection.
+    pub fn shutdown(&mut self) {
+        let now = self.now.mono;
+        for token in 0..self.conns.len() {
+            if let Some(conn) = self.live(token) {
+                conn.session.begin_shutdown(now);
+                self.serve(token);
+            }
+        }
+    }
+
+    fn live(&mut self, token: usize) -> Option<&mut SimConn> {
+        self.conns.get_mut(token).filter(|c| !c.reaped)
+    }
+
+    /// What the reactor's `serve` does: write, read and handle lines while
+    /// there is room, write again, settle.
+    pub fn serve(&mut self, token: usize) {
+        for _ in 0..1000 {
+            let Some(conn) = self.conns.get_mut(token).filter(|c| !c.reaped) else {
+                return;
+            };
+            if conn.session.wants_write() {
+                let _ = conn.session.write_to(&mut conn.socket);
+            }
+            let mut read_any = false;
+            if conn.session.wants_read() {
+                read_any = true;
+                let _ = conn.session.read_from(&mut conn.socket);
+            }
+            let mut outbox = Outbox::default();
+            let turn_over = conn
+                .session
+                .process(&mut self.chat, self.now, self.pass, &mut outbox);
+            if conn.session.wants_write() {
+                let _ = conn.session.write_to(&mut conn.socket);
+            }
+            let more = !conn.socket.incoming.is_empty() || conn.socket.peer_closed;
+            let room = read_any && more && conn.session.wants_read();
+            let again = !turn_over && (room || conn.session.has_work());
+            self.apply(outbox);
+            if !again {
+                break;
+            }
+        }
+        self.settle(token);
+    }
+
+    fn settle(&mut self, token: usize) {
+        let Some(conn) = self.conns.get_mut(token).filter(|c| !c.reaped) else {
+            return;
+        };
+        if conn.session.take_departure().is_some() {
+            if let Some(request) = self.chat.disconnect(conn.session.caller(), self.now) {
+                self.background(request);
+            }
+        }
+        let Some(conn) = self.conns.get_mut(token) else {
+            return;
+        };
+        if conn.session.is_finished() {
+            conn.reaped = true;
+            let unsent = conn.session.take_unsent_direct();
+            if let Some(user) = conn.session.caller().user.clone() {
+                if !unsent.is_empty() {
+                    let request = self.chat.undelivered(&user, &unsent);
+                    self.background(request);
+                }
+            }
+        }
+    }
+
+    fn background(&mut self, request: StoreRequest) {
+        self.jobs.push(PendingJob {
+            job: Job {
+                cont: commands::Cont::Background,
+                work: Work::Store(request),
+            },
+            reply_to: None,
+        });
+    }
+
+    fn apply(&mut self, outbox: Outbox) {
+        for (job, reply_to) in outbox.jobs {
+            self.dispatch(job, reply_to);
+        }
+        self.apply_effects(outbox.effects);
+    }
+
+    fn dispatch(&mut self, job: Job, reply_to: Option<ReplyTo>) {
+        if let Some(r) = reply_to {
+            // Behind a barrier nothing new may start, only the barrier's own
+            // next step.
+            let blocked = self.jobs.iter().any(|p| {
+                p.job.cont.is_barrier()
+                    && p.reply_to
+                        .is_some_and(|b| b.session == r.session && b.seq != r.seq)
+            });
+            if blocked {
+                self.breaches.push(Breach(format!(
+                    "session {} started command {} while a barrier waited",
+                    r.session.id, r.seq
+                )));
+            }
+        }
+        self.jobs.push(PendingJob { job, reply_to });
+    }
+
+    fn apply_effects(&mut self, fx: Effects) {
+        for d in fx.deliveries {
+            let stored_id = d.stored.as_ref().map(|s| s.id);
+            let pushed = match self.live(d.to.token).filter(|c| c.session.id() == d.to.id) {
+                Some(conn) => {
+                    let pushed = conn.session.push_event(&d.line, stored_id);
+                    if pushed == Pushed::OverLimit {
+                        conn.session.drop_slow();
+                    }
+                    pushed
+                }
+                None => Pushed::Refused,
+            };
+            self.settle(d.to.token);
+            if let (Pushed::Refused, Some(stored)) = (pushed, d.stored) {
+                let request = self.chat.undelivered(&stored.recipient, &[stored.id]);
+                self.background(request);
+            }
+        }
+        let now = self.now.mono;
+        for (sref, reason) in fx.closes {
+            if let Some(conn) = self.live(sref.token).filter(|c| c.session.id() == sref.id) {
+                conn.session.say_bye(reason, now);
+                self.settle(sref.token);
+            }
+        }
+        for request in fx.background {
+            self.background(request);
+        }
+    }
+
+    /// Finishes job `index` (modulo the number pending) the way the store
+    /// or hasher would have, successfully. Returns false if none is pending.
+    pub fn finish_job(&mut self, index: usize) -> bool {
+        if self.jobs.is_empty() {
+            return false;
+        }
+        let PendingJob { job, reply_to } = self.jobs.remove(index % self.jobs.len());
+        let result = self.fake_result(&job.work);
+        let live = reply_to.filter(|r| {
+            self.conns
+                .get(r.session.token)
+                .is_some_and(|c| !c.reaped && c.session.id() == r.session.id && c.session.is_open())
+        });
+        match live {
+            Some(r) => {
+                let mut outbox = Outbox::default();
+                if let Some(conn) = self.conns.get_mut(r.session.token) {
+                    conn.session.complete(
+                        &mut self.chat,
+                        r.seq,
+                        job.cont,
+                        result,
+                        self.now,
+                        &mut outbox,
+                    );
+                }
+                self.apply(outbox);
+                self.serve(r.session.token);
+            }
+            None => {
+                let mut fx = Effects::default();
+                if let Step::Wait(job) = self
+                    .chat
+                    .complete(None, job.cont, result, self.now, &mut fx)
+                {
+                    self.dispatch(job, None);
+                }
+                self.apply_effects(fx);
+            }
+        }
+        true
+    }
+
+    fn fake_result(&mut self, work: &Work) -> WorkResult {
+        match work {
+            Work::Hash(HashWork::Verify { password, .. }) => {
+                WorkResult::Hash(HashOutcome::Verified(password == PASSWORD))
+            }
+            Work::Hash(HashWork::Hash { .. }) => {
+                WorkResult::Hash(HashOutcome::Hashed(Ok("h".into())))
+            }
+            Work::Store(StoreRequest::InsertMessages(messages)) => {
+                let ids = messages
+                    .iter()
+                    .map(|_| {
+                        self.next_message_id += 1;
+                        self.next_message_id
+                    })
+                    .collect();
+                WorkResult::Store(Ok(StoreOutput::Ids(ids)))
+            }
+            Work::Store(StoreRequest::History { user, .. }) => {
+                let rows = (0..self.history_rows)
+                    .map(|i| MessageRow {
+                        id: i as i64,
+                        ts: self.now.wall,
+                        sender: user.clone(),
+                        recipient: "someone".into(),
+                        body: format!("history line {i}"),
+                    })
+                    .collect();
+                WorkResult::Store(Ok(StoreOutput::Rows(rows)))
+            }
+            Work::Store(StoreRequest::TakeInbox { .. }) => {
+                WorkResult::Store(Ok(StoreOutput::Rows(Vec::new())))
+            }
+            Work::Store(_) => WorkResult::Store(Ok(StoreOutput::Done)),
+        }
+    }
+
+    /// Runs until nothing is left to do: every job finished (oldest first),
+    /// every socket drained, every turn taken. Bounded, for fuzzers.
+    pub fn settle_all(&mut self) {
+        for token in 0..self.conns.len() {
+            if let Some(conn) = self.conns.get_mut(token) {
+                conn.socket.accept = usize::MAX;
+            }
+        }
+        let mut last = None;
+        for _ in 0..100_000 {
+            self.next_pass();
+            if self.finish_job(0) {
+                continue;
+            }
+            let progress: (usize, usize) = self
+                .conns
+                .iter()
+                .filter(|c| !c.reaped)
+                .map(|c| (c.socket.written.len(), c.session.buffered_input()))
+                .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+            if last == Some(progress) {
+                return;
+            }
+            last = Some(progress);
+        }
+    }
+
+    /// Everything connection `token` has written so far, as text.
+    pub fn output(&self, token: usize) -> String {
+        self.conns
+            .get(token)
+            .map(|c| String::from_utf8_lossy(&c.socket.written).into_owned())
+            .unwrap_or_default()
+    }
+}

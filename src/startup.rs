@@ -1,0 +1,119 @@
+//! What happens once before the loop starts, where blocking is fine: open
+//! the store, import `--users`, load the chat state from it, and the
+//! greeting every connection gets. Nothing here runs on the loop.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::Path;
+
+use crate::auth;
+use crate::commands::{Account, Chat, ChatSettings, Clock};
+use crate::config::{Config, Registration};
+use crate::protocol;
+use crate::store::{Store, StoreRequest};
+
+fn other_error(msg: impl Into<String>) -> io::Error {
+    io::Error::other(msg.into())
+}
+
+/// Opens the store, imports `--users` and loads the chat state from it.
+pub fn open(config: &Config) -> io::Result<(Store, Chat)> {
+    let mut store = Store::open(&config.data).map_err(|e| other_error(e.to_string()))?;
+    store.set_fault_file(config.store_fault_file.clone());
+    if let Some(path) = &config.users {
+        import_users(&mut store, path, config)?;
+    }
+    let snapshot = store
+        .load()
+        .map_err(|e| other_error(format!("cannot load {}: {e}", store.path().display())))?;
+    let mut accounts: HashMap<String, Account> = snapshot
+        .users
+        .into_iter()
+        .map(|(name, (hash, last_seen))| {
+            let unread = snapshot.unread.get(&name).copied().unwrap_or(0);
+            let account = Account {
+                hash,
+                unread,
+                last_seen,
+                blocks: Default::default(),
+            };
+            (name, account)
+        })
+        .collect();
+    for (blocker, blocked) in snapshot.blocks {
+        if let Some(a) = accounts.get_mut(&blocker) {
+            a.blocks.insert(blocked);
+        }
+    }
+    let dummy_hash =
+        auth::hash_password("natter-dummy-password", config.hash_cost).map_err(other_error)?;
+    let chat = Chat::new(ChatSettings::from(config), accounts, dummy_hash);
+    log::info!(
+        "{} users loaded from {}",
+        chat.user_count(),
+        store.path().display()
+    );
+    Ok((store, chat))
+}
+
+/// The lines every connection starts with.
+pub fn greeting(config: &Config) -> Vec<u8> {
+    let mut out = protocol::event(&format!("hello natter {}", protocol::PROTOCOL_VERSION));
+    out.extend(protocol::event(
+        "notice welcome to natter; log in with: login <user> <password>",
+    ));
+    let register = match config.registration {
+        Registration::Open => "notice new here? create an account with: register <user> <password>",
+        Registration::Closed => {
+            "notice registration is closed on this server; ask its operator for an account"
+        }
+    };
+    out.extend(protocol::event(register));
+    out.extend(protocol::event("notice type help for every command"));
+    out
+}
+
+/// Imports `<user> <password>` lines, adding only users that do not exist.
+fn import_users(store: &mut Store, path: &Path, config: &Config) -> io::Result<()> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| other_error(format!("cannot read users file {}: {e}", path.display())))?;
+    let now = Clock::now().wall;
+    let mut requests = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        let (user, password) = match line.trim_start().split_once([' ', '\t']) {
+            Some((u, p)) => (u, p.trim_start_matches([' ', '\t'])),
+            None => (line.trim(), ""),
+        };
+        let Some(name) = protocol::canonical_username(user).filter(|_| !password.is_empty()) else {
+            log::warn!(
+                "{}:{}: skipped: not `<user> <password>`",
+                path.display(),
+                n + 1
+            );
+            continue;
+        };
+        let exists = store
+            .user_exists(&name)
+            .map_err(|e| other_error(format!("cannot read database: {e}")))?;
+        if exists || !seen.insert(name.clone()) {
+            continue;
+        }
+        let hash = auth::hash_password(password, config.hash_cost).map_err(other_error)?;
+        requests.push(StoreRequest::CreateUser {
+            name,
+            hash,
+            created: now,
+        });
+    }
+    let imported = requests.len();
+    for result in store.run_batch(&requests) {
+        result.map_err(|e| other_error(format!("cannot import users: {e}")))?;
+    }
+    log::info!("imported {imported} users from {}", path.display());
+    Ok(())
+}
