@@ -1,22 +1,26 @@
 //! natter-bench against a real natterd, each scenario with tiny counts: the
 //! reports have their fields, the counts add up (every broadcast reaches
 //! every receiver, every message is acknowledged and delivered), and the
-//! server settings that would spoil a benchmark are named when met.
+//! server settings that would spoil a benchmark are named when met. One test
+//! binary; its fixtures (natterd built from this workspace, started on free
+//! ports) are in `util`.
+
+mod util;
 
 use std::process::Command;
 
 use serde_json::Value;
 
-use crate::util::{run, Run, Server, TLS_FLAGS};
+use util::{bench_bin, run, Run, Server, TLS_FLAGS};
 
 /// The flags the bench's own tests start natterd with, as its help says.
 const BENCH_SERVER: &[&str] = &["--hash-cost", "low", "--rate", "0", "--max-per-ip", "0"];
 
 fn bench(server: &Server, args: &[&str]) -> Run {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_natter-bench"));
+    let mut cmd = Command::new(bench_bin());
     cmd.args(["--port", &server.port(), "--max-seconds", "8"])
         .args(args);
-    run(&mut cmd, "")
+    run(&mut cmd)
 }
 
 /// The JSON reports, one per stdout line, after checking the run succeeded.
@@ -240,7 +244,7 @@ fn the_per_address_limit_is_named_as_the_problem() {
 
 #[test]
 fn help_documents_every_flag_and_bad_arguments_exit_2() {
-    let out = Command::new(env!("CARGO_BIN_EXE_natter-bench"))
+    let out = Command::new(bench_bin())
         .arg("--help")
         .output()
         .expect("run natter-bench --help");
@@ -277,7 +281,7 @@ fn help_documents_every_flag_and_bad_arguments_exit_2() {
     ] {
         assert!(help.contains(flag), "--help does not mention {flag}");
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_natter-bench"))
+    let out = Command::new(bench_bin())
         .args(["--window", "0"])
         .output()
         .expect("run natter-bench");
@@ -288,11 +292,11 @@ fn help_documents_every_flag_and_bad_arguments_exit_2() {
 /// natter-bench through natterd's TLS listener, pinned to its certificate.
 fn bench_tls(server: &Server, args: &[&str]) -> Run {
     let tls = server.tls();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_natter-bench"));
+    let mut cmd = Command::new(bench_bin());
     cmd.args(["--tls", "--fingerprint", &tls.fingerprint])
         .args(["--port", &tls.addr.port().to_string(), "--max-seconds", "8"])
         .args(args);
-    run(&mut cmd, "")
+    run(&mut cmd)
 }
 
 #[test]
@@ -344,10 +348,10 @@ fn login_over_tls_and_an_untrusted_certificate() {
     assert_eq!(int(&reports(&r)[0], "logins"), 6);
 
     // Without the pin the self-signed certificate is refused, clearly.
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_natter-bench"));
+    let mut cmd = Command::new(bench_bin());
     cmd.args(["--tls", "--port", &server.tls().addr.port().to_string()])
         .args(["login", "--logins", "1", "--max-seconds", "8"]);
-    let r = run(&mut cmd, "");
+    let r = run(&mut cmd);
     assert_eq!(r.status.code(), Some(1), "stderr: {}", r.stderr);
     assert!(
         r.stderr.contains("TLS: certificate not trusted"),
