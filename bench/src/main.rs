@@ -1,7 +1,8 @@
 //! natter-bench: the load generator for natterd, in its own crate so the
 //! client crate stays the blocking two-thread client. It owns the scenarios,
 //! their non-blocking I/O and their statistics; it connects and parses
-//! setup replies through natter-client.
+//! setup replies through natter-client and reads the protocol's words and
+//! line shapes from natter-proto, never spelling them itself.
 //!
 //! `main` parses and checks the
 //! arguments, raises the open-file limit, and runs each scenario in turn,
