@@ -337,7 +337,10 @@ fn read_acks(mut s: Session, sh: &Shared, hard: Instant) -> Result<Acks, BenchEr
     Ok(Acks { min_sent_to })
 }
 
-/// Pings every `every` until told to stop, recording each round trip.
+/// Pings every `every` until told to stop, recording each round trip. At
+/// least one round trip is made (unless another thread failed), so a run the
+/// receivers finish before the pinger's first pong still reports a ping
+/// figure rather than none.
 fn ping_loop(
     mut s: Session,
     every: Duration,
@@ -346,7 +349,9 @@ fn ping_loop(
 ) -> Result<Latency, BenchError> {
     let mut latency = Latency::new();
     let mut next = Instant::now();
-    while !sh.stop_ping.load(Ordering::Relaxed) && !sh.abort.load(Ordering::Relaxed) {
+    while !sh.abort.load(Ordering::Relaxed)
+        && (latency.count() == 0 || !sh.stop_ping.load(Ordering::Relaxed))
+    {
         let t0 = Instant::now();
         setup::send(&s, "ping")?;
         match completion(&mut s, hard, "ping")? {
