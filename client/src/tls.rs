@@ -82,6 +82,27 @@ impl TlsConfig {
         })
     }
 
+    /// The configuration the flags `--tls`, `--ca FILE` and `--fingerprint FP`
+    /// ask for, as natter and natter-bench both take them: `None` without
+    /// `--tls`; `--ca` wins over `--fingerprint`; neither means the web roots.
+    /// Fails with a one-line reason for a malformed fingerprint or an
+    /// unreadable `--ca` file.
+    pub fn from_flags(
+        tls: bool,
+        ca: Option<&Path>,
+        fingerprint: Option<&str>,
+    ) -> Result<Option<TlsConfig>, String> {
+        if !tls {
+            return Ok(None);
+        }
+        let trust = match (ca, fingerprint) {
+            (Some(ca), _) => Trust::Ca(ca.to_path_buf()),
+            (None, Some(fp)) => Trust::Pinned(parse_fingerprint(fp)?),
+            (None, None) => Trust::WebRoots,
+        };
+        TlsConfig::new(trust).map(Some)
+    }
+
     /// The name the certificate must be valid for (and the SNI sent): the
     /// host as the person typed it; an IP address becomes an IP name.
     pub fn server_name(host: &str) -> io::Result<ServerName<'static>> {
