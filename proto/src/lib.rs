@@ -17,7 +17,7 @@ mod framing;
 mod lines;
 mod rules;
 
-pub use codes::{ByeReason, ErrorCode, EventKind};
+pub use codes::{ByeReason, ErrorCode, EventKind, UnknownWord};
 pub use commands::{command, CommandSpec, COMMANDS};
 pub use fingerprint::{format_fingerprint, parse_fingerprint, BadFingerprint, SHA256_LEN};
 pub use framing::{Frame, LineFramer};
