@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Reproduces the figures in docs/PERFORMANCE.md: builds release binaries,
 # starts a fresh natterd per scenario run, runs natter-bench against it, and
-# prints one JSON line per run (collect them, take the median).
+# prints one JSON line per run (collect them, take the median). A run that
+# fails stops the script with its exit status: a missing line would bias the
+# median without anyone noticing.
 #
 #   benches/natter-bench-runs.sh [RUNS] [extra natter-bench flags...]
 #   TLS=1 benches/natter-bench-runs.sh [RUNS]    # the same through the TLS listener
@@ -15,7 +17,7 @@ runs=${1:-5}
 shift || true
 extra=("$@")
 
-cargo build --release -p natter --bin natterd -p natter-client --bin natter-bench >&2
+cargo build --release -p natter --bin natterd -p natter-bench --bin natter-bench >&2
 pin_server=() pin_bench=()
 if command -v taskset >/dev/null; then
     pin_server=(taskset -c 0) pin_bench=(taskset -c 1)
@@ -42,9 +44,22 @@ run() { # run [nopin] <natterd flags...> -- <natter-bench args...>
     else
         port=$(sed -n '1s/^listening on .*:\([0-9]*\)$/\1/p' "$data/out")
     fi
+    local status=0
     "${pb[@]}" target/release/natter-bench -p "$port" "${target[@]}" --server-pid "$pid" --json \
-        --max-seconds 120 "${bench_args[@]}" "${extra[@]}" || true
-    kill "$pid"; wait "$pid" 2>/dev/null || true
+        --max-seconds 120 "${bench_args[@]}" "${extra[@]}" || status=$?
+    # natterd is stopped whatever happened; its exit status after the kill
+    # says nothing about the run.
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    if [ "$status" -ne 0 ]; then
+        # A failed run is not a figure: say which one, show natterd's log,
+        # and stop (set -e ends the script with this status).
+        echo "natter-bench-runs: run failed (exit $status): natterd ${server_flags[*]}" \
+            "-- natter-bench ${bench_args[*]}" >&2
+        tail -n 20 "$data/log" >&2 || true
+        rm -rf "$data"
+        return "$status"
+    fi
     rm -rf "$data"
 }
 

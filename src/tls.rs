@@ -22,7 +22,8 @@ const SELF_SIGNED_KEY: &str = "self-signed-key.pem";
 pub struct TlsSetup {
     /// Shared by every TLS session.
     pub config: Arc<ServerConfig>,
-    /// SHA-256 of the leaf certificate, `AB:CD:...`.
+    /// SHA-256 of the leaf certificate, `AB:CD:...`
+    /// ([`natter_proto::format_fingerprint`]).
     pub fingerprint: String,
 }
 
@@ -91,16 +92,11 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
-/// SHA-256 of a DER certificate as upper-case hex pairs joined by colons,
-/// the form `openssl x509 -fingerprint -sha256` prints.
+/// SHA-256 of a DER certificate in the protocol's fingerprint form
+/// (`AB:CD:...`, as `openssl x509 -fingerprint -sha256` prints it).
 pub fn fingerprint(der: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, der);
-    digest
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    natter_proto::format_fingerprint(digest.as_ref())
 }
 
 #[cfg(test)]

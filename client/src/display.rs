@@ -6,6 +6,7 @@
 //! already readable, and scripts reading piped output match on them. Events
 //! become chat lines: `[19:20] alice: hi` with the time in local time.
 
+use natter_proto::ByeReason;
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 use time::{OffsetDateTime, UtcOffset};
@@ -117,19 +118,21 @@ fn join(head: &str, text: &str) -> String {
 /// What a `* bye` reason means to a person. Unknown reasons are shown as
 /// they came, so a newer server's reasons still say something.
 pub fn explain_bye(reason: &str) -> String {
-    let why = match reason {
-        "idle" => "you were idle for too long",
-        "timeout" => "you did not log in in time",
-        "replaced" => "you logged in from somewhere else",
-        "shutdown" => "the server is shutting down",
-        "slow" => "this client was not reading fast enough",
-        "flood" => "too many commands too fast",
-        "busy" => "the server has too many connections",
+    let Some(known) = ByeReason::parse(reason) else {
         // Unknown words are shown as sent, but never with control characters:
         // this text goes to the terminal too.
-        other => return clean(other),
+        return clean(reason);
     };
-    format!("{why} ({reason})")
+    let why = match known {
+        ByeReason::Idle => "you were idle for too long",
+        ByeReason::Timeout => "you did not log in in time",
+        ByeReason::Replaced => "you logged in from somewhere else",
+        ByeReason::Shutdown => "the server is shutting down",
+        ByeReason::Slow => "this client was not reading fast enough",
+        ByeReason::Flood => "too many commands too fast",
+        ByeReason::Busy => "the server has too many connections",
+    };
+    format!("{why} ({known})")
 }
 
 /// A data line with its time shown in local time. Times stand first (`inbox`,

@@ -6,7 +6,7 @@ mod app;
 use std::path::PathBuf;
 
 use clap::Parser;
-use natter_client::{tls, TlsConfig, Trust};
+use natter_client::TlsConfig;
 
 const AFTER_HELP: &str = "\
 Interactive use (stdin is a terminal):
@@ -119,13 +119,5 @@ fn main() {
 
 /// The TLS configuration the flags ask for, if any.
 fn tls_config(args: &Args) -> Result<Option<TlsConfig>, String> {
-    if !args.tls {
-        return Ok(None);
-    }
-    let trust = match (&args.ca, &args.fingerprint) {
-        (Some(ca), _) => Trust::Ca(ca.clone()),
-        (None, Some(fp)) => Trust::Pinned(tls::parse_fingerprint(fp)?),
-        (None, None) => Trust::WebRoots,
-    };
-    TlsConfig::new(trust).map(Some)
+    TlsConfig::from_flags(args.tls, args.ca.as_deref(), args.fingerprint.as_deref())
 }

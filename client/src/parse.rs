@@ -3,6 +3,10 @@
 //! first word, and never on the human text after them, and it never fails:
 //! a line it cannot make sense of becomes [`ServerLine::Unknown`], so a newer
 //! or broken server degrades what is shown instead of ending the session.
+//! The grammar itself (sigils, words, event fields) is natter-proto's; this
+//! module only gives the pieces owned types a caller can keep.
+
+use natter_proto::{split_chat, split_line, split_word, EventKind, Line, PROTOCOL_NAME};
 
 /// One line from the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,7 +15,9 @@ pub enum ServerLine {
     Ok(String),
     /// `- <CODE> <text>`: the oldest outstanding command failed.
     Err {
-        /// The one-word error code, e.g. `NOUSER`.
+        /// The one-word error code as sent, e.g. `NOUSER`; kept as text so a
+        /// newer server's codes survive. `natter_proto::ErrorCode::parse`
+        /// gives the known ones.
         code: String,
         /// The human explanation; may be empty.
         text: String,
@@ -63,7 +69,8 @@ pub enum Event {
     },
     /// `* bye <reason>`: the server is closing this connection.
     Bye {
-        /// One of the reasons in the contract, or whatever a newer server sends.
+        /// One of the reasons in the contract (`natter_proto::ByeReason::parse`),
+        /// or whatever a newer server sends.
         reason: String,
     },
     /// An event this client does not know, kept for display.
@@ -75,83 +82,59 @@ pub enum Event {
     },
 }
 
-/// Blank-separated means spaces or TABs (the contract's words).
-fn is_blank(c: char) -> bool {
-    c == ' ' || c == '\t'
-}
-
-/// Splits off the first blank-separated word; the rest has its leading
-/// blanks removed.
-fn word(s: &str) -> (&str, &str) {
-    let s = s.trim_start_matches(is_blank);
-    match s.find(is_blank) {
-        Some(i) => (&s[..i], s[i..].trim_start_matches(is_blank)),
-        None => (s, ""),
-    }
-}
-
 /// Parses one server line (without its LF).
 pub fn parse(line: &str) -> ServerLine {
-    let unknown = || ServerLine::Unknown(line.to_string());
-    let mut chars = line.chars();
-    let sigil = chars.next();
-    let rest = chars.as_str();
-    // The sigil must stand alone: `+ok` is not a completion.
-    if !(rest.is_empty() || rest.starts_with(is_blank)) {
-        return unknown();
-    }
-    let rest = rest.trim_start_matches(is_blank);
-    match sigil {
-        Some('+') => ServerLine::Ok(rest.to_string()),
-        Some('=') => ServerLine::Data(rest.to_string()),
-        Some('-') => {
-            let (code, text) = word(rest);
-            if code.is_empty() {
-                return unknown();
-            }
-            ServerLine::Err {
-                code: code.to_string(),
-                text: text.to_string(),
-            }
-        }
-        Some('*') => match parse_event(rest) {
-            Some(event) => ServerLine::Event(event),
-            None => unknown(),
+    let Some(split) = split_line(line) else {
+        return ServerLine::Unknown(line.to_string());
+    };
+    match split {
+        Line::Ok(text) => ServerLine::Ok(text.to_string()),
+        Line::Data(fields) => ServerLine::Data(fields.to_string()),
+        Line::Err { code, text } => ServerLine::Err {
+            code: code.to_string(),
+            text: text.to_string(),
         },
-        _ => unknown(),
+        Line::Event { kind, fields } => match parse_event(kind, fields) {
+            Some(event) => ServerLine::Event(event),
+            None => ServerLine::Unknown(line.to_string()),
+        },
     }
 }
 
-/// Parses what follows `* `; `None` when a known event lacks a field.
-fn parse_event(rest: &str) -> Option<Event> {
-    let (kind, fields) = word(rest);
+/// Builds the event `* <kind> <fields>`; `None` when a known event lacks a
+/// field.
+fn parse_event(kind: &str, fields: &str) -> Option<Event> {
     let need = |s: &str| (!s.is_empty()).then(|| s.to_string());
-    match kind {
-        "" => None,
-        "hello" => {
-            let (name, version) = word(fields);
-            (name == "natter").then_some(())?;
+    let Some(known) = EventKind::parse(kind) else {
+        return Some(Event::Other {
+            kind: kind.to_string(),
+            fields: fields.to_string(),
+        });
+    };
+    match known {
+        EventKind::Hello => {
+            let (name, version) = split_word(fields);
+            (name == PROTOCOL_NAME).then_some(())?;
             Some(Event::Hello {
                 version: need(version)?,
             })
         }
-        "notice" => Some(Event::Notice(fields.to_string())),
-        "msg" | "broadcast" => {
-            let (from, rest) = word(fields);
-            let (time, text) = word(rest);
-            let (from, time, text) = (need(from)?, need(time)?, need(text)?);
-            Some(if kind == "msg" {
+        EventKind::Notice => Some(Event::Notice(fields.to_string())),
+        EventKind::Msg | EventKind::Broadcast => {
+            let chat = split_chat(fields)?;
+            let (from, time, text) = (
+                chat.from.to_string(),
+                chat.time.to_string(),
+                chat.text.to_string(),
+            );
+            Some(if known == EventKind::Msg {
                 Event::Msg { from, time, text }
             } else {
                 Event::Broadcast { from, time, text }
             })
         }
-        "bye" => Some(Event::Bye {
+        EventKind::Bye => Some(Event::Bye {
             reason: need(fields)?,
-        }),
-        _ => Some(Event::Other {
-            kind: kind.to_string(),
-            fields: fields.to_string(),
         }),
     }
 }

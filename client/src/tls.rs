@@ -4,11 +4,11 @@
 //! one-line explanations of a failed handshake. It owns no socket: the
 //! handshake and the record I/O are `stream`'s.
 
-use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use natter_proto::SHA256_LEN;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{self, CryptoProvider};
@@ -20,9 +20,6 @@ use rustls::{
 
 /// The port natterd serves TLS on unless told otherwise.
 pub const DEFAULT_TLS_PORT: u16 = 4443;
-
-/// Bytes in a SHA-256 digest.
-const SHA256_LEN: usize = 32;
 
 /// What the client accepts as proof that it reached the right server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +80,27 @@ impl TlsConfig {
             config: Arc::new(builder.with_no_client_auth()),
             trust,
         })
+    }
+
+    /// The configuration the flags `--tls`, `--ca FILE` and `--fingerprint FP`
+    /// ask for, as natter and natter-bench both take them: `None` without
+    /// `--tls`; `--ca` wins over `--fingerprint`; neither means the web roots.
+    /// Fails with a one-line reason for a malformed fingerprint or an
+    /// unreadable `--ca` file.
+    pub fn from_flags(
+        tls: bool,
+        ca: Option<&Path>,
+        fingerprint: Option<&str>,
+    ) -> Result<Option<TlsConfig>, String> {
+        if !tls {
+            return Ok(None);
+        }
+        let trust = match (ca, fingerprint) {
+            (Some(ca), _) => Trust::Ca(ca.to_path_buf()),
+            (None, Some(fp)) => Trust::Pinned(parse_fingerprint(fp)?),
+            (None, None) => Trust::WebRoots,
+        };
+        TlsConfig::new(trust).map(Some)
     }
 
     /// The name the certificate must be valid for (and the SNI sent): the
@@ -165,39 +183,20 @@ fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
 }
 
 /// Parses a `--fingerprint`: 32 bytes of hex, with or without `:` between
-/// the pairs (as natterd prints it, or as `sha256sum` would), in any case.
+/// the pairs (as natterd prints it, or as `sha256sum` would), in any case
+/// ([`natter_proto::parse_fingerprint`]).
 pub fn parse_fingerprint(s: &str) -> Result<[u8; SHA256_LEN], String> {
-    let bad = || {
+    natter_proto::parse_fingerprint(s).map_err(|_| {
         format!(
             "--fingerprint must be a SHA-256 digest: 64 hex digits, optionally \
              as pairs joined by ':' (got {s:?})"
         )
-    };
-    let hex: Vec<u8> = s.trim().bytes().filter(|&b| b != b':').collect();
-    if hex.len() != 2 * SHA256_LEN {
-        return Err(bad());
-    }
-    // With colons, each one must sit between two pairs (AB:CD, not A:BCD).
-    if s.contains(':') {
-        let pairs_ok = s.trim().split(':').all(|p| p.len() == 2);
-        if !pairs_ok {
-            return Err(bad());
-        }
-    }
-    let mut out = [0u8; SHA256_LEN];
-    for (i, pair) in hex.chunks(2).enumerate() {
-        let digit = |b: u8| (b as char).to_digit(16);
-        match (digit(pair[0]), digit(pair[1])) {
-            (Some(hi), Some(lo)) => out[i] = (hi * 16 + lo) as u8,
-            _ => return Err(bad()),
-        }
-    }
-    Ok(out)
+    })
 }
 
 /// A certificate's SHA-256 fingerprint in natterd's form (`AB:CD:...`).
 pub fn fingerprint(der: &[u8]) -> String {
-    Fingerprint(&sha256(der)).to_string()
+    natter_proto::format_fingerprint(&sha256(der))
 }
 
 fn sha256(der: &[u8]) -> [u8; SHA256_LEN] {
@@ -205,21 +204,6 @@ fn sha256(der: &[u8]) -> [u8; SHA256_LEN] {
     let mut out = [0u8; SHA256_LEN];
     out.copy_from_slice(digest.as_ref());
     out
-}
-
-/// Shows a digest as upper-case hex pairs joined by `:`.
-struct Fingerprint<'a>(&'a [u8]);
-
-impl fmt::Display for Fingerprint<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, b) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(":")?;
-            }
-            write!(f, "{b:02X}")?;
-        }
-        Ok(())
-    }
 }
 
 /// The `--fingerprint` verifier: the leaf certificate must hash to the pinned
@@ -291,48 +275,11 @@ impl ServerCertVerifier for Pinned {
 mod tests {
     use super::*;
 
-    const HEX: &str = "ce5497a0b1c2d3e4f5061728394a5b6c7d8e9fa0b1c2d3e4f5061728394a25df";
-
     #[test]
-    fn fingerprints_parse_with_or_without_colons_in_any_case() {
-        let plain = parse_fingerprint(HEX).expect("plain hex");
-        let upper = parse_fingerprint(&HEX.to_uppercase()).expect("upper");
-        let colons: Vec<String> = HEX
-            .as_bytes()
-            .chunks(2)
-            .map(|p| String::from_utf8_lossy(p).to_uppercase())
-            .collect();
-        let colons = parse_fingerprint(&colons.join(":")).expect("pairs");
-        assert_eq!(plain, upper);
-        assert_eq!(plain, colons);
-        assert_eq!(plain[0], 0xce);
-        assert_eq!(plain[31], 0xdf);
-        assert_eq!(
-            Fingerprint(&plain).to_string(),
-            colons_of(&HEX.to_uppercase())
-        );
-    }
-
-    fn colons_of(hex: &str) -> String {
-        hex.as_bytes()
-            .chunks(2)
-            .map(|p| String::from_utf8_lossy(p).into_owned())
-            .collect::<Vec<_>>()
-            .join(":")
-    }
-
-    #[test]
-    fn bad_fingerprints_are_refused() {
-        for bad in [
-            "",
-            "abcd",
-            &HEX[..62],
-            &format!("{HEX}00"),
-            &format!("{}zz", &HEX[..62]),
-            &format!("C:E{}", &HEX[3..]),
-        ] {
-            assert!(parse_fingerprint(bad).is_err(), "{bad:?}");
-        }
+    fn a_bad_fingerprint_names_the_flag_and_a_good_one_parses() {
+        let err = parse_fingerprint("abcd").expect_err("too short");
+        assert!(err.starts_with("--fingerprint must be"), "{err}");
+        assert_eq!(parse_fingerprint(&"0".repeat(64)), Ok([0; SHA256_LEN]));
     }
 
     #[test]
@@ -340,7 +287,8 @@ mod tests {
         // SHA-256 of the empty string.
         assert_eq!(
             fingerprint(b""),
-            colons_of("E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855")
+            "E3:B0:C4:42:98:FC:1C:14:9A:FB:F4:C8:99:6F:B9:24:\
+             27:AE:41:E4:64:9B:93:4C:A4:95:99:1B:78:52:B8:55"
         );
     }
 

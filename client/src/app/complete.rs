@@ -5,36 +5,24 @@
 use std::collections::BTreeSet;
 
 use natter_client::{Event, ServerLine};
+use natter_proto::{command, is_blank, is_valid_username, COMMANDS};
 
 use super::session::Sent;
 
-/// Every command word natterd v1 knows, sorted.
-pub const COMMANDS: &[&str] = &[
-    "block",
-    "blocked",
-    "broadcast",
-    "help",
-    "history",
-    "inbox",
-    "login",
-    "logout",
-    "ping",
-    "quit",
-    "register",
-    "send",
-    "unblock",
-    "whoelse",
-    "wholast",
-];
+/// Every command word natterd v1 knows, sorted (natter-proto's table is in
+/// `help` order).
+pub fn command_words() -> Vec<&'static str> {
+    let mut words: Vec<&str> = COMMANDS.iter().map(|c| c.word).collect();
+    words.sort_unstable();
+    words.dedup();
+    words
+}
 
-/// Whether `name` is a valid username by the contract (1 to 32 of ASCII
-/// letters, digits, `_`, `-`, `.`, starting with a letter). Anything else
-/// picked out of a reply is not a name and is not offered.
-pub fn is_username(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
-        && name.len() <= 32
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+/// Whether completion offers usernames as the first argument of `word`: a
+/// command used once logged in (when names are known) whose usage takes a
+/// `<user>` there.
+fn completes_user(word: &str) -> bool {
+    command(word).is_some_and(|c| !c.before_login && c.takes_user_first())
 }
 
 /// The usernames a server line reveals, given the command it answers.
@@ -44,7 +32,7 @@ pub fn learn_names(command: Option<&Sent>, line: &ServerLine) -> Vec<String> {
             vec![from]
         }
         (ServerLine::Data(fields), Some(cmd)) => {
-            let f: Vec<&str> = fields.split([' ', '\t']).collect();
+            let f: Vec<&str> = fields.split(is_blank).collect();
             match cmd.word.as_str() {
                 // `= <user>`, `= <user> <last-seen>`, `= <user> delivered`
                 "whoelse" | "wholast" | "blocked" | "broadcast" => f.into_iter().take(1).collect(),
@@ -65,7 +53,7 @@ pub fn learn_names(command: Option<&Sent>, line: &ServerLine) -> Vec<String> {
     };
     found
         .into_iter()
-        .filter(|n| is_username(n))
+        .filter(|n| is_valid_username(n))
         .map(|n| n.to_ascii_lowercase())
         .collect()
 }
@@ -76,10 +64,10 @@ pub fn learn_names(command: Option<&Sent>, line: &ServerLine) -> Vec<String> {
 /// `broadcast user ... message` form.
 pub fn complete(line: &str, pos: usize, names: &BTreeSet<String>) -> (usize, Vec<String>) {
     let before = line.get(..pos).unwrap_or(line);
-    let start = before.rfind([' ', '\t']).map_or(0, |i| i + 1);
+    let start = before.rfind(is_blank).map_or(0, |i| i + 1);
     let partial = &before[start..];
     let words: Vec<&str> = before[..start]
-        .split([' ', '\t'])
+        .split(is_blank)
         .filter(|w| !w.is_empty())
         .collect();
     let matching = |options: &mut dyn Iterator<Item = &str>| -> Vec<String> {
@@ -89,11 +77,11 @@ pub fn complete(line: &str, pos: usize, names: &BTreeSet<String>) -> (usize, Vec
             .collect()
     };
     let Some(command) = words.first().map(|w| w.to_ascii_lowercase()) else {
-        return (start, matching(&mut COMMANDS.iter().copied()));
+        return (start, matching(&mut command_words().into_iter()));
     };
     let users = || names.iter().map(String::as_str);
     let candidates = match (command.as_str(), words.len()) {
-        ("send" | "block" | "unblock" | "history", 1) => matching(&mut users()),
+        (word, 1) if completes_user(word) => matching(&mut users()),
         ("broadcast", 1) => matching(&mut ["message", "user"].into_iter()),
         ("broadcast", _)
             if words[1].eq_ignore_ascii_case("user")
@@ -129,6 +117,9 @@ mod tests {
             (0, vec!["block".into(), "blocked".into()])
         );
         assert_eq!(complete("", 0, &names()).1.len(), COMMANDS.len());
+        // Names are not offered for login: none are known before it.
+        assert_eq!(complete("login a", 7, &names()), (6, vec![]));
+        assert_eq!(complete("history b", 9, &names()).1.len(), 2);
         assert_eq!(complete("zz", 2, &names()), (0, vec![]));
     }
 
@@ -195,15 +186,5 @@ mod tests {
         assert!(learn_names(cmd("login ivy pw").as_ref(), &ok).is_empty());
         let bad = natter_client::parse("- NOUSER no such user");
         assert!(learn_names(cmd("send nobody hi").as_ref(), &bad).is_empty());
-    }
-
-    #[test]
-    fn username_rule() {
-        assert!(is_username("a"));
-        assert!(is_username("bob_1.x-y"));
-        assert!(!is_username("1bob"));
-        assert!(!is_username(""));
-        assert!(!is_username("<user>"));
-        assert!(!is_username(&"a".repeat(33)));
     }
 }

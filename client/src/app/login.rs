@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use natter_client::display::clean;
 use natter_client::{parse, Event, LineReader, LineWriter, ServerLine};
+use natter_proto::ErrorCode;
 use nix::sys::signal::{self, SigHandler, Signal};
 
 /// The environment variable a script sets to give the password.
@@ -160,14 +161,16 @@ pub fn log_in(
 
 /// A person-readable reason for a refused login or registration.
 fn explain_failure(verb: &str, user: &str, code: &str, text: &str) -> String {
-    match code {
-        "AUTHFAIL" => "login failed: wrong username or password".into(),
-        "LOCKED" => format!(
+    match ErrorCode::parse(code) {
+        Some(ErrorCode::AuthFail) => "login failed: wrong username or password".into(),
+        Some(ErrorCode::Locked) => format!(
             "login refused: too many failed attempts for {user} ({})",
             clean(text)
         ),
-        "EXISTS" => format!("registration failed: the name {user} is taken"),
-        "CLOSED" => "registration failed: registration is closed on this server".into(),
+        Some(ErrorCode::Exists) => format!("registration failed: the name {user} is taken"),
+        Some(ErrorCode::Closed) => {
+            "registration failed: registration is closed on this server".into()
+        }
         _ => format!("{verb} failed: {} {}", clean(code), clean(text)),
     }
 }

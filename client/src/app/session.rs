@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use natter_client::display::explain_bye;
 use natter_client::{render, Event, LineReader, LineWriter, ServerLine, Style};
+use natter_proto::{command, split_word};
 
 use super::complete::learn_names;
 
@@ -33,15 +34,20 @@ impl Sent {
     /// The record for a command line, or `None` for a blank line, which the
     /// server does not answer.
     pub fn of(line: &str) -> Option<Sent> {
-        let mut words = line.split([' ', '\t']).filter(|w| !w.is_empty());
-        let word = words.next()?.to_ascii_lowercase();
-        let arg = words.next().map(str::to_string);
-        Some(Sent { word, arg })
+        let (word, rest) = split_word(line);
+        if word.is_empty() {
+            return None;
+        }
+        let (arg, _) = split_word(rest);
+        Some(Sent {
+            word: word.to_ascii_lowercase(),
+            arg: (!arg.is_empty()).then(|| arg.to_string()),
+        })
     }
 
     /// Whether the server closes the connection after answering this.
     pub fn ends_session(&self) -> bool {
-        self.word == "quit" || self.word == "logout"
+        command(&self.word).is_some_and(|c| c.ends_session)
     }
 }
 

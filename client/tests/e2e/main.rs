@@ -5,7 +5,6 @@
 //! test binary, so natterd is located (or built) once and the fixtures live
 //! in one `util` module.
 
-mod bench;
 mod interactive;
 mod piped;
 mod tls;

@@ -13,11 +13,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
+use natter_proto::{split_line, EventKind, Line};
 
 use crate::args::Args;
 use crate::error::BenchError;
 use crate::fanout::{nanos, GRACE, POLL_WAIT};
-use crate::lines::{push_text, stamp, Conn};
+use crate::lines::{event, push_text, stamp, Conn};
 use crate::progress::join_with_progress;
 use crate::report::{Report, Value};
 use crate::setup::{open_sessions, Target, STOPPED};
@@ -248,14 +249,17 @@ fn drive(mut pairs: Vec<(Sender, Conn)>, ctx: &Ctx) -> Result<Measured, BenchErr
                 let mut n = 0;
                 let delivery = &mut m.delivery;
                 let open = r.pump(|line| {
-                    if let Some((_, sent)) = stamp(line, b"* msg ") {
-                        delivery.record(now.saturating_sub(sent));
-                        n += 1;
-                    } else if let Some(reason) = line.strip_prefix(b"* bye ") {
-                        return Err(BenchError::bye(
-                            "dm receiver",
-                            &String::from_utf8_lossy(reason),
-                        ));
+                    match event(line) {
+                        Some((EventKind::Msg, fields)) => {
+                            if let Some((_, sent)) = stamp(fields) {
+                                delivery.record(now.saturating_sub(sent));
+                                n += 1;
+                            }
+                        }
+                        Some((EventKind::Bye, reason)) => {
+                            return Err(BenchError::bye("dm receiver", reason))
+                        }
+                        _ => {}
                     }
                     Ok(())
                 })?;
@@ -325,29 +329,26 @@ fn read_acks(s: &mut Sender, now: u64, ack: &mut Latency) -> Result<(), BenchErr
         ..
     } = s;
     let open = conn.pump(|line| {
-        match line.first() {
-            Some(b'+') => {
+        // A line that is not UTF-8 is not one of natterd's; it counts as
+        // nothing, as an unknown line does.
+        let line = std::str::from_utf8(line).unwrap_or_default();
+        match split_line(line) {
+            Some(Line::Ok(text)) => {
                 *acked += 1;
                 if let Some(t) = in_flight.pop_front() {
                     ack.record(now.saturating_sub(t));
                 }
-                if line == b"+ stored" {
+                if text == "stored" {
                     *stored += 1;
                 }
             }
-            Some(b'-') => {
-                let text = String::from_utf8_lossy(line.get(2..).unwrap_or_default());
-                let (code, rest) = text.split_once(' ').unwrap_or((&text, ""));
-                return Err(BenchError::refused("send", code, rest));
+            Some(Line::Err { code, text }) => return Err(BenchError::refused("send", code, text)),
+            Some(Line::Event { kind, fields })
+                if EventKind::parse(kind) == Some(EventKind::Bye) =>
+            {
+                return Err(BenchError::bye("dm sender", fields))
             }
-            _ => {
-                if let Some(reason) = line.strip_prefix(b"* bye ") {
-                    return Err(BenchError::bye(
-                        "dm sender",
-                        &String::from_utf8_lossy(reason),
-                    ));
-                }
-            }
+            _ => {}
         }
         Ok(())
     })?;

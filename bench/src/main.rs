@@ -1,4 +1,10 @@
-//! natter-bench: the load generator for natterd. `main` parses and checks the
+//! natter-bench: the load generator for natterd, in its own crate so the
+//! client crate stays the blocking two-thread client. It owns the scenarios,
+//! their non-blocking I/O and their statistics; it connects and parses
+//! setup replies through natter-client and reads the protocol's words and
+//! line shapes from natter-proto, never spelling them itself.
+//!
+//! `main` parses and checks the
 //! arguments, raises the open-file limit, and runs each scenario in turn,
 //! printing its report; the scenarios live in their own modules and share
 //! the session setup (`setup`), the non-blocking line I/O (`lines`), the
@@ -24,6 +30,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use args::{Args, Scenario};
+use error::BenchError;
 use setup::Target;
 
 /// Pause between scenarios, so natterd has closed the sessions of one before
@@ -81,9 +88,17 @@ fn main() -> ExitCode {
             Scenario::Idle => idle::run(&args, target),
             Scenario::Login => login::run(&args, target),
         };
-        match result {
-            Ok(report) if args.json => println!("{}", report.json()),
-            Ok(report) => println!("{}", report.table()),
+        let shown = result.and_then(|report| {
+            if args.json {
+                report
+                    .json()
+                    .map_err(|e| BenchError::new(format!("cannot write the JSON report: {e}")))
+            } else {
+                Ok(report.table())
+            }
+        });
+        match shown {
+            Ok(text) => println!("{text}"),
             Err(e) => {
                 eprintln!("natter-bench: {}: {e}", scenario.name());
                 return ExitCode::from(1);

@@ -4,7 +4,7 @@
 use clap::{Parser, ValueEnum};
 use std::path::PathBuf;
 
-use natter_client::{tls, TlsConfig, Trust, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_TLS_PORT};
+use natter_client::{TlsConfig, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_TLS_PORT};
 
 /// A load scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -229,15 +229,7 @@ impl Args {
 
     /// The TLS configuration asked for, if any; reading --ca happens here.
     pub fn tls_config(&self) -> Result<Option<TlsConfig>, String> {
-        if !self.tls {
-            return Ok(None);
-        }
-        let trust = match (&self.ca, &self.fingerprint) {
-            (Some(ca), _) => Trust::Ca(ca.clone()),
-            (None, Some(fp)) => Trust::Pinned(tls::parse_fingerprint(fp)?),
-            (None, None) => Trust::WebRoots,
-        };
-        TlsConfig::new(trust).map(Some)
+        TlsConfig::from_flags(self.tls, self.ca.as_deref(), self.fingerprint.as_deref())
     }
 
     /// The scenarios to run, in order.

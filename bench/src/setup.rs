@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use natter_client::{open, parse, Event, LineReader, LineWriter, ServerLine, Stream, TlsConfig};
 
+use natter_proto::ErrorCode;
+
 use crate::error::BenchError;
 use crate::progress::{Progress, TICK};
 
@@ -227,7 +229,9 @@ fn open_batch(
         let what = format!("register {name}");
         match completion(s, deadline, &what)? {
             ServerLine::Ok(_) => {}
-            ServerLine::Err { code, .. } if code == "EXISTS" => existing.push(i),
+            ServerLine::Err { code, .. } if ErrorCode::parse(&code) == Some(ErrorCode::Exists) => {
+                existing.push(i)
+            }
             ServerLine::Err { code, text } => return Err(BenchError::refused(&what, &code, &text)),
             _ => return Err(BenchError::new(format!("{what}: unexpected reply"))),
         }

@@ -8,6 +8,7 @@
 use std::io::{self, Read, Write};
 
 use natter_client::{LineReader, Stream};
+use natter_proto::{split_chat, split_line, split_word, EventKind, Frame, Line, LineFramer};
 use rustls::ClientConnection;
 
 use crate::error::BenchError;
@@ -22,16 +23,32 @@ pub fn each_line(
     buf: &[u8],
     mut f: impl FnMut(&[u8]) -> Result<(), BenchError>,
 ) -> Result<usize, BenchError> {
+    // The input buffer bounds a line (`Conn::make_room`), so the framer's own
+    // limit is set out of reach and it never reports TooLong.
+    let mut framer = LineFramer::new(usize::MAX);
     let mut pos = 0;
-    while let Some(i) = buf[pos..].iter().position(|&b| b == b'\n') {
-        let mut line = &buf[pos..pos + i];
-        if let [rest @ .., b'\r'] = line {
-            line = rest;
+    loop {
+        match framer.next_frame(&buf[pos..]) {
+            (used, Some(Frame::Line(line))) => {
+                f(line)?;
+                pos += used;
+            }
+            (_, Some(Frame::TooLong)) => {
+                return Err(BenchError::new("the server sent an overlong line"))
+            }
+            (_, None) => return Ok(pos),
         }
-        f(line)?;
-        pos += i + 1;
     }
-    Ok(pos)
+}
+
+/// An event line (`* <event> <fields>`) taken apart without allocating:
+/// the event, if this version knows its word, and its fields. `None` for
+/// replies, data lines, unknown events and lines that are not UTF-8.
+pub fn event(line: &[u8]) -> Option<(EventKind, &str)> {
+    match split_line(std::str::from_utf8(line).ok()?)? {
+        Line::Event { kind, fields } => Some((EventKind::parse(kind)?, fields)),
+        _ => None,
+    }
 }
 
 /// One logged-in connection driven by a poller.
@@ -236,39 +253,23 @@ fn write_records(
     Ok(())
 }
 
-/// The first word of `s` skipped, with the spaces after it.
-fn skip_word(s: &[u8]) -> Option<&[u8]> {
-    let i = s.iter().position(|&b| b == b' ')?;
-    let rest = &s[i..];
-    let j = rest.iter().position(|&b| b != b' ')?;
-    Some(&rest[j..])
+/// From the fields of a `* msg` or `* broadcast` carrying the bench's own
+/// text (`<from> <time> <seq> <nanos> ...`), the sequence number and send
+/// time the text carries. `None` for any other text.
+pub fn stamp(fields: &str) -> Option<(u64, u64)> {
+    let text = split_chat(fields)?.text;
+    let (seq, rest) = split_word(text);
+    let (nanos, _) = split_word(rest);
+    Some((number(seq)?, number(nanos)?))
 }
 
-/// A decimal number at the start of `s`, and what follows it.
-fn leading_u64(s: &[u8]) -> Option<(u64, &[u8])> {
-    let digits = s.iter().take_while(|b| b.is_ascii_digit()).count();
-    if digits == 0 || digits > 19 {
+/// A word of decimal digits as a number; someone else's message can start
+/// with anything, including a number too large for a u64.
+fn number(word: &str) -> Option<u64> {
+    if word.is_empty() || !word.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let mut n = 0u64;
-    for &b in &s[..digits] {
-        // 19 digits always fit a u64; checked anyway, since someone else's
-        // message can start with any number.
-        n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
-    }
-    Some((n, &s[digits..]))
-}
-
-/// From an event line `<event> <from> <time> <seq> <nanos> ...` (the form of
-/// `* msg` and `* broadcast` with the bench's own text), the sequence number
-/// and send time the text carries. `None` for any other line.
-pub fn stamp(line: &[u8], event: &[u8]) -> Option<(u64, u64)> {
-    let rest = line.strip_prefix(event)?;
-    let rest = skip_word(skip_word(rest)?)?;
-    let (seq, rest) = leading_u64(rest)?;
-    let rest = rest.strip_prefix(b" ")?;
-    let (nanos, _) = leading_u64(rest)?;
-    Some((seq, nanos))
+    word.parse().ok()
 }
 
 /// Appends the bench's message text: the sequence number and the send time
@@ -299,14 +300,14 @@ mod tests {
     }
 
     #[test]
-    fn a_huge_leading_number_is_not_a_number() {
-        let nineteen = b"9999999999999999999 x";
+    fn a_huge_number_is_not_a_number() {
         assert_eq!(
-            leading_u64(nineteen),
-            Some((9_999_999_999_999_999_999, &b" x"[..]))
+            number("9999999999999999999"),
+            Some(9_999_999_999_999_999_999)
         );
-        assert_eq!(leading_u64(b"18446744073709551616 x"), None);
-        assert_eq!(leading_u64(b"99999999999999999999"), None);
+        assert_eq!(number("18446744073709551616"), None);
+        assert_eq!(number("+5"), None);
+        assert_eq!(number(""), None);
     }
 
     #[test]
@@ -334,21 +335,26 @@ mod tests {
     #[test]
     fn stamps_are_read_from_event_lines() {
         let line = b"* broadcast nbfs 2026-01-01T00:00:00Z 17 123456789 xxxx";
-        assert_eq!(stamp(line, b"* broadcast "), Some((17, 123456789)));
-        assert_eq!(stamp(line, b"* msg "), None);
+        let (kind, fields) = event(line).expect("an event");
+        assert_eq!(kind, EventKind::Broadcast);
+        assert_eq!(stamp(fields), Some((17, 123456789)));
+        let msg = b"* msg nbds0 2026-01-01T00:00:00Z 0 5";
         assert_eq!(
-            stamp(b"* msg nbds0 2026-01-01T00:00:00Z 0 5", b"* msg "),
-            Some((0, 5))
+            event(msg).map(|(k, f)| (k, stamp(f))),
+            Some((EventKind::Msg, Some((0, 5))))
         );
+        assert_eq!(event(b"* bye slow"), Some((EventKind::Bye, "slow")));
+        for not_event in [&b"+ sent to 3"[..], b"* typing x", b"\xff x", b"*bye x"] {
+            assert_eq!(event(not_event), None, "{not_event:?}");
+        }
         for bad in [
-            &b"* broadcast a t"[..],
-            b"* broadcast a t x 1",
-            b"* broadcast a t 1x 2",
-            b"* broadcast a t 1",
-            b"* broadcast a t 99999999999999999999 1",
-            b"+ sent to 3",
+            "a t",
+            "a t x 1",
+            "a t 1x 2",
+            "a t 1",
+            "a t 99999999999999999999 1",
         ] {
-            assert_eq!(stamp(bad, b"* broadcast "), None, "{bad:?}");
+            assert_eq!(stamp(bad), None, "{bad:?}");
         }
     }
 
@@ -359,8 +365,8 @@ mod tests {
         assert_eq!(out.len(), 10 + 32 + 1);
         assert_eq!(out.last(), Some(&b'\n'));
         let text = &out[10..out.len() - 1];
-        let line = [b"* broadcast a t ".as_slice(), text].concat();
-        assert_eq!(stamp(&line, b"* broadcast "), Some((42, 987)));
+        let fields = format!("a t {}", String::from_utf8_lossy(text));
+        assert_eq!(stamp(&fields), Some((42, 987)));
         let mut short = Vec::new();
         push_text(&mut short, 123456, 7890123, 4);
         assert_eq!(short, b"123456 7890123 \n");

@@ -1,8 +1,10 @@
 //! What a scenario measured, and its two renderings: a table for people and
-//! one JSON object per line for scripts. Both come from the same list of
-//! fields, so they cannot disagree.
+//! one JSON object per line for scripts (written by serde_json). Both come
+//! from the same list of fields, so they cannot disagree.
 
 use std::fmt::Write;
+
+use serde::ser::{Serialize, SerializeMap, Serializer};
 
 /// One measured or configured value.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,21 +70,34 @@ impl Report {
         out
     }
 
-    /// One line of JSON: `scenario`, every field, and `notes`.
-    pub fn json(&self) -> String {
-        let mut out = format!("{{\"scenario\":{}", json_str(self.scenario));
+    /// One line of JSON: `scenario`, every field in table order, and
+    /// `notes`.
+    pub fn json(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string(self)
+    }
+}
+
+impl Serialize for Report {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.fields.len() + 2))?;
+        map.serialize_entry("scenario", self.scenario)?;
         for (key, _, value) in &self.fields {
-            let _ = write!(out, ",{}:{}", json_str(key), json_value(value));
+            map.serialize_entry(key, value)?;
         }
-        out.push_str(",\"notes\":[");
-        for (i, note) in self.notes.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(&json_str(note));
+        map.serialize_entry("notes", &self.notes)?;
+        map.end()
+    }
+}
+
+impl Serialize for Value {
+    /// A count or a measurement as a JSON number; a value not measured, or a
+    /// measurement that is not finite, as `null`.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Value::Int(n) => serializer.serialize_u64(*n),
+            Value::Float(x, _) if x.is_finite() => serializer.serialize_f64(*x),
+            Value::Float(..) | Value::Missing => serializer.serialize_none(),
         }
-        out.push_str("]}");
-        out
     }
 }
 
@@ -96,14 +111,6 @@ fn cell(v: &Value) -> String {
     }
 }
 
-fn json_value(v: &Value) -> String {
-    match v {
-        Value::Int(n) => n.to_string(),
-        Value::Float(x, _) if x.is_finite() => format!("{x}"),
-        Value::Float(..) | Value::Missing => "null".to_string(),
-    }
-}
-
 /// `1234567` as `1,234,567`.
 pub fn group_thousands(n: u64) -> String {
     let digits = n.to_string();
@@ -114,25 +121,6 @@ pub fn group_thousands(n: u64) -> String {
         }
         out.push(c);
     }
-    out
-}
-
-/// A JSON string literal.
-fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
     out
 }
 
@@ -174,7 +162,7 @@ mod tests {
 
     #[test]
     fn json_is_one_line_with_nulls_and_escapes() {
-        let j = sample().json();
+        let j = sample().json().expect("serialises");
         assert!(!j.contains('\n'));
         assert_eq!(
             j,
@@ -185,7 +173,13 @@ mod tests {
     }
 
     #[test]
-    fn json_escapes_control_characters() {
-        assert_eq!(json_str("a\u{1}\\b\n"), "\"a\\u0001\\\\b\\n\"");
+    fn json_escapes_control_characters_and_nulls_non_finite_numbers() {
+        let mut r = Report::new("idle", "x".to_string());
+        r.field("ratio", "ratio", Value::Float(f64::NAN, 1));
+        r.notes.push("a\u{1}\\b\n".to_string());
+        assert_eq!(
+            r.json().expect("serialises"),
+            "{\"scenario\":\"idle\",\"ratio\":null,\"notes\":[\"a\\u0001\\\\b\\n\"]}"
+        );
     }
 }

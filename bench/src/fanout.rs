@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
 use natter_client::{ServerLine, Stream};
+use natter_proto::EventKind;
 
 use crate::args::Args;
 use crate::error::BenchError;
-use crate::lines::{push_text, stamp, Conn};
+use crate::lines::{event, push_text, stamp, Conn};
 use crate::progress::{Progress, TICK};
 use crate::report::{Report, Value};
 use crate::setup::{
@@ -336,7 +337,10 @@ fn read_acks(mut s: Session, sh: &Shared, hard: Instant) -> Result<Acks, BenchEr
     Ok(Acks { min_sent_to })
 }
 
-/// Pings every `every` until told to stop, recording each round trip.
+/// Pings every `every` until told to stop, recording each round trip. At
+/// least one round trip is made (unless another thread failed), so a run the
+/// receivers finish before the pinger's first pong still reports a ping
+/// figure rather than none.
 fn ping_loop(
     mut s: Session,
     every: Duration,
@@ -345,7 +349,9 @@ fn ping_loop(
 ) -> Result<Latency, BenchError> {
     let mut latency = Latency::new();
     let mut next = Instant::now();
-    while !sh.stop_ping.load(Ordering::Relaxed) && !sh.abort.load(Ordering::Relaxed) {
+    while !sh.abort.load(Ordering::Relaxed)
+        && (latency.count() == 0 || !sh.stop_ping.load(Ordering::Relaxed))
+    {
         let t0 = Instant::now();
         setup::send(&s, "ping")?;
         match completion(&mut s, hard, "ping")? {
@@ -398,21 +404,25 @@ fn receive(
             let mut n = 0u64;
             let latency = &mut out.latency;
             let open = conns[i].pump(|line| {
-                if let Some((seq, sent)) = stamp(line, b"* broadcast ") {
-                    latency.record(now.saturating_sub(sent));
-                    n += 1;
-                    let count = usize::try_from(seq).ok().and_then(|s| sh.per_seq.get(s));
-                    if let Some(count) = count {
-                        if count.fetch_add(1, Ordering::AcqRel) + 1 == sh.receivers {
-                            sh.completed.fetch_add(1, Ordering::AcqRel);
-                            wake.unpark();
+                match event(line) {
+                    Some((EventKind::Broadcast, fields)) => {
+                        let Some((seq, sent)) = stamp(fields) else {
+                            return Ok(());
+                        };
+                        latency.record(now.saturating_sub(sent));
+                        n += 1;
+                        let count = usize::try_from(seq).ok().and_then(|s| sh.per_seq.get(s));
+                        if let Some(count) = count {
+                            if count.fetch_add(1, Ordering::AcqRel) + 1 == sh.receivers {
+                                sh.completed.fetch_add(1, Ordering::AcqRel);
+                                wake.unpark();
+                            }
                         }
                     }
-                } else if let Some(reason) = line.strip_prefix(b"* bye ") {
-                    return Err(BenchError::bye(
-                        "receiver",
-                        &String::from_utf8_lossy(reason),
-                    ));
+                    Some((EventKind::Bye, reason)) => {
+                        return Err(BenchError::bye("receiver", reason))
+                    }
+                    _ => {}
                 }
                 Ok(())
             })?;

@@ -6,6 +6,9 @@
 use std::fmt;
 use std::io;
 
+use natter_proto::{ByeReason, ErrorCode};
+use nix::errno::Errno;
+
 /// Why a run stopped, worded for the person who started it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BenchError(pub String);
@@ -20,16 +23,16 @@ impl BenchError {
     /// success. Codes that mean "the server is configured against a
     /// benchmark" get the flag that fixes them.
     pub fn refused(what: &str, code: &str, text: &str) -> Self {
-        match code {
-            "RATE" => BenchError::new(format!(
-                "{what}: the server is rate limiting (- RATE); start natterd with --rate 0"
+        match ErrorCode::parse(code) {
+            Some(ErrorCode::Rate) => BenchError::new(format!(
+                "{what}: the server is rate limiting (- {code}); start natterd with --rate 0"
             )),
-            "CLOSED" => BenchError::new(format!(
-                "{what}: registration is closed (- CLOSED); start natterd with \
+            Some(ErrorCode::Closed) => BenchError::new(format!(
+                "{what}: registration is closed (- {code}); start natterd with \
                  --registration open, or create the users with --users"
             )),
-            "AUTHFAIL" => BenchError::new(format!(
-                "{what}: the user exists with another password (- AUTHFAIL); \
+            Some(ErrorCode::AuthFail) => BenchError::new(format!(
+                "{what}: the user exists with another password (- {code}); \
                  pick another --users-prefix or the --password it was made with"
             )),
             _ => BenchError::new(format!("{what}: - {code} {text}")),
@@ -38,14 +41,14 @@ impl BenchError {
 
     /// The server said `* bye <reason>`.
     pub fn bye(what: &str, reason: &str) -> Self {
-        match reason {
-            "busy" => BenchError::new(format!(
-                "{what}: natterd refused the connection (* bye busy): it holds too many \
+        match ByeReason::parse(reason) {
+            Some(ByeReason::Busy) => BenchError::new(format!(
+                "{what}: natterd refused the connection (* bye {reason}): it holds too many \
                  connections; start it with --max-per-ip 0 (the default allows 64 per \
                  address) and --max-clients above the sessions this run opens"
             )),
-            "flood" => BenchError::new(format!(
-                "{what}: natterd closed the session for flooding (* bye flood); \
+            Some(ByeReason::Flood) => BenchError::new(format!(
+                "{what}: natterd closed the session for flooding (* bye {reason}); \
                  start natterd with --rate 0"
             )),
             _ => BenchError::new(format!(
@@ -63,7 +66,7 @@ impl fmt::Display for BenchError {
 
 impl From<io::Error> for BenchError {
     fn from(e: io::Error) -> Self {
-        if e.raw_os_error() == Some(24) {
+        if e.raw_os_error() == Some(Errno::EMFILE as i32) {
             return BenchError::new(format!(
                 "{e}: raise the open-file limit (ulimit -n) or open fewer sessions"
             ));
