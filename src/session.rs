@@ -19,8 +19,8 @@
 //! `--max-outbuf`; rate limit and flood; login and idle timeouts; closing
 //! after a flush or at once.
 //!
-//! Submodules: `framing` (bytes to lines), `buffers` (output, reply order,
-//! rate bucket), `transport` (plain or TLS bytes to and from the socket).
+//! Submodules: `buffers` (output, reply order, rate bucket), `transport`
+//! (plain or TLS bytes to and from the socket); framing is natter-proto's.
 
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
@@ -33,11 +33,10 @@ use crate::config::Config;
 use crate::protocol::{self, ByeReason, ErrorCode};
 
 mod buffers;
-mod framing;
 mod transport;
 
 pub use buffers::{Output, RateBucket, ReplyOrder, KEEP_BUFFER_CAPACITY};
-pub use framing::{Frame, LineFramer};
+pub use natter_proto::{Frame, LineFramer};
 pub use transport::{ReadStatus, Transport, READ_CHUNK};
 
 /// Most commands one session may have waiting on the store or the hasher.

@@ -58,7 +58,7 @@ pub fn open(config: &Config) -> io::Result<(Store, Chat)> {
 
 /// The lines every connection starts with.
 pub fn greeting(config: &Config) -> Vec<u8> {
-    let mut out = protocol::event(&format!("hello natter {}", protocol::PROTOCOL_VERSION));
+    let mut out = protocol::hello();
     out.extend(protocol::event(
         "notice welcome to natter; log in with: login <user> <password>",
     ));
@@ -85,10 +85,7 @@ fn import_users(store: &mut Store, path: &Path, config: &Config) -> io::Result<(
         if line.trim().is_empty() || line.trim_start().starts_with('#') {
             continue;
         }
-        let (user, password) = match line.trim_start().split_once([' ', '\t']) {
-            Some((u, p)) => (u, p.trim_start_matches([' ', '\t'])),
-            None => (line.trim(), ""),
-        };
+        let (user, password) = protocol::split_word(line);
         let Some(name) = protocol::canonical_username(user).filter(|_| !password.is_empty()) else {
             log::warn!(
                 "{}:{}: skipped: not `<user> <password>`",

@@ -5,7 +5,7 @@
 //! member command comes out carrying the member's name, so nothing after
 //! parsing asks again. Nothing here has state or touches I/O.
 
-use crate::protocol::{canonical_username, err, is_blank, relayable, ErrorCode};
+use crate::protocol::{self, canonical_username, err, relayable, split_word, ErrorCode};
 
 use super::{DEFAULT_HISTORY, MAX_HISTORY, MAX_WHOLAST_MINUTES};
 
@@ -98,11 +98,7 @@ impl ParseError {
             }
             ParseError::AlreadyLoggedIn => err(ErrorCode::Already, "already logged in"),
             ParseError::Usage(word) => {
-                let usage: Vec<&str> = USAGE
-                    .iter()
-                    .filter(|(w, _)| w == word)
-                    .map(|(_, u)| *u)
-                    .collect();
+                let usage = protocol::command(word).map_or(&[][..], |spec| spec.usage);
                 err(ErrorCode::BadArg, &format!("usage: {}", usage.join(" | ")))
             }
             ParseError::BadUsername => err(ErrorCode::BadArg, "not a valid username"),
@@ -115,42 +111,6 @@ impl ParseError {
                 &format!("usage: history [<user>] [<count>], count from 1 to {MAX_HISTORY}"),
             ),
         }
-    }
-}
-
-/// Command words and their usage, shown by `help`.
-pub(crate) const USAGE: &[(&str, &str)] = &[
-    ("login", "login <user> <password>"),
-    ("register", "register <user> <password>"),
-    ("whoelse", "whoelse"),
-    ("wholast", "wholast <minutes>"),
-    ("send", "send <user> <text>"),
-    ("broadcast", "broadcast <text>"),
-    (
-        "broadcast",
-        "broadcast user <user> [<user> ...] message <text>",
-    ),
-    ("inbox", "inbox"),
-    ("history", "history [<user>] [<count>]"),
-    ("block", "block <user>"),
-    ("unblock", "unblock <user>"),
-    ("blocked", "blocked"),
-    ("ping", "ping"),
-    ("help", "help"),
-    ("logout", "logout"),
-    ("quit", "quit"),
-];
-
-/// Words that may be used before login.
-pub(crate) const BEFORE_LOGIN: &[&str] = &["login", "register", "help", "quit"];
-
-/// Splits off the first blank-separated word; returns it and the rest with
-/// leading blanks removed.
-fn split_word(s: &str) -> (&str, &str) {
-    let s = s.trim_start_matches(is_blank);
-    match s.find(is_blank) {
-        Some(i) => (&s[..i], s[i..].trim_start_matches(is_blank)),
-        None => (s, ""),
     }
 }
 
@@ -173,11 +133,12 @@ pub fn parse_line(line: &[u8], user: Option<&str>) -> Result<Option<Command>, Pa
 /// `NOAUTH`/`ALREADY` and the command.
 pub fn parse(line: &str, user: Option<&str>) -> Result<Command, ParseError> {
     let (word, rest) = split_word(line);
-    let word = word.to_ascii_lowercase();
-    let Some(&(word, _)) = USAGE.iter().find(|(w, _)| *w == word) else {
-        return Err(ParseError::UnknownCommand(word.chars().take(32).collect()));
+    let Some(spec) = protocol::command(word) else {
+        let shown = word.to_ascii_lowercase().chars().take(32).collect();
+        return Err(ParseError::UnknownCommand(shown));
     };
-    let me = match (user, BEFORE_LOGIN.contains(&word)) {
+    let word = spec.word;
+    let me = match (user, spec.before_login) {
         (None, false) => return Err(ParseError::NotLoggedIn),
         (Some(_), true) if word == "login" || word == "register" => {
             return Err(ParseError::AlreadyLoggedIn)

@@ -5,7 +5,6 @@ use crate::protocol::{self, err, ok, ErrorCode, Reply};
 use crate::store::{MessageRow, StoreOutput, StoreRequest};
 
 use super::job::{Cont, Effects, Job, Step, Work, WorkResult};
-use super::parse::{BEFORE_LOGIN, USAGE};
 use super::{Caller, Chat, Clock, INBOX_PAGE};
 
 impl Chat {
@@ -204,9 +203,11 @@ fn history_reply(rows: &[MessageRow]) -> Vec<u8> {
 
 pub(super) fn help_reply(logged_in: bool) -> Vec<u8> {
     let mut reply = Reply::new();
-    for (word, usage) in USAGE {
-        if logged_in || BEFORE_LOGIN.contains(word) {
-            reply.data(usage);
+    for spec in protocol::COMMANDS {
+        if logged_in || spec.before_login {
+            for usage in spec.usage {
+                reply.data(usage);
+            }
         }
     }
     if logged_in {
