@@ -166,15 +166,20 @@ impl Sim {
         }
     }
 
-    /// Opens a connection; returns its token.
+    /// Opens a plaintext connection; returns its token.
     pub fn connect(&mut self) -> usize {
+        self.connect_with(Transport::Plain)
+    }
+
+    /// Opens a connection over `transport`; returns its token.
+    pub fn connect_with(&mut self, transport: Transport) -> usize {
         let token = self.conns.len();
         let sref = SessionRef {
             token,
             id: token as u64 + 1,
         };
         let ip: IpAddr = [127, 0, 0, 1].into();
-        let session = Session::new(sref, ip, Transport::Plain, self.limits, b"", self.now.mono);
+        let session = Session::new(sref, ip, transport, self.limits, b"", self.now.mono);
         self.conns.push(SimConn {
             session,
             socket: ScriptedSocket::default(),

@@ -1,5 +1,6 @@
 //! The session's rules, driven without sockets through `crate::sim`.
 
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use super::*;
@@ -231,4 +232,112 @@ fn replies_are_released_in_command_order() {
     // A stale or duplicate completion is ignored.
     order.finish(a, b"again".to_vec(), |r| out.extend_from_slice(r));
     assert_eq!(out, b"ABC");
+}
+
+/// A TLS client talking to a TLS session through the scripted socket.
+struct TlsPeer {
+    client: rustls::ClientConnection,
+    plaintext: Vec<u8>,
+}
+
+impl TlsPeer {
+    fn new(dir: &std::path::Path) -> (TlsPeer, Transport) {
+        let (cert, key) =
+            crate::tls::self_signed(dir, &["localhost".to_string()]).expect("certificate");
+        let setup = crate::tls::load(&cert, &key).expect("load certificate");
+        use rustls::pki_types::pem::PemObject;
+        let der = rustls::pki_types::CertificateDer::pem_file_iter(&cert)
+            .expect("read certificate")
+            .next()
+            .expect("one certificate")
+            .expect("PEM");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).expect("trust the certificate");
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let client =
+            rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("client");
+        let server = rustls::ServerConnection::new(setup.config).expect("server");
+        let peer = TlsPeer {
+            client,
+            plaintext: Vec::new(),
+        };
+        (peer, Transport::Tls(Box::new(server)))
+    }
+
+    /// Moves records both ways until neither side has anything to say,
+    /// with the server's socket taking at most `budget` bytes per round.
+    fn pump(&mut self, sim: &mut Sim, token: usize, budget: usize) {
+        for _ in 0..10_000 {
+            let mut to_server = Vec::new();
+            while self.client.wants_write() {
+                self.client.write_tls(&mut to_server).expect("client write");
+            }
+            sim.send(token, &to_server);
+            sim.drain(token, budget);
+            let from_server = std::mem::take(&mut sim.conns[token].socket.written);
+            if !from_server.is_empty() {
+                self.client
+                    .read_tls(&mut &from_server[..])
+                    .expect("client read");
+                self.client.process_new_packets().expect("client TLS");
+                let _ = self.client.reader().read_to_end(&mut self.plaintext);
+            }
+            if to_server.is_empty() && from_server.is_empty() {
+                return;
+            }
+        }
+    }
+
+    fn say(&mut self, line: &str) {
+        self.client
+            .writer()
+            .write_all(line.as_bytes())
+            .expect("client plaintext");
+    }
+}
+
+#[test]
+fn a_tls_session_that_meets_would_block_keeps_asking_to_write_until_all_is_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sim = sim();
+    sim.history_rows = 2000;
+    let (mut peer, transport) = TlsPeer::new(dir.path());
+    let token = sim.connect_with(transport);
+    peer.say(&format!("login alice {PASSWORD}\nhistory 1000\n"));
+    // The handshake and the login, through a socket that takes 100 bytes at a time.
+    peer.pump(&mut sim, token, 100);
+    assert!(sim.finish_job(0), "login job");
+    assert!(sim.finish_job(0), "history job");
+    // The reply is ~80 KB; the socket takes 700 bytes per round, then
+    // would block. Whenever bytes remain, the session must still want to
+    // write, or the reactor would never ask for the WRITABLE edge that
+    // resumes it.
+    for _ in 0..10_000 {
+        let before = peer.plaintext.len();
+        peer.pump(&mut sim, token, 700);
+        let text = String::from_utf8_lossy(&peer.plaintext);
+        if text.contains("+ 2000 messages") {
+            break;
+        }
+        assert!(
+            sim.conns[token].session.wants_write() || peer.plaintext.len() > before,
+            "stalled with {} plaintext bytes out",
+            peer.plaintext.len()
+        );
+        sim.drain(token, 0);
+    }
+    let text = String::from_utf8_lossy(&peer.plaintext);
+    assert!(text.starts_with("+ welcome alice"), "{text:.80}");
+    assert!(
+        text.ends_with("+ 2000 messages\n"),
+        "{}",
+        &text[text.len().saturating_sub(80)..]
+    );
+    assert_eq!(text.lines().filter(|l| l.starts_with("= ")).count(), 2000);
 }
