@@ -4,6 +4,7 @@
 //! flags, binds the listener and calls [`reactor::Server::run`].
 
 pub mod auth;
+mod background;
 pub mod commands;
 pub mod config;
 #[cfg(test)]

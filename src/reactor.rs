@@ -18,7 +18,6 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener as StdListener};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,15 +25,13 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::auth::{HashOutcome, HashWork, HasherPool};
-use crate::commands::{
-    Chat, Clock, Cont, Delivery, Effects, Job, LockKey, SessionRef, Step, Work, WorkResult,
-};
+use crate::background::{Background, Completion, Tag};
+use crate::commands::{Chat, Clock, Cont, Delivery, Effects, Job, LockKey, SessionRef, Step, Work};
 use crate::config::Config;
 use crate::protocol::{self, ByeReason};
 use crate::session::{Ending, Limits, Outbox, Pushed, ReadStatus, ReplyTo, Session, Transport};
 use crate::startup;
-use crate::store::{StoreHandle, StoreRequest};
+use crate::store::StoreRequest;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const TLS_LISTENER: Token = Token(usize::MAX - 4);
@@ -57,25 +54,6 @@ const DISCARD_ON_CLOSE: usize = 1 << 20;
 /// fan-out to 1000 in one go would hold the loop for milliseconds; in slices
 /// of this size, input (a ping) waits at most one slice.
 const MAX_EVENT_FLUSHES_PER_PASS: usize = 128;
-/// Hashing threads. Argon2 at normal cost takes tens of milliseconds and
-/// 19 MiB; two workers keep logins flowing without starving the loop's core.
-const HASH_THREADS: usize = 2;
-
-/// Routing for a background job's result: the command it answers (none for
-/// background writes) and what to do with it.
-#[derive(Debug)]
-pub struct Tag {
-    reply_to: Option<ReplyTo>,
-    cont: Cont,
-}
-
-/// A finished background job on its way back to the loop.
-#[derive(Debug)]
-pub struct Completion {
-    tag: Tag,
-    result: WorkResult,
-}
-
 /// What a deadline is for.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
@@ -178,11 +156,8 @@ pub struct Server {
     /// Every timer, earliest first. Entries are never removed early; a
     /// firing entry is checked against the current state (lazy deletion).
     deadlines: BTreeSet<(Instant, Timer)>,
-    store: StoreHandle<Tag>,
-    hasher: HasherPool<Tag>,
-    completions: Receiver<Completion>,
-    /// Jobs that could not be handed to their thread; answered next pass.
-    failed_jobs: Vec<Completion>,
+    /// The store thread and the hashing pool.
+    background: Background,
     waker: Arc<Waker>,
     shutdown_flag: Arc<AtomicBool>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
@@ -196,8 +171,6 @@ pub struct Server {
     resume: Vec<SessionRef>,
     /// Connections whose session may be finished, reaped at the end of the pass.
     to_close: Vec<usize>,
-    /// Background jobs not yet answered.
-    jobs_in_flight: usize,
     /// Set once shutdown starts: the time by which the loop exits regardless.
     shutting_down: Option<Instant>,
     /// Time as of the current pass.
@@ -242,28 +215,7 @@ impl Server {
 
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let (done_tx, completions) = mpsc::channel::<Completion>();
-
-        let store_tx = done_tx.clone();
-        let store_waker = Arc::clone(&waker);
-        let store = store.spawn(move |batch| {
-            for (tag, result) in batch {
-                let _ = store_tx.send(Completion {
-                    tag,
-                    result: WorkResult::Store(result),
-                });
-            }
-            // One wake per batch: the loop drains the channel until empty.
-            let _ = store_waker.wake();
-        })?;
-        let hash_waker = Arc::clone(&waker);
-        let hasher = HasherPool::spawn(HASH_THREADS, move |tag, outcome| {
-            let _ = done_tx.send(Completion {
-                tag,
-                result: WorkResult::Hash(outcome),
-            });
-            let _ = hash_waker.wake();
-        })?;
+        let background = Background::spawn(store, &waker)?;
 
         let listener = match listeners.plain {
             Some(l) => Some(register_listener(&poll, l, LISTENER)?),
@@ -288,10 +240,7 @@ impl Server {
             greeting: startup::greeting(&config),
             config,
             deadlines: BTreeSet::new(),
-            store,
-            hasher,
-            completions,
-            failed_jobs: Vec::new(),
+            background,
             waker,
             shutdown_flag: Arc::new(AtomicBool::new(false)),
             signals: None,
@@ -299,7 +248,6 @@ impl Server {
             events: VecDeque::new(),
             resume: Vec::new(),
             to_close: Vec::new(),
-            jobs_in_flight: 0,
             shutting_down: None,
             clock: Clock::now(),
             pass: 0,
@@ -395,7 +343,7 @@ impl Server {
             self.serve_ready();
             self.reap();
             if let Some(deadline) = self.shutting_down {
-                let idle = self.conns.is_empty() && self.jobs_in_flight == 0;
+                let idle = self.conns.is_empty() && self.background.in_flight() == 0;
                 if idle || self.clock.mono >= deadline {
                     break;
                 }
@@ -407,7 +355,7 @@ impl Server {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.failed_jobs.is_empty()
+        if self.background.has_failed()
             || !self.resume.is_empty()
             || !self.events.is_empty()
             || !self.ready.is_empty()
@@ -831,48 +779,16 @@ impl Server {
     }
 
     fn dispatch(&mut self, job: Job, reply_to: Option<ReplyTo>) {
-        self.jobs_in_flight += 1;
-        let tag = Tag {
-            reply_to,
-            cont: job.cont,
-        };
-        let failed = match job.work {
-            Work::Store(request) => self.store.submit(request, tag).err().map(|(_, tag)| {
-                (
-                    tag,
-                    WorkResult::Store(Err("the store thread has stopped".into())),
-                )
-            }),
-            Work::Hash(work) => self.hasher.submit(work, tag).err().map(|(work, tag)| {
-                let outcome = match work {
-                    HashWork::Verify { .. } => HashOutcome::Verified(false),
-                    HashWork::Hash { .. } => {
-                        HashOutcome::Hashed(Err("the hashing threads have stopped".into()))
-                    }
-                };
-                (tag, WorkResult::Hash(outcome))
-            }),
-        };
-        if let Some((tag, result)) = failed {
-            log::error!("background job could not be queued");
-            // Answered on the next pass, never from inside the caller's own
-            // line handling, which would reorder its input.
-            self.failed_jobs.push(Completion { tag, result });
-        }
+        self.background.dispatch(job, reply_to);
     }
 
     fn drain_completions(&mut self) {
-        for c in std::mem::take(&mut self.failed_jobs) {
-            self.on_completion(c);
-        }
-        // Several wakes can arrive as one event: take everything there is.
-        while let Ok(c) = self.completions.try_recv() {
+        for c in self.background.take() {
             self.on_completion(c);
         }
     }
 
     fn on_completion(&mut self, c: Completion) {
-        self.jobs_in_flight = self.jobs_in_flight.saturating_sub(1);
         let Tag { reply_to, cont } = c.tag;
         let clock = self.clock;
         // A reply for a session that has gone, or is closing, or whose slot
@@ -1041,9 +957,8 @@ impl Server {
     }
 
     fn finish(mut self) {
-        self.hasher.close();
         // Commits whatever is still queued (last-seen times) before exiting.
-        self.store.close();
+        self.background.close();
         log::info!("stopped; {:?}", self.stats);
     }
 }

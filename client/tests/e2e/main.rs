@@ -1,8 +1,6 @@
 //! End-to-end tests of the `natter` binary against a real natterd: piped
 //! mode with scripts (plaintext and TLS), and interactive mode through a
-//! pseudo-terminal; and of
-//! the `natter-bench` load generator with tiny counts. One
-//! test binary, so natterd is located (or built) once and the fixtures live
+//! pseudo-terminal. One test binary, so natterd is located (or built) once and the fixtures live
 //! in one `util` module.
 
 mod interactive;

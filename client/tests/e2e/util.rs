@@ -145,11 +145,6 @@ impl Server {
         self.data.path()
     }
 
-    /// natterd's process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// The port, as `natter` takes it on its command line.
     pub fn port(&self) -> String {
         self.addr.port().to_string()

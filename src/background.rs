@@ -1,0 +1,141 @@
+//! The loop's side of its background threads: it starts the store thread
+//! and the hashing pool, hands them jobs tagged with where the answer goes,
+//! and takes their results back from one channel, woken by the loop's one
+//! `Waker`. It counts jobs in flight (shutdown waits for them) and never
+//! blocks: a job that cannot be queued is answered as failed on the next
+//! pass, never from inside the caller's own line handling.
+
+use std::io;
+use std::sync::mpsc::{self, Receiver};
+use std::sync::Arc;
+
+use mio::Waker;
+
+use crate::auth::{HashOutcome, HashWork, HasherPool};
+use crate::commands::{Cont, Job, Work, WorkResult};
+use crate::session::ReplyTo;
+use crate::store::{Store, StoreHandle};
+
+/// Hashing threads. Argon2 at normal cost takes tens of milliseconds and
+/// 19 MiB; two workers keep logins flowing without starving the loop's core.
+const HASH_THREADS: usize = 2;
+
+/// Routing for a job's result: the command it answers (none for background
+/// writes) and what to do with it.
+#[derive(Debug)]
+pub struct Tag {
+    /// The command the result answers, if any.
+    pub reply_to: Option<ReplyTo>,
+    /// What to do with the result.
+    pub cont: Cont,
+}
+
+/// A finished job on its way back to the loop.
+#[derive(Debug)]
+pub struct Completion {
+    /// Where it goes.
+    pub tag: Tag,
+    /// What came of it.
+    pub result: WorkResult,
+}
+
+/// The store thread and the hashing pool, as the loop sees them.
+pub struct Background {
+    store: StoreHandle<Tag>,
+    hasher: HasherPool<Tag>,
+    completions: Receiver<Completion>,
+    /// Jobs that could not be handed to their thread; answered next pass.
+    failed: Vec<Completion>,
+    /// Jobs not yet answered.
+    in_flight: usize,
+}
+
+impl Background {
+    /// Starts the store thread over `store` and the hashing pool; both
+    /// report through one channel and wake the loop with `waker`.
+    pub fn spawn(store: Store, waker: &Arc<Waker>) -> io::Result<Background> {
+        let (done_tx, completions) = mpsc::channel::<Completion>();
+        let store_tx = done_tx.clone();
+        let store_waker = Arc::clone(waker);
+        let store = store.spawn(move |batch| {
+            for (tag, result) in batch {
+                let _ = store_tx.send(Completion {
+                    tag,
+                    result: WorkResult::Store(result),
+                });
+            }
+            // One wake per batch: the loop drains the channel until empty.
+            let _ = store_waker.wake();
+        })?;
+        let hash_waker = Arc::clone(waker);
+        let hasher = HasherPool::spawn(HASH_THREADS, move |tag, outcome| {
+            let _ = done_tx.send(Completion {
+                tag,
+                result: WorkResult::Hash(outcome),
+            });
+            let _ = hash_waker.wake();
+        })?;
+        Ok(Background {
+            store,
+            hasher,
+            completions,
+            failed: Vec::new(),
+            in_flight: 0,
+        })
+    }
+
+    /// Hands `job` to its thread; its result comes back from `take`.
+    pub fn dispatch(&mut self, job: Job, reply_to: Option<ReplyTo>) {
+        self.in_flight += 1;
+        let tag = Tag {
+            reply_to,
+            cont: job.cont,
+        };
+        let failed = match job.work {
+            Work::Store(request) => self.store.submit(request, tag).err().map(|(_, tag)| {
+                (
+                    tag,
+                    WorkResult::Store(Err("the store thread has stopped".into())),
+                )
+            }),
+            Work::Hash(work) => self.hasher.submit(work, tag).err().map(|(work, tag)| {
+                let outcome = match work {
+                    HashWork::Verify { .. } => HashOutcome::Verified(false),
+                    HashWork::Hash { .. } => {
+                        HashOutcome::Hashed(Err("the hashing threads have stopped".into()))
+                    }
+                };
+                (tag, WorkResult::Hash(outcome))
+            }),
+        };
+        if let Some((tag, result)) = failed {
+            log::error!("background job could not be queued");
+            self.failed.push(Completion { tag, result });
+        }
+    }
+
+    /// Every result there is now. Several wakes can arrive as one event, so
+    /// this takes everything, not one.
+    pub fn take(&mut self) -> Vec<Completion> {
+        let mut done = std::mem::take(&mut self.failed);
+        done.extend(self.completions.try_iter());
+        self.in_flight = self.in_flight.saturating_sub(done.len());
+        done
+    }
+
+    /// Whether results are waiting that no wake will announce.
+    pub fn has_failed(&self) -> bool {
+        !self.failed.is_empty()
+    }
+
+    /// Jobs handed out and not yet taken back.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Stops the threads; the store commits what is still queued first.
+    pub fn close(&mut self) {
+        self.hasher.close();
+        self.store.close();
+    }
+}
