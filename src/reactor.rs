@@ -13,6 +13,11 @@
 //! for a slice of connections, reap the closed. Nothing here blocks: disk
 //! and hashing go to their threads, and their results come back through the
 //! completion channel.
+//!
+//! Still about 1,000 lines (a third docs): accepting and admission
+//! (`accept_ready`, `admit`) and the counters with their throttled logs are
+//! the next pieces to move out; they were left here to keep this change to
+//! the connection layer.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::{self, Read, Write};

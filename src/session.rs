@@ -21,6 +21,9 @@
 //!
 //! Submodules: `buffers` (output, reply order, rate bucket), `transport`
 //! (plain or TLS bytes to and from the socket); framing is natter-proto's.
+//! This file stays one piece (about 700 lines, a third of them docs)
+//! because its rules share one state: splitting it would put the fields
+//! that decide "may the next line run" in several places again.
 
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
