@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConnection, StreamOwned};
 
-use crate::util::{Server, TIMEOUT};
+use crate::util::{serial, stall_bound, Server, TIMEOUT};
 
 const SELF_SIGNED: [&str; 2] = ["--tls-self-signed", "localhost"];
 
@@ -126,9 +126,12 @@ fn a_large_burst_of_pushes_arrives_whole_over_tls() {
 
 #[test]
 fn broken_and_stalled_handshakes_do_not_affect_others() {
+    // Measures the ordinary client's latency.
+    let _serial = serial();
     let server = Server::start(&["--tls-self-signed", "localhost", "--login-timeout", "1"]);
     let (addr, fingerprint) = tls_of(&server);
     let mut ordinary = server.user("ordinary");
+    let baseline = ordinary.ping_baseline();
 
     // Plaintext spoken to the TLS port: an alert, then the server hangs up.
     let mut confused = TcpStream::connect(addr).expect("connect");
@@ -163,7 +166,11 @@ fn broken_and_stalled_handshakes_do_not_affect_others() {
         "staller was not timed out"
     );
 
-    assert!(ordinary.ping() < Duration::from_millis(250));
+    let ping = ordinary.ping();
+    assert!(
+        ping < stall_bound(baseline),
+        "ping {ping:?}, {baseline:?} before the broken handshakes"
+    );
     let mut fine = TlsClient::connect(addr, &fingerprint);
     assert_eq!(fine.cmd1("ping").split(' ').nth(1), Some("NOAUTH"));
     assert!(
@@ -263,8 +270,15 @@ fn a_large_reply_reaches_a_tls_reader_that_starts_late() {
         .cmd1("login bob password-bob")
         .starts_with("+ welcome bob"));
     bob.send("history 1000");
-    // Let the server fill every buffer on the way before reading anything.
-    std::thread::sleep(Duration::from_millis(300));
+    // Read nothing until every buffer on the way is full: bob's receive
+    // window has closed and the server holds the rest.
+    let bob_addr = bob
+        .reader
+        .get_ref()
+        .sock
+        .local_addr()
+        .expect("bob's address");
+    wait_for_zero_window(addr, bob_addr);
     for i in 0..n {
         let line = bob.line();
         assert!(
@@ -273,4 +287,46 @@ fn a_large_reply_reaches_a_tls_reader_that_starts_late() {
         );
     }
     assert_eq!(bob.line(), "+ 1000 messages");
+}
+
+/// Waits until the server's side of the TCP connection `server`–`client` is
+/// probing a zero window (in `/proc/net/tcp`, timer 4: the client's receive
+/// buffer is full and the server has more queued for it). Panics if that
+/// does not happen within [`TIMEOUT`].
+fn wait_for_zero_window(server: SocketAddr, client: SocketAddr) {
+    // /proc/net/tcp spells an IPv4 address as the hex of its four bytes
+    // read as a native-endian u32, and the port in big-endian hex.
+    let spell = |a: SocketAddr| match a {
+        SocketAddr::V4(a) => format!(
+            "{:08X}:{:04X}",
+            u32::from_ne_bytes(a.ip().octets()),
+            a.port()
+        ),
+        SocketAddr::V6(_) => panic!("{a} is not IPv4"),
+    };
+    let (local, remote) = (spell(server), spell(client));
+    let deadline = Instant::now() + TIMEOUT;
+    let mut last = String::new();
+    loop {
+        let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+        // Fields: sl local rem st tx_queue:rx_queue tr:tm->when ...
+        if let Some(row) = table.lines().find(|row| {
+            let f: Vec<&str> = row.split_whitespace().collect();
+            f.len() > 5 && f[1] == local && f[2] == remote
+        }) {
+            if row
+                .split_whitespace()
+                .nth(5)
+                .is_some_and(|t| t.starts_with("04:"))
+            {
+                return;
+            }
+            last = row.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server never filled the reader's window; last row: {last:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }

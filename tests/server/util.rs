@@ -5,15 +5,33 @@
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// How long any single wait may take before the test fails.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Holds off every other caller until the guard drops. Tests that measure
+/// latency or the server's memory take it first, so that on a 2-core machine
+/// they never measure each other's load (other tests still run beside them).
+pub fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    // A test that failed while holding it must not fail the ones after it.
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The slowest ping round trip a check tolerates, given `baseline` (the
+/// median round trip of the same client measured just before, see
+/// [`Client::ping_baseline`]). A stalled loop shows up as a round trip many
+/// times the baseline; a busy 2-core machine can delay one round trip by
+/// tens of milliseconds, so the bound never drops below a second.
+pub fn stall_bound(baseline: Duration) -> Duration {
+    (baseline * 20).max(Duration::from_secs(1))
+}
 
 /// A running natterd child process.
 pub struct Server {
@@ -363,21 +381,22 @@ impl Client {
         lines
     }
 
-    /// True if no line arrives within `wait` (for "nothing was sent" checks).
-    pub fn quiet_for(&mut self, wait: Duration) -> bool {
-        if !self.events.is_empty() {
-            return false;
+    /// Every line that arrives before the `+ pong` of a `ping` sent now,
+    /// events set aside earlier included: empty proves that nothing was
+    /// waiting for this client. The server answers each connection in order
+    /// and queues a push while it handles the command that causes it, so
+    /// whatever a command already answered would have sent this client
+    /// arrives before the pong. Needs a logged-in client.
+    pub fn arrived_before_pong(&mut self) -> Vec<String> {
+        let mut lines: Vec<String> = self.events.drain(..).collect();
+        self.send("ping");
+        loop {
+            let line = self.line();
+            if line == "+ pong" {
+                return lines;
+            }
+            lines.push(line);
         }
-        self.stream.set_read_timeout(Some(wait)).expect("timeout");
-        let mut byte = [0u8; 1];
-        let quiet = match self.reader.get_mut().read(&mut byte) {
-            Ok(_) => false,
-            Err(e) => matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
-        };
-        self.stream
-            .set_read_timeout(Some(TIMEOUT))
-            .expect("timeout");
-        quiet && self.reader.buffer().is_empty()
     }
 
     /// Round-trip time of a `ping`.
@@ -385,5 +404,13 @@ impl Client {
         let started = Instant::now();
         assert_eq!(self.cmd1("ping"), "+ pong");
         started.elapsed()
+    }
+
+    /// The median of 21 ping round trips: this client's normal latency, to
+    /// compare later round trips with (see [`stall_bound`]).
+    pub fn ping_baseline(&mut self) -> Duration {
+        let mut samples: Vec<Duration> = (0..21).map(|_| self.ping()).collect();
+        samples.sort();
+        samples[samples.len() / 2]
     }
 }

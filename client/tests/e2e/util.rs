@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Mutex};
+use std::sync::{mpsc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -18,22 +18,47 @@ pub fn natter_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_natter"))
 }
 
-/// natterd from the same target directory as `natter`. `cargo test
-/// --workspace` builds it; `cargo test -p natter-client` does not, so it is
-/// built here when missing. (A stale natterd is used as it is: these tests
-/// check the client against the protocol, which the server keeps stable.)
+/// This workspace's natterd, built (or found up to date) by cargo once per
+/// test run. `cargo test -p natter-client` does not build natterd, and a
+/// binary that merely sits in the target directory may be stale, from
+/// another checkout, or from before the change under test; cargo knows which
+/// one belongs to this source, so ask it and take the path it reports.
 fn natterd_bin() -> PathBuf {
-    static BUILD: Mutex<()> = Mutex::new(());
-    let path = natter_bin().with_file_name("natterd");
-    let _one_build = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "natter", "--bin", "natterd"])
-            .status()
-            .expect("run cargo to build natterd");
-        assert!(status.success(), "building natterd failed");
-    }
+    static NATTERD: OnceLock<PathBuf> = OnceLock::new();
+    NATTERD.get_or_init(build_natterd).clone()
+}
+
+/// Runs `cargo build -p natter --bin natterd --message-format=json` with the
+/// cargo that runs these tests, and returns the executable from natterd's
+/// `compiler-artifact` message. Panics (failing every test that needs a
+/// server) if the build fails or reports no such executable.
+fn build_natterd() -> PathBuf {
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
+    let out = Command::new(env!("CARGO"))
+        .args(["build", "-p", "natter", "--bin", "natterd"])
+        .args(["--message-format=json", "--manifest-path", manifest])
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run cargo to build natterd");
+    assert!(
+        out.status.success(),
+        "cargo build -p natter --bin natterd failed: {}",
+        out.status
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let executable = stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|msg| msg["reason"] == "compiler-artifact" && msg["target"]["name"] == "natterd")
+        .find_map(|msg| msg["executable"].as_str().map(PathBuf::from));
+    let path = executable.unwrap_or_else(|| {
+        panic!("cargo built natterd but reported no executable for it:\n{stdout}")
+    });
+    assert!(
+        path.is_file(),
+        "cargo reported {path:?}, which is not a file"
+    );
     path
 }
 
