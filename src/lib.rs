@@ -3,6 +3,7 @@
 //! benchmarks can run it in-process; `natterd` (src/main.rs) only parses
 //! flags, binds the listener and calls [`reactor::Server::run`].
 
+mod admission;
 pub mod auth;
 mod background;
 pub mod commands;
@@ -15,8 +16,10 @@ pub mod session;
 #[doc(hidden)]
 pub mod sim;
 mod startup;
+pub mod stats;
 pub mod store;
 pub mod tls;
 
 pub use config::Config;
 pub use reactor::{Listeners, Server, ShutdownHandle};
+pub use stats::Stats;

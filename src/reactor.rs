@@ -19,9 +19,9 @@
 //! the next pieces to move out; they were left here to keep this change to
 //! the connection layer.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener as StdListener};
+use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,12 +30,14 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
+use crate::admission::Admission;
 use crate::background::{Background, Completion, Tag};
 use crate::commands::{Chat, Clock, Cont, Delivery, Effects, Job, LockKey, SessionRef, Step, Work};
 use crate::config::Config;
 use crate::protocol::{self, ByeReason};
 use crate::session::{Ending, Limits, Outbox, Pushed, ReadStatus, ReplyTo, Session, Transport};
 use crate::startup;
+use crate::stats::{LogThrottle, Stats};
 use crate::store::StoreRequest;
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -68,27 +70,6 @@ enum Timer {
     Lock(LockKey),
     /// Accepting was paused for lack of file descriptors.
     AcceptRetry,
-}
-
-/// Counters for the log at shutdown (and for operators reading it).
-#[derive(Debug, Default, Clone)]
-pub struct Stats {
-    /// Connections accepted.
-    pub accepted: u64,
-    /// Refused at --max-clients.
-    pub refused_busy: u64,
-    /// Refused at --max-per-ip.
-    pub refused_per_ip: u64,
-    /// Dropped for not reading their output.
-    pub closed_slow: u64,
-    /// Dropped for flooding past the rate limit.
-    pub closed_flood: u64,
-    /// Closed by the idle timeout.
-    pub closed_idle: u64,
-    /// Closed by the login timeout.
-    pub closed_login_timeout: u64,
-    /// Failed accept calls.
-    pub accept_errors: u64,
 }
 
 /// Asks a running server to shut down as on SIGTERM (for in-process use).
@@ -148,8 +129,8 @@ pub struct Server {
     /// No accepting before this (file descriptors ran out).
     accept_paused_until: Option<Instant>,
     conns: Slab<Conn>,
-    /// Open connections per peer address, for --max-per-ip.
-    per_ip: HashMap<IpAddr, usize>,
+    /// The connection limits and what counts against them.
+    admission: Admission,
     /// Next session id; ids are never reused.
     next_id: u64,
     chat: Chat,
@@ -182,9 +163,7 @@ pub struct Server {
     clock: Clock,
     /// Loop passes so far: a session's line budget is per pass.
     pass: u64,
-    /// Refused connections (busy, per address) are logged at most once a second.
-    refusal_log: LogThrottle,
-    /// Failed TLS handshakes likewise.
+    /// Failed TLS handshakes are logged at most once a second.
     tls_error_log: LogThrottle,
     stats: Stats,
 }
@@ -238,7 +217,7 @@ impl Server {
             listening: true,
             accept_paused_until: None,
             conns: Slab::new(),
-            per_ip: HashMap::new(),
+            admission: Admission::new(&config),
             next_id: 1,
             chat,
             limits: Limits::from(&config),
@@ -256,7 +235,6 @@ impl Server {
             shutting_down: None,
             clock: Clock::now(),
             pass: 0,
-            refusal_log: LogThrottle::default(),
             tls_error_log: LogThrottle::default(),
             stats: Stats::default(),
         })
@@ -418,27 +396,11 @@ impl Server {
         addr: SocketAddr,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) {
-        if self.conns.len() >= self.config.max_clients {
-            self.stats.refused_busy += 1;
-            if let Some(skipped) = self.refusal_log.allow(self.clock.mono) {
-                log::warn!(
-                    "refusing {addr}: {} clients connected{}",
-                    self.conns.len(),
-                    skipped_note(skipped)
-                );
-            }
-            refuse(&mut stream, tls.is_some());
-            return;
-        }
-        let per_ip = self.per_ip.get(&addr.ip()).copied().unwrap_or(0);
-        if self.config.max_per_ip > 0 && per_ip >= self.config.max_per_ip {
-            self.stats.refused_per_ip += 1;
-            if let Some(skipped) = self.refusal_log.allow(self.clock.mono) {
-                log::warn!(
-                    "refusing {addr}: {per_ip} connections from that address{}",
-                    skipped_note(skipped)
-                );
-            }
+        if self
+            .admission
+            .admit(addr, self.clock.mono, &mut self.stats)
+            .is_err()
+        {
             refuse(&mut stream, tls.is_some());
             return;
         }
@@ -454,6 +416,7 @@ impl Server {
                 Ok(conn) => Transport::Tls(Box::new(conn)),
                 Err(e) => {
                     log::warn!("cannot start TLS for {addr}: {e}");
+                    self.admission.left(addr.ip());
                     return;
                 }
             },
@@ -466,6 +429,7 @@ impl Server {
             .register(&mut stream, Token(token), Interest::READABLE)
         {
             log::warn!("cannot register connection from {addr}: {e}");
+            self.admission.left(addr.ip());
             return;
         }
         let id = self.next_id;
@@ -489,8 +453,6 @@ impl Server {
             in_events: false,
             in_close: false,
         });
-        *self.per_ip.entry(addr.ip()).or_default() += 1;
-        self.stats.accepted += 1;
         log::debug!("session {id} connected from {addr}");
         // The greeting goes out this pass.
         self.mark_ready(token);
@@ -541,11 +503,8 @@ impl Server {
                         if e.kind() == io::ErrorKind::InvalidData {
                             // A failed handshake or garbage on the TLS port:
                             // worth an operator's eye, not a warning.
-                            if let Some(skipped) = self.tls_error_log.allow(self.clock.mono) {
-                                log::info!(
-                                    "session {id} from {ip}: {e}; closing{}",
-                                    skipped_note(skipped)
-                                );
+                            if let Some(note) = self.tls_error_log.allow(self.clock.mono) {
+                                log::info!("session {id} from {ip}: {e}; closing{note}");
                             }
                         } else {
                             log::debug!("session {id}: read error: {e}");
@@ -591,7 +550,8 @@ impl Server {
             // delivered to it.
             let leaving = self.chat.disconnect(conn.session.caller(), self.clock);
             let ip = conn.session.caller().ip;
-            self.count_departure(sref.id, ip, ending);
+            self.stats
+                .departure(sref.id, ip, ending, self.config.max_outbuf);
             if let Some(request) = leaving {
                 self.background(request);
             }
@@ -631,35 +591,6 @@ impl Server {
                     self.settle(token);
                 }
             }
-        }
-    }
-
-    /// Logs a session's end and counts policy disconnects.
-    fn count_departure(&mut self, id: u64, ip: IpAddr, ending: Ending) {
-        match ending {
-            Ending::Bye(ByeReason::Flood) => {
-                self.stats.closed_flood += 1;
-                log::warn!(
-                    "session {id} from {ip}: closing, still flooding after refused commands"
-                );
-            }
-            Ending::Bye(ByeReason::Slow) => {
-                self.stats.closed_slow += 1;
-                log::warn!(
-                    "session {id} from {ip}: closing, output backlog passed {} bytes",
-                    self.config.max_outbuf
-                );
-            }
-            Ending::Bye(ByeReason::Idle) => {
-                self.stats.closed_idle += 1;
-                log::debug!("session {id}: idle timeout");
-            }
-            Ending::Bye(ByeReason::Timeout) => {
-                self.stats.closed_login_timeout += 1;
-                log::debug!("session {id}: login timeout");
-            }
-            Ending::Linger => log::debug!("session {id}: output not drained in time; dropping"),
-            other => log::debug!("session {id}: closing ({other:?})"),
         }
     }
 
@@ -878,13 +809,7 @@ impl Server {
             }
             let mut conn = self.conns.remove(token);
             self.give_back_unsent(&mut conn.session);
-            let ip = conn.session.caller().ip;
-            if let Some(n) = self.per_ip.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    self.per_ip.remove(&ip);
-                }
-            }
+            self.admission.left(conn.session.caller().ip);
             if conn.session.closes_gracefully() {
                 conn.session.close_transport(&mut conn.stream);
                 discard_input(&mut conn.stream, DISCARD_ON_CLOSE);
@@ -980,37 +905,6 @@ fn discard_input(stream: &mut TcpStream, max: usize) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => return,
         }
-    }
-}
-
-/// Keeps a flood of one kind of event from becoming a flood of log lines
-/// written synchronously from the loop: at most one line a second, which
-/// says how many were skipped. The stats counters still count every one.
-#[derive(Debug, Default)]
-struct LogThrottle {
-    /// No line before this.
-    quiet_until: Option<Instant>,
-    /// Lines skipped since the last one written.
-    skipped: u64,
-}
-
-impl LogThrottle {
-    /// Whether to log now; if so, how many were skipped before.
-    fn allow(&mut self, now: Instant) -> Option<u64> {
-        if self.quiet_until.is_some_and(|t| now < t) {
-            self.skipped += 1;
-            return None;
-        }
-        self.quiet_until = Some(now + Duration::from_secs(1));
-        Some(std::mem::take(&mut self.skipped))
-    }
-}
-
-fn skipped_note(skipped: u64) -> String {
-    if skipped == 0 {
-        String::new()
-    } else {
-        format!(" ({skipped} more like it not logged)")
     }
 }
 

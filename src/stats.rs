@@ -1,0 +1,88 @@
+//! The loop's counters and the throttle that keeps floods of refusals or
+//! failed handshakes from becoming floods of log lines. Plain data: the
+//! reactor counts, operators read the totals in the shutdown log.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use crate::protocol::ByeReason;
+use crate::session::Ending;
+
+/// Counters for the log at shutdown (and for operators reading it).
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Refused at --max-clients.
+    pub refused_busy: u64,
+    /// Refused at --max-per-ip.
+    pub refused_per_ip: u64,
+    /// Dropped for not reading their output.
+    pub closed_slow: u64,
+    /// Dropped for flooding past the rate limit.
+    pub closed_flood: u64,
+    /// Closed by the idle timeout.
+    pub closed_idle: u64,
+    /// Closed by the login timeout.
+    pub closed_login_timeout: u64,
+    /// Failed accept calls.
+    pub accept_errors: u64,
+}
+
+impl Stats {
+    /// Counts a session's end and logs it: policy disconnects (flood, slow)
+    /// at warn with the address, routine ones at debug.
+    pub fn departure(&mut self, id: u64, ip: IpAddr, ending: Ending, max_outbuf: usize) {
+        match ending {
+            Ending::Bye(ByeReason::Flood) => {
+                self.closed_flood += 1;
+                log::warn!(
+                    "session {id} from {ip}: closing, still flooding after refused commands"
+                );
+            }
+            Ending::Bye(ByeReason::Slow) => {
+                self.closed_slow += 1;
+                log::warn!(
+                    "session {id} from {ip}: closing, output backlog passed {max_outbuf} bytes"
+                );
+            }
+            Ending::Bye(ByeReason::Idle) => {
+                self.closed_idle += 1;
+                log::debug!("session {id}: idle timeout");
+            }
+            Ending::Bye(ByeReason::Timeout) => {
+                self.closed_login_timeout += 1;
+                log::debug!("session {id}: login timeout");
+            }
+            Ending::Linger => log::debug!("session {id}: output not drained in time; dropping"),
+            other => log::debug!("session {id}: closing ({other:?})"),
+        }
+    }
+}
+
+/// Keeps a flood of one kind of event from becoming a flood of log lines
+/// written synchronously from the loop: at most one line a second, which
+/// says how many were skipped. The stats counters still count every one.
+#[derive(Debug, Default)]
+pub struct LogThrottle {
+    /// No line before this.
+    quiet_until: Option<Instant>,
+    /// Lines skipped since the last one written.
+    skipped: u64,
+}
+
+impl LogThrottle {
+    /// Whether to log now; if so, the note to append about lines skipped
+    /// before (empty if none).
+    pub fn allow(&mut self, now: Instant) -> Option<String> {
+        if self.quiet_until.is_some_and(|t| now < t) {
+            self.skipped += 1;
+            return None;
+        }
+        self.quiet_until = Some(now + Duration::from_secs(1));
+        Some(match std::mem::take(&mut self.skipped) {
+            0 => String::new(),
+            skipped => format!(" ({skipped} more like it not logged)"),
+        })
+    }
+}
