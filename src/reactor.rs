@@ -136,7 +136,7 @@ pub struct Server {
     chat: Chat,
     config: Config,
     /// What every session enforces, from `config`.
-    limits: Limits,
+    limits: Arc<Limits>,
     /// The first lines of every connection, formatted once.
     greeting: Vec<u8>,
     /// Every timer, earliest first. Entries are never removed early; a
@@ -220,7 +220,7 @@ impl Server {
             admission: Admission::new(&config),
             next_id: 1,
             chat,
-            limits: Limits::from(&config),
+            limits: Arc::new(Limits::from(&config)),
             greeting: startup::greeting(&config),
             config,
             deadlines: BTreeSet::new(),
@@ -439,7 +439,7 @@ impl Server {
             sref,
             addr.ip(),
             transport,
-            self.limits,
+            Arc::clone(&self.limits),
             &self.greeting,
             self.clock.mono,
         );

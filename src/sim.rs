@@ -10,6 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::auth::{HashOutcome, HashWork};
@@ -107,7 +108,7 @@ pub struct Sim {
     /// Loop passes so far.
     pub pass: u64,
     /// The limits sessions get.
-    pub limits: Limits,
+    pub limits: Arc<Limits>,
     /// Rules found broken while routing (e.g. a job started behind a barrier).
     pub breaches: Vec<Breach>,
     /// Next message id the fake store hands out.
@@ -146,7 +147,7 @@ impl Sim {
                 wall: 1_800_000_000,
             },
             pass: 1,
-            limits,
+            limits: Arc::new(limits),
             breaches: Vec::new(),
             next_message_id: 1,
             history_rows: 3,
@@ -179,7 +180,14 @@ impl Sim {
             id: token as u64 + 1,
         };
         let ip: IpAddr = [127, 0, 0, 1].into();
-        let session = Session::new(sref, ip, transport, self.limits, b"", self.now.mono);
+        let session = Session::new(
+            sref,
+            ip,
+            transport,
+            Arc::clone(&self.limits),
+            b"",
+            self.now.mono,
+        );
         self.conns.push(SimConn {
             session,
             socket: ScriptedSocket::default(),
