@@ -121,9 +121,72 @@ impl std::fmt::Display for OpenError {
 
 impl std::error::Error for OpenError {}
 
+/// The lock file in the data directory: held (`flock`) by the one natterd
+/// that uses the directory, and holding its pid for the error a second one
+/// prints.
+pub const LOCK_FILE: &str = "natterd.lock";
+
+/// Takes the data directory's lock, or says who holds it.
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, OpenError> {
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(LOCK_FILE);
+    let cannot = |e: std::io::Error| OpenError(format!("cannot lock {}: {e}", path.display()));
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(cannot)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let who = if holder.is_empty() {
+                "another natterd".to_string()
+            } else {
+                format!("another natterd (pid {holder})")
+            };
+            return Err(OpenError(format!(
+                "data directory {} is in use by {who}",
+                dir.display()
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(cannot(e)),
+    }
+    file.set_len(0).map_err(cannot)?;
+    file.rewind().map_err(cannot)?;
+    writeln!(file, "{}", std::process::id()).map_err(cannot)?;
+    Ok(file)
+}
+
+/// Creates the database file readable by its owner only (every private
+/// message is in it), or makes an existing one so. SQLite gives the WAL and
+/// shared-memory files the database file's mode.
+fn make_private(path: &Path) -> Result<(), OpenError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let cannot = |e: std::io::Error| OpenError(format!("cannot create {}: {e}", path.display()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(cannot)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(cannot)
+}
+
 /// An open database, before its thread starts.
 pub struct Store {
     conn: Connection,
+    /// The data directory's lock, held as long as the store (and so the
+    /// server) lives: two servers on one directory would each keep their
+    /// own accounts and blocks in memory and split the brain.
+    lock: std::fs::File,
     path: PathBuf,
     /// While this file exists, batches fail (fault-injection tests).
     fault_file: Option<PathBuf>,
@@ -139,7 +202,9 @@ impl Store {
                 dir.display()
             ))
         })?;
+        let lock = lock_data_dir(dir)?;
         let path = dir.join(DB_FILE);
+        make_private(&path)?;
         let fail =
             |e: rusqlite::Error| OpenError(format!("cannot open database {}: {e}", path.display()));
         let mut conn = Connection::open(&path).map_err(fail)?;
@@ -156,6 +221,7 @@ impl Store {
             .map_err(|e| OpenError(format!("cannot migrate database {}: {e}", path.display())))?;
         Ok(Store {
             conn,
+            lock,
             path,
             fault_file: None,
         })
@@ -222,7 +288,11 @@ impl Store {
         let (tx, rx) = mpsc::channel();
         let thread = thread::Builder::new()
             .name("natter-store".into())
-            .spawn(move || store_thread(self.conn, self.fault_file, rx, on_batch))?;
+            .spawn(move || {
+                // The data directory stays locked until the last commit is done.
+                let _lock = self.lock;
+                store_thread(self.conn, self.fault_file, rx, on_batch)
+            })?;
         Ok(StoreHandle {
             tx: Some(tx),
             thread: Some(thread),

@@ -422,3 +422,61 @@ fn direct_messages_to_a_reader_dropped_as_slow_go_back_to_its_inbox() {
         sent.len()
     );
 }
+
+#[test]
+fn a_second_natterd_on_the_same_data_directory_refuses_to_start() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let first = Server::start(&[]);
+    let mut alice = first.user("alice");
+    let mut second = Command::new(env!("CARGO_BIN_EXE_natterd"))
+        .args([
+            "--data",
+            &first.data.display().to_string(),
+            "--hash-cost",
+            "low",
+            "0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start a second natterd");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = second.try_wait().expect("wait for the second natterd") {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = second.kill();
+            panic!("a second natterd on the same data directory kept running");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let output = second.wait_with_output().expect("its output");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).is_empty(),
+        "it must not listen"
+    );
+    let why = format!("in use by another natterd (pid {})", first.pid());
+    assert!(stderr.contains(&why), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    // The first one serves on, its data untouched.
+    assert_eq!(alice.cmd1("ping"), "+ pong");
+    // Every file holding messages is its owner's alone.
+    for name in [
+        "natter.db",
+        "natter.db-wal",
+        "natter.db-shm",
+        "natterd.lock",
+    ] {
+        let mode = std::fs::metadata(first.data.join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{name} has mode {:o}", mode & 0o777);
+    }
+}
