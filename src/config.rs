@@ -73,7 +73,9 @@ pub struct Config {
     #[arg(long, default_value_t = 60)]
     pub login_timeout: u64,
 
-    /// Commands per second each session may send; 0 turns rate limiting off.
+    /// Commands per second each session may send; beyond it its commands
+    /// wait (unread, so TCP slows the sender), never refused. A list
+    /// broadcast costs one per name. 0 turns rate limiting off.
     #[arg(long, default_value_t = 10.0)]
     pub rate: f64,
 

@@ -792,8 +792,8 @@ impl Server {
         }
         conn.timer_at = None;
         conn.session.on_deadline(now);
-        self.settle(sref.token);
-        self.write_soon(sref.token);
+        // Its goodbye to write, or lines its rate now lets through.
+        self.mark_ready(sref.token);
     }
 
     // ----- closing and shutdown --------------------------------------------

@@ -16,8 +16,9 @@
 //! register, inbox or history holds later lines until it is answered; at
 //! most `MAX_LINES_PER_TURN` lines per loop pass and `MAX_IN_FLIGHT`
 //! commands in flight; input is not handled while output is backed up past
-//! `--max-outbuf`; rate limit and flood; login and idle timeouts; closing
-//! after a flush or at once.
+//! `--max-outbuf`; over its rate a session's lines wait (never refused) until
+//! its bucket refills; login and idle timeouts; closing after a flush or at
+//! once.
 //!
 //! Submodules: `buffers` (output, reply order, rate bucket), `transport`
 //! (plain or TLS bytes to and from the socket); framing is natter-proto's.
@@ -34,7 +35,7 @@ use crate::commands::{
     self, Caller, Chat, Clock, Cont, Effects, Job, SessionRef, Step, WorkResult,
 };
 use crate::config::Config;
-use crate::protocol::{self, ByeReason, ErrorCode};
+use crate::protocol::{self, ByeReason};
 
 mod buffers;
 mod transport;
@@ -85,13 +86,6 @@ pub struct Limits {
     pub rate: f64,
     /// Commands at once.
     pub burst: u32,
-}
-
-impl Limits {
-    /// Consecutive `RATE` refusals after which a client is dropped for flooding.
-    fn flood_limit(&self) -> u32 {
-        self.burst.max(10).saturating_mul(2)
-    }
 }
 
 impl From<&Config> for Limits {
@@ -214,8 +208,8 @@ pub struct Session {
     departure: Option<Ending>,
     /// Command rate limit.
     bucket: RateBucket,
-    /// Consecutive commands refused with `RATE`; too many means `flood`.
-    rate_strikes: u32,
+    /// Over its rate: no line is handled before this.
+    rate_wait: Option<Instant>,
     /// The loop pass whose line budget `turn_lines` counts.
     turn_pass: u64,
     /// Lines handled in `turn_pass`.
@@ -255,7 +249,7 @@ impl Session {
             departure: None,
             bucket: RateBucket::new(limits.rate, limits.burst, now),
             limits,
-            rate_strikes: 0,
+            rate_wait: None,
             turn_pass: 0,
             turn_lines: 0,
             connected_at: now,
@@ -296,9 +290,18 @@ impl Session {
         self.output.pending_len() > 0 || self.transport.has_records()
     }
 
-    /// When `on_deadline` should next be called: the login deadline until
-    /// it logs in, then the idle deadline; while closing, the linger limit.
+    /// When `on_deadline` should next be called: when its rate allows its
+    /// next line, and the login deadline until it logs in, then the idle
+    /// deadline; while closing, the linger limit.
     pub fn deadline(&self) -> Option<Instant> {
+        match (self.timeout_at(), self.rate_wait.filter(|_| self.is_open())) {
+            (Some(timeout), Some(rate)) => Some(timeout.min(rate)),
+            (timeout, rate) => timeout.or(rate),
+        }
+    }
+
+    /// When it times out (see `deadline`).
+    fn timeout_at(&self) -> Option<Instant> {
         match self.close {
             CloseState::Open if self.caller.user.is_some() => {
                 Some(self.last_command + self.limits.idle_timeout)
@@ -366,6 +369,7 @@ impl Session {
         self.is_open()
             && matches!(self.input, InputState::Open | InputState::PeerClosed)
             && self.waiting_on.is_none()
+            && self.rate_wait.is_none()
             && self.replies.outstanding() < MAX_IN_FLIGHT
             && self.output.pending_len() <= self.limits.max_outbuf
     }
@@ -442,27 +446,46 @@ impl Session {
             }
             let rest = &inbuf[consumed..];
             let (used, frame) = self.framer.next_frame(rest);
-            consumed += used;
-            match frame {
-                Some(Frame::Line(line)) => self.handle_line(line, chat, now, out),
-                Some(Frame::TooLong) => {
-                    let max_line = self.framer.max_line();
-                    self.handle_parsed(
-                        Err(commands::ParseError::TooLong { max_line }),
-                        chat,
-                        now,
-                        out,
-                    );
-                }
+            let line = match frame {
+                Some(Frame::Line(line)) => line,
                 // The peer closed after a last line without LF: netcat
                 // users forget it; treat it as a line.
                 None if used == 0 && self.input == InputState::PeerClosed && !rest.is_empty() => {
-                    consumed = inbuf.len();
-                    self.handle_line(rest, chat, now, out);
+                    rest
                 }
                 None if used == 0 => break,
-                None => {}
+                None => {
+                    consumed += used;
+                    continue;
+                }
+                Some(Frame::TooLong) => {
+                    // Already discarded by the framer, so answered now; its
+                    // token is owed, and the next line waits for it.
+                    consumed += used;
+                    self.bucket.charge(1, now.mono);
+                    let max_line = self.framer.max_line();
+                    let refused = Err(commands::ParseError::TooLong { max_line });
+                    self.handle_parsed(refused, chat, now, out);
+                    continue;
+                }
+            };
+            let parsed = match commands::parse_line(line, self.caller.user.as_deref()) {
+                Ok(None) => {
+                    consumed += used.max(line.len());
+                    continue;
+                }
+                Ok(Some(cmd)) => Ok(cmd),
+                Err(e) => Err(e),
+            };
+            let cost = parsed.as_ref().map_or(1, commands::Command::rate_cost);
+            if let Err(ready_at) = self.bucket.take(cost, now.mono) {
+                // Over its rate: the line stays unread until the bucket
+                // has refilled, and TCP slows the sender meanwhile.
+                self.rate_wait = Some(ready_at);
+                break;
             }
+            consumed += used.max(line.len());
+            self.handle_parsed(parsed, chat, now, out);
         }
         self.inbuf = inbuf;
         self.consume_input(consumed);
@@ -470,16 +493,8 @@ impl Session {
         turn_over
     }
 
-    fn handle_line(&mut self, line: &[u8], chat: &mut Chat, now: Clock, out: &mut Outbox) {
-        match commands::parse_line(line, self.caller.user.as_deref()) {
-            Ok(None) => {}
-            Ok(Some(cmd)) => self.handle_parsed(Ok(cmd), chat, now, out),
-            Err(e) => self.handle_parsed(Err(e), chat, now, out),
-        }
-    }
-
-    /// One command line (or a refused one): its place in the reply order,
-    /// activity, a rate token, then the chat's answer.
+    /// One command line (or a refused one), its rate already paid: its
+    /// place in the reply order, activity, then the chat's answer.
     fn handle_parsed(
         &mut self,
         parsed: Result<commands::Command, commands::ParseError>,
@@ -488,9 +503,8 @@ impl Session {
         out: &mut Outbox,
     ) {
         self.turn_lines += 1;
-        let Some(seq) = self.begin_command(now.mono) else {
-            return;
-        };
+        let seq = self.replies.begin();
+        self.last_command = now.mono;
         match parsed {
             Err(e) => self.release(seq, e.reply()),
             Ok(cmd) => {
@@ -499,27 +513,6 @@ impl Session {
                 self.step(seq, step, out);
             }
         }
-    }
-
-    /// Starts a command line: gives it its place in the reply order, counts
-    /// it as activity, and takes a rate token. Returns its sequence number,
-    /// or `None` if it was refused (`RATE`, perhaps `* bye flood`).
-    fn begin_command(&mut self, now: Instant) -> Option<u64> {
-        let seq = self.replies.begin();
-        self.last_command = now;
-        if self.bucket.try_take(now) {
-            self.rate_strikes = 0;
-            return Some(seq);
-        }
-        self.rate_strikes += 1;
-        self.release(
-            seq,
-            protocol::err(ErrorCode::Rate, "too many commands; slow down"),
-        );
-        if self.rate_strikes >= self.limits.flood_limit() {
-            self.say_bye(ByeReason::Flood, now);
-        }
-        None
     }
 
     /// Takes the effects meant for this session itself out of `fx`.
@@ -643,7 +636,10 @@ impl Session {
     /// Its deadline came (or an earlier one it had): closes it if it really
     /// is due, by what it is now.
     pub fn on_deadline(&mut self, now: Instant) {
-        if self.deadline().is_none_or(|due| due > now) {
+        if self.rate_wait.is_some_and(|at| at <= now) {
+            self.rate_wait = None;
+        }
+        if self.timeout_at().is_none_or(|due| due > now) {
             return;
         }
         match self.close {

@@ -236,7 +236,7 @@ impl Sim {
         for token in 0..self.conns.len() {
             if let Some(conn) = self.live(token) {
                 conn.session.on_deadline(now);
-                self.settle(token);
+                self.serve(token);
             }
         }
     }

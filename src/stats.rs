@@ -19,8 +19,6 @@ pub struct Stats {
     pub refused_per_ip: u64,
     /// Dropped for not reading their output.
     pub closed_slow: u64,
-    /// Dropped for flooding past the rate limit.
-    pub closed_flood: u64,
     /// Closed by the idle timeout.
     pub closed_idle: u64,
     /// Closed by the login timeout.
@@ -30,16 +28,10 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Counts a session's end and logs it: policy disconnects (flood, slow)
+    /// Counts a session's end and logs it: policy disconnects (slow)
     /// at warn with the address, routine ones at debug.
     pub fn departure(&mut self, id: u64, ip: IpAddr, ending: Ending, max_outbuf: usize) {
         match ending {
-            Ending::Bye(ByeReason::Flood) => {
-                self.closed_flood += 1;
-                log::warn!(
-                    "session {id} from {ip}: closing, still flooding after refused commands"
-                );
-            }
             Ending::Bye(ByeReason::Slow) => {
                 self.closed_slow += 1;
                 log::warn!(

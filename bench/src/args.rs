@@ -58,8 +58,9 @@ Start natterd for it like this (release build, same machine or not):
 
   natterd --rate 0 --hash-cost low --max-per-ip 0 --data /tmp/bench-data 4000
 
---rate 0 because the bench pipelines far past the default rate limit (a
-- RATE reply stops the run and says so); --max-per-ip 0 because every session
+--rate 0 because the bench pipelines far past the default rate limit (over
+it natterd paces a session rather than refusing, which would measure the
+limit, not the server); --max-per-ip 0 because every session
 comes from this one address and the default allows 64 (a * bye busy stops the
 run and says so); --max-clients (default 10000) must exceed the sessions a
 scenario opens. --hash-cost decides what `login` measures.

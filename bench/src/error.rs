@@ -24,9 +24,6 @@ impl BenchError {
     /// benchmark" get the flag that fixes them.
     pub fn refused(what: &str, code: &str, text: &str) -> Self {
         match ErrorCode::parse(code) {
-            Some(ErrorCode::Rate) => BenchError::new(format!(
-                "{what}: the server is rate limiting (- {code}); start natterd with --rate 0"
-            )),
             Some(ErrorCode::Closed) => BenchError::new(format!(
                 "{what}: registration is closed (- {code}); start natterd with \
                  --registration open, or create the users with --users"
@@ -46,10 +43,6 @@ impl BenchError {
                 "{what}: natterd refused the connection (* bye {reason}): it holds too many \
                  connections; start it with --max-per-ip 0 (the default allows 64 per \
                  address) and --max-clients above the sessions this run opens"
-            )),
-            Some(ByeReason::Flood) => BenchError::new(format!(
-                "{what}: natterd closed the session for flooding (* bye {reason}); \
-                 start natterd with --rate 0"
             )),
             _ => BenchError::new(format!(
                 "{what}: natterd closed the session (* bye {reason})"
@@ -81,9 +74,6 @@ mod tests {
 
     #[test]
     fn server_settings_are_named_in_the_message() {
-        assert!(BenchError::refused("send", "RATE", "")
-            .0
-            .contains("--rate 0"));
         assert!(BenchError::bye("connect", "busy")
             .0
             .contains("--max-per-ip 0"));

@@ -129,7 +129,6 @@ pub fn explain_bye(reason: &str) -> String {
         ByeReason::Replaced => "you logged in from somewhere else",
         ByeReason::Shutdown => "the server is shutting down",
         ByeReason::Slow => "this client was not reading fast enough",
-        ByeReason::Flood => "too many commands too fast",
         ByeReason::Busy => "the server has too many connections",
     };
     format!("{why} ({known})")
@@ -220,7 +219,7 @@ mod tests {
         assert_eq!(plain("+ delivered"), "+ delivered");
         assert_eq!(plain("+"), "+");
         assert_eq!(plain("- NOUSER no such user"), "- NOUSER no such user");
-        assert_eq!(plain("- RATE"), "- RATE");
+        assert_eq!(plain("- FUTURE"), "- FUTURE");
         assert_eq!(plain("= bob online"), "= bob online");
         assert_eq!(plain("="), "=");
     }

@@ -159,9 +159,9 @@ mod tests {
             }
         );
         assert_eq!(
-            parse("- RATE"),
+            parse("- FUTURE"),
             ServerLine::Err {
-                code: s("RATE"),
+                code: s("FUTURE"),
                 text: s("")
             }
         );

@@ -90,8 +90,6 @@ wire_words! {
         NoUser => "NOUSER",
         /// The recipient blocks the sender.
         Blocked => "BLOCKED",
-        /// Too many commands too fast.
-        Rate => "RATE",
         /// The server failed; the command may be retried.
         Internal => "INTERNAL",
     }
@@ -110,8 +108,6 @@ wire_words! {
         Shutdown => "shutdown",
         /// The client did not read its output fast enough.
         Slow => "slow",
-        /// Too many commands too fast, past the rate limit's grace.
-        Flood => "flood",
         /// The server holds too many connections (in all or from this address).
         Busy => "busy",
     }

@@ -233,7 +233,7 @@ mod tests {
     #[test]
     fn events_have_their_shapes() {
         assert_eq!(hello(), b"* hello natter 1\n");
-        assert_eq!(bye(ByeReason::Flood), b"* bye flood\n");
+        assert_eq!(bye(ByeReason::Slow), b"* bye slow\n");
         assert_eq!(
             chat_event("msg", "alice", 1_795_548_003, "hi  there"),
             b"* msg alice 2026-11-24T19:20:03Z hi  there\n"
@@ -256,12 +256,12 @@ mod tests {
                 text: "a b"
             })
         );
-        let e = err(ErrorCode::Rate, "slow down");
+        let e = err(ErrorCode::NoUser, "no such user bob");
         assert_eq!(
             split_line(std::str::from_utf8(&e).expect("utf-8").trim_end()),
             Some(Line::Err {
-                code: "RATE",
-                text: "slow down"
+                code: "NOUSER",
+                text: "no such user bob"
             })
         );
     }

@@ -24,6 +24,20 @@ pub enum Command {
     Member { me: String, cmd: MemberCommand },
 }
 
+impl Command {
+    /// Rate tokens it costs: what it may store counts, so a list broadcast
+    /// costs one per name listed.
+    pub fn rate_cost(&self) -> u32 {
+        match self {
+            Command::Member {
+                cmd: MemberCommand::BroadcastTo { users, .. },
+                ..
+            } => u32::try_from(users.len()).unwrap_or(u32::MAX).max(1),
+            _ => 1,
+        }
+    }
+}
+
 /// The commands of a logged-in user.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MemberCommand {

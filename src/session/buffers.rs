@@ -3,7 +3,7 @@
 //! that releases completions in command order, and the rate bucket.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Buffer capacity an emptied buffer may keep. Enough for the typical
 /// command or event, so a busy session does not reallocate per message, yet
@@ -188,19 +188,35 @@ impl RateBucket {
         }
     }
 
-    /// Takes one token if there is one.
-    pub fn try_take(&mut self, now: Instant) -> bool {
-        if self.rate <= 0.0 {
-            return true;
-        }
+    /// Adds what has accrued since the last look, up to the burst.
+    fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         self.updated = now;
+    }
+
+    /// Pays `cost` tokens if at least one is there (the balance may go
+    /// below zero: a command that stores for many people is let through
+    /// whole and paid for by the wait before the next). Otherwise says when
+    /// a token will be there.
+    pub fn take(&mut self, cost: u32, now: Instant) -> Result<(), Instant> {
+        if self.rate <= 0.0 {
+            return Ok(());
+        }
+        self.refill(now);
         if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
+            self.tokens -= f64::from(cost);
+            return Ok(());
+        }
+        let wait = (1.0 - self.tokens) / self.rate;
+        Err(now + Duration::from_secs_f64(wait))
+    }
+
+    /// Pays `cost` tokens whatever the balance (for a line already answered).
+    pub fn charge(&mut self, cost: u32, now: Instant) {
+        if self.rate > 0.0 {
+            self.refill(now);
+            self.tokens -= f64::from(cost);
         }
     }
 }

@@ -193,26 +193,69 @@ fn overlong_lines_and_bad_bytes_get_one_error_each() {
 }
 
 #[test]
-fn rate_bucket_allows_a_burst_then_the_rate() {
+fn rate_bucket_allows_a_burst_then_says_when_the_next_token_comes() {
     let t0 = Instant::now();
+    let ms = Duration::from_millis;
     let mut b = RateBucket::new(2.0, 3, t0);
-    assert!(b.try_take(t0));
-    assert!(b.try_take(t0));
-    assert!(b.try_take(t0));
-    assert!(!b.try_take(t0));
-    assert!(b.try_take(t0 + Duration::from_millis(500)));
-    assert!(!b.try_take(t0 + Duration::from_millis(600)));
+    assert_eq!(b.take(1, t0), Ok(()));
+    assert_eq!(b.take(1, t0), Ok(()));
+    assert_eq!(b.take(1, t0), Ok(()));
+    assert_eq!(b.take(1, t0), Err(t0 + ms(500)));
+    assert_eq!(b.take(1, t0 + ms(500)), Ok(()));
+    // A costly command goes through whole and is paid for by the wait after it.
+    let t1 = t0 + Duration::from_secs(100);
+    assert_eq!(b.take(5, t1), Ok(()));
+    assert_eq!(b.take(1, t1), Err(t1 + ms(1500)));
     // Refill is capped at the burst.
-    let later = t0 + Duration::from_secs(100);
-    assert!((0..3).all(|_| b.try_take(later)));
-    assert!(!b.try_take(later));
+    let later = t1 + Duration::from_secs(100);
+    assert!((0..3).all(|_| b.take(1, later).is_ok()));
+    assert!(b.take(1, later).is_err());
 }
 
 #[test]
 fn rate_zero_means_unlimited() {
     let t0 = Instant::now();
     let mut b = RateBucket::new(0.0, 1, t0);
-    assert!((0..10_000).all(|_| b.try_take(t0)));
+    assert!((0..10_000).all(|_| b.take(1_000, t0).is_ok()));
+}
+
+#[test]
+fn over_its_rate_a_session_waits_and_answers_every_line() {
+    let limits = Limits {
+        rate: 10.0,
+        burst: 3,
+        ..Sim::limits(4096, 1 << 20)
+    };
+    let mut sim = Sim::new(&["alice", "bob"], limits);
+    let alice = logged_in(&mut sim, "alice");
+    sim.advance(Duration::from_secs(1));
+    sim.conns[alice].socket.written.clear();
+    sim.send(alice, "ping\n".repeat(10).as_bytes());
+    assert_eq!(
+        sim.output(alice).lines().count(),
+        3,
+        "the burst goes at once"
+    );
+    for _ in 0..7 {
+        sim.advance(Duration::from_millis(100));
+    }
+    sim.drain(alice, usize::MAX);
+    assert_eq!(
+        sim.output(alice),
+        "+ pong\n".repeat(10),
+        "then one per token"
+    );
+    assert!(!sim.conns[alice].reaped);
+    // A list broadcast costs a token per name: the ping after it waits.
+    sim.advance(Duration::from_secs(1));
+    sim.conns[alice].socket.written.clear();
+    sim.send(alice, b"broadcast user bob x y z w message hi\nping\n");
+    assert!(sim.finish_job(0));
+    assert!(sim.output(alice).ends_with("+ sent to 1 of 5\n"));
+    sim.advance(Duration::from_millis(200));
+    assert!(!sim.output(alice).contains("pong"), "paid for 5 names");
+    sim.advance(Duration::from_millis(300));
+    assert!(sim.output(alice).ends_with("+ pong\n"));
 }
 
 #[test]

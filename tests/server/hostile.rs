@@ -89,33 +89,65 @@ fn binary_noise_is_refused_and_never_slows_others() {
                 x as u8
             })
             .collect();
+        // The server paces it (100 lines a second) and stops reading
+        // meanwhile, so this write blocks until TCP gives up on it.
+        noisy
+            .stream
+            .set_write_timeout(Some(Duration::from_secs(1)))
+            .expect("write timeout");
+        let started = Instant::now();
         let _ = noisy.stream.write_all(&noise);
-        let lines = noisy.until_closed();
+        let lines = noisy.lines_within(Duration::from_secs(1));
+        let took = started.elapsed().as_secs_f64();
+        assert!(!lines.is_empty(), "the noise got no answer at all");
         assert!(
-            lines
-                .iter()
-                .all(|l| l.starts_with("* ") || l.starts_with("- ")),
+            lines.iter().all(|l| l.starts_with("* hello")
+                || l.starts_with("* notice")
+                || l.starts_with("- ")),
             "{lines:?}"
         );
-        assert_eq!(lines.last().map(String::as_str), Some("* bye flood"));
+        // Greeting, burst, then the rate: nothing beyond, and no goodbye.
+        let most = 4 + 100 + (100.0 * took) as usize + 10;
+        assert!(
+            lines.len() <= most,
+            "{} answers in {took:.1} s",
+            lines.len()
+        );
     });
     assert_not_stalled(worst, baseline);
 }
 
 #[test]
-fn a_command_flood_is_dropped_and_never_slows_others() {
+fn a_command_flood_is_paced_and_never_slows_others() {
     let _serial = serial();
     let server = Server::start(&["--rate", "100", "--burst", "100"]);
     let mut ordinary = server.user("ordinary");
     let mut flooder = server.user("flooder");
     let before = server.rss_kib();
     let (worst, baseline) = worst_ping_during(&mut ordinary, move || {
-        let _ = flooder
+        // Over its rate the flooder is not read, so its 400 KB back up in
+        // TCP and this write blocks until its timeout.
+        flooder
             .stream
-            .write_all("whoelse\n".repeat(50_000).as_bytes());
-        let lines = flooder.until_closed();
-        assert_eq!(lines.last().map(String::as_str), Some("* bye flood"));
-        assert!(lines.iter().any(|l| l.starts_with("- RATE ")));
+            .set_write_timeout(Some(Duration::from_secs(1)))
+            .expect("write timeout");
+        let started = Instant::now();
+        let written = flooder.stream.write("whoelse\n".repeat(50_000).as_bytes());
+        let lines = flooder.lines_within(Duration::from_secs(1));
+        let took = started.elapsed().as_secs_f64();
+        assert!(written.is_ok(), "the first write is taken: {written:?}");
+        // Every answer is a whole `whoelse` reply, paced by the rate.
+        let completions = lines.iter().filter(|l| l.starts_with("+ ")).count();
+        assert!(
+            lines.iter().all(|l| l == "= ordinary" || l == "+ 1 online"),
+            "{lines:?}"
+        );
+        assert!(completions >= 100, "only {completions} answers");
+        let most = 100 + (100.0 * took) as usize + 10;
+        assert!(completions <= most, "{completions} answers in {took:.1} s");
+        // And it is still connected: its own ping waits behind its backlog,
+        // but nothing of it was refused.
+        assert!(!lines.iter().any(|l| l.starts_with("* bye")));
     });
     assert_not_stalled(worst, baseline);
     // 400 KB of commands went by; the server held a bounded slice of them.

@@ -325,6 +325,35 @@ impl Client {
         }
     }
 
+    /// Every whole line that arrives within `window` (a line cut off at the
+    /// end is dropped), stopping early at EOF.
+    pub fn lines_within(&mut self, window: Duration) -> Vec<String> {
+        let until = Instant::now() + window;
+        let mut lines = Vec::new();
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            self.stream.set_read_timeout(Some(left)).expect("timeout");
+            let mut buf = Vec::new();
+            match self.reader.read_until(b'\n', &mut buf) {
+                Ok(0) => break,
+                Ok(_) if buf.ends_with(b"\n") => {
+                    buf.pop();
+                    lines.push(String::from_utf8_lossy(&buf).into_owned());
+                }
+                Ok(_) => break,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+                Err(e) => panic!("read failed: {e}"),
+            }
+        }
+        self.stream
+            .set_read_timeout(Some(TIMEOUT))
+            .expect("timeout");
+        lines
+    }
+
     /// Reads one reply: data lines and the completion. Events are set aside.
     pub fn reply(&mut self) -> Vec<String> {
         let mut lines = Vec::new();

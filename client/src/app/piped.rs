@@ -57,7 +57,7 @@ pub fn run(reader: LineReader<Stream>, mut writer: LineWriter<Stream>, style: St
             break;
         }
         // The server closes after a quit it accepts, and ignores what follows;
-        // a refused one (logout before login, RATE) leaves the script going.
+        // a refused one (logout before login) leaves the script going.
         if Sent::of(line).is_some_and(|s| s.ends_session()) {
             if let Some(end) = shared.wait_idle(None) {
                 return report(&end);

@@ -134,7 +134,7 @@ impl Shared {
     }
 
     /// Whether a `quit`/`logout` was answered with `+` (the server closes
-    /// next). A refused one (`- NOAUTH` before login, `- RATE`) leaves the
+    /// next). A refused one (`- NOAUTH` before login) leaves the
     /// session open.
     pub fn quit_accepted(&self) -> bool {
         self.lock().quit_accepted
