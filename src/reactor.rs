@@ -617,12 +617,18 @@ impl Server {
             };
             conn.in_events = false;
             let _ = conn.session.write_to(&mut conn.stream);
+            let open = conn.session.is_open();
             // Output that had held its input back has drained: serve it.
-            let blocked_input = conn.readable || !conn.session.wants_read();
-            if conn.session.is_open() && blocked_input {
+            let held_input = open && (conn.readable || conn.session.buffered_input() > 0);
+            // A write changes no deadline; settle only what it can change
+            // (this runs once per recipient of every fan-out).
+            let changed = !open || conn.session.wants_write() != conn.write_interest;
+            if held_input {
                 self.mark_ready(token);
             }
-            self.settle(token);
+            if changed {
+                self.settle(token);
+            }
         }
     }
 

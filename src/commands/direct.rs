@@ -176,10 +176,10 @@ impl Chat {
                             fx.deliveries.push(Delivery {
                                 to: *session,
                                 line: Rc::clone(line),
-                                stored: Some(StoredMessage {
+                                stored: Some(Box::new(StoredMessage {
                                     recipient: t.user.clone(),
                                     id,
-                                }),
+                                })),
                             });
                         }
                         _ => {

@@ -139,8 +139,9 @@ pub struct Delivery {
     /// The complete `* ...` line, formatted once and shared by every
     /// delivery of the same message.
     pub line: Rc<[u8]>,
-    /// Set for a stored direct message.
-    pub stored: Option<StoredMessage>,
+    /// Set for a stored direct message. Boxed: a broadcast to thousands
+    /// carries none, and each delivery stays small.
+    pub stored: Option<Box<StoredMessage>>,
 }
 
 /// Side effects of a command beyond its own reply.
