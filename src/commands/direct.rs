@@ -213,6 +213,7 @@ impl Chat {
     pub(super) fn broadcast(&self, me: &str, text: &str, now: Clock, fx: &mut Effects) -> Vec<u8> {
         let mut line: Option<Rc<[u8]>> = None;
         let mut n = 0;
+        fx.deliveries.reserve(self.online.len());
         for (name, session) in &self.online {
             if name == me
                 || self
