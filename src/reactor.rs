@@ -490,9 +490,7 @@ impl Server {
             if conn.session.wants_write() {
                 let _ = conn.session.write_to(&mut conn.stream);
             }
-            let mut read_any = false;
             if conn.readable && conn.session.wants_read() {
-                read_any = true;
                 match conn.session.read_from(&mut conn.stream) {
                     Ok(ReadStatus::Full) => {}
                     Ok(ReadStatus::Drained | ReadStatus::Eof) => conn.readable = false,
@@ -522,7 +520,7 @@ impl Server {
             }
             // Handling lines made room for what the socket still holds, or
             // writing made room for lines that waited on output.
-            let room = read_any && conn.readable && conn.session.wants_read();
+            let room = conn.readable && conn.session.wants_read();
             let again = !turn_over && (room || conn.session.has_work());
             let sref = conn.session.caller().session;
             self.apply(outbox);
@@ -753,6 +751,9 @@ impl Server {
                     &mut outbox,
                 );
                 self.apply(outbox);
+                // If that ended it (a queued quit, say), it leaves the chat
+                // now, before the next completion can deliver to it.
+                self.settle(reply_to.session.token);
                 self.mark_ready(reply_to.session.token);
             }
             None => {
@@ -798,6 +799,7 @@ impl Server {
         }
         conn.timer_at = None;
         conn.session.on_deadline(now);
+        self.settle(sref.token);
         // Its goodbye to write, or lines its rate now lets through.
         self.mark_ready(sref.token);
     }

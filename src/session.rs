@@ -456,6 +456,7 @@ impl Session {
                 None if used == 0 => break,
                 None => {
                     consumed += used;
+                    self.turn_lines += 1;
                     continue;
                 }
                 Some(Frame::TooLong) => {
@@ -472,6 +473,9 @@ impl Session {
             let parsed = match commands::parse_line(line, self.caller.user.as_deref()) {
                 Ok(None) => {
                     consumed += used.max(line.len());
+                    // Blank lines get no reply and take no token, but they
+                    // cost the loop time: they count against the turn.
+                    self.turn_lines += 1;
                     continue;
                 }
                 Ok(Some(cmd)) => Ok(cmd),

@@ -17,7 +17,7 @@ use crate::auth::{HashOutcome, HashWork};
 use crate::commands::{self, Account, Chat, ChatSettings, Clock, Effects, Job, SessionRef, Step};
 use crate::commands::{Work, WorkResult};
 use crate::config::Config;
-use crate::session::{Limits, Outbox, Pushed, ReplyTo, Session, Transport};
+use crate::session::{Limits, Outbox, Pushed, ReadStatus, ReplyTo, Session, Transport};
 use crate::store::{MessageRow, StoreOutput, StoreRequest};
 
 /// The password every simulated account has.
@@ -79,6 +79,9 @@ pub struct SimConn {
     pub socket: ScriptedSocket,
     /// Set when the session was removed (what the reactor reaps).
     pub reaped: bool,
+    /// Edge-triggered readiness as the reactor keeps it: set when bytes
+    /// (or EOF) arrive, cleared only when a read finds nothing more.
+    pub readable: bool,
 }
 
 /// A job in flight, as the reactor would hold it.
@@ -109,6 +112,8 @@ pub struct Sim {
     pub pass: u64,
     /// The limits sessions get.
     pub limits: Arc<Limits>,
+    /// Sessions whose line turn ran out, served again next pass.
+    resume: Vec<usize>,
     /// Rules found broken while routing (e.g. a job started behind a barrier).
     pub breaches: Vec<Breach>,
     /// Next message id the fake store hands out.
@@ -148,6 +153,7 @@ impl Sim {
             },
             pass: 1,
             limits: Arc::new(limits),
+            resume: Vec::new(),
             breaches: Vec::new(),
             next_message_id: 1,
             history_rows: 3,
@@ -192,6 +198,7 @@ impl Sim {
             session,
             socket: ScriptedSocket::default(),
             reaped: false,
+            readable: false,
         });
         token
     }
@@ -200,6 +207,7 @@ impl Sim {
     pub fn send(&mut self, token: usize, bytes: &[u8]) {
         if let Some(conn) = self.conns.get_mut(token) {
             conn.socket.incoming.extend(bytes);
+            conn.readable |= !bytes.is_empty();
         }
         self.serve(token);
     }
@@ -208,6 +216,7 @@ impl Sim {
     pub fn hang_up(&mut self, token: usize) {
         if let Some(conn) = self.conns.get_mut(token) {
             conn.socket.peer_closed = true;
+            conn.readable = true;
         }
         self.serve(token);
     }
@@ -221,9 +230,11 @@ impl Sim {
     }
 
     /// A new loop pass: every live connection is served again.
+    /// As in the reactor, only sessions whose line turn ran out are served
+    /// again without an event of their own.
     pub fn next_pass(&mut self) {
         self.pass += 1;
-        for token in 0..self.conns.len() {
+        for token in std::mem::take(&mut self.resume) {
             self.serve(token);
         }
     }
@@ -266,10 +277,11 @@ impl Sim {
             if conn.session.wants_write() {
                 let _ = conn.session.write_to(&mut conn.socket);
             }
-            let mut read_any = false;
-            if conn.session.wants_read() {
-                read_any = true;
-                let _ = conn.session.read_from(&mut conn.socket);
+            if conn.readable && conn.session.wants_read() {
+                match conn.session.read_from(&mut conn.socket) {
+                    Ok(ReadStatus::Full) => {}
+                    _ => conn.readable = false,
+                }
             }
             let mut outbox = Outbox::default();
             let turn_over = conn
@@ -278,10 +290,12 @@ impl Sim {
             if conn.session.wants_write() {
                 let _ = conn.session.write_to(&mut conn.socket);
             }
-            let more = !conn.socket.incoming.is_empty() || conn.socket.peer_closed;
-            let room = read_any && more && conn.session.wants_read();
+            let room = conn.readable && conn.session.wants_read();
             let again = !turn_over && (room || conn.session.has_work());
             self.apply(outbox);
+            if turn_over && !self.resume.contains(&token) {
+                self.resume.push(token);
+            }
             if !again {
                 break;
             }
@@ -471,15 +485,25 @@ impl Sim {
         let mut last = None;
         for _ in 0..100_000 {
             self.next_pass();
+            // Every socket takes everything now: the reactor would get a
+            // WRITABLE event for each that has output waiting.
+            for token in 0..self.conns.len() {
+                if self.conns[token].session.wants_write() && !self.conns[token].reaped {
+                    self.serve(token);
+                }
+            }
             if self.finish_job(0) {
                 continue;
             }
-            let progress: (usize, usize) = self
+            let progress: (usize, usize, usize) = self
                 .conns
                 .iter()
                 .filter(|c| !c.reaped)
-                .map(|c| (c.socket.written.len(), c.session.buffered_input()))
-                .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+                .map(|c| {
+                    let unread = c.socket.incoming.len();
+                    (c.socket.written.len(), c.session.buffered_input(), unread)
+                })
+                .fold((0, 0, 0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2));
             if last == Some(progress) {
                 return;
             }

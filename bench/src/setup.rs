@@ -103,7 +103,8 @@ pub fn completion(
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(BenchError::new(format!(
-                "{what}: no reply before the --max-seconds deadline"
+                "{what}: no reply before the --max-seconds deadline (a natterd that \
+                 rate limits delays replies rather than refusing: start it with --rate 0)"
             )));
         }
         session.get_ref().tcp().set_read_timeout(Some(left))?;

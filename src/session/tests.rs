@@ -384,3 +384,38 @@ fn a_tls_session_that_meets_would_block_keeps_asking_to_write_until_all_is_out()
     );
     assert_eq!(text.lines().filter(|l| l.starts_with("= ")).count(), 2000);
 }
+
+#[test]
+fn input_left_in_the_socket_behind_a_full_buffer_is_read_once_the_barrier_lifts() {
+    let mut sim = sim();
+    let alice = logged_in(&mut sim, "alice");
+    let mut burst = String::from("inbox\n");
+    for _ in 0..40 {
+        burst.push_str(&format!("ping {}\n", "x".repeat(3000)));
+    }
+    sim.send(alice, burst.as_bytes());
+    assert!(
+        !sim.conns[alice].socket.incoming.is_empty(),
+        "the burst should not fit the input buffer"
+    );
+    // The inbox answer lifts the barrier; no new bytes arrive after it.
+    assert!(sim.finish_job(0));
+    sim.next_pass();
+    let out = sim.output(alice);
+    assert_eq!(out.lines().count(), 41, "{}", &out[..out.len().min(200)]);
+}
+
+#[test]
+fn blank_lines_count_against_the_turn() {
+    let mut sim = sim();
+    let stranger = sim.connect();
+    sim.next_pass();
+    sim.send(stranger, &vec![b'\n'; 200_000]);
+    assert!(
+        !sim.conns[stranger].socket.incoming.is_empty(),
+        "one turn must not swallow a flood of blank lines"
+    );
+    sim.settle_all();
+    assert!(sim.conns[stranger].socket.incoming.is_empty());
+    assert_eq!(sim.output(stranger), "");
+}

@@ -771,3 +771,22 @@ fn a_piped_burst_of_5000_sends_at_the_default_rate_is_answered_in_full() {
     assert_eq!(history.last().map(String::as_str), Some("+ 1000 messages"));
     assert!(history[history.len() - 2].ends_with(&format!(" m{}", SENDS - 1)));
 }
+
+#[test]
+fn lines_left_in_the_socket_behind_a_barrier_are_all_answered() {
+    let server = Server::start(&[]);
+    let mut alice = server.user("alice");
+    // Far more than the input buffer holds, behind an `inbox` that holds
+    // the lines after it: what stays in the socket must be read once the
+    // inbox is answered, without the client sending anything more.
+    let mut burst = String::from("inbox\n");
+    for _ in 0..40 {
+        burst.push_str(&format!("send nobody {}\n", "x".repeat(3000)));
+    }
+    alice.send_raw(burst.as_bytes());
+    assert_eq!(alice.reply(), vec!["+ 0 unread"]);
+    for i in 0..40 {
+        let reply = alice.reply();
+        assert!(reply[0].starts_with("- NOUSER"), "line {i}: {reply:?}");
+    }
+}

@@ -385,3 +385,27 @@ fn unknown_users_and_wrong_passwords_take_the_same_time() {
         "unknown user / wrong password = {ratio:.2} (medians {u:.4}s, {w:.4}s)"
     );
 }
+
+#[test]
+fn a_stranger_streaming_blank_lines_never_slows_others() {
+    let _serial = serial();
+    let server = Server::start(&[]);
+    let mut ordinary = server.user("ordinary");
+    let addr = server.addr;
+    let (worst, baseline) = worst_ping_during(&mut ordinary, move || {
+        let mut blank = TcpStream::connect(addr).expect("connect");
+        blank
+            .set_write_timeout(Some(Duration::from_millis(200)))
+            .expect("write timeout");
+        // Blank lines take no rate token and get no answer; they must still
+        // count against the turn, or one connection holds the loop.
+        let chunk = vec![b'\n'; 64 * 1024];
+        let until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < until {
+            if blank.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    assert_not_stalled(worst, baseline);
+}
