@@ -7,9 +7,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
-use password_hash::rand_core::OsRng;
+use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version};
 
 use crate::config::HashCost;
 
@@ -26,9 +24,9 @@ fn params(cost: HashCost) -> Result<Params, String> {
 /// Hashes a new password at `cost` into a PHC string (salt and parameters included).
 pub fn hash_password(password: &str, cost: HashCost) -> Result<String, String> {
     let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params(cost)?);
-    let salt = SaltString::generate(&mut OsRng);
+    // A random 16-byte salt from the OS (argon2's "getrandom" feature).
     argon
-        .hash_password(password.as_bytes(), &salt)
+        .hash_password(password.as_bytes())
         .map(|h| h.to_string())
         .map_err(|e| e.to_string())
 }
@@ -159,6 +157,18 @@ mod tests {
         let normal = hash_password("password1", HashCost::Normal).unwrap();
         assert!(verify_password(&normal, "password1"));
         assert!(normal.contains("m=19456"));
+    }
+
+    /// Users registered before the move to argon2 0.6 keep their passwords:
+    /// these PHC strings were made by this module on argon2 0.5.
+    #[test]
+    fn hashes_made_by_argon2_0_5_still_verify() {
+        let low = "$argon2id$v=19$m=8,t=1,p=1$U22M/EOxmatWzRd6H7AsTA$jjFn5A4iTMZJccYLObMWcheel8GTIBbpPXVbjedaZtk";
+        let normal = "$argon2id$v=19$m=19456,t=2,p=1$4EORy737mdVbPRU/aUo3cQ$iCxchf5hlsdPDrAMmpbt3ZiQ0QqO19QAB/bMstLzhp4";
+        for h in [low, normal] {
+            assert!(verify_password(h, "correct horse"));
+            assert!(!verify_password(h, "correct horsE"));
+        }
     }
 
     #[test]
