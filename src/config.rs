@@ -83,6 +83,13 @@ pub struct Config {
     #[arg(long, default_value_t = 20)]
     pub burst: u32,
 
+    /// Unread messages one user's inbox may hold (0: no limit); a `send` to
+    /// a full inbox gets `- FULL`. Bounds what one sender can make the disk
+    /// hold for someone who never logs in: at the default, about 40 MiB per
+    /// user at the longest lines.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_inbox: u32,
+
     /// Consecutive failed logins (same user, same address) before a lockout.
     #[arg(long, default_value_t = 3)]
     pub max_login_failures: u32,

@@ -90,6 +90,8 @@ wire_words! {
         NoUser => "NOUSER",
         /// The recipient blocks the sender.
         Blocked => "BLOCKED",
+        /// The recipient's inbox holds as many unread messages as it may.
+        Full => "FULL",
         /// The server failed; the command may be retried.
         Internal => "INTERNAL",
     }
@@ -150,7 +152,7 @@ mod tests {
         assert_eq!(ErrorCode::parse("NEWCODE"), None);
         assert_eq!(ByeReason::parse("busy"), Some(ByeReason::Busy));
         assert_eq!("later".parse::<ByeReason>(), Err(UnknownWord));
-        assert_eq!(ErrorCode::ALL.len(), 14);
+        assert_eq!(ErrorCode::ALL.len(), 15);
         assert_eq!(ByeReason::ALL.len(), 6);
     }
 }

@@ -40,6 +40,8 @@ pub struct ChatSettings {
     pub registration: Registration,
     /// Cost of new password hashes.
     pub hash_cost: HashCost,
+    /// Unread messages an inbox may hold (0: no limit).
+    pub max_inbox: u32,
 }
 
 impl From<&Config> for ChatSettings {
@@ -49,6 +51,7 @@ impl From<&Config> for ChatSettings {
             block_time: c.block_time(),
             registration: c.registration,
             hash_cost: c.hash_cost,
+            max_inbox: c.max_inbox,
         }
     }
 }

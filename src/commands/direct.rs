@@ -22,6 +22,8 @@ pub enum DirectStatus {
     Blocked,
     /// No such user.
     NoUser,
+    /// Offline, and its inbox is full; nothing was sent.
+    Full,
 }
 
 impl DirectStatus {
@@ -31,6 +33,7 @@ impl DirectStatus {
             DirectStatus::Stored => "stored",
             DirectStatus::Blocked => "blocked",
             DirectStatus::NoUser => "nouser",
+            DirectStatus::Full => "full",
         }
     }
 
@@ -69,6 +72,10 @@ impl Chat {
             DirectStatus::Blocked => {
                 Step::Reply(err(ErrorCode::Blocked, &format!("{to} blocks you")))
             }
+            DirectStatus::Full => Step::Reply(err(
+                ErrorCode::Full,
+                &format!("{to}'s inbox is full; try again once they have read it"),
+            )),
             status => {
                 let targets = vec![DirectTarget { user: to, status }];
                 self.direct(DirectKind::Send, me, text, targets, now)
@@ -101,6 +108,9 @@ impl Chat {
             None => DirectStatus::NoUser,
             Some(a) if a.blocks.contains(from) => DirectStatus::Blocked,
             Some(_) if self.online.contains_key(to) => DirectStatus::Delivered,
+            Some(a) if self.settings.max_inbox > 0 && a.unread >= self.settings.max_inbox => {
+                DirectStatus::Full
+            }
             Some(_) => DirectStatus::Stored,
         }
     }
@@ -195,7 +205,7 @@ impl Chat {
                     ids.next();
                     self.bump_unread(&t.user);
                 }
-                DirectStatus::Blocked | DirectStatus::NoUser => {}
+                DirectStatus::Blocked | DirectStatus::NoUser | DirectStatus::Full => {}
             }
         }
         let reply = direct_reply(kind, &targets);

@@ -162,6 +162,7 @@ fn settings() -> ChatSettings {
         block_time: Duration::from_secs(60),
         registration: Registration::Open,
         hash_cost: HashCost::Low,
+        max_inbox: 2,
     }
 }
 
@@ -566,4 +567,37 @@ fn logins_in_flight_when_the_lock_begins_cannot_reopen_it() {
     };
     let step = chat.execute(&conns[0], cmd, clock(t0, 65), &mut fx);
     assert!(reply_text(step).starts_with("- LOCKED"));
+}
+
+#[test]
+fn a_full_inbox_refuses_more_until_it_is_read() {
+    let t0 = Instant::now();
+    let mut chat = chat_with(&["alice", "bob"]);
+    let mut alice = caller(1, None);
+    log_in(&mut chat, &mut alice, "alice", clock(t0, 0));
+    chat.accounts.get_mut("bob").unwrap().unread = 2;
+    let mut fx = Effects::default();
+    let send = member(
+        "alice",
+        MemberCommand::Send {
+            to: "bob".into(),
+            text: "hi".into(),
+        },
+    );
+    let step = chat.execute(&alice, send.clone(), clock(t0, 1), &mut fx);
+    assert!(reply_text(step).starts_with("- FULL bob's inbox is full"));
+    let list = member(
+        "alice",
+        MemberCommand::BroadcastTo {
+            users: vec!["bob".into()],
+            text: "hi".into(),
+        },
+    );
+    let step = chat.execute(&alice, list, clock(t0, 1), &mut fx);
+    assert_eq!(reply_text(step), "= bob full\n+ sent to 0 of 1\n");
+    chat.accounts.get_mut("bob").unwrap().unread = 1;
+    assert!(matches!(
+        chat.execute(&alice, send, clock(t0, 2), &mut fx),
+        Step::Wait(_)
+    ));
 }

@@ -419,3 +419,13 @@ fn blank_lines_count_against_the_turn() {
     assert!(sim.conns[stranger].socket.incoming.is_empty());
     assert_eq!(sim.output(stranger), "");
 }
+
+#[test]
+fn quit_takes_the_user_offline() {
+    let mut sim = sim();
+    let bob = logged_in(&mut sim, "bob");
+    assert_eq!(sim.chat.online_count(), 1);
+    sim.send(bob, b"quit\n");
+    assert_eq!(sim.output(bob), "+ bye\n");
+    assert_eq!(sim.chat.online_count(), 0);
+}

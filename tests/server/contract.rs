@@ -790,3 +790,24 @@ fn lines_left_in_the_socket_behind_a_barrier_are_all_answered() {
         assert!(reply[0].starts_with("- NOUSER"), "line {i}: {reply:?}");
     }
 }
+
+#[test]
+fn a_full_inbox_refuses_more_until_its_owner_reads_it() {
+    let server = Server::start(&["--max-inbox", "2"]);
+    let mut bob = server.user("bob");
+    assert_eq!(bob.cmd1("quit"), "+ bye");
+    let mut alice = server.user("alice");
+    assert_eq!(alice.cmd1("send bob one"), "+ stored");
+    assert_eq!(alice.cmd1("send bob two"), "+ stored");
+    let full = alice.cmd1("send bob three");
+    assert!(full.starts_with("- FULL bob's inbox is full"), "{full}");
+    assert_eq!(
+        alice.cmd("broadcast user bob message four"),
+        vec!["= bob full", "+ sent to 0 of 1"]
+    );
+    let mut bob = server.connect();
+    bob.login("bob", "password-bob");
+    assert_eq!(bob.cmd("inbox").len(), 3, "two messages and the completion");
+    assert_eq!(bob.cmd1("quit"), "+ bye");
+    assert_eq!(alice.cmd1("send bob five"), "+ stored");
+}
