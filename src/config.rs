@@ -127,6 +127,12 @@ pub struct Config {
     #[arg(long)]
     pub no_plaintext: bool,
 
+    /// Days direct messages are kept once read (0: forever). Older ones are
+    /// deleted by the store thread a thousand at a time, between batches;
+    /// unread messages are never deleted (--max-inbox bounds those).
+    #[arg(long, default_value_t = 0)]
+    pub history_retention_days: u32,
+
     /// Fault injection for tests: while this file exists, every store batch
     /// fails as a full disk would make it fail.
     #[arg(long, hide = true)]
@@ -144,6 +150,12 @@ impl Config {
     /// `--idle-timeout` as a duration.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout)
+    }
+
+    /// `--history-retention-days` as a duration; `None` keeps messages forever.
+    pub fn history_retention(&self) -> Option<Duration> {
+        (self.history_retention_days > 0)
+            .then(|| Duration::from_secs(u64::from(self.history_retention_days) * 86_400))
     }
 
     /// `--login-timeout` as a duration.

@@ -20,6 +20,7 @@ fn other_error(msg: impl Into<String>) -> io::Error {
 pub fn open(config: &Config) -> io::Result<(Store, Chat)> {
     let mut store = Store::open(&config.data).map_err(|e| other_error(e.to_string()))?;
     store.set_fault_file(config.store_fault_file.clone());
+    store.set_retention(config.history_retention());
     if let Some(path) = &config.users {
         import_users(&mut store, path, config)?;
     }

@@ -11,8 +11,9 @@ mod schema;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -190,6 +191,8 @@ pub struct Store {
     path: PathBuf,
     /// While this file exists, batches fail (fault-injection tests).
     fault_file: Option<PathBuf>,
+    /// How long read messages are kept; `None`: forever.
+    retention: Option<Duration>,
 }
 
 impl Store {
@@ -224,6 +227,7 @@ impl Store {
             lock,
             path,
             fault_file: None,
+            retention: None,
         })
     }
 
@@ -231,6 +235,12 @@ impl Store {
     /// clients get when the disk is full without filling one.
     pub fn set_fault_file(&mut self, path: Option<PathBuf>) {
         self.fault_file = path;
+    }
+
+    /// Deletes read messages older than `keep` (checked every
+    /// `PRUNE_EVERY`, a `PRUNE_BATCH` at a time, between batches).
+    pub fn set_retention(&mut self, keep: Option<Duration>) {
+        self.retention = keep;
     }
 
     /// Where the database file is.
@@ -291,7 +301,7 @@ impl Store {
             .spawn(move || {
                 // The data directory stays locked until the last commit is done.
                 let _lock = self.lock;
-                store_thread(self.conn, self.fault_file, rx, on_batch)
+                store_thread(self.conn, self.fault_file, self.retention, rx, on_batch)
             })?;
         Ok(StoreHandle {
             tx: Some(tx),
@@ -337,14 +347,36 @@ impl<T> Drop for StoreHandle<T> {
 fn store_thread<T, F>(
     mut conn: Connection,
     fault_file: Option<PathBuf>,
+    retention: Option<Duration>,
     rx: Receiver<(StoreRequest, T)>,
     mut on_batch: F,
 ) where
     F: FnMut(Vec<(T, Result<StoreOutput, String>)>),
 {
-    // Blocks for the first request, then takes whatever else queued up
-    // meanwhile: the longer a commit takes, the bigger the next batch.
-    while let Ok(first) = rx.recv() {
+    let mut next_prune = Instant::now();
+    loop {
+        // Blocks for the first request (or until pruning is due), then takes
+        // whatever else queued up meanwhile: the longer a commit takes, the
+        // bigger the next batch.
+        let first = match retention {
+            None => match rx.recv() {
+                Ok(first) => first,
+                Err(_) => return,
+            },
+            Some(keep) => {
+                if Instant::now() >= next_prune {
+                    let more = prune(&conn, keep);
+                    // A full batch deleted: more may be due; go on soon,
+                    // but let waiting requests go first.
+                    next_prune = Instant::now() + if more { PRUNE_AGAIN } else { PRUNE_EVERY };
+                }
+                match rx.recv_timeout(next_prune.saturating_duration_since(Instant::now())) {
+                    Ok(first) => first,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -367,6 +399,40 @@ fn store_thread<T, F>(
             None => run_batch(&mut conn, &requests),
         };
         on_batch(tags.into_iter().zip(results).collect());
+    }
+}
+
+/// How often read messages past their retention are looked for.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// How soon to go on after deleting a full batch.
+const PRUNE_AGAIN: Duration = Duration::from_millis(100);
+/// Most messages deleted in one go: a short transaction, so requests
+/// queued meanwhile wait milliseconds, not the whole backlog.
+const PRUNE_BATCH: usize = 1000;
+
+/// Deletes up to `PRUNE_BATCH` read messages older than `keep`; returns
+/// whether it deleted a full batch (so more may be due).
+fn prune(conn: &Connection, keep: Duration) -> bool {
+    let cutoff = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|now| now.saturating_sub(keep).as_secs() as i64)
+        .unwrap_or(0);
+    let deleted = conn.execute(
+        "DELETE FROM messages WHERE id IN
+           (SELECT id FROM messages WHERE unread = 0 AND ts < ?1 LIMIT ?2)",
+        rusqlite::params![cutoff, PRUNE_BATCH as i64],
+    );
+    match deleted {
+        Ok(n) => {
+            if n > 0 {
+                log::info!("store: deleted {n} read messages older than the retention period");
+            }
+            n == PRUNE_BATCH
+        }
+        Err(e) => {
+            log::error!("store: pruning old messages failed: {e}");
+            false
+        }
     }
 }
 

@@ -159,3 +159,44 @@ fn the_thread_reports_every_request_after_its_commit_in_order() {
     let reopened = Store::open(dir.path()).unwrap();
     assert_eq!(reopened.load().unwrap().unread.get("b"), Some(&200));
 }
+
+#[test]
+fn retention_deletes_only_old_messages_that_were_read() {
+    let (dir, mut store) = open();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let mut recent = msg("a", "b", "recent", false);
+    recent.ts = now;
+    store.run_batch(&[StoreRequest::InsertMessages(vec![
+        msg("a", "b", "old and read", false),
+        msg("a", "b", "old but unread", true),
+        recent,
+    ])]);
+    store.set_retention(Some(Duration::from_secs(86_400)));
+    // The thread prunes as soon as it starts, with no request to wake it.
+    let mut handle = store
+        .spawn(|_: Vec<((), Result<StoreOutput, String>)>| {})
+        .unwrap();
+    let history = || {
+        // A second connection: the data directory is locked by the store.
+        let mut reader = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let out = run_batch(
+            &mut reader,
+            &[StoreRequest::History {
+                user: "b".into(),
+                with: None,
+                limit: 10,
+            }],
+        );
+        bodies(&out[0])
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while history().len() == 3 {
+        assert!(Instant::now() < deadline, "nothing was pruned");
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(history(), vec!["old but unread", "recent"]);
+    handle.close();
+}
