@@ -1,5 +1,5 @@
-//! The loop's side of its background threads: it starts the store thread
-//! and the hashing pool, hands them jobs tagged with where the answer goes,
+//! The loop's side of its background threads: it starts the store thread,
+//! the reader (history reads on their own connection) and the hashing pool, hands them jobs tagged with where the answer goes,
 //! and takes their results back from one channel, woken by the loop's one
 //! `Waker`. It counts jobs in flight (shutdown waits for them) and never
 //! blocks: a job that cannot be queued is answered as failed on the next
@@ -14,7 +14,7 @@ use mio::Waker;
 use crate::auth::{HashOutcome, HashWork, HasherPool};
 use crate::commands::{Cont, Job, Work, WorkResult};
 use crate::session::ReplyTo;
-use crate::store::{Store, StoreHandle};
+use crate::store::{self, Store, StoreHandle, StoreRequest};
 
 /// Hashing threads. Argon2 at normal cost takes tens of milliseconds and
 /// 19 MiB; two workers keep logins flowing without starving the loop's core.
@@ -42,6 +42,8 @@ pub struct Completion {
 /// The store thread and the hashing pool, as the loop sees them.
 pub struct Background {
     store: StoreHandle<Tag>,
+    /// `history` reads, on their own connection and thread.
+    reader: StoreHandle<Tag>,
     hasher: HasherPool<Tag>,
     completions: Receiver<Completion>,
     /// Jobs that could not be handed to their thread; answered next pass.
@@ -55,6 +57,17 @@ impl Background {
     /// report through one channel and wake the loop with `waker`.
     pub fn spawn(store: Store, waker: &Arc<Waker>) -> io::Result<Background> {
         let (done_tx, completions) = mpsc::channel::<Completion>();
+        let reader_tx = done_tx.clone();
+        let reader_waker = Arc::clone(waker);
+        let reader = store::spawn_reader(store.path(), move |done| {
+            for (tag, result) in done {
+                let _ = reader_tx.send(Completion {
+                    tag,
+                    result: WorkResult::Store(result),
+                });
+            }
+            let _ = reader_waker.wake();
+        })?;
         let store_tx = done_tx.clone();
         let store_waker = Arc::clone(waker);
         let store = store.spawn(move |batch| {
@@ -77,6 +90,7 @@ impl Background {
         })?;
         Ok(Background {
             store,
+            reader,
             hasher,
             completions,
             failed: Vec::new(),
@@ -92,6 +106,15 @@ impl Background {
             cont: job.cont,
         };
         let failed = match job.work {
+            // Reads never queue behind writes.
+            Work::Store(request @ StoreRequest::History { .. }) => {
+                self.reader.submit(request, tag).err().map(|(_, tag)| {
+                    (
+                        tag,
+                        WorkResult::Store(Err("the reader thread has stopped".into())),
+                    )
+                })
+            }
             Work::Store(request) => self.store.submit(request, tag).err().map(|(_, tag)| {
                 (
                     tag,
@@ -136,6 +159,7 @@ impl Background {
     /// Stops the threads; the store commits what is still queued first.
     pub fn close(&mut self) {
         self.hasher.close();
+        self.reader.close();
         self.store.close();
     }
 }

@@ -200,6 +200,9 @@ pub struct Session {
     /// The command whose reply later lines wait for (login, register,
     /// inbox, history): what they mean or cost depends on it.
     waiting_on: Option<u64>,
+    /// A `history` waiting for this session's earlier commands to be
+    /// answered before it is read (see `step`).
+    deferred: Option<(Job, ReplyTo)>,
     /// Where its input stands.
     input: InputState,
     /// Whether and how it is closing.
@@ -244,6 +247,7 @@ impl Session {
             output,
             replies: ReplyOrder::default(),
             waiting_on: None,
+            deferred: None,
             input: InputState::Open,
             close: CloseState::Open,
             departure: None,
@@ -546,7 +550,14 @@ impl Session {
                     session: self.caller.session,
                     seq,
                 };
-                out.jobs.push((job, Some(reply_to)));
+                if matches!(job.cont, Cont::History) && self.replies.outstanding() > 1 {
+                    // History is read on its own connection, which does not
+                    // wait for the writes of this session's earlier
+                    // commands: it starts once they are answered.
+                    self.deferred = Some((job, reply_to));
+                } else {
+                    out.jobs.push((job, Some(reply_to)));
+                }
             }
         }
     }
@@ -579,6 +590,11 @@ impl Session {
             self.waiting_on = None;
         }
         self.step(seq, step, out);
+        if self.replies.outstanding() == 1 {
+            if let Some((job, reply_to)) = self.deferred.take() {
+                out.jobs.push((job, Some(reply_to)));
+            }
+        }
         self.maybe_finish(now.mono);
     }
 

@@ -429,3 +429,20 @@ fn quit_takes_the_user_offline() {
     assert_eq!(sim.output(bob), "+ bye\n");
     assert_eq!(sim.chat.online_count(), 0);
 }
+
+#[test]
+fn history_is_read_only_after_the_sessions_earlier_writes_are_answered() {
+    let mut sim = sim();
+    let alice = logged_in(&mut sim, "alice");
+    sim.send(alice, b"send bob hi\nhistory 5\n");
+    let pending: Vec<bool> = sim
+        .jobs
+        .iter()
+        .map(|j| matches!(j.job.cont, Cont::History))
+        .collect();
+    assert_eq!(pending, vec![false], "history must wait for the send");
+    assert!(sim.finish_job(0));
+    assert!(matches!(sim.jobs[0].job.cont, Cont::History));
+    assert!(sim.finish_job(0));
+    assert!(sim.output(alice).starts_with("+ stored\n= "));
+}

@@ -310,6 +310,41 @@ impl Store {
     }
 }
 
+/// Starts the reader: a thread with its own read-only connection to the
+/// database at `path` that answers `history`, so reads never wait behind
+/// the write batches (WAL lets it read while the writer commits) and never
+/// hold a write transaction open. Any other request is refused.
+pub fn spawn_reader<T, F>(path: &Path, mut on_done: F) -> std::io::Result<StoreHandle<T>>
+where
+    T: Send + 'static,
+    F: FnMut(Vec<(T, Result<StoreOutput, String>)>) + Send + 'static,
+{
+    let flags =
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| {
+        std::io::Error::other(format!("cannot open {} to read: {e}", path.display()))
+    })?;
+    let (tx, rx) = mpsc::channel::<(StoreRequest, T)>();
+    let thread = thread::Builder::new()
+        .name("natter-reader".into())
+        .spawn(move || {
+            while let Ok((request, tag)) = rx.recv() {
+                let result = match request {
+                    StoreRequest::History { .. } => apply(&conn, &request).map_err(|e| {
+                        log::error!("store: read failed: {e}");
+                        e.to_string()
+                    }),
+                    _ => Err("the reader only reads".to_string()),
+                };
+                on_done(vec![(tag, result)]);
+            }
+        })?;
+    Ok(StoreHandle {
+        tx: Some(tx),
+        thread: Some(thread),
+    })
+}
+
 /// The loop thread's end of the store: submit requests, and on drop, let the
 /// thread finish what is queued and join it.
 pub struct StoreHandle<T> {

@@ -811,3 +811,18 @@ fn a_full_inbox_refuses_more_until_its_owner_reads_it() {
     assert_eq!(bob.cmd1("quit"), "+ bye");
     assert_eq!(alice.cmd1("send bob five"), "+ stored");
 }
+
+#[test]
+fn history_right_after_a_send_shows_it() {
+    let server = Server::start(&[]);
+    let _bob = server.user("bob");
+    let mut alice = server.user("alice");
+    for i in 0..20 {
+        // Pipelined: the history is read on its own connection, and must
+        // still see the send before it.
+        alice.send_raw(format!("send bob m{i}\nhistory bob 1\n").as_bytes());
+        assert_eq!(alice.reply(), vec!["+ delivered"]);
+        let history = alice.reply();
+        assert!(history[0].ends_with(&format!(" m{i}")), "{history:?}");
+    }
+}
