@@ -159,6 +159,12 @@ pub struct Args {
     #[arg(long, value_name = "MSGS_PER_SEC")]
     pub rate_limit: Option<u64>,
 
+    /// dm: extra sessions that loop `history 1000` while the pairs run (each
+    /// first sends its neighbour 500 messages, so there is history to
+    /// read): what reads cost the writers' acknowledgements. 0 or at least 2
+    #[arg(long, default_value_t = 0)]
+    pub history_readers: usize,
+
     /// idle: logged-in sessions to hold
     #[arg(long, default_value_t = 10000)]
     pub sessions: usize,
@@ -289,6 +295,11 @@ impl Args {
             return Err(format!(
                 "--payload must be from {MIN_PAYLOAD} to {MAX_PAYLOAD} bytes"
             ));
+        }
+        if self.history_readers == 1 {
+            return Err(
+                "--history-readers must be 0 or at least 2 (they message each other)".into(),
+            );
         }
         if self.rate_limit == Some(0) {
             return Err("--rate-limit must be at least 1 (leave it out for no limit)".into());

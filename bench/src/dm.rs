@@ -21,7 +21,7 @@ use crate::fanout::{nanos, GRACE, POLL_WAIT};
 use crate::lines::{event, push_text, stamp, Conn};
 use crate::progress::join_with_progress;
 use crate::report::{Report, Value};
-use crate::setup::{open_sessions, Target, STOPPED};
+use crate::setup::{completion, expect_ok, open_sessions, send, Session, Target, STOPPED};
 use crate::stats::{per_sec, secs, Latency};
 use crate::sys::CpuWatch;
 
@@ -90,6 +90,10 @@ pub fn run(a: &Args, target: Target) -> Result<Report, BenchError> {
         groups[i % threads].push((sender, Conn::from_reader(r)?));
     }
 
+    let readers = history_readers(a, target, setup_deadline)?;
+    let reads_total = AtomicU64::new(0);
+    let readers_stop = AtomicBool::new(false);
+
     let epoch = Instant::now();
     let cap = epoch + Duration::from_secs(a.max_seconds);
     let hard = cap + GRACE;
@@ -97,6 +101,13 @@ pub fn run(a: &Args, target: Target) -> Result<Report, BenchError> {
     let abort = AtomicBool::new(false);
     let cpu = CpuWatch::start(a.server_pid);
     let results: Vec<Result<Measured, BenchError>> = thread::scope(|s| {
+        let reading: Vec<_> = readers
+            .into_iter()
+            .map(|session| {
+                let (reads_total, stop) = (&reads_total, &readers_stop);
+                s.spawn(move || read_history(session, reads_total, stop, hard))
+            })
+            .collect();
         let workers: Vec<_> = groups
             .into_iter()
             .map(|pairs| {
@@ -119,7 +130,15 @@ pub fn run(a: &Args, target: Target) -> Result<Report, BenchError> {
                 })
             })
             .collect();
-        join_with_progress("dm", a.messages * a.pairs as u64, &acked_total, workers)
+        let results = join_with_progress("dm", a.messages * a.pairs as u64, &acked_total, workers);
+        readers_stop.store(true, Ordering::SeqCst);
+        for reader in reading {
+            if let Ok(Err(e)) = reader.join() {
+                abort.store(true, Ordering::SeqCst);
+                eprintln!("natter-bench: history reader: {}", e.0);
+            }
+        }
+        results
     });
     let mut all = Measured::default();
     let mut first_err: Option<BenchError> = None;
@@ -171,6 +190,16 @@ pub fn run(a: &Args, target: Target) -> Result<Report, BenchError> {
     report.field("ack_p50_ms", "ack p50 ms", all.ack.quantile_ms(0.5));
     report.field("ack_p99_ms", "ack p99 ms", all.ack.quantile_ms(0.99));
     report.field("ack_max_ms", "ack max ms", all.ack.max_ms());
+    if a.history_readers > 0 {
+        let reads = reads_total.load(Ordering::SeqCst);
+        report.field(
+            "history_readers",
+            "readers",
+            Value::Int(a.history_readers as u64),
+        );
+        report.field("history_reads", "reads", Value::Int(reads));
+        report.field("history_reads_per_sec", "reads/s", per_sec(reads, elapsed));
+    }
     cpu.finish(&mut report);
     let planned = a.messages * a.pairs as u64;
     if all.sent < planned {
@@ -357,4 +386,57 @@ fn read_acks(s: &mut Sender, now: u64, ack: &mut Latency) -> Result<(), BenchErr
     } else {
         Err(BenchError::new("natterd closed a dm sender's connection"))
     }
+}
+
+/// Messages each history reader sends its neighbour before the run, so
+/// that `history 1000` has a thousand rows to read (500 sent, 500 received).
+const HISTORY_SEED: usize = 500;
+
+/// Opens `--history-readers` sessions and gives each a history to read:
+/// reader i messages reader i+1. All sends go out first, then the
+/// acknowledgements are read (the neighbour's messages, arriving as events
+/// meanwhile, are skipped).
+fn history_readers(
+    a: &Args,
+    target: Target,
+    deadline: Instant,
+) -> Result<Vec<Session>, BenchError> {
+    let n = a.history_readers;
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let p = &a.users_prefix;
+    let names: Vec<String> = (0..n).map(|i| format!("{p}dh{i}")).collect();
+    let mut sessions = open_sessions(target, &names, deadline, "history readers")?;
+    for (i, session) in sessions.iter().enumerate() {
+        let to = &names[(i + 1) % n];
+        for j in 0..HISTORY_SEED {
+            send(session, &format!("send {to} history seed {j}"))?;
+        }
+    }
+    for session in &mut sessions {
+        for _ in 0..HISTORY_SEED {
+            expect_ok(session, deadline, "send (history seed)")?;
+        }
+    }
+    Ok(sessions)
+}
+
+/// Loops `history 1000` until `stop`, counting completed reads.
+fn read_history(
+    mut session: Session,
+    reads: &AtomicU64,
+    stop: &AtomicBool,
+    hard: Instant,
+) -> Result<(), BenchError> {
+    while !stop.load(Ordering::SeqCst) {
+        send(&session, "history 1000")?;
+        match completion(&mut session, hard, "history 1000")? {
+            natter_client::ServerLine::Ok(_) => {
+                reads.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => return Err(BenchError::new("history 1000: refused")),
+        }
+    }
+    Ok(())
 }

@@ -132,6 +132,33 @@ fn dm_acknowledges_and_delivers_every_message_at_a_fixed_rate() {
 }
 
 #[test]
+fn dm_with_history_readers_counts_their_reads_and_loses_no_message() {
+    let server = Server::start_with(BENCH_SERVER);
+    let r = bench(
+        &server,
+        &[
+            "dm",
+            "--json",
+            "--pairs",
+            "2",
+            "--messages",
+            "300",
+            "--rate-limit",
+            "1000",
+            "--history-readers",
+            "2",
+        ],
+    );
+    let v = &reports(&r)[0];
+    assert_eq!(int(v, "acked"), 600);
+    assert_eq!(int(v, "delivered"), 600);
+    assert_eq!(int(v, "history_readers"), 2);
+    // The run takes about 0.3 s; each read of 1,000 rows takes milliseconds.
+    assert!(int(v, "history_reads") > 0, "{v}");
+    ordered(v, "ack_");
+}
+
+#[test]
 fn idle_reports_memory_per_session_only_with_the_server_pid() {
     let server = Server::start_with(BENCH_SERVER);
     let pid = server.pid().to_string();
