@@ -201,8 +201,9 @@ pub struct Session {
     /// inbox, history): what they mean or cost depends on it.
     waiting_on: Option<u64>,
     /// A `history` waiting for this session's earlier commands to be
-    /// answered before it is read (see `step`).
-    deferred: Option<(Job, ReplyTo)>,
+    /// answered before it is read (see `step`). Boxed: a job is a few
+    /// hundred bytes that ten thousand idle sessions would each carry.
+    deferred: Option<Box<(Job, ReplyTo)>>,
     /// Where its input stands.
     input: InputState,
     /// Whether and how it is closing.
@@ -474,16 +475,13 @@ impl Session {
                     continue;
                 }
             };
-            let parsed = match commands::parse_line(line, self.caller.user.as_deref()) {
-                Ok(None) => {
-                    consumed += used.max(line.len());
-                    // Blank lines get no reply and take no token, but they
-                    // cost the loop time: they count against the turn.
-                    self.turn_lines += 1;
-                    continue;
-                }
-                Ok(Some(cmd)) => Ok(cmd),
-                Err(e) => Err(e),
+            let Some(parsed) = commands::parse_line(line, self.caller.user.as_deref()).transpose()
+            else {
+                consumed += used.max(line.len());
+                // Blank lines get no reply and take no token, but they cost
+                // the loop time: they count against the turn.
+                self.turn_lines += 1;
+                continue;
             };
             let cost = parsed.as_ref().map_or(1, commands::Command::rate_cost);
             if let Err(ready_at) = self.bucket.take(cost, now.mono) {
@@ -554,7 +552,7 @@ impl Session {
                     // History is read on its own connection, which does not
                     // wait for the writes of this session's earlier
                     // commands: it starts once they are answered.
-                    self.deferred = Some((job, reply_to));
+                    self.deferred = Some(Box::new((job, reply_to)));
                 } else {
                     out.jobs.push((job, Some(reply_to)));
                 }
@@ -591,7 +589,8 @@ impl Session {
         }
         self.step(seq, step, out);
         if self.replies.outstanding() == 1 {
-            if let Some((job, reply_to)) = self.deferred.take() {
+            if let Some(deferred) = self.deferred.take() {
+                let (job, reply_to) = *deferred;
                 out.jobs.push((job, Some(reply_to)));
             }
         }

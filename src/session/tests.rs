@@ -446,3 +446,14 @@ fn history_is_read_only_after_the_sessions_earlier_writes_are_answered() {
     assert!(sim.finish_job(0));
     assert!(sim.output(alice).starts_with("+ stored\n= "));
 }
+
+#[test]
+fn an_idle_session_stays_small() {
+    // 10,000 idle sessions cost ~1.6 KB each in all; the struct itself must
+    // not grow unnoticed (a job kept inline once added 200 bytes).
+    assert!(
+        std::mem::size_of::<Session>() <= 512,
+        "Session is {} bytes",
+        std::mem::size_of::<Session>()
+    );
+}
