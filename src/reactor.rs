@@ -14,13 +14,12 @@
 //! and hashing go to their threads, and their results come back through the
 //! completion channel.
 //!
-//! Still about 1,000 lines (a third docs): accepting and admission
-//! (`accept_ready`, `admit`) and the counters with their throttled logs are
-//! the next pieces to move out; they were left here to keep this change to
-//! the connection layer.
+//! By topic: `reactor/accept.rs` (listeners, admission, new sessions) and
+//! `reactor/route.rs` (jobs, completions, deliveries to other sessions);
+//! this file keeps the loop itself, serving, `settle`, timers and closing.
 
 use std::collections::{BTreeSet, VecDeque};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -31,14 +30,15 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use crate::admission::Admission;
-use crate::background::{Background, Completion, Tag};
-use crate::commands::{Chat, Clock, Cont, Delivery, Effects, Job, LockKey, SessionRef, Step, Work};
+use crate::background::Background;
+use crate::commands::{Chat, Clock, LockKey, SessionRef};
 use crate::config::Config;
-use crate::protocol::{self, ByeReason};
-use crate::session::{Ending, Limits, Outbox, Pushed, ReadStatus, ReplyTo, Session, Transport};
+use crate::session::{Ending, Limits, Outbox, ReadStatus, Session};
 use crate::startup;
 use crate::stats::{LogThrottle, Stats};
-use crate::store::StoreRequest;
+
+mod accept;
+mod route;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const TLS_LISTENER: Token = Token(usize::MAX - 4);
@@ -352,112 +352,6 @@ impl Server {
         next.map(|at| at.saturating_duration_since(Instant::now()))
     }
 
-    // ----- accepting -------------------------------------------------------
-
-    fn accept_ready(&mut self, tls: bool) {
-        while self.listening {
-            if self
-                .accept_paused_until
-                .is_some_and(|t| t > self.clock.mono)
-            {
-                return;
-            }
-            let accepted = match (tls, &self.listener, &self.tls_listener) {
-                (false, Some(l), _) => l.accept().map(|(s, a)| (s, a, None)),
-                (true, _, Some((l, cfg))) => l.accept().map(|(s, a)| (s, a, Some(Arc::clone(cfg)))),
-                _ => return,
-            };
-            match accepted {
-                Ok((stream, addr, tls)) => self.admit(stream, addr, tls),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if is_resource_exhaustion(&e) => {
-                    // Out of descriptors or memory: the pending connection stays
-                    // in the backlog. Keep serving who we have; try again soon.
-                    self.stats.accept_errors += 1;
-                    log::warn!("accept failed ({e}); pausing accepts for {ACCEPT_BACKOFF:?}");
-                    let at = self.clock.mono + ACCEPT_BACKOFF;
-                    self.accept_paused_until = Some(at);
-                    self.deadlines.insert((at, Timer::AcceptRetry));
-                    return;
-                }
-                Err(e) => {
-                    // A connection that died in the backlog and the like.
-                    self.stats.accept_errors += 1;
-                    log::debug!("accept failed: {e}");
-                }
-            }
-        }
-    }
-
-    fn admit(
-        &mut self,
-        mut stream: TcpStream,
-        addr: SocketAddr,
-        tls: Option<Arc<rustls::ServerConfig>>,
-    ) {
-        if self
-            .admission
-            .admit(addr, self.clock.mono, &mut self.stats)
-            .is_err()
-        {
-            refuse(&mut stream, tls.is_some());
-            return;
-        }
-        // Replies and events are already batched per loop pass; Nagle's
-        // algorithm would only hold the tail of a batch for the peer's
-        // delayed ACK (measured: 40 ms stalls on pipelined sends).
-        if let Err(e) = stream.set_nodelay(true) {
-            log::debug!("cannot set TCP_NODELAY for {addr}: {e}");
-        }
-        let transport = match tls {
-            None => Transport::Plain,
-            Some(cfg) => match rustls::ServerConnection::new(cfg) {
-                Ok(conn) => Transport::Tls(Box::new(conn)),
-                Err(e) => {
-                    log::warn!("cannot start TLS for {addr}: {e}");
-                    self.admission.left(addr.ip());
-                    return;
-                }
-            },
-        };
-        let entry = self.conns.vacant_entry();
-        let token = entry.key();
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut stream, Token(token), Interest::READABLE)
-        {
-            log::warn!("cannot register connection from {addr}: {e}");
-            self.admission.left(addr.ip());
-            return;
-        }
-        let id = self.next_id;
-        self.next_id += 1;
-        let sref = SessionRef { token, id };
-        let session = Session::new(
-            sref,
-            addr.ip(),
-            transport,
-            Arc::clone(&self.limits),
-            &self.greeting,
-            self.clock.mono,
-        );
-        entry.insert(Conn {
-            stream,
-            session,
-            readable: false,
-            write_interest: false,
-            timer_at: None,
-            in_ready: false,
-            in_events: false,
-            in_close: false,
-        });
-        log::debug!("session {id} connected from {addr}");
-        // The greeting goes out this pass.
-        self.mark_ready(token);
-    }
-
     // ----- serving connections ---------------------------------------------
 
     fn mark_ready(&mut self, token: usize) {
@@ -630,142 +524,6 @@ impl Server {
         }
     }
 
-    // ----- what sessions produce ------------------------------------------
-
-    fn apply(&mut self, outbox: Outbox) {
-        for (job, reply_to) in outbox.jobs {
-            self.dispatch(job, reply_to);
-        }
-        self.apply_effects(outbox.effects);
-    }
-
-    fn apply_effects(&mut self, fx: Effects) {
-        for delivery in fx.deliveries {
-            self.deliver(delivery);
-        }
-        let now = self.clock.mono;
-        for (sref, reason) in fx.closes {
-            if let Some(conn) = self.live_conn(sref) {
-                conn.session.say_bye(reason, now);
-                self.settle(sref.token);
-                self.write_soon(sref.token);
-            }
-        }
-        for request in fx.background {
-            self.background(request);
-        }
-        for (at, key) in fx.lock_timers {
-            self.deadlines.insert((at, Timer::Lock(key)));
-        }
-    }
-
-    /// Queues an event line for one session; one whose unread backlog
-    /// passes the limit is dropped rather than allowed to grow without
-    /// bound. A stored message that no session took goes back to the inbox.
-    fn deliver(&mut self, delivery: Delivery) {
-        let stored_id = delivery.stored.as_ref().map(|s| s.id);
-        let taken = match self.live_conn(delivery.to) {
-            None => false,
-            Some(conn) => match conn.session.push_event(&delivery.line, stored_id) {
-                Pushed::Refused => false,
-                Pushed::Taken => {
-                    self.write_soon(delivery.to.token);
-                    true
-                }
-                Pushed::OverLimit => {
-                    // Its backlog may only be waiting for its turn to be
-                    // written: see what the socket takes before calling
-                    // the reader slow.
-                    if !conn.write_interest {
-                        let _ = conn.session.write_to(&mut conn.stream);
-                    }
-                    if conn.session.is_open() && conn.session.over_backlog() {
-                        conn.session.drop_slow();
-                    }
-                    self.settle(delivery.to.token);
-                    self.write_soon(delivery.to.token);
-                    true
-                }
-            },
-        };
-        if let (false, Some(stored)) = (taken, delivery.stored) {
-            let request = self.chat.undelivered(&stored.recipient, &[stored.id]);
-            self.background(request);
-        }
-    }
-
-    fn live_conn(&mut self, sref: SessionRef) -> Option<&mut Conn> {
-        self.conns
-            .get_mut(sref.token)
-            .filter(|c| c.session.id() == sref.id)
-    }
-
-    fn is_live(&self, sref: SessionRef) -> bool {
-        self.conns
-            .get(sref.token)
-            .is_some_and(|c| c.session.id() == sref.id)
-    }
-
-    // ----- background work -------------------------------------------------
-
-    fn background(&mut self, request: StoreRequest) {
-        self.dispatch(
-            Job {
-                cont: Cont::Background,
-                work: Work::Store(request),
-            },
-            None,
-        );
-    }
-
-    fn dispatch(&mut self, job: Job, reply_to: Option<ReplyTo>) {
-        self.background.dispatch(job, reply_to);
-    }
-
-    fn drain_completions(&mut self) {
-        for c in self.background.take() {
-            self.on_completion(c);
-        }
-    }
-
-    fn on_completion(&mut self, c: Completion) {
-        let Tag { reply_to, cont } = c.tag;
-        let clock = self.clock;
-        // A reply for a session that has gone, or is closing, or whose slot
-        // now holds a newer session, must not reach it; the state change
-        // still happens.
-        let live = reply_to.filter(|r| {
-            self.conns
-                .get(r.session.token)
-                .is_some_and(|c| c.session.id() == r.session.id && c.session.is_open())
-        });
-        match live.and_then(|r| Some((r, self.conns.get_mut(r.session.token)?))) {
-            Some((reply_to, conn)) => {
-                let mut outbox = Outbox::default();
-                conn.session.complete(
-                    &mut self.chat,
-                    reply_to.seq,
-                    cont,
-                    c.result,
-                    clock,
-                    &mut outbox,
-                );
-                self.apply(outbox);
-                // If that ended it (a queued quit, say), it leaves the chat
-                // now, before the next completion can deliver to it.
-                self.settle(reply_to.session.token);
-                self.mark_ready(reply_to.session.token);
-            }
-            None => {
-                let mut fx = Effects::default();
-                if let Step::Wait(job) = self.chat.complete(None, cont, c.result, clock, &mut fx) {
-                    self.dispatch(job, None);
-                }
-                self.apply_effects(fx);
-            }
-        }
-    }
-
     // ----- timers ----------------------------------------------------------
 
     fn fire_timers(&mut self) {
@@ -914,22 +672,4 @@ fn discard_input(stream: &mut TcpStream, max: usize) {
             Err(_) => return,
         }
     }
-}
-
-/// Turns a connection away. Plaintext clients get `* bye busy` (a few
-/// bytes always fit a fresh socket's buffer); on the TLS port plaintext would
-/// only garble the handshake, so the connection is just closed.
-fn refuse(stream: &mut TcpStream, tls: bool) {
-    if !tls {
-        let _ = stream.write(&protocol::bye(ByeReason::Busy));
-    }
-}
-
-/// Running out of descriptors or memory: a reason to pause accepting, not
-/// to drop the connection waiting in the backlog.
-fn is_resource_exhaustion(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
 }
