@@ -14,7 +14,7 @@ use mio::Waker;
 use crate::auth::{HashOutcome, HashWork, HasherPool};
 use crate::commands::{Cont, Job, Work, WorkResult};
 use crate::session::ReplyTo;
-use crate::store::{self, Store, StoreHandle, StoreRequest};
+use crate::store::{self, Store, StoreError, StoreHandle, StoreRequest};
 
 /// Hashing threads. Argon2 at normal cost takes tens of milliseconds and
 /// 19 MiB; two workers keep logins flowing without starving the loop's core.
@@ -111,14 +111,18 @@ impl Background {
                 self.reader.submit(request, tag).err().map(|(_, tag)| {
                     (
                         tag,
-                        WorkResult::Store(Err("the reader thread has stopped".into())),
+                        WorkResult::Store(Err(StoreError::Failed(
+                            "the reader thread has stopped".into(),
+                        ))),
                     )
                 })
             }
             Work::Store(request) => self.store.submit(request, tag).err().map(|(_, tag)| {
                 (
                     tag,
-                    WorkResult::Store(Err("the store thread has stopped".into())),
+                    WorkResult::Store(Err(StoreError::Failed(
+                        "the store thread has stopped".into(),
+                    ))),
                 )
             }),
             Work::Hash(work) => self.hasher.submit(work, tag).err().map(|(work, tag)| {

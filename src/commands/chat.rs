@@ -8,10 +8,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use crate::config::{Config, HashCost, Registration};
-use crate::protocol::{err, ok, ByeReason, ErrorCode};
+use crate::protocol::{ok, ByeReason};
 use crate::store::StoreRequest;
 
-use super::job::{Cont, Effects, Step, WorkResult};
+use super::job::{write_failed, Cont, Effects, Step, WorkResult};
 use super::login::Failures;
 use super::parse::{Command, MemberCommand};
 use super::{Caller, Clock, LockKey, SessionRef};
@@ -161,7 +161,7 @@ impl Chat {
             Cont::History => self.history_read(result),
             Cont::Ack(reply) => match result {
                 WorkResult::Store(Ok(_)) => Step::Reply(reply),
-                _ => Step::Reply(err(ErrorCode::Internal, "change not saved; try again")),
+                _ => Step::Reply(write_failed(&result, "change not saved; try again")),
             },
             Cont::Block {
                 user,

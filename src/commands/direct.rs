@@ -8,7 +8,9 @@ use std::rc::Rc;
 use crate::protocol::{self, err, ok, ErrorCode, Reply};
 use crate::store::{NewMessage, StoreOutput, StoreRequest};
 
-use super::job::{Cont, Delivery, Effects, Job, Step, StoredMessage, Work, WorkResult};
+use super::job::{
+    write_failed, Cont, Delivery, Effects, Job, Step, StoredMessage, Work, WorkResult,
+};
 use super::{Chat, Clock};
 
 /// What a direct message did for one recipient.
@@ -165,7 +167,7 @@ impl Chat {
         fx: &mut Effects,
     ) -> Step {
         let WorkResult::Store(Ok(StoreOutput::Ids(ids))) = result else {
-            return Step::Reply(err(ErrorCode::Internal, "message not stored; try again"));
+            return Step::Reply(write_failed(&result, "message not stored; try again"));
         };
         let event_kind = match kind {
             DirectKind::Send => "msg",

@@ -12,7 +12,8 @@ use std::time::Instant;
 
 use crate::auth::{HashOutcome, HashWork};
 use crate::protocol::ByeReason;
-use crate::store::{StoreOutput, StoreRequest};
+use crate::protocol::{err, ErrorCode};
+use crate::store::{StoreError, StoreOutput, StoreRequest};
 
 use super::direct::{DirectKind, DirectTarget};
 use super::SessionRef;
@@ -53,9 +54,22 @@ pub enum Work {
 #[derive(Debug)]
 pub enum WorkResult {
     /// Store result; the error text is for the log.
-    Store(Result<StoreOutput, String>),
+    Store(Result<StoreOutput, StoreError>),
     /// From the hashing pool.
     Hash(HashOutcome),
+}
+
+/// The reply to a write that did not succeed: "not done" when nothing was
+/// committed, and honest uncertainty when the commit itself failed (it may
+/// be on disk), so the client checks before resending.
+pub fn write_failed(result: &WorkResult, not_done: &str) -> Vec<u8> {
+    match result {
+        WorkResult::Store(Err(StoreError::Unknown(_))) => err(
+            ErrorCode::Internal,
+            "outcome unknown (the disk failed while committing); check before resending",
+        ),
+        _ => err(ErrorCode::Internal, not_done),
+    }
 }
 
 /// What to do with a background result once it is back. Carried with the

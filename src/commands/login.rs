@@ -12,7 +12,7 @@ use crate::protocol::{err, ok, ErrorCode, MAX_PASSWORD_LEN, MIN_PASSWORD_LEN};
 use crate::store::StoreRequest;
 
 use super::chat::Account;
-use super::job::{Cont, Effects, Job, Step, Work, WorkResult};
+use super::job::{write_failed, Cont, Effects, Job, Step, Work, WorkResult};
 use super::{Caller, Chat, Clock, LockKey};
 
 /// Failed logins for one (user, address) pair.
@@ -184,7 +184,8 @@ impl Chat {
         fx: &mut Effects,
     ) -> Step {
         let WorkResult::Store(Ok(_)) = result else {
-            return self.register_failed(&user);
+            self.registering.remove(&user);
+            return Step::Reply(write_failed(&result, "could not register; try again later"));
         };
         self.registering.remove(&user);
         self.accounts.insert(

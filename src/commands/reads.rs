@@ -4,7 +4,7 @@
 use crate::protocol::{self, err, ok, ErrorCode, Reply};
 use crate::store::{MessageRow, StoreOutput, StoreRequest};
 
-use super::job::{Cont, Effects, Job, Step, Work, WorkResult};
+use super::job::{write_failed, Cont, Effects, Job, Step, Work, WorkResult};
 use super::{Caller, Chat, Clock, INBOX_PAGE};
 
 impl Chat {
@@ -148,7 +148,7 @@ impl Chat {
             return Step::Reply(ok(&format!("{verb} {other}")));
         }
         self.apply_block(&user, &other, had);
-        Step::Reply(err(ErrorCode::Internal, "change not saved; try again"))
+        Step::Reply(write_failed(&result, "change not saved; try again"))
     }
 
     /// Sets whether `user` blocks `other`; returns whether it did before.

@@ -293,7 +293,7 @@ fn a_failed_commit_is_never_acknowledged() {
     let step = chat.complete(
         Some(&alice),
         job.cont,
-        WorkResult::Store(Err("disk full".into())),
+        WorkResult::Store(Err(crate::store::StoreError::Failed("disk full".into()))),
         clock(t0, 1),
         &mut fx,
     );

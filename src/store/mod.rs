@@ -99,6 +99,24 @@ pub enum StoreOutput {
     Rows(Vec<MessageRow>),
 }
 
+/// Why a request did not succeed, and whether its effect is known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreError {
+    /// Not done: nothing of it was committed.
+    Failed(String),
+    /// The commit itself failed: it may or may not be on disk.
+    Unknown(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Failed(e) => write!(f, "not done: {e}"),
+            StoreError::Unknown(e) => write!(f, "outcome unknown: {e}"),
+        }
+    }
+}
+
 /// What the chat state needs at start-up; message bodies stay on disk.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -232,7 +250,9 @@ impl Store {
     }
 
     /// Makes every batch fail while `path` exists, so tests can see what
-    /// clients get when the disk is full without filling one.
+    /// clients get when the disk is full without filling one; if the file
+    /// says `commit`, batches run and then their commit fails (outcome
+    /// unknown to the client).
     pub fn set_fault_file(&mut self, path: Option<PathBuf>) {
         self.fault_file = path;
     }
@@ -283,7 +303,7 @@ impl Store {
 
     /// Runs requests in one transaction outside the thread (start-up import,
     /// benches). Returns each request's result.
-    pub fn run_batch(&mut self, requests: &[StoreRequest]) -> Vec<Result<StoreOutput, String>> {
+    pub fn run_batch(&mut self, requests: &[StoreRequest]) -> Vec<Result<StoreOutput, StoreError>> {
         run_batch(&mut self.conn, requests)
     }
 
@@ -293,7 +313,7 @@ impl Store {
     pub fn spawn<T, F>(self, on_batch: F) -> std::io::Result<StoreHandle<T>>
     where
         T: Send + 'static,
-        F: FnMut(Vec<(T, Result<StoreOutput, String>)>) + Send + 'static,
+        F: FnMut(Vec<(T, Result<StoreOutput, StoreError>)>) + Send + 'static,
     {
         let (tx, rx) = mpsc::channel();
         let thread = thread::Builder::new()
@@ -301,7 +321,15 @@ impl Store {
             .spawn(move || {
                 // The data directory stays locked until the last commit is done.
                 let _lock = self.lock;
-                store_thread(self.conn, self.fault_file, self.retention, rx, on_batch)
+                let file = DbFile::new(self.path);
+                store_thread(
+                    self.conn,
+                    file,
+                    self.fault_file,
+                    self.retention,
+                    rx,
+                    on_batch,
+                )
             })?;
         Ok(StoreHandle {
             tx: Some(tx),
@@ -317,7 +345,7 @@ impl Store {
 pub fn spawn_reader<T, F>(path: &Path, mut on_done: F) -> std::io::Result<StoreHandle<T>>
 where
     T: Send + 'static,
-    F: FnMut(Vec<(T, Result<StoreOutput, String>)>) + Send + 'static,
+    F: FnMut(Vec<(T, Result<StoreOutput, StoreError>)>) + Send + 'static,
 {
     let flags =
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -332,9 +360,9 @@ where
                 let result = match request {
                     StoreRequest::History { .. } => apply(&conn, &request).map_err(|e| {
                         log::error!("store: read failed: {e}");
-                        e.to_string()
+                        StoreError::Failed(e.to_string())
                     }),
-                    _ => Err("the reader only reads".to_string()),
+                    _ => Err(StoreError::Failed("the reader only reads".to_string())),
                 };
                 on_done(vec![(tag, result)]);
             }
@@ -381,12 +409,13 @@ impl<T> Drop for StoreHandle<T> {
 
 fn store_thread<T, F>(
     mut conn: Connection,
+    mut file: DbFile,
     fault_file: Option<PathBuf>,
     retention: Option<Duration>,
     rx: Receiver<(StoreRequest, T)>,
     mut on_batch: F,
 ) where
-    F: FnMut(Vec<(T, Result<StoreOutput, String>)>),
+    F: FnMut(Vec<(T, Result<StoreOutput, StoreError>)>),
 {
     let mut next_prune = Instant::now();
     loop {
@@ -420,20 +449,87 @@ fn store_thread<T, F>(
             }
         }
         let (requests, tags): (Vec<StoreRequest>, Vec<T>) = batch.into_iter().unzip();
-        let results = match fault_file.as_deref().filter(|f| f.exists()) {
-            Some(f) => {
+        let fault = fault_file
+            .as_deref()
+            .and_then(|f| std::fs::read_to_string(f).ok().map(|text| (f, text)));
+        let results = match (fault, file.check()) {
+            (_, Err(problem)) => requests
+                .iter()
+                .map(|_| Err(StoreError::Failed(problem.clone())))
+                .collect(),
+            (Some((f, text)), Ok(())) if text.trim() == "commit" => {
+                log::error!(
+                    "store: injected commit failure ({} says commit)",
+                    f.display()
+                );
+                FAIL_COMMIT.with(|c| c.set(true));
+                let results = run_batch(&mut conn, &requests);
+                FAIL_COMMIT.with(|c| c.set(false));
+                results
+            }
+            (Some((f, _)), Ok(())) => {
                 log::error!(
                     "store: batch failed: injected fault ({} exists)",
                     f.display()
                 );
                 requests
                     .iter()
-                    .map(|_| Err("injected fault".to_string()))
+                    .map(|_| Err(StoreError::Failed("injected fault".to_string())))
                     .collect()
             }
-            None => run_batch(&mut conn, &requests),
+            (None, Ok(())) => run_batch(&mut conn, &requests),
         };
         on_batch(tags.into_iter().zip(results).collect());
+    }
+}
+
+/// The database file as it was opened, to notice it deleted or replaced
+/// under a running server (an operator's `rm`, a restore over it): SQLite
+/// would go on writing to the unlinked file, and every commit after that
+/// would be lost at the next start.
+struct DbFile {
+    path: PathBuf,
+    /// (device, inode) at start; `None` if it could not be read then.
+    identity: Option<(u64, u64)>,
+    /// Said once, loudly; not again for every batch.
+    reported: bool,
+}
+
+impl DbFile {
+    fn new(path: PathBuf) -> Self {
+        let identity = Self::identity(&path).ok();
+        DbFile {
+            path,
+            identity,
+            reported: false,
+        }
+    }
+
+    fn identity(path: &Path) -> std::io::Result<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path)?;
+        Ok((meta.dev(), meta.ino()))
+    }
+
+    /// Whether the file is still the one opened; if not, why, for the
+    /// requests that are refused.
+    fn check(&mut self) -> Result<(), String> {
+        let now = Self::identity(&self.path);
+        let problem = match (self.identity, now) {
+            (Some(then), Ok(now)) if then == now => return Ok(()),
+            (None, _) => return Ok(()),
+            (Some(_), Ok(_)) => "was replaced",
+            (Some(_), Err(_)) => "was deleted",
+        };
+        let text = format!(
+            "database file {} {problem} while natterd ran; refusing writes (restart natterd)",
+            self.path.display()
+        );
+        if !self.reported {
+            self.reported = true;
+            log::error!("store: {text}");
+        }
+        Err(text)
     }
 }
 
@@ -473,12 +569,18 @@ fn prune(conn: &Connection, keep: Duration) -> bool {
 
 /// Runs every request in one transaction and commits. A request that fails
 /// gets its error; if the commit fails, every request does.
-fn run_batch(conn: &mut Connection, requests: &[StoreRequest]) -> Vec<Result<StoreOutput, String>> {
+fn run_batch(
+    conn: &mut Connection,
+    requests: &[StoreRequest],
+) -> Vec<Result<StoreOutput, StoreError>> {
     let tx = match conn.transaction() {
         Ok(tx) => tx,
         Err(e) => {
             log::error!("store: cannot begin transaction: {e}");
-            return requests.iter().map(|_| Err(e.to_string())).collect();
+            return requests
+                .iter()
+                .map(|_| Err(StoreError::Failed(e.to_string())))
+                .collect();
         }
     };
     let mut results = Vec::with_capacity(requests.len());
@@ -496,18 +598,43 @@ fn run_batch(conn: &mut Connection, requests: &[StoreRequest]) -> Vec<Result<Sto
                 if tx.is_autocommit() {
                     log::error!("store: transaction rolled back; failing the whole batch");
                     let _ = tx.rollback();
-                    return requests.iter().map(|_| Err(e.to_string())).collect();
+                    return requests
+                        .iter()
+                        .map(|_| Err(StoreError::Failed(e.to_string())))
+                        .collect();
                 }
-                Err(e.to_string())
+                Err(StoreError::Failed(e.to_string()))
             }
         };
         results.push(result);
     }
-    if let Err(e) = tx.commit() {
-        log::error!("store: commit failed: {e}");
-        return requests.iter().map(|_| Err(e.to_string())).collect();
+    if let Err(e) = commit(tx) {
+        // A commit that fails (an fsync error, the disk gone) may have
+        // reached the disk or not: say so rather than "not stored".
+        log::error!("store: commit failed, outcome unknown: {e}");
+        return requests
+            .iter()
+            .map(|_| Err(StoreError::Unknown(e.to_string())))
+            .collect();
     }
     results
+}
+
+/// Commits, unless a test asked for a failed commit (see `Fault`).
+fn commit(tx: rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    if FAIL_COMMIT.with(|f| f.get()) {
+        tx.rollback()?;
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+            Some("injected commit failure".into()),
+        ));
+    }
+    tx.commit()
+}
+
+thread_local! {
+    /// Set on the store thread while a `commit` fault is injected.
+    static FAIL_COMMIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 fn savepoint_apply(

@@ -18,7 +18,7 @@ fn msg(sender: &str, recipient: &str, body: &str, unread: bool) -> NewMessage {
     }
 }
 
-fn bodies(out: &Result<StoreOutput, String>) -> Vec<String> {
+fn bodies(out: &Result<StoreOutput, StoreError>) -> Vec<String> {
     match out {
         Ok(StoreOutput::Rows(rows)) => rows.iter().map(|r| r.body.clone()).collect(),
         other => panic!("{other:?}"),
@@ -136,7 +136,7 @@ fn the_thread_reports_every_request_after_its_commit_in_order() {
     let (dir, store) = open();
     let (tx, rx) = mpsc::channel();
     let mut handle = store
-        .spawn(move |batch: Vec<(u32, Result<StoreOutput, String>)>| {
+        .spawn(move |batch: Vec<(u32, Result<StoreOutput, StoreError>)>| {
             for (tag, result) in batch {
                 tx.send((tag, result)).unwrap();
             }
@@ -177,7 +177,7 @@ fn retention_deletes_only_old_messages_that_were_read() {
     store.set_retention(Some(Duration::from_secs(86_400)));
     // The thread prunes as soon as it starts, with no request to wake it.
     let mut handle = store
-        .spawn(|_: Vec<((), Result<StoreOutput, String>)>| {})
+        .spawn(|_: Vec<((), Result<StoreOutput, StoreError>)>| {})
         .unwrap();
     let history = || {
         // A second connection: the data directory is locked by the store.

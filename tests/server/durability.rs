@@ -480,3 +480,55 @@ fn a_second_natterd_on_the_same_data_directory_refuses_to_start() {
         assert_eq!(mode & 0o777, 0o600, "{name} has mode {:o}", mode & 0o777);
     }
 }
+
+#[test]
+fn a_commit_that_fails_is_answered_as_unknown_not_as_not_stored() {
+    let dir = tempfile::tempdir().expect("dir");
+    let fault = dir.path().join("fault");
+    let fault_arg = fault.display().to_string();
+    let server = Server::start(&["--store-fault-file", &fault_arg]);
+    drop(server.user("bob"));
+    let mut alice = server.user("alice");
+    // The batch runs, then its commit fails: it may or may not be on disk.
+    std::fs::write(&fault, b"commit").expect("fault on");
+    let reply = alice.cmd1("send bob maybe");
+    assert!(reply.starts_with("- INTERNAL outcome unknown"), "{reply}");
+    // A batch refused before it ran is still plainly "not stored".
+    std::fs::write(&fault, b"").expect("fault on");
+    let reply = alice.cmd1("send bob never");
+    assert!(
+        reply.starts_with("- INTERNAL message not stored"),
+        "{reply}"
+    );
+    std::fs::remove_file(&fault).expect("fault off");
+    assert_eq!(alice.cmd1("send bob after"), "+ stored");
+}
+
+#[test]
+fn a_database_deleted_or_replaced_under_the_server_is_noticed_and_writes_refused() {
+    for replace in [false, true] {
+        let server = Server::start(&[]);
+        drop(server.user("bob"));
+        let mut alice = server.user("alice");
+        assert_eq!(alice.cmd1("send bob before"), "+ stored");
+        let db = server.data.join("natter.db");
+        if replace {
+            let copy = server.data.join("copy.db");
+            std::fs::copy(&db, &copy).expect("copy");
+            std::fs::rename(&copy, &db).expect("restore over it");
+        } else {
+            std::fs::remove_file(&db).expect("rm natter.db");
+        }
+        let reply = alice.cmd1("send bob lost");
+        assert!(reply.starts_with("- INTERNAL "), "{reply}");
+        assert!(alice.cmd1("block bob").starts_with("- INTERNAL "));
+        let why = if replace {
+            "was replaced"
+        } else {
+            "was deleted"
+        };
+        let log = server.log();
+        assert!(log.contains(why), "{log}");
+        assert_eq!(log.matches(why).count(), 1, "said once, not per batch");
+    }
+}
