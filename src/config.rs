@@ -83,6 +83,13 @@ pub struct Config {
     #[arg(long, default_value_t = 20)]
     pub burst: u32,
 
+    /// Unsent output all sessions together may hold, in bytes; past it the
+    /// sessions holding the most are dropped (`slow`) until it fits again.
+    /// --max-outbuf bounds one session, this bounds them all (Redis's
+    /// maxmemory-clients). 0: an eighth of the machine's memory.
+    #[arg(long, default_value_t = 0)]
+    pub max_output_total: usize,
+
     /// Unread messages one user's inbox may hold (0: no limit); a `send` to
     /// a full inbox gets `- FULL`. Bounds what one sender can make the disk
     /// hold for someone who never logs in: at the default, about 40 MiB per
@@ -150,6 +157,25 @@ impl Config {
     /// `--idle-timeout` as a duration.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout)
+    }
+
+    /// `--max-output-total`, with 0 resolved to an eighth of physical memory
+    /// (at least 64 MiB).
+    pub fn output_budget(&self) -> usize {
+        if self.max_output_total > 0 {
+            return self.max_output_total;
+        }
+        // SAFETY: sysconf only reads system configuration.
+        let (pages, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_PHYS_PAGES),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        let memory = usize::try_from(pages.max(0))
+            .unwrap_or(0)
+            .saturating_mul(usize::try_from(page.max(0)).unwrap_or(0));
+        (memory / 8).max(64 << 20)
     }
 
     /// `--history-retention-days` as a duration; `None` keeps messages forever.

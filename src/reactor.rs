@@ -115,6 +115,8 @@ struct Conn {
     in_events: bool,
     /// On the close list.
     in_close: bool,
+    /// Its unsent output as last counted into `Server::output_total`.
+    counted_output: usize,
 }
 
 /// The server: everything the loop owns.
@@ -135,6 +137,10 @@ pub struct Server {
     next_id: u64,
     chat: Chat,
     config: Config,
+    /// Unsent output of all sessions together (see `count_output`).
+    output_total: usize,
+    /// `--max-output-total`, resolved.
+    output_budget: usize,
     /// What every session enforces, from `config`.
     limits: Arc<Limits>,
     /// The first lines of every connection, formatted once.
@@ -221,6 +227,8 @@ impl Server {
             next_id: 1,
             chat,
             limits: Arc::new(Limits::from(&config)),
+            output_total: 0,
+            output_budget: config.output_budget(),
             greeting: startup::greeting(&config),
             config,
             deadlines: BTreeSet::new(),
@@ -324,6 +332,7 @@ impl Server {
             // Writing events can let a session's waiting lines run, whose
             // replies must not wait for the next pass.
             self.serve_ready();
+            self.enforce_output_budget();
             self.reap();
             if let Some(deadline) = self.shutting_down {
                 let idle = self.conns.is_empty() && self.background.in_flight() == 0;
@@ -433,6 +442,7 @@ impl Server {
     /// its deadline came closer, asks for WRITABLE only while output waits,
     /// and queues a finished session for reaping.
     fn settle(&mut self, token: usize) {
+        self.count_output(token);
         let Some(conn) = self.conns.get_mut(token) else {
             return;
         };
@@ -515,6 +525,7 @@ impl Server {
             // A write changes no deadline; settle only what it can change
             // (this runs once per recipient of every fan-out).
             let changed = !open || conn.session.wants_write() != conn.write_interest;
+            self.count_output(token);
             if held_input {
                 self.mark_ready(token);
             }
@@ -564,6 +575,49 @@ impl Server {
 
     // ----- closing and shutdown --------------------------------------------
 
+    /// Brings `output_total` up to date with one connection's output.
+    /// Called wherever output may have changed (settle covers most; the
+    /// per-recipient paths of a fan-out call it directly), so the total
+    /// costs no scan.
+    fn count_output(&mut self, token: usize) {
+        if let Some(conn) = self.conns.get_mut(token) {
+            // A session dropped at once will never write what it holds, and
+            // its memory goes at the end of this pass.
+            let now = match conn.session.is_finished() {
+                true => 0,
+                false => conn.session.pending_output(),
+            };
+            self.output_total = self.output_total - conn.counted_output + now;
+            conn.counted_output = now;
+        }
+    }
+
+    /// Past the total budget, drops the sessions holding the most unsent
+    /// output until the rest fits. Rare, so a scan is fine here.
+    fn enforce_output_budget(&mut self) {
+        while self.output_total > self.output_budget {
+            let largest = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.session.is_open())
+                .max_by_key(|(_, c)| c.counted_output)
+                .map(|(token, c)| (token, c.counted_output));
+            let Some((token, held)) = largest.filter(|(_, held)| *held > 0) else {
+                return;
+            };
+            log::warn!(
+                "session {}: closing, holding {held} unsent bytes while all sessions hold {} \
+                 (--max-output-total {})",
+                self.conns[token].session.id(),
+                self.output_total,
+                self.output_budget
+            );
+            self.stats.closed_budget += 1;
+            self.conns[token].session.drop_over_budget();
+            self.settle(token);
+        }
+    }
+
     fn reap(&mut self) {
         for token in std::mem::take(&mut self.to_close) {
             let Some(conn) = self.conns.get_mut(token) else {
@@ -574,6 +628,7 @@ impl Server {
                 continue;
             }
             let mut conn = self.conns.remove(token);
+            self.output_total -= conn.counted_output;
             self.give_back_unsent(&mut conn.session);
             self.admission.left(conn.session.caller().ip);
             if conn.session.closes_gracefully() {

@@ -145,6 +145,9 @@ pub enum Ending {
     Bye(ByeReason),
     /// Its output did not drain within `CLOSE_LINGER` while closing.
     Linger,
+    /// All sessions together held more output than `--max-output-total`,
+    /// and it held the most.
+    OverBudget,
 }
 
 /// Routing for a job's result: the command it answers.
@@ -650,6 +653,11 @@ impl Session {
     /// Drops a reader whose backlog stays past the limit.
     pub fn drop_slow(&mut self) {
         self.close_now(Ending::Bye(ByeReason::Slow));
+    }
+
+    /// Drops it to bring all sessions' output back under the total budget.
+    pub fn drop_over_budget(&mut self) {
+        self.close_now(Ending::OverBudget);
     }
 
     /// Its deadline came (or an earlier one it had): closes it if it really

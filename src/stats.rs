@@ -19,6 +19,8 @@ pub struct Stats {
     pub refused_per_ip: u64,
     /// Dropped for not reading their output.
     pub closed_slow: u64,
+    /// Dropped because all sessions together held too much output.
+    pub closed_budget: u64,
     /// Closed by the idle timeout.
     pub closed_idle: u64,
     /// Closed by the login timeout.

@@ -114,6 +114,7 @@ impl Server {
             in_ready: false,
             in_events: false,
             in_close: false,
+            counted_output: 0,
         });
         log::debug!("session {id} connected from {addr}");
         // The greeting goes out this pass.

@@ -48,6 +48,7 @@ impl Server {
             Some(conn) => match conn.session.push_event(&delivery.line, stored_id) {
                 Pushed::Refused => false,
                 Pushed::Taken => {
+                    self.count_output(delivery.to.token);
                     self.write_soon(delivery.to.token);
                     true
                 }

@@ -826,3 +826,56 @@ fn history_right_after_a_send_shows_it() {
         assert!(history[0].ends_with(&format!(" m{i}")), "{history:?}");
     }
 }
+
+#[test]
+fn readers_that_never_read_are_dropped_when_all_output_passes_the_total_budget() {
+    let _serial = serial();
+    // Each session may hold 4 MB, but all of them together only 400 KB:
+    // the total, not the per-session limit, must be what drops them.
+    let server = Server::start(&["--max-outbuf", "4000000", "--max-output-total", "400000"]);
+    let mut alice = server.user("alice");
+    let mut carol = server.user("carol");
+    let mut slow_readers = Vec::new();
+    for i in 0..4 {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket.set_recv_buffer_size(4096).expect("rcvbuf");
+        socket
+            .connect_timeout(&server.addr.into(), TIMEOUT)
+            .expect("connect");
+        let mut slow = Client::from_stream(TcpStream::from(socket));
+        slow.skip_greeting();
+        let reply = slow.cmd1(&format!("register slow{i} password-slow"));
+        assert_eq!(reply, format!("+ registered slow{i}"));
+        slow_readers.push(slow);
+    }
+    let text = "z".repeat(4000);
+    let rss_before = server.rss_kib();
+    let mut rss_peak = rss_before;
+    let mut receivers = 5;
+    for round in 0..3000 {
+        let reply = alice.cmd1(&format!("broadcast {text}"));
+        rss_peak = rss_peak.max(if round % 50 == 0 { server.rss_kib() } else { 0 });
+        receivers = reply
+            .strip_prefix("+ sent to ")
+            .and_then(|n| n.parse().ok())
+            .expect("sent to <n>");
+        assert!(
+            carol.event().ends_with(&text),
+            "carol reads on, round {round}"
+        );
+        if receivers == 1 {
+            break;
+        }
+    }
+    assert_eq!(receivers, 1, "the non-readers were never dropped");
+    let log = server.log();
+    assert!(log.contains("--max-output-total 400000"), "{log}");
+    assert!(
+        !log.contains("output backlog passed"),
+        "the per-session limit acted"
+    );
+    let grown = rss_peak.saturating_sub(rss_before);
+    assert!(grown < 8 * 1024, "server grew by {grown} KiB");
+    drop(slow_readers);
+}
