@@ -16,7 +16,9 @@
 //!
 //! By topic: `reactor/accept.rs` (listeners, admission, new sessions) and
 //! `reactor/route.rs` (jobs, completions, deliveries to other sessions);
-//! this file keeps the loop itself, serving, `settle`, timers and closing.
+//! this file keeps the loop itself, serving, `settle`, the output budget,
+//! timers and closing (about 730 lines, a third of them docs: these share
+//! the `Conn` bookkeeping and split no further without spreading it).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::io::{self, Read};
