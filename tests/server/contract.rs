@@ -572,6 +572,23 @@ fn connections_that_never_log_in_time_out() {
     assert_eq!(c.until_closed(), vec!["* bye timeout"]);
 }
 
+/// A newly registered user on a connection with a small receive window,
+/// which the test then never reads: the kernel's buffers fill quickly and
+/// what the server holds for it grows.
+fn slow_reader(server: &Server, name: &str) -> Client {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    socket
+        .connect_timeout(&server.addr.into(), TIMEOUT)
+        .expect("connect");
+    let mut slow = Client::from_stream(TcpStream::from(socket));
+    slow.skip_greeting();
+    let reply = slow.cmd1(&format!("register {name} password-slow"));
+    assert_eq!(reply, format!("+ registered {name}"));
+    slow
+}
+
 #[test]
 fn a_reader_that_never_reads_is_dropped_and_others_are_unaffected() {
     // Measures the server's memory and carol's latency.
@@ -581,18 +598,7 @@ fn a_reader_that_never_reads_is_dropped_and_others_are_unaffected() {
     let mut carol = server.user("carol");
     // `slow` never reads, with a small receive window; kernel buffers fill,
     // then its output buffer passes the limit and the server drops it.
-    let socket =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    socket.set_recv_buffer_size(4096).expect("rcvbuf");
-    socket
-        .connect_timeout(&server.addr.into(), TIMEOUT)
-        .expect("connect");
-    let mut slow = Client::from_stream(TcpStream::from(socket));
-    slow.skip_greeting();
-    assert_eq!(
-        slow.cmd1("register slow password-slow"),
-        "+ registered slow"
-    );
+    let slow = slow_reader(&server, "slow");
     let text = "z".repeat(4000);
     let baseline = carol.ping_baseline();
     let mut dropped = false;
@@ -837,17 +843,7 @@ fn readers_that_never_read_are_dropped_when_all_output_passes_the_total_budget()
     let mut carol = server.user("carol");
     let mut slow_readers = Vec::new();
     for i in 0..4 {
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-            .expect("socket");
-        socket.set_recv_buffer_size(4096).expect("rcvbuf");
-        socket
-            .connect_timeout(&server.addr.into(), TIMEOUT)
-            .expect("connect");
-        let mut slow = Client::from_stream(TcpStream::from(socket));
-        slow.skip_greeting();
-        let reply = slow.cmd1(&format!("register slow{i} password-slow"));
-        assert_eq!(reply, format!("+ registered slow{i}"));
-        slow_readers.push(slow);
+        slow_readers.push(slow_reader(&server, &format!("slow{i}")));
     }
     let text = "z".repeat(4000);
     let rss_before = server.rss_kib();
