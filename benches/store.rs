@@ -32,9 +32,9 @@ fn batch(n: usize) -> Vec<StoreRequest> {
         .map(|i| {
             StoreRequest::InsertMessages(vec![NewMessage {
                 ts: 1_800_000_000 + i as i64,
-                sender: format!("u{}", i % USERS),
+                sender: format!("u{}", i % USERS).into(),
                 recipient: format!("u{}", (i + 1) % USERS),
-                body: format!("message {i}: are we still on for lunch at noon?"),
+                body: format!("message {i}: are we still on for lunch at noon?").into(),
                 unread: i % 4 == 0,
             }])
         })

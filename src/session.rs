@@ -49,6 +49,12 @@ pub use transport::{ReadStatus, Transport, READ_CHUNK};
 /// pipelines without limit is slowed by TCP instead of growing our memory.
 pub const MAX_IN_FLIGHT: usize = 64;
 
+/// Bytes of direct messages one session may have waiting for the store.
+/// Past it its lines wait (and then TCP slows it), so one session's list
+/// broadcasts cannot fill the store's queue ahead of everyone else's
+/// `send`: a few hundred large list broadcasts' worth, far beyond a person.
+pub const STORE_SHARE: usize = 256 * 1024;
+
 /// Lines one session may have handled per loop pass. A client pipelining
 /// thousands of broadcasts would otherwise hold the loop for the whole burst
 /// while everyone else's events wait; the rest of its input is handled on the
@@ -203,6 +209,8 @@ pub struct Session {
     /// The command whose reply later lines wait for (login, register,
     /// inbox, history): what they mean or cost depends on it.
     waiting_on: Option<u64>,
+    /// Bytes its commands have waiting for the store (see `STORE_SHARE`).
+    queued_bytes: usize,
     /// A `history` waiting for this session's earlier commands to be
     /// answered before it is read (see `step`). Boxed: a job is a few
     /// hundred bytes that ten thousand idle sessions would each carry.
@@ -251,6 +259,7 @@ impl Session {
             output,
             replies: ReplyOrder::default(),
             waiting_on: None,
+            queued_bytes: 0,
             deferred: None,
             input: InputState::Open,
             close: CloseState::Open,
@@ -379,6 +388,7 @@ impl Session {
             && self.waiting_on.is_none()
             && self.rate_wait.is_none()
             && self.replies.outstanding() < MAX_IN_FLIGHT
+            && self.queued_bytes <= STORE_SHARE
             && self.output.pending_len() <= self.limits.max_outbuf
     }
 
@@ -544,6 +554,7 @@ impl Session {
             // still gets its place in the order released.
             Step::Done => self.release(seq, Vec::new()),
             Step::Wait(job) => {
+                self.queued_bytes += job.cont.queued_bytes();
                 if job.cont.is_barrier() {
                     self.waiting_on = Some(seq);
                 }
@@ -585,6 +596,7 @@ impl Session {
         now: Clock,
         out: &mut Outbox,
     ) {
+        self.queued_bytes = self.queued_bytes.saturating_sub(cont.queued_bytes());
         let step = chat.complete(Some(&self.caller), cont, result, now, &mut out.effects);
         self.absorb(&mut out.effects);
         if self.waiting_on == Some(seq) {

@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use crate::protocol::{self, err, ok, ErrorCode, Reply};
 use crate::store::{NewMessage, StoreOutput, StoreRequest};
@@ -126,14 +127,15 @@ impl Chat {
         targets: Vec<DirectTarget>,
         now: Clock,
     ) -> Step {
+        let (sender, body): (Arc<str>, Arc<str>) = (from.as_str().into(), text.as_str().into());
         let messages: Vec<NewMessage> = targets
             .iter()
             .filter(|t| t.status.is_sent())
             .map(|t| NewMessage {
                 ts: now.wall,
-                sender: from.clone(),
+                sender: Arc::clone(&sender),
                 recipient: t.user.clone(),
-                body: text.clone(),
+                body: Arc::clone(&body),
                 unread: t.status == DirectStatus::Stored,
             })
             .collect();

@@ -119,6 +119,16 @@ pub enum Cont {
 }
 
 impl Cont {
+    /// Roughly what this job holds in memory while it waits for the store
+    /// (a list broadcast's text once plus a row per recipient), so a session
+    /// can be held to a share of the store's queue.
+    pub fn queued_bytes(&self) -> usize {
+        match self {
+            Cont::Direct { text, targets, .. } => text.len() + 64 * targets.len(),
+            _ => 0,
+        }
+    }
+
     /// Whether later lines of the session must wait for this job: their
     /// meaning depends on whether a login or register succeeds; and an
     /// `inbox` or `history` reply can be megabytes, so one at a time keeps

@@ -457,3 +457,22 @@ fn an_idle_session_stays_small() {
         std::mem::size_of::<Session>()
     );
 }
+
+#[test]
+fn a_session_over_its_share_of_the_store_queue_waits_and_loses_nothing() {
+    let mut sim = Sim::new(&["alice", "bob"], Sim::limits(64 * 1024, 1 << 20));
+    let alice = logged_in(&mut sim, "alice");
+    let names: Vec<String> = (0..200).map(|i| format!("u{i}")).collect();
+    let line = format!(
+        "broadcast user bob {} message {}\n",
+        names.join(" "),
+        "x".repeat(8000)
+    );
+    sim.send(alice, line.repeat(30).as_bytes());
+    // Each waits with ~21 KB queued: the share admits about a dozen.
+    let queued = sim.jobs.len();
+    assert!((10..=14).contains(&queued), "{queued} jobs queued at once");
+    sim.settle_all();
+    let out = sim.output(alice);
+    assert_eq!(out.matches("+ sent to 1 of 201").count(), 30);
+}

@@ -19,6 +19,7 @@ mod schema;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -42,12 +43,13 @@ pub const DB_FILE: &str = "natter.db";
 pub struct NewMessage {
     /// Unix seconds.
     pub ts: i64,
-    /// Who sends it.
-    pub sender: String,
+    /// Who sends it. Shared by every recipient's row of one message.
+    pub sender: Arc<str>,
     /// To whom.
     pub recipient: String,
-    /// The text.
-    pub body: String,
+    /// The text. Shared: a list broadcast to 300 people queues one body,
+    /// not 300 copies, while it waits for the store thread.
+    pub body: Arc<str>,
     /// Whether it waits in the recipient's inbox (they were offline).
     pub unread: bool,
 }
@@ -573,7 +575,7 @@ fn apply(conn: &Connection, request: &StoreRequest) -> rusqlite::Result<StoreOut
             )?;
             let mut ids = Vec::with_capacity(messages.len());
             for m in messages {
-                stmt.execute(params![m.ts, m.sender, m.recipient, m.body, m.unread])?;
+                stmt.execute(params![m.ts, &*m.sender, m.recipient, &*m.body, m.unread])?;
                 ids.push(conn.last_insert_rowid());
             }
             Ok(StoreOutput::Ids(ids))
