@@ -3,10 +3,10 @@
 //! with a deadline. Every wait here is bounded; nothing sleeps blindly.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, OnceLock};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -18,84 +18,9 @@ pub fn natter_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_natter"))
 }
 
-/// This workspace's natterd, built (or found up to date) by cargo once per
-/// test run. `cargo test -p natter-client` does not build natterd, and a
-/// binary that merely sits in the target directory may be stale, from
-/// another checkout, or from before the change under test; cargo knows which
-/// one belongs to this source, so ask it and take the path it reports.
-fn natterd_bin() -> PathBuf {
-    static NATTERD: OnceLock<PathBuf> = OnceLock::new();
-    NATTERD.get_or_init(build_natterd).clone()
-}
-
-/// Runs `cargo build -p natter --bin natterd --message-format=json` with the
-/// cargo that runs these tests, and returns the executable from natterd's
-/// `compiler-artifact` message. Panics (failing every test that needs a
-/// server) if the build fails or reports no such executable.
-fn build_natterd() -> PathBuf {
-    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
-    let out = Command::new(env!("CARGO"))
-        .args(["build", "-p", "natter", "--bin", "natterd"])
-        .args(["--message-format=json", "--manifest-path", manifest])
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run cargo to build natterd");
-    assert!(
-        out.status.success(),
-        "cargo build -p natter --bin natterd failed: {}",
-        out.status
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let executable = stdout
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|msg| msg["reason"] == "compiler-artifact" && msg["target"]["name"] == "natterd")
-        .find_map(|msg| msg["executable"].as_str().map(PathBuf::from));
-    let path = executable.unwrap_or_else(|| {
-        panic!("cargo built natterd but reported no executable for it:\n{stdout}")
-    });
-    assert!(
-        path.is_file(),
-        "cargo reported {path:?}, which is not a file"
-    );
-    path
-}
-
-/// The flags a TLS test server gets: a self-signed certificate for both
-/// names a test may connect by, on a free port.
-pub const TLS_FLAGS: &[&str] = &[
-    "--hash-cost",
-    "low",
-    "--rate",
-    "0",
-    "--max-per-ip",
-    "0",
-    "--tls-self-signed",
-    "localhost,127.0.0.1",
-    "--tls-port",
-    "0",
-];
-
-/// natterd's TLS listener, as its second `listening on` line gives it.
-#[derive(Debug, Clone)]
-pub struct TlsListener {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    /// The certificate's SHA-256, as `AB:CD:...`.
-    pub fingerprint: String,
-}
-
-/// A natterd child process, killed when dropped.
-pub struct Server {
-    child: Child,
-    /// Where it listens.
-    pub addr: SocketAddr,
-    /// The TLS listener, when started with a TLS flag.
-    pub tls: Option<TlsListener>,
-    /// Its data directory, removed after the process is gone.
-    data: tempfile::TempDir,
-}
+#[path = "../../../tests/support/natterd.rs"]
+mod support;
+pub use support::{Server, TLS_FLAGS};
 
 impl Server {
     /// Starts natterd on port 0 with cheap hashing and no rate limit, and
@@ -104,75 +29,10 @@ impl Server {
         Server::start_with(&["--hash-cost", "low", "--rate", "0"])
     }
 
-    /// Starts natterd on port 0 with these flags (besides `--data`), and
-    /// waits (bounded) for its `listening on` line.
-    pub fn start_with(flags: &[&str]) -> Server {
-        let data = tempfile::tempdir().expect("temp dir");
-        let mut child = Command::new(natterd_bin())
-            .arg("--data")
-            .arg(data.path())
-            .args(flags)
-            .arg("0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start natterd");
-        let stdout = child.stdout.take().expect("natterd stdout");
-        let (tx, rx) = mpsc::channel();
-        // Read to the end, so natterd never writes into a closed pipe.
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        let mut server = Server {
-            child,
-            addr: "127.0.0.1:0".parse().expect("addr"),
-            tls: None,
-            data,
-        };
-        // The server is dropped (killed) by the panics below.
-        let next_line = |what: &str| match rx.recv_timeout(TIMEOUT) {
-            Ok(line) => line,
-            Err(_) => panic!("natterd did not print {what} within {TIMEOUT:?}"),
-        };
-        let line = next_line("its listening line");
-        server.addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line from natterd: {line:?}"));
-        if flags.iter().any(|f| f.starts_with("--tls")) {
-            let line = next_line("its TLS listening line");
-            server.tls = Some(
-                parse_tls_line(&line)
-                    .unwrap_or_else(|| panic!("unexpected TLS line from natterd: {line:?}")),
-            );
-        }
-        server
-    }
-
     /// Starts natterd with a self-signed TLS listener beside the plaintext
     /// one ([`TLS_FLAGS`]).
     pub fn start_tls() -> Server {
         Server::start_with(TLS_FLAGS)
-    }
-
-    /// The TLS listener; panics if the server has none.
-    pub fn tls(&self) -> &TlsListener {
-        self.tls.as_ref().expect("natterd was started with TLS")
-    }
-
-    /// The data directory.
-    pub fn data_dir(&self) -> &std::path::Path {
-        self.data.path()
-    }
-
-    /// The port, as `natter` takes it on its command line.
-    pub fn port(&self) -> String {
-        self.addr.port().to_string()
     }
 
     /// Registers `user` over a raw connection and logs it out again.
@@ -183,23 +43,6 @@ impl Server {
         c.send("quit");
         c.expect_line("+ bye");
     }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `listening on <addr> tls sha256 <fingerprint>`, taken apart.
-fn parse_tls_line(line: &str) -> Option<TlsListener> {
-    let rest = line.trim().strip_prefix("listening on ")?;
-    let (addr, fingerprint) = rest.split_once(" tls sha256 ")?;
-    Some(TlsListener {
-        addr: addr.parse().ok()?,
-        fingerprint: fingerprint.to_string(),
-    })
 }
 
 /// A plain protocol connection, as netcat would use: the other person in a
