@@ -33,11 +33,12 @@ use slab::Slab;
 
 use crate::admission::Admission;
 use crate::background::Background;
-use crate::commands::{Chat, Clock, LockKey, SessionRef};
+use crate::commands::{Chat, Clock, Effects, LockKey, SessionRef};
 use crate::config::Config;
 use crate::session::{Ending, Limits, Outbox, ReadStatus, Session};
 use crate::startup;
 use crate::stats::{LogThrottle, Stats};
+use crate::store::{Marks, ReadMarks};
 
 mod accept;
 mod route;
@@ -152,6 +153,9 @@ pub struct Server {
     deadlines: BTreeSet<(Instant, Timer)>,
     /// The store thread and the hashing pool.
     background: Background,
+    /// Which messages have left natterd, recorded right after each write
+    /// (see `store::marks`).
+    marks: Option<ReadMarks>,
     waker: Arc<Waker>,
     shutdown_flag: Arc<AtomicBool>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
@@ -203,7 +207,8 @@ impl Server {
     /// Like [`Server::new`], with any combination of plaintext and TLS listeners.
     pub fn with_listeners(listeners: Listeners, config: Config) -> io::Result<Server> {
         config.validate().map_err(other_error)?;
-        let (store, chat) = startup::open(&config)?;
+        let (mut store, chat) = startup::open(&config)?;
+        let marks = store.take_marks();
 
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -235,6 +240,7 @@ impl Server {
             config,
             deadlines: BTreeSet::new(),
             background,
+            marks,
             waker,
             shutdown_flag: Arc::new(AtomicBool::new(false)),
             signals: None,
@@ -336,6 +342,10 @@ impl Server {
             self.serve_ready();
             self.enforce_output_budget();
             self.reap();
+            // The database's copy of the read marks, one write at a time.
+            if let Some(job) = self.chat.take_advance() {
+                self.dispatch(job, None);
+            }
             if let Some(deadline) = self.shutting_down {
                 let idle = self.conns.is_empty() && self.background.in_flight() == 0;
                 if idle || self.clock.mono >= deadline {
@@ -445,6 +455,7 @@ impl Server {
     /// and queues a finished session for reaping.
     fn settle(&mut self, token: usize) {
         self.count_output(token);
+        self.record_left(token);
         let Some(conn) = self.conns.get_mut(token) else {
             return;
         };
@@ -521,6 +532,10 @@ impl Server {
             };
             conn.in_events = false;
             let _ = conn.session.write_to(&mut conn.stream);
+            self.record_left(token);
+            let Some(conn) = self.conns.get_mut(token) else {
+                continue;
+            };
             let open = conn.session.is_open();
             // Output that had held its input back has drained: serve it.
             let held_input = open && (conn.readable || conn.session.buffered_input() > 0);
@@ -645,25 +660,73 @@ impl Server {
         }
     }
 
-    /// A session is going away: the direct messages queued for it but not
-    /// written go back to its user's inbox.
+    /// A session is going away: what it never wrote out of its user's
+    /// messages stays unread (see `Chat::left_over`).
     fn give_back_unsent(&mut self, session: &mut Session) {
-        let unsent = session.take_unsent_direct();
-        let Some(user) = session
-            .caller()
-            .user
-            .as_deref()
-            .filter(|_| !unsent.is_empty())
-        else {
+        if let Some(ending) = session.take_departure() {
+            // Still open at the shutdown deadline: it leaves the chat now.
+            let ip = session.caller().ip;
+            self.stats
+                .departure(session.id(), ip, ending, self.config.max_outbuf);
+            if let Some(request) = self.chat.disconnect(session.caller(), self.clock) {
+                self.background(request);
+            }
+        }
+        self.record_left_of(session);
+        let (pushes, inbox) = session.take_unsent();
+        let Some(user) = session.caller().user.clone() else {
             return;
         };
-        log::debug!(
-            "session {}: {} direct messages back to the inbox",
-            session.id(),
-            unsent.len()
-        );
-        let request = self.chat.undelivered(user, &unsent);
-        self.background(request);
+        if !pushes.is_empty() || !inbox.is_empty() {
+            log::debug!(
+                "session {}: {} messages and {} inbox rows never written; unread again",
+                session.id(),
+                pushes.len(),
+                inbox.len()
+            );
+        }
+        let mut fx = Effects::default();
+        if let Some(job) = self.chat.left_over(&user, &pushes, &inbox, &mut fx) {
+            self.dispatch(job, None);
+        }
+        self.apply_effects(fx);
+    }
+
+    /// Records what a connection's last writes took of its user's messages.
+    fn record_left(&mut self, token: usize) {
+        let Some(conn) = self.conns.get_mut(token) else {
+            return;
+        };
+        let Some((pushed, inboxed)) = conn.session.take_left() else {
+            return;
+        };
+        let Some(user) = conn.session.caller().user.as_deref() else {
+            return;
+        };
+        let update = self.chat.written(user, pushed, inboxed);
+        self.record_marks(update);
+    }
+
+    fn record_left_of(&mut self, session: &mut Session) {
+        if let (Some((pushed, inboxed)), Some(user)) =
+            (session.take_left(), session.caller().user.as_deref())
+        {
+            let update = self.chat.written(user, pushed, inboxed);
+            self.record_marks(update);
+        }
+    }
+
+    /// Writes read marks into the marks file.
+    pub(super) fn record_marks(&mut self, updates: impl IntoIterator<Item = (u64, Marks)>) {
+        let Some(file) = self.marks.as_mut() else {
+            return;
+        };
+        for (slot, marks) in updates {
+            if let Err(e) = file.set(slot, marks) {
+                // Only costs repeats: after a crash these show as unread again.
+                log::error!("marks: cannot record slot {slot}: {e}");
+            }
+        }
     }
 
     fn on_signals(&mut self) {
@@ -710,8 +773,14 @@ impl Server {
     }
 
     fn finish(mut self) {
-        // Commits whatever is still queued (last-seen times) before exiting.
+        // Commits whatever is still queued (last-seen times, messages back
+        // to the inbox) before exiting.
         self.background.close();
+        if let Some(marks) = &self.marks {
+            if let Err(e) = marks.sync() {
+                log::error!("marks: cannot write them to disk: {e}");
+            }
+        }
         log::info!("stopped; {:?}", self.stats);
     }
 }

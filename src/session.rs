@@ -175,6 +175,9 @@ pub struct Outbox {
     pub effects: Effects,
 }
 
+/// A reply and the inbox rows in it: (end offset, message id) each.
+type ReadyReply = (Vec<u8>, Vec<(usize, i64)>);
+
 /// What a pushed event did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pushed {
@@ -204,8 +207,9 @@ pub struct Session {
     framer: LineFramer,
     /// Bytes waiting to be written.
     output: Output,
-    /// Reply ordering for commands waiting on background work.
-    replies: ReplyOrder,
+    /// Reply ordering for commands waiting on background work; a reply
+    /// carries the inbox rows in it (see `Step::Inbox`).
+    replies: ReplyOrder<ReadyReply>,
     /// The command whose reply later lines wait for (login, register,
     /// inbox, history): what they mean or cost depends on it.
     waiting_on: Option<u64>,
@@ -365,9 +369,25 @@ impl Session {
         self.output.event_backlog()
     }
 
-    /// Ids of direct messages queued but never written, for the inbox.
-    pub fn take_unsent_direct(&mut self) -> Vec<i64> {
-        self.output.take_unsent_direct()
+    /// Ids of the pushed messages and inbox rows queued that never reached
+    /// the kernel: still unread. From here on none of its output counts
+    /// as read, so the reactor takes them when the session closes, or is
+    /// replaced (its user's messages then go to the new session).
+    pub fn take_unsent(&mut self) -> (Vec<i64>, Vec<i64>) {
+        let (pushes, mut inbox) = self.output.take_unsent();
+        if !self.is_open() {
+            // Inbox replies parked behind a reply that never came.
+            for (_, rows) in self.replies.take_parked() {
+                inbox.extend(rows.iter().map(|(_, id)| *id));
+            }
+        }
+        (pushes, inbox)
+    }
+
+    /// The highest (pushed, inbox) message ids whose lines reached the
+    /// kernel since the last call, if any did: they now count as read.
+    pub fn take_left(&mut self) -> Option<(i64, i64)> {
+        self.output.take_left()
     }
 
     /// How much unprocessed input it may hold: one maximal line plus some
@@ -525,7 +545,7 @@ impl Session {
         let seq = self.replies.begin();
         self.last_command = now.mono;
         match parsed {
-            Err(e) => self.release(seq, e.reply()),
+            Err(e) => self.release(seq, e.reply(), Vec::new()),
             Ok(cmd) => {
                 let step = chat.execute(&self.caller, cmd, now, &mut out.effects);
                 self.absorb(&mut out.effects);
@@ -549,10 +569,11 @@ impl Session {
     /// Acts on what the chat answered for command `seq`.
     fn step(&mut self, seq: u64, step: Step, out: &mut Outbox) {
         match step {
-            Step::Reply(reply) => self.release(seq, reply),
+            Step::Reply(reply) => self.release(seq, reply, Vec::new()),
+            Step::Inbox { reply, rows } => self.release(seq, reply, rows),
             // Only a job whose caller is gone ends without a word; a command
             // still gets its place in the order released.
-            Step::Done => self.release(seq, Vec::new()),
+            Step::Done => self.release(seq, Vec::new(), Vec::new()),
             Step::Wait(job) => {
                 self.queued_bytes += job.cont.queued_bytes();
                 if job.cont.is_barrier() {
@@ -575,12 +596,15 @@ impl Session {
     }
 
     /// Gives command `seq` its reply and queues every reply now in order.
-    fn release(&mut self, seq: u64, reply: Vec<u8>) {
+    fn release(&mut self, seq: u64, reply: Vec<u8>, rows: Vec<(usize, i64)>) {
         let output = &mut self.output;
         let open = self.close == CloseState::Open;
-        self.replies.finish(seq, reply, |bytes| {
+        self.replies.finish(seq, (reply, rows), |(bytes, rows)| {
             if open && !bytes.is_empty() {
-                output.push_reply(bytes);
+                output.push_reply_rows(&bytes, &rows);
+            } else {
+                // Never queued: its rows stay unread.
+                output.never_sent(&rows);
             }
         });
     }

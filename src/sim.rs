@@ -18,7 +18,7 @@ use crate::commands::{self, Account, Chat, ChatSettings, Clock, Effects, Job, Se
 use crate::commands::{Work, WorkResult};
 use crate::config::Config;
 use crate::session::{Limits, Outbox, Pushed, ReadStatus, ReplyTo, Session, Transport};
-use crate::store::{MessageRow, StoreOutput, StoreRequest};
+use crate::store::{Marks, MessageRow, StoreOutput, StoreRequest};
 
 /// The password every simulated account has.
 pub const PASSWORD: &str = "password1";
@@ -120,6 +120,8 @@ pub struct Sim {
     next_message_id: i64,
     /// History rows the fake store returns per `history` request.
     pub history_rows: usize,
+    /// Read marks recorded, by slot, as the marks file would hold them.
+    pub marks: HashMap<u64, Marks>,
 }
 
 impl Sim {
@@ -128,13 +130,10 @@ impl Sim {
     pub fn new(users: &[&str], limits: Limits) -> Sim {
         let accounts: HashMap<String, Account> = users
             .iter()
-            .map(|u| {
-                let account = Account {
-                    hash: "h".into(),
-                    unread: 0,
-                    last_seen: Some(0),
-                    blocks: Default::default(),
-                };
+            .enumerate()
+            .map(|(i, u)| {
+                let mut account = Account::new("h".into(), i as u64 + 1);
+                account.last_seen = Some(0);
                 (u.to_string(), account)
             })
             .collect();
@@ -157,6 +156,7 @@ impl Sim {
             breaches: Vec::new(),
             next_message_id: 1,
             history_rows: 3,
+            marks: HashMap::new(),
         }
     }
 
@@ -307,6 +307,13 @@ impl Sim {
         let Some(conn) = self.conns.get_mut(token).filter(|c| !c.reaped) else {
             return;
         };
+        if let (Some((pushed, inboxed)), Some(user)) = (
+            conn.session.take_left(),
+            conn.session.caller().user.as_deref(),
+        ) {
+            let update = self.chat.written(user, pushed, inboxed);
+            self.marks.extend(update);
+        }
         if conn.session.take_departure().is_some() {
             if let Some(request) = self.chat.disconnect(conn.session.caller(), self.now) {
                 self.background(request);
@@ -317,12 +324,13 @@ impl Sim {
         };
         if conn.session.is_finished() {
             conn.reaped = true;
-            let unsent = conn.session.take_unsent_direct();
+            let (pushes, inbox) = conn.session.take_unsent();
             if let Some(user) = conn.session.caller().user.clone() {
-                if !unsent.is_empty() {
-                    let request = self.chat.undelivered(&user, &unsent);
-                    self.background(request);
+                let mut fx = Effects::default();
+                if let Some(job) = self.chat.left_over(&user, &pushes, &inbox, &mut fx) {
+                    self.dispatch(job, None);
                 }
+                self.apply_effects(fx);
             }
         }
     }
@@ -378,8 +386,9 @@ impl Sim {
             };
             self.settle(d.to.token);
             if let (Pushed::Refused, Some(stored)) = (pushed, d.stored) {
-                let request = self.chat.undelivered(&stored.recipient, &[stored.id]);
-                self.background(request);
+                if let Some(job) = self.chat.undelivered(&stored.recipient, &[stored.id], &[]) {
+                    self.dispatch(job, None);
+                }
             }
         }
         let now = self.now.mono;
@@ -392,6 +401,7 @@ impl Sim {
         for request in fx.background {
             self.background(request);
         }
+        self.marks.extend(fx.marks);
     }
 
     /// Finishes job `index` (modulo the number pending) the way the store
@@ -469,6 +479,10 @@ impl Sim {
             }
             Work::Store(StoreRequest::TakeInbox { .. }) => {
                 WorkResult::Store(Ok(StoreOutput::Rows(Vec::new())))
+            }
+            Work::Store(StoreRequest::CreateUser { .. }) => {
+                self.next_message_id += 1;
+                WorkResult::Store(Ok(StoreOutput::Ids(vec![self.next_message_id])))
             }
             Work::Store(_) => WorkResult::Store(Ok(StoreOutput::Done)),
         }

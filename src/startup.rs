@@ -7,7 +7,7 @@ use std::io;
 use std::path::Path;
 
 use crate::auth;
-use crate::commands::{Account, Chat, ChatSettings, Clock};
+use crate::commands::{Account, Chat, ChatSettings, Clock, ReadState};
 use crate::config::{Config, Registration};
 use crate::protocol;
 use crate::store::{Store, StoreRequest};
@@ -30,14 +30,11 @@ pub fn open(config: &Config) -> io::Result<(Store, Chat)> {
     let mut accounts: HashMap<String, Account> = snapshot
         .users
         .into_iter()
-        .map(|(name, (hash, last_seen))| {
-            let unread = snapshot.unread.get(&name).copied().unwrap_or(0);
-            let account = Account {
-                hash,
-                unread,
-                last_seen,
-                blocks: Default::default(),
-            };
+        .map(|(name, user)| {
+            let mut account = Account::new(user.hash, user.slot);
+            account.unread = snapshot.unread.get(&name).copied().unwrap_or(0);
+            account.last_seen = user.last_seen;
+            account.read = ReadState::new(user.slot, user.marks);
             (name, account)
         })
         .collect();

@@ -58,6 +58,16 @@ impl Reply {
         self
     }
 
+    /// Bytes so far (where the next line starts).
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether no line was added yet.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
     /// Finishes with `+ <text>`.
     pub fn ok(mut self, text: &str) -> Vec<u8> {
         push_line(&mut self.bytes, SIGIL_OK, text);

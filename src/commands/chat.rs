@@ -14,7 +14,9 @@ use crate::store::StoreRequest;
 use super::job::{write_failed, Cont, Effects, Step, WorkResult};
 use super::login::Failures;
 use super::parse::{Command, MemberCommand};
+use super::read_marks::ReadState;
 use super::{Caller, Clock, LockKey, SessionRef};
+use crate::store::Marks;
 
 /// What a registered user carries in memory.
 #[derive(Clone, Debug)]
@@ -27,6 +29,21 @@ pub struct Account {
     pub last_seen: Option<i64>,
     /// Users whose messages this user refuses.
     pub blocks: HashSet<String>,
+    /// Which of its messages have left natterd.
+    pub read: ReadState,
+}
+
+impl Account {
+    /// A new account with nothing unread; `slot` is its rowid.
+    pub fn new(hash: String, slot: u64) -> Self {
+        Account {
+            hash,
+            unread: 0,
+            last_seen: None,
+            blocks: HashSet::new(),
+            read: ReadState::new(slot, Marks::default()),
+        }
+    }
 }
 
 /// Chat settings taken from [`Config`].
@@ -71,6 +88,11 @@ pub struct Chat {
     /// Verified when the user is unknown, so a miss costs what a wrong
     /// password costs and timing does not reveal which names exist.
     pub(super) dummy_hash: String,
+    /// Users whose recorded read marks the database has not had yet.
+    pub(super) marks_dirty: Vec<String>,
+    /// Whether an `Advance` is being committed (one at a time: the next
+    /// carries everything that changed meanwhile).
+    pub(super) advance_in_flight: bool,
 }
 
 impl Chat {
@@ -87,6 +109,8 @@ impl Chat {
             registering: HashSet::new(),
             failures: HashMap::new(),
             dummy_hash,
+            marks_dirty: Vec::new(),
+            advance_in_flight: false,
         }
     }
 
@@ -157,12 +181,14 @@ impl Chat {
                 text,
                 targets,
             } => self.direct_committed(kind, from, ts, text, targets, result, fx),
-            Cont::Inbox { user } => self.inbox_read(caller, user, result, fx),
+            Cont::Inbox { user } => self.inbox_read(caller, user, result),
             Cont::History => self.history_read(result),
             Cont::Ack(reply) => match result {
                 WorkResult::Store(Ok(_)) => Step::Reply(reply),
                 _ => Step::Reply(write_failed(&result, "change not saved; try again")),
             },
+            Cont::Returned { users, reply } => self.returned(users, reply, result, fx),
+            Cont::Advanced => self.advanced(result),
             Cont::Block {
                 user,
                 other,
@@ -183,26 +209,19 @@ impl Chat {
         fx.logged_in = Some(user.to_string());
     }
 
-    /// A committed message could not be pushed after all (the recipient's
-    /// session was closing or got dropped as slow): it goes back to the
-    /// inbox. Returns the write that makes that durable.
-    pub fn undelivered(&mut self, user: &str, ids: &[i64]) -> StoreRequest {
-        for _ in ids {
-            self.bump_unread(user);
-        }
-        StoreRequest::MarkUnread { ids: ids.to_vec() }
-    }
-
     pub(super) fn bump_unread(&mut self, user: &str) {
         if let Some(a) = self.accounts.get_mut(user) {
             a.unread = a.unread.saturating_add(1);
         }
     }
 
-    /// The session is ending: it is no longer online, and its user's
-    /// last-seen time moves to now. Returns the write to make, if any.
+    /// The session is ending: it is no longer online, its user's read
+    /// marks wait for [`Chat::left_over`], and the last-seen time moves to
+    /// now. Returns the write to make, if any.
     pub fn disconnect(&mut self, caller: &Caller, now: Clock) -> Option<StoreRequest> {
         let user = caller.user.as_ref()?;
+        // Until what it never wrote out is back in the inbox.
+        self.hold_marks(user);
         if self.online.get(user) != Some(&caller.session) {
             // Replaced by a newer session: the user is still online.
             return None;

@@ -177,6 +177,7 @@ impl Chat {
         };
         let mut line: Option<Rc<[u8]>> = None;
         let mut now_unread = Vec::new();
+        let mut left = Vec::new();
         let mut ids = ids.into_iter();
         for t in targets.iter_mut() {
             match t.status {
@@ -198,9 +199,11 @@ impl Chat {
                         }
                         _ => {
                             // Left between submit and commit: it was
-                            // stored as read, so the inbox must get it.
+                            // stored as on its way to a session, so the
+                            // inbox must get it.
                             t.status = DirectStatus::Stored;
                             now_unread.extend(id);
+                            left.push(t.user.clone());
                             self.bump_unread(&t.user);
                         }
                     }
@@ -217,10 +220,7 @@ impl Chat {
             Step::Reply(reply)
         } else {
             // "stored" is a promise: acknowledge once the inbox flag is durable.
-            Step::Wait(Job {
-                cont: Cont::Ack(reply),
-                work: Work::Store(StoreRequest::MarkUnread { ids: now_unread }),
-            })
+            Step::Wait(self.return_to_inbox(left, now_unread, reply))
         }
     }
 

@@ -13,7 +13,7 @@ use std::time::Instant;
 use crate::auth::{HashOutcome, HashWork};
 use crate::protocol::ByeReason;
 use crate::protocol::{err, ErrorCode};
-use crate::store::{StoreError, StoreOutput, StoreRequest};
+use crate::store::{Marks, StoreError, StoreOutput, StoreRequest};
 
 use super::direct::{DirectKind, DirectTarget};
 use super::SessionRef;
@@ -28,6 +28,14 @@ pub enum Step {
     Done,
     /// The complete reply: data lines and one completion.
     Reply(Vec<u8>),
+    /// An `inbox` reply, with where each row's line ends in it and its
+    /// message id: a row counts as read once its line has left natterd.
+    Inbox {
+        /// The reply.
+        reply: Vec<u8>,
+        /// (end offset in `reply`, message id), in order.
+        rows: Vec<(usize, i64)>,
+    },
     /// Waiting for background work; the reply comes from [`super::Chat::complete`].
     Wait(Job),
 }
@@ -97,7 +105,7 @@ pub enum Cont {
         text: String,
         targets: Vec<DirectTarget>,
     },
-    /// Unread messages read and marked read.
+    /// Inbox rows read (they stay unread until written out).
     Inbox { user: String },
     /// History rows read.
     History,
@@ -114,6 +122,14 @@ pub enum Cont {
         /// Whether the block existed before.
         had: bool,
     },
+    /// Messages going back to these users' inboxes; their read marks wait
+    /// for this (see `read_marks.rs`). `reply`, if any, answers a command.
+    Returned {
+        users: Vec<String>,
+        reply: Option<Vec<u8>>,
+    },
+    /// Read marks copied into the database.
+    Advanced,
     /// A write nobody waits for (last-seen times); failures are only logged.
     Background,
 }
@@ -183,4 +199,6 @@ pub struct Effects {
     pub logged_in: Option<String>,
     /// The caller asked to leave (`quit`/`logout`).
     pub quit: bool,
+    /// Read marks to record: (slot, marks).
+    pub marks: Vec<(u64, Marks)>,
 }

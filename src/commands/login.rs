@@ -2,14 +2,13 @@
 //! account write, and lockouts after repeated failures (per username and
 //! address).
 
-use std::collections::HashSet;
 use std::net::IpAddr;
 use std::time::Instant;
 
 use crate::auth::{HashOutcome, HashWork};
 use crate::config::Registration;
 use crate::protocol::{err, ok, ErrorCode, MAX_PASSWORD_LEN, MIN_PASSWORD_LEN};
-use crate::store::StoreRequest;
+use crate::store::{Marks, StoreOutput, StoreRequest};
 
 use super::chat::Account;
 use super::job::{write_failed, Cont, Effects, Job, Step, Work, WorkResult};
@@ -183,20 +182,18 @@ impl Chat {
         result: WorkResult,
         fx: &mut Effects,
     ) -> Step {
-        let WorkResult::Store(Ok(_)) = result else {
+        let WorkResult::Store(Ok(out)) = result else {
             self.registering.remove(&user);
             return Step::Reply(write_failed(&result, "could not register; try again later"));
         };
         self.registering.remove(&user);
-        self.accounts.insert(
-            user.clone(),
-            Account {
-                hash,
-                unread: 0,
-                last_seen: None,
-                blocks: HashSet::new(),
-            },
-        );
+        let slot = match out {
+            StoreOutput::Ids(ids) => ids.first().map_or(0, |id| (*id).max(0) as u64),
+            _ => 0,
+        };
+        // A new account's marks start at zero, whatever its slot held.
+        fx.marks.push((slot, Marks::default()));
+        self.accounts.insert(user.clone(), Account::new(hash, slot));
         match caller {
             Some(caller) if caller.user.is_none() => {
                 self.enter(caller, &user, fx);

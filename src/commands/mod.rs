@@ -7,7 +7,8 @@
 //!   whose result comes back with its [`Cont`]), and [`Effects`] for others.
 //! - [`Chat`] (`chat.rs`) owns the in-memory state; its commands are split by
 //!   topic: `login.rs` (login, register, lockouts), `direct.rs` (send and
-//!   both broadcasts), `reads.rs` (who is online, inbox, history, blocks).
+//!   both broadcasts), `reads.rs` (who is online, inbox, history, blocks),
+//!   `read_marks.rs` (which messages have left natterd).
 //!
 //! Nothing here touches a socket, a file or a thread, and time is passed in,
 //! so all of it runs in unit tests and fuzzers exactly as in the server.
@@ -20,12 +21,14 @@ mod direct;
 pub mod job;
 mod login;
 pub mod parse;
+mod read_marks;
 mod reads;
 
 pub use chat::{Account, Chat, ChatSettings};
 pub use direct::{DirectKind, DirectStatus, DirectTarget};
 pub use job::{Cont, Delivery, Effects, Job, LockKey, Step, StoredMessage, Work, WorkResult};
 pub use parse::{parse, parse_line, Command, MemberCommand, ParseError};
+pub use read_marks::ReadState;
 
 /// Longest `wholast` window: one week, in minutes.
 pub const MAX_WHOLAST_MINUTES: u32 = 10_080;

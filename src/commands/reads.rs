@@ -4,7 +4,7 @@
 use crate::protocol::{self, err, ok, ErrorCode, Reply};
 use crate::store::{MessageRow, StoreOutput, StoreRequest};
 
-use super::job::{write_failed, Cont, Effects, Job, Step, Work, WorkResult};
+use super::job::{write_failed, Cont, Job, Step, Work, WorkResult};
 use super::{Caller, Chat, Clock, INBOX_PAGE};
 
 impl Chat {
@@ -40,10 +40,12 @@ impl Chat {
     }
 
     pub(super) fn inbox(&self, me: String) -> Step {
+        let after = self.accounts.get(&me).map_or(0, |a| a.read.inbox_sent);
         Step::Wait(Job {
             cont: Cont::Inbox { user: me.clone() },
             work: Work::Store(StoreRequest::TakeInbox {
                 user: me,
+                after,
                 limit: INBOX_PAGE,
             }),
         })
@@ -54,24 +56,23 @@ impl Chat {
         caller: Option<&Caller>,
         user: String,
         result: WorkResult,
-        fx: &mut Effects,
     ) -> Step {
         let WorkResult::Store(Ok(StoreOutput::Rows(rows))) = result else {
             return read_failed();
         };
         if caller.is_none() {
-            // Marked read, but the reader is gone: back to the inbox.
-            let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-            if !ids.is_empty() {
-                fx.background.push(StoreRequest::MarkUnread { ids });
-            }
+            // The reader is gone; the rows stay in the inbox.
             return Step::Done;
         }
         let left = self.accounts.get_mut(&user).map(|a| {
             a.unread = a.unread.saturating_sub(rows.len() as u32);
+            if let Some(last) = rows.last() {
+                a.read.inbox_sent = a.read.inbox_sent.max(last.id);
+            }
             a.unread
         });
         let mut reply = Reply::new();
+        let mut ends = Vec::with_capacity(rows.len());
         for row in &rows {
             reply.data(&format!(
                 "{} {} {}",
@@ -79,12 +80,16 @@ impl Chat {
                 row.sender,
                 row.body
             ));
+            ends.push((reply.len(), row.id));
         }
         let text = match left {
             Some(n) if n > 0 => format!("{} unread ({n} more waiting: inbox again)", rows.len()),
             _ => format!("{} unread", rows.len()),
         };
-        Step::Reply(reply.ok(&text))
+        Step::Inbox {
+            reply: reply.ok(&text),
+            rows: ends,
+        }
     }
 
     pub(super) fn history(&self, me: String, with: Option<String>, count: u32) -> Step {

@@ -1,13 +1,12 @@
 //! Command parsing and chat logic without sockets, threads or real time.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use super::*;
 use crate::auth::{HashOutcome, HashWork};
 use crate::config::{HashCost, Registration};
 use crate::protocol::ByeReason;
-use crate::store::{MessageRow, StoreOutput, StoreRequest};
+use crate::store::{Marks, MessageRow, StoreOutput, StoreRequest};
 
 /// Parses a member's line into its command, or the error line.
 fn parse_in(line: &str) -> Result<MemberCommand, String> {
@@ -166,17 +165,12 @@ fn settings() -> ChatSettings {
     }
 }
 
-fn account() -> Account {
-    Account {
-        hash: "hash".into(),
-        unread: 0,
-        last_seen: None,
-        blocks: HashSet::new(),
-    }
-}
-
 fn chat_with(users: &[&str]) -> Chat {
-    let accounts = users.iter().map(|u| (u.to_string(), account())).collect();
+    let accounts = users
+        .iter()
+        .enumerate()
+        .map(|(i, u)| (u.to_string(), Account::new("hash".into(), i as u64 + 1)))
+        .collect();
     Chat::new(settings(), accounts, "dummy".into())
 }
 
@@ -222,7 +216,7 @@ fn log_in(chat: &mut Chat, c: &mut Caller, user: &str, now: Clock) -> Effects {
 
 fn reply_text(step: Step) -> String {
     match step {
-        Step::Reply(r) => String::from_utf8(r).unwrap(),
+        Step::Reply(r) | Step::Inbox { reply: r, .. } => String::from_utf8(r).unwrap(),
         Step::Done => panic!("expected a reply, got nothing"),
         Step::Wait(job) => panic!("expected a reply, got a job {job:?}"),
     }
@@ -600,4 +594,129 @@ fn a_full_inbox_refuses_more_until_it_is_read() {
         chat.execute(&alice, send, clock(t0, 2), &mut fx),
         Step::Wait(_)
     ));
+}
+
+/// A message going back to the inbox must not be overtaken by a higher
+/// `pushed` mark: if natterd died before that write committed, it would
+/// count as read although it never left.
+#[test]
+fn read_marks_wait_while_a_message_goes_back_to_the_inbox() {
+    let t0 = Instant::now();
+    let mut chat = chat_with(&["alice", "bob"]);
+    let mut bob = caller(2, None);
+    log_in(&mut chat, &mut bob, "bob", clock(t0, 0));
+    let slot = chat.accounts["bob"].read.slot;
+
+    let recorded = chat.written("bob", 5, 0);
+    assert_eq!(
+        recorded,
+        Some((
+            slot,
+            Marks {
+                pushed: 5,
+                inboxed: 0
+            }
+        ))
+    );
+    assert_eq!(chat.written("bob", 5, 0), None, "nothing moved");
+
+    // bob's session stops being open with message 6 unwritten; a newer
+    // session meanwhile writes 7.
+    chat.disconnect(&bob, clock(t0, 1));
+    assert_eq!(
+        chat.written("bob", 7, 0),
+        None,
+        "held while bob's old session drains"
+    );
+    let mut fx = Effects::default();
+    let job = chat
+        .left_over("bob", &[6], &[], &mut fx)
+        .expect("message 6 goes back to the inbox");
+    assert!(fx.marks.is_empty(), "still held until that write commits");
+    assert!(matches!(
+        job.work,
+        Work::Store(StoreRequest::MarkUnread { ref ids }) if ids == &[6]
+    ));
+    assert_eq!(chat.accounts["bob"].unread, 1);
+
+    let step = chat.complete(
+        None,
+        job.cont,
+        WorkResult::Store(Ok(StoreOutput::Done)),
+        clock(t0, 2),
+        &mut fx,
+    );
+    assert!(matches!(step, Step::Done));
+    assert_eq!(
+        fx.marks,
+        vec![(
+            slot,
+            Marks {
+                pushed: 7,
+                inboxed: 0
+            }
+        )]
+    );
+    let advance = chat.take_advance().expect("the database's copy is due");
+    assert!(matches!(
+        advance.work,
+        Work::Store(StoreRequest::Advance(ref m)) if m == &[("bob".to_string(), Marks { pushed: 7, inboxed: 0 })]
+    ));
+    assert!(chat.take_advance().is_none(), "one at a time");
+}
+
+/// Inbox rows never written out are offered again by the next `inbox`.
+#[test]
+fn inbox_rows_never_written_out_are_offered_again() {
+    let t0 = Instant::now();
+    let mut chat = chat_with(&["bob"]);
+    let mut bob = caller(2, None);
+    log_in(&mut chat, &mut bob, "bob", clock(t0, 0));
+    chat.accounts.get_mut("bob").unwrap().unread = 3;
+    let mut fx = Effects::default();
+    let Step::Wait(job) = chat.execute(
+        &bob,
+        member("bob", MemberCommand::Inbox),
+        clock(t0, 1),
+        &mut fx,
+    ) else {
+        panic!("inbox reads the store")
+    };
+    let rows = (10..13)
+        .map(|id| MessageRow {
+            id,
+            ts: 0,
+            sender: "alice".into(),
+            recipient: "bob".into(),
+            body: format!("m{id}"),
+        })
+        .collect();
+    let step = chat.complete(
+        Some(&bob),
+        job.cont,
+        WorkResult::Store(Ok(StoreOutput::Rows(rows))),
+        clock(t0, 1),
+        &mut fx,
+    );
+    let Step::Inbox { rows, .. } = step else {
+        panic!("an inbox reply with its rows")
+    };
+    assert_eq!(rows.iter().map(|r| r.1).collect::<Vec<_>>(), [10, 11, 12]);
+    // Only row 10 left natterd before the session closed.
+    chat.written("bob", 0, 10);
+    chat.disconnect(&bob, clock(t0, 2));
+    assert!(chat.left_over("bob", &[], &[11, 12], &mut fx).is_none());
+    let Step::Wait(job) = chat.execute(
+        &bob,
+        member("bob", MemberCommand::Inbox),
+        clock(t0, 3),
+        &mut fx,
+    ) else {
+        panic!("inbox reads the store")
+    };
+    assert!(matches!(
+        job.work,
+        Work::Store(StoreRequest::TakeInbox { after: 10, .. })
+    ));
+    assert_eq!(chat.accounts["bob"].unread, 2);
 }

@@ -36,6 +36,7 @@ impl Server {
         for (at, key) in fx.lock_timers {
             self.deadlines.insert((at, Timer::Lock(key)));
         }
+        self.record_marks(fx.marks);
     }
 
     /// Queues an event line for one session; one whose unread backlog
@@ -69,8 +70,9 @@ impl Server {
             },
         };
         if let (false, Some(stored)) = (taken, delivery.stored) {
-            let request = self.chat.undelivered(&stored.recipient, &[stored.id]);
-            self.background(request);
+            if let Some(job) = self.chat.undelivered(&stored.recipient, &[stored.id], &[]) {
+                self.dispatch(job, None);
+            }
         }
     }
 

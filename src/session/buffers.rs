@@ -1,5 +1,6 @@
 //! The small pure parts of a session: its output buffer with the counters
-//! that tell replies from events and written from queued, the reply order
+//! that tell replies from events and written from queued (and the stored
+//! messages in it, until they reach the kernel), the reply order
 //! that releases completions in command order, and the rate bucket.
 
 use std::collections::VecDeque;
@@ -23,10 +24,27 @@ pub struct Output {
     written_total: u64,
     /// `pushed_total` right after the latest reply was queued.
     replies_end: u64,
-    /// Stored direct messages queued but not yet written, as
-    /// (`pushed_total` at the end of the line, message id). If the session
-    /// dies with some unwritten, they go back to the inbox.
-    unsent_direct: VecDeque<(u64, i64)>,
+    /// Bytes known to have reached the kernel: with TLS, taken by rustls
+    /// is not enough, its records must be written too.
+    kernel_total: u64,
+    /// Stored messages queued but not yet in the kernel, as (`pushed_total`
+    /// at the end of the line, which). If the session dies with some
+    /// there, they are still unread.
+    unsent: VecDeque<(u64, Unsent)>,
+    /// Inbox rows of replies never queued (see `never_sent`).
+    never_sent: Vec<i64>,
+    /// Highest pushed and inbox ids that reached the kernel since
+    /// `take_left` last looked (0: none).
+    left: (i64, i64),
+}
+
+/// A stored message in the output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unsent {
+    /// A `* msg` (or list `* broadcast`) event.
+    Push(i64),
+    /// A row of an `inbox` reply.
+    Inbox(i64),
 }
 
 impl Output {
@@ -48,10 +66,27 @@ impl Output {
     }
 
     /// Appends the event line of a stored direct message, remembering its
-    /// id until the line is written.
+    /// id until the line reaches the kernel.
     pub fn push_direct(&mut self, bytes: &[u8], id: i64) {
         self.push(bytes);
-        self.unsent_direct.push_back((self.pushed_total, id));
+        self.unsent.push_back((self.pushed_total, Unsent::Push(id)));
+    }
+
+    /// Appends an `inbox` reply, remembering each row's id until its line
+    /// reaches the kernel; `rows` are (end offset in `bytes`, id).
+    pub fn push_reply_rows(&mut self, bytes: &[u8], rows: &[(usize, i64)]) {
+        let base = self.pushed_total;
+        self.push_reply(bytes);
+        for &(end, id) in rows {
+            self.unsent
+                .push_back((base + end as u64, Unsent::Inbox(id)));
+        }
+    }
+
+    /// Inbox rows that were never queued (their session was closing):
+    /// tracked as unsent until `take_unsent`.
+    pub fn never_sent(&mut self, rows: &[(usize, i64)]) {
+        self.never_sent.extend(rows.iter().map(|(_, id)| *id));
     }
 
     /// Unsent bytes.
@@ -76,12 +111,30 @@ impl Output {
         let n = n.min(self.pending_len());
         self.sent += n;
         self.written_total += n as u64;
-        while self
-            .unsent_direct
-            .front()
-            .is_some_and(|(end, _)| *end <= self.written_total)
-        {
-            self.unsent_direct.pop_front();
+    }
+
+    /// Everything taken so far is in the kernel: the stored messages it
+    /// holds count as read.
+    pub fn reached_kernel(&mut self) {
+        self.kernel_total = self.written_total;
+        while let Some(&(end, which)) = self.unsent.front() {
+            if end > self.kernel_total {
+                break;
+            }
+            match which {
+                Unsent::Push(id) => self.left.0 = self.left.0.max(id),
+                Unsent::Inbox(id) => self.left.1 = self.left.1.max(id),
+            }
+            self.unsent.pop_front();
+        }
+    }
+
+    /// The highest (pushed, inbox) ids that reached the kernel since the
+    /// last call, if any did.
+    pub fn take_left(&mut self) -> Option<(i64, i64)> {
+        match std::mem::take(&mut self.left) {
+            (0, 0) => None,
+            left => Some(left),
         }
     }
 
@@ -102,31 +155,44 @@ impl Output {
         }
     }
 
-    /// Ids of direct messages queued but never written (for a closing session).
-    pub fn take_unsent_direct(&mut self) -> Vec<i64> {
-        let written = self.written_total;
-        self.unsent_direct
-            .drain(..)
-            .filter(|(end, _)| *end > written)
-            .map(|(_, id)| id)
-            .collect()
+    /// Ids of the pushed messages and inbox rows queued that never reached
+    /// the kernel (for a closing session); from here on, none is tracked.
+    pub fn take_unsent(&mut self) -> (Vec<i64>, Vec<i64>) {
+        let (mut pushes, mut inbox) = (Vec::new(), std::mem::take(&mut self.never_sent));
+        for (_, which) in self.unsent.drain(..) {
+            match which {
+                Unsent::Push(id) => pushes.push(id),
+                Unsent::Inbox(id) => inbox.push(id),
+            }
+        }
+        (pushes, inbox)
     }
 }
 
 /// Replies waiting for an earlier command's reply, so that each session's
 /// completions go out in command order even when some wait on the store or
 /// the hasher.
-#[derive(Debug, Default)]
-pub struct ReplyOrder {
+#[derive(Debug)]
+pub struct ReplyOrder<R = Vec<u8>> {
     /// Sequence number the next parsed command gets.
     next_seq: u64,
     /// Sequence number of the oldest command whose reply has not been released.
     released_upto: u64,
     /// Replies for `released_upto..next_seq`; `None` while still being worked on.
-    parked: VecDeque<Option<Vec<u8>>>,
+    parked: VecDeque<Option<R>>,
 }
 
-impl ReplyOrder {
+impl<R> Default for ReplyOrder<R> {
+    fn default() -> Self {
+        ReplyOrder {
+            next_seq: 0,
+            released_upto: 0,
+            parked: VecDeque::new(),
+        }
+    }
+}
+
+impl<R> ReplyOrder<R> {
     /// Gives the next command its sequence number.
     pub fn begin(&mut self) -> u64 {
         let seq = self.next_seq;
@@ -137,7 +203,7 @@ impl ReplyOrder {
 
     /// Records command `seq`'s reply and hands every reply that may now be
     /// written, in order, to `release`.
-    pub fn finish(&mut self, seq: u64, reply: Vec<u8>, mut release: impl FnMut(&[u8])) {
+    pub fn finish(&mut self, seq: u64, reply: R, mut release: impl FnMut(R)) {
         let Some(index) = seq
             .checked_sub(self.released_upto)
             .and_then(|i| usize::try_from(i).ok())
@@ -150,11 +216,17 @@ impl ReplyOrder {
             _ => return,
         }
         while let Some(Some(_)) = self.parked.front() {
-            if let Some(Some(bytes)) = self.parked.pop_front() {
-                release(&bytes);
+            if let Some(Some(reply)) = self.parked.pop_front() {
+                release(reply);
             }
             self.released_upto += 1;
         }
+    }
+
+    /// Takes the replies finished but never released (their session is
+    /// going away).
+    pub fn take_parked(&mut self) -> Vec<R> {
+        self.parked.drain(..).flatten().collect()
     }
 
     /// Commands started whose reply has not been released yet.

@@ -265,15 +265,15 @@ fn replies_are_released_in_command_order() {
     let a = order.begin();
     let b = order.begin();
     let c = order.begin();
-    order.finish(b, b"B".to_vec(), |r| out.extend_from_slice(r));
-    order.finish(c, b"C".to_vec(), |r| out.extend_from_slice(r));
+    order.finish(b, b"B".to_vec(), |r: Vec<u8>| out.extend_from_slice(&r));
+    order.finish(c, b"C".to_vec(), |r: Vec<u8>| out.extend_from_slice(&r));
     assert!(out.is_empty());
     assert_eq!(order.outstanding(), 3);
-    order.finish(a, b"A".to_vec(), |r| out.extend_from_slice(r));
+    order.finish(a, b"A".to_vec(), |r: Vec<u8>| out.extend_from_slice(&r));
     assert_eq!(out, b"ABC");
     assert_eq!(order.outstanding(), 0);
     // A stale or duplicate completion is ignored.
-    order.finish(a, b"again".to_vec(), |r| out.extend_from_slice(r));
+    order.finish(a, b"again".to_vec(), |r: Vec<u8>| out.extend_from_slice(&r));
     assert_eq!(out, b"ABC");
 }
 

@@ -144,7 +144,10 @@ fn write_plain(socket: &mut impl Write, out: &mut Output) -> io::Result<()> {
     while out.pending_len() > 0 {
         match socket.write(out.pending()) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => out.advance(n),
+            Ok(n) => {
+                out.advance(n);
+                out.reached_kernel();
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
@@ -186,6 +189,10 @@ fn write_tls(
         // plaintext until it has keys; the next read resumes). Draining
         // rustls's buffer without blocking is progress: loop, or no edge
         // would ever come for the rest.
+        if !conn.wants_write() {
+            // rustls holds nothing: every byte it took is in the kernel.
+            out.reached_kernel();
+        }
         let stuck = accepted == 0 && !wrote_records;
         if blocked || out.pending_len() == 0 || stuck {
             return Ok(());

@@ -10,10 +10,13 @@
 //! A second thread, the reader, answers `history` on its own read-only
 //! connection so reads never wait behind writes. `files.rs` owns the data
 //! directory's lock and the database file's mode and identity; `schema.rs`
-//! the migrations. This file is about 650 lines because the request types,
-//! the two threads and the SQL they run belong together.
+//! the migrations; `marks.rs` the read marks that say which messages have
+//! left natterd (the fold at start is here, with the rest of the SQL). This
+//! file is about 750 lines because the request types, the two threads and
+//! the SQL they run belong together.
 
 mod files;
+pub mod marks;
 mod schema;
 
 use std::collections::HashMap;
@@ -27,6 +30,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 pub use files::LOCK_FILE;
 use files::{lock_data_dir, make_private, DbFile};
+pub use marks::{Marks, ReadMarks, MARKS_FILE};
 
 pub use schema::SCHEMA_VERSION;
 
@@ -51,6 +55,8 @@ pub struct NewMessage {
     /// not 300 copies, while it waits for the store thread.
     pub body: Arc<str>,
     /// Whether it waits in the recipient's inbox (they were offline).
+    /// Otherwise it is on its way to their session, and counts as read
+    /// once its id is within their `pushed` mark.
     pub unread: bool,
 }
 
@@ -72,7 +78,7 @@ pub struct MessageRow {
 /// One unit of work for the store thread.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreRequest {
-    /// A new account.
+    /// A new account; returns its rowid (its slot in the marks file).
     CreateUser {
         name: String,
         hash: String,
@@ -82,8 +88,16 @@ pub enum StoreRequest {
     InsertMessages(Vec<NewMessage>),
     /// Put already stored messages back into their recipients' inboxes.
     MarkUnread { ids: Vec<i64> },
-    /// Read up to `limit` unread messages, oldest first, and mark them read.
-    TakeInbox { user: String, limit: u32 },
+    /// Read up to `limit` inbox messages with ids above `after`, oldest
+    /// first. They stay unread until their rows are written out (`Advance`).
+    TakeInbox {
+        user: String,
+        after: i64,
+        limit: u32,
+    },
+    /// Copy read marks into the database; inbox rows at or below `inboxed`
+    /// leave the inbox.
+    Advance(Vec<(String, Marks)>),
     /// The last `limit` direct messages to or from `user` (with `with` only), oldest first.
     History {
         user: String,
@@ -129,11 +143,24 @@ impl std::fmt::Display for StoreError {
     }
 }
 
+/// An account as loaded at start-up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserRow {
+    /// PHC string of the password hash.
+    pub hash: String,
+    /// When its last session ended.
+    pub last_seen: Option<i64>,
+    /// Its rowid: its slot in the marks file.
+    pub slot: u64,
+    /// Its read marks.
+    pub marks: Marks,
+}
+
 /// What the chat state needs at start-up; message bodies stay on disk.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    /// name → (hash, last seen)
-    pub users: HashMap<String, (String, Option<i64>)>,
+    /// name → account
+    pub users: HashMap<String, UserRow>,
     /// (blocker, blocked)
     pub blocks: Vec<(String, String)>,
     /// name → unread count
@@ -164,6 +191,8 @@ pub struct Store {
     fault_file: Option<PathBuf>,
     /// How long read messages are kept; `None`: forever.
     retention: Option<Duration>,
+    /// The read marks, until the loop takes them.
+    marks: Option<ReadMarks>,
 }
 
 impl Store {
@@ -193,13 +222,31 @@ impl Store {
             .map_err(fail)?;
         schema::migrate(&mut conn)
             .map_err(|e| OpenError(format!("cannot migrate database {}: {e}", path.display())))?;
+        let marks = ReadMarks::open(dir).map_err(|e| {
+            OpenError(format!(
+                "cannot open read marks {}: {e}",
+                dir.join(MARKS_FILE).display()
+            ))
+        })?;
+        fold_marks(&mut conn, &marks).map_err(|e| {
+            OpenError(format!(
+                "cannot apply read marks to {}: {e}",
+                path.display()
+            ))
+        })?;
         Ok(Store {
             conn,
             lock,
             path,
             fault_file: None,
             retention: None,
+            marks: Some(marks),
         })
+    }
+
+    /// Hands over the read marks (to the loop thread, which records them).
+    pub fn take_marks(&mut self) -> Option<ReadMarks> {
+        self.marks.take()
     }
 
     /// Makes every batch fail while `path` exists, so tests can see what
@@ -226,11 +273,24 @@ impl Store {
         let mut snap = Snapshot::default();
         let mut stmt = self
             .conn
-            .prepare("SELECT name, hash, last_seen FROM users")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?)))?;
+            .prepare("SELECT name, hash, last_seen, rowid, pushed, inboxed FROM users")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                UserRow {
+                    hash: r.get(1)?,
+                    last_seen: r.get(2)?,
+                    slot: r.get::<_, i64>(3)?.max(0) as u64,
+                    marks: Marks {
+                        pushed: r.get(4)?,
+                        inboxed: r.get(5)?,
+                    },
+                },
+            ))
+        })?;
         for row in rows {
-            let (name, hash, seen) = row?;
-            snap.users.insert(name, (hash, seen));
+            let (name, user) = row?;
+            snap.users.insert(name, user);
         }
         let mut stmt = self.conn.prepare("SELECT blocker, blocked FROM blocks")?;
         for row in stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))? {
@@ -444,7 +504,10 @@ const PRUNE_AGAIN: Duration = Duration::from_millis(100);
 /// queued meanwhile wait milliseconds, not the whole backlog.
 const PRUNE_BATCH: usize = 1000;
 
-/// Deletes up to `PRUNE_BATCH` read messages older than `keep`; returns
+/// Deletes up to `PRUNE_BATCH` read messages older than `keep` (a row
+/// handed to a session, unread = 2, was written out long before: sessions
+/// do not live for days with unwritten output, and a restart sorts out the
+/// ones that were not); returns
 /// whether it deleted a full batch (so more may be due).
 fn prune(conn: &Connection, keep: Duration) -> bool {
     let cutoff = std::time::SystemTime::now()
@@ -453,7 +516,7 @@ fn prune(conn: &Connection, keep: Duration) -> bool {
         .unwrap_or(0);
     let deleted = conn.execute(
         "DELETE FROM messages WHERE id IN
-           (SELECT id FROM messages WHERE unread = 0 AND ts < ?1 LIMIT ?2)",
+           (SELECT id FROM messages WHERE unread != 1 AND ts < ?1 LIMIT ?2)",
         rusqlite::params![cutoff, PRUNE_BATCH as i64],
     );
     match deleted {
@@ -567,7 +630,7 @@ fn apply(conn: &Connection, request: &StoreRequest) -> rusqlite::Result<StoreOut
         } => {
             conn.prepare_cached("INSERT INTO users (name, hash, created) VALUES (?1, ?2, ?3)")?
                 .execute(params![name, hash, created])?;
-            Ok(StoreOutput::Done)
+            Ok(StoreOutput::Ids(vec![conn.last_insert_rowid()]))
         }
         StoreRequest::InsertMessages(messages) => {
             let mut stmt = conn.prepare_cached(
@@ -575,7 +638,12 @@ fn apply(conn: &Connection, request: &StoreRequest) -> rusqlite::Result<StoreOut
             )?;
             let mut ids = Vec::with_capacity(messages.len());
             for m in messages {
-                stmt.execute(params![m.ts, &*m.sender, m.recipient, &*m.body, m.unread])?;
+                let state = if m.unread {
+                    UNREAD_INBOX
+                } else {
+                    UNREAD_PUSHED
+                };
+                stmt.execute(params![m.ts, &*m.sender, m.recipient, &*m.body, state])?;
                 ids.push(conn.last_insert_rowid());
             }
             Ok(StoreOutput::Ids(ids))
@@ -587,19 +655,21 @@ fn apply(conn: &Connection, request: &StoreRequest) -> rusqlite::Result<StoreOut
             }
             Ok(StoreOutput::Done)
         }
-        StoreRequest::TakeInbox { user, limit } => {
+        StoreRequest::TakeInbox { user, after, limit } => {
             let rows = conn
                 .prepare_cached(
                     "SELECT id, ts, sender, recipient, body FROM messages
-                     WHERE recipient = ?1 AND unread = 1 ORDER BY id LIMIT ?2",
+                     WHERE recipient = ?1 AND unread = 1 AND id > ?2 ORDER BY id LIMIT ?3",
                 )?
-                .query_map(params![user, limit], message_row)?
+                .query_map(params![user, after, limit], message_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            let mut mark = conn.prepare_cached("UPDATE messages SET unread = 0 WHERE id = ?1")?;
-            for row in &rows {
-                mark.execute([row.id])?;
-            }
             Ok(StoreOutput::Rows(rows))
+        }
+        StoreRequest::Advance(marks) => {
+            for (user, m) in marks {
+                advance(conn, user, *m)?;
+            }
+            Ok(StoreOutput::Done)
         }
         StoreRequest::History { user, with, limit } => {
             let mut rows = match with {
@@ -645,6 +715,76 @@ fn apply(conn: &Connection, request: &StoreRequest) -> rusqlite::Result<StoreOut
             Ok(StoreOutput::Done)
         }
     }
+}
+
+/// `unread` of a message waiting in its recipient's inbox.
+const UNREAD_INBOX: i64 = 1;
+/// `unread` of a message handed to its recipient's session: read once its
+/// id is within the recipient's `pushed` mark.
+const UNREAD_PUSHED: i64 = 2;
+
+/// Raises `user`'s marks in the database to `m` and takes the inbox rows
+/// they cover out of the inbox.
+fn advance(conn: &Connection, user: &str, m: Marks) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "UPDATE users SET pushed = max(pushed, ?2), inboxed = max(inboxed, ?3) WHERE name = ?1",
+    )?
+    .execute(params![user, m.pushed, m.inboxed])?;
+    conn.prepare_cached(
+        "UPDATE messages SET unread = 0 WHERE recipient = ?1 AND unread = 1 AND id <= ?2",
+    )?
+    .execute(params![user, m.inboxed])?;
+    Ok(())
+}
+
+/// At start, before anything else reads the messages: what the marks file
+/// recorded beyond the database (the last moments before a crash) goes in,
+/// and every message handed to a session but never written out goes back
+/// to its recipient's inbox. A mark beyond the newest message is not
+/// trusted (a damaged file); that can only make more show as unread.
+fn fold_marks(conn: &mut Connection, marks: &ReadMarks) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    let newest: i64 = tx.query_row("SELECT coalesce(max(id), 0) FROM messages", [], |r| {
+        r.get(0)
+    })?;
+    let users = tx
+        .prepare("SELECT name, rowid, pushed, inboxed FROM users")?
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                Marks {
+                    pushed: r.get(2)?,
+                    inboxed: r.get(3)?,
+                },
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let (mut returned, mut raised) = (0usize, 0usize);
+    for (name, rowid, stored) in users {
+        let file = marks.get(rowid.max(0) as u64);
+        let trusted = |v: i64| if (0..=newest).contains(&v) { v } else { 0 };
+        let m = Marks {
+            pushed: stored.pushed.max(trusted(file.pushed)),
+            inboxed: stored.inboxed.max(trusted(file.inboxed)),
+        };
+        if m != stored {
+            raised += 1;
+            advance(&tx, &name, m)?;
+        }
+        returned += tx
+            .prepare_cached(
+                "UPDATE messages SET unread = 1 WHERE recipient = ?1 AND unread = 2 AND id > ?2",
+            )?
+            .execute(params![name, m.pushed])?;
+    }
+    tx.commit()?;
+    if returned > 0 || raised > 0 {
+        log::info!(
+            "store: read marks of {raised} users applied; {returned} messages never written out are back in their inboxes"
+        );
+    }
+    Ok(())
 }
 
 fn message_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRow> {

@@ -30,6 +30,12 @@ const MIGRATIONS: &[&str] = &[
         blocked TEXT NOT NULL,
         PRIMARY KEY (blocker, blocked)
      ) WITHOUT ROWID;",
+    // 2: read marks (see marks.rs). A message handed to an online session
+    // is stored with unread = 2 and counts as read once its id is at most
+    // its recipient's `pushed`; an inbox row (unread = 1) once at most
+    // `inboxed`. Rows written before this migration keep 0 and 1.
+    "ALTER TABLE users ADD COLUMN pushed INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE users ADD COLUMN inboxed INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The schema version this build writes.

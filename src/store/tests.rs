@@ -26,23 +26,117 @@ fn bodies(out: &Result<StoreOutput, StoreError>) -> Vec<String> {
 }
 
 #[test]
-fn inbox_returns_unread_oldest_first_and_marks_them_read() {
+fn inbox_returns_unread_after_the_cursor_and_keeps_them_until_advanced() {
     let (_dir, mut store) = open();
-    store.run_batch(&[StoreRequest::InsertMessages(vec![
-        msg("a", "b", "one", true),
-        msg("a", "b", "seen", false),
-        msg("c", "b", "two", true),
-        msg("b", "a", "other way", true),
-    ])]);
-    let take = StoreRequest::TakeInbox {
+    store.run_batch(&[
+        StoreRequest::CreateUser {
+            name: "b".into(),
+            hash: "h".into(),
+            created: 0,
+        },
+        StoreRequest::InsertMessages(vec![
+            msg("a", "b", "one", true),
+            msg("a", "b", "seen", false),
+            msg("c", "b", "two", true),
+            msg("b", "a", "other way", true),
+        ]),
+    ]);
+    let take = |after| StoreRequest::TakeInbox {
         user: "b".into(),
+        after,
         limit: 1,
     };
-    let out = store.run_batch(&[take.clone(), take.clone(), take]);
+    let out = store.run_batch(&[take(0), take(1), take(3)]);
     assert_eq!(bodies(&out[0]), ["one"]);
     assert_eq!(bodies(&out[1]), ["two"]);
     assert!(bodies(&out[2]).is_empty());
-    assert_eq!(store.load().unwrap().unread.get("a"), Some(&1));
+    // Read only once written out: both are still unread.
+    assert_eq!(store.load().unwrap().unread.get("b"), Some(&2));
+    let marks = Marks {
+        pushed: 0,
+        inboxed: 1,
+    };
+    store.run_batch(&[StoreRequest::Advance(vec![("b".into(), marks)])]);
+    let snap = store.load().unwrap();
+    assert_eq!(snap.unread.get("b"), Some(&1));
+    assert_eq!(snap.users["b"].marks, marks);
+}
+
+/// What a SIGKILL leaves: messages handed to a session (unread = 2) and
+/// inbox rows, with only the marks file knowing how far the writes got.
+#[test]
+fn reopening_folds_the_marks_file_in_and_returns_what_never_left() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut store = Store::open(dir.path()).unwrap();
+        store.run_batch(&[
+            StoreRequest::CreateUser {
+                name: "b".into(),
+                hash: "h".into(),
+                created: 0,
+            },
+            StoreRequest::InsertMessages(vec![
+                msg("a", "b", "inbox 1", true),
+                msg("a", "b", "inbox 2", true),
+                msg("a", "b", "pushed 3", false),
+                msg("a", "b", "pushed 4", false),
+                msg("a", "b", "pushed 5", false),
+            ]),
+        ]);
+        let slot = store.load().unwrap().users["b"].slot;
+        let mut marks = store.take_marks().unwrap();
+        marks
+            .set(
+                slot,
+                Marks {
+                    pushed: 4,
+                    inboxed: 1,
+                },
+            )
+            .unwrap();
+        // Dropped without any Advance: as if killed.
+    }
+    let mut store = Store::open(dir.path()).unwrap();
+    let snap = store.load().unwrap();
+    assert_eq!(snap.unread.get("b"), Some(&2), "inbox 2 and pushed 5");
+    assert_eq!(
+        snap.users["b"].marks,
+        Marks {
+            pushed: 4,
+            inboxed: 1
+        }
+    );
+    let out = store.run_batch(&[StoreRequest::TakeInbox {
+        user: "b".into(),
+        after: 1,
+        limit: 10,
+    }]);
+    assert_eq!(bodies(&out[0]), ["inbox 2", "pushed 5"]);
+}
+
+/// A damaged marks file can only make more show as unread.
+#[test]
+fn a_mark_beyond_the_newest_message_is_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut store = Store::open(dir.path()).unwrap();
+        store.run_batch(&[
+            StoreRequest::CreateUser {
+                name: "b".into(),
+                hash: "h".into(),
+                created: 0,
+            },
+            StoreRequest::InsertMessages(vec![msg("a", "b", "pushed", false)]),
+        ]);
+        let slot = store.load().unwrap().users["b"].slot;
+        let bogus = Marks {
+            pushed: i64::MAX,
+            inboxed: -5,
+        };
+        store.take_marks().unwrap().set(slot, bogus).unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.load().unwrap().unread.get("b"), Some(&1));
 }
 
 #[test]
@@ -108,10 +202,8 @@ fn data_and_schema_version_survive_reopening() {
         ]);
     }
     let store = Store::open(dir.path()).unwrap();
-    assert_eq!(
-        store.load().unwrap().users["a"],
-        ("h".to_string(), Some(42))
-    );
+    let a = &store.load().unwrap().users["a"];
+    assert_eq!((a.hash.as_str(), a.last_seen), ("h", Some(42)));
     let version: u32 = store
         .conn
         .pragma_query_value(None, "user_version", |r| r.get(0))

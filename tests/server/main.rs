@@ -5,4 +5,5 @@ mod contract;
 mod durability;
 mod hostile;
 mod tls;
+mod unread;
 mod util;

@@ -256,6 +256,30 @@ impl Drop for Server {
     }
 }
 
+/// A connection with a 4 KiB receive window, greeting read: a client on a
+/// slow link, or one that stops reading, makes the server hold its output.
+pub fn slow_link(server: &Server) -> Client {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    socket
+        .connect_timeout(&server.addr.into(), TIMEOUT)
+        .expect("connect");
+    let mut c = Client::from_stream(TcpStream::from(socket));
+    c.skip_greeting();
+    c
+}
+
+/// The complete lines of what arrived: a line cut off at the end was not
+/// delivered.
+pub fn complete_lines(raw: &[u8]) -> Vec<String> {
+    let end = raw.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    String::from_utf8_lossy(&raw[..end])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 /// One TCP connection to the server, reading line by line with timeouts.
 /// Events (`*` lines) that arrive while a reply is awaited are kept aside
 /// for `expect_event`.
@@ -399,6 +423,38 @@ impl Client {
     pub fn login(&mut self, user: &str, password: &str) {
         let reply = self.cmd1(&format!("login {user} {password}"));
         assert!(reply.starts_with(&format!("+ welcome {user} ")), "{reply}");
+    }
+
+    /// Everything left until the server's side is closed, raw (what the
+    /// kernel had accepted still arrives after natterd is killed).
+    pub fn read_to_end(&mut self) -> Vec<u8> {
+        use std::io::Read;
+        let mut raw = self.reader.buffer().to_vec();
+        self.reader.consume(raw.len());
+        let mut chunk = [0u8; 65536];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return raw,
+                Ok(n) => raw.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return raw,
+                Err(e) => panic!("read failed: {e}"),
+            }
+        }
+    }
+
+    /// Reads `inbox` until it is empty; returns every row, in order.
+    pub fn drain_inbox(&mut self) -> Vec<String> {
+        let mut rows = Vec::new();
+        loop {
+            let mut reply = self.cmd("inbox");
+            let done = reply.pop().expect("a completion");
+            assert!(done.starts_with("+ "), "inbox failed: {done}");
+            if reply.is_empty() {
+                return rows;
+            }
+            rows.extend(reply);
+        }
     }
 
     /// Waits until the server closes the connection, returning what came before.
