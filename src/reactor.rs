@@ -538,7 +538,9 @@ impl Server {
             };
             let open = conn.session.is_open();
             // Output that had held its input back has drained: serve it.
-            let held_input = open && (conn.readable || conn.session.buffered_input() > 0);
+            // (or the next part of a long reply may now be read).
+            let held_input = open
+                && (conn.readable || conn.session.buffered_input() > 0 || conn.session.has_work());
             // A write changes no deadline; settle only what it can change
             // (this runs once per recipient of every fan-out).
             let changed = !open || conn.session.wants_write() != conn.write_interest;

@@ -175,6 +175,20 @@ pub struct Outbox {
     pub effects: Effects,
 }
 
+/// A job held back by its session until it may start.
+#[derive(Debug)]
+struct Deferred {
+    job: Job,
+    reply_to: ReplyTo,
+    /// Also wait until the output is down to `PART_LOW_WATER`.
+    drained: bool,
+}
+
+/// A long reply's next part is read once the unsent output is down to
+/// this: the client has taken most of the last part, and a session that
+/// never reads holds one part, not the whole reply.
+pub const PART_LOW_WATER: usize = 64 * 1024;
+
 /// A reply and the inbox rows in it: (end offset, message id) each.
 type ReadyReply = (Vec<u8>, Vec<(usize, i64)>);
 
@@ -216,9 +230,11 @@ pub struct Session {
     /// Bytes its commands have waiting for the store (see `STORE_SHARE`).
     queued_bytes: usize,
     /// A `history` waiting for this session's earlier commands to be
-    /// answered before it is read (see `step`). Boxed: a job is a few
-    /// hundred bytes that ten thousand idle sessions would each carry.
-    deferred: Option<Box<(Job, ReplyTo)>>,
+    /// answered before it is read, or the next part of a long reply
+    /// waiting for the client to take most of the last (see `step`).
+    /// Boxed: a job is a few hundred bytes that ten thousand idle sessions
+    /// would each carry.
+    deferred: Option<Box<Deferred>>,
     /// Where its input stands.
     input: InputState,
     /// Whether and how it is closing.
@@ -359,9 +375,10 @@ impl Session {
         self.inbuf.len()
     }
 
-    /// Bytes queued and not yet written.
+    /// Bytes queued and not yet written, events held behind a reply in
+    /// parts included.
     pub fn pending_output(&self) -> usize {
-        self.output.pending_len()
+        self.output.pending_len() + self.output.held_len()
     }
 
     /// Unsent bytes queued after its last reply (see [`Output::event_backlog`]).
@@ -415,9 +432,30 @@ impl Session {
     /// Whether it has a complete line it may handle now: after its output
     /// drained, say, or a job it waited for came back.
     pub fn has_work(&self) -> bool {
-        self.can_process()
-            && (self.inbuf.contains(&b'\n')
-                || (self.input == InputState::PeerClosed && !self.inbuf.is_empty()))
+        self.deferred_ready()
+            || (self.can_process()
+                && (self.inbuf.contains(&b'\n')
+                    || (self.input == InputState::PeerClosed && !self.inbuf.is_empty())))
+    }
+
+    /// Whether its held-back job may start now: every earlier command is
+    /// answered, and for the next part of a reply, the last one has mostly
+    /// left.
+    fn deferred_ready(&self) -> bool {
+        self.is_open()
+            && self.deferred.as_ref().is_some_and(|d| {
+                self.replies.outstanding() == 1
+                    && (!d.drained || self.output.pending_len() <= PART_LOW_WATER)
+            })
+    }
+
+    /// Starts its held-back job if it may start now.
+    fn start_deferred(&mut self, out: &mut Outbox) {
+        if self.deferred_ready() {
+            if let Some(d) = self.deferred.take() {
+                out.jobs.push((d.job, Some(d.reply_to)));
+            }
+        }
     }
 
     // ----- bytes in and out ---------------------------------------------
@@ -473,6 +511,8 @@ impl Session {
             self.turn_pass = pass;
             self.turn_lines = 0;
         }
+        // The next part of a long reply, once the last has mostly left.
+        self.start_deferred(out);
         // Taken out so lines can be borrowed from it while `self` changes.
         let inbuf = std::mem::take(&mut self.inbuf);
         let mut consumed = 0;
@@ -571,6 +611,26 @@ impl Session {
         match step {
             Step::Reply(reply) => self.release(seq, reply, Vec::new()),
             Step::Inbox { reply, rows } => self.release(seq, reply, rows),
+            Step::More { part, next } => {
+                // Only the reply next out is ever sent in parts (a history
+                // starts once every earlier command is answered), so the
+                // part goes straight to the output; its completion comes
+                // through `release` with the last part.
+                debug_assert_eq!(self.replies.outstanding(), 1);
+                if self.close == CloseState::Open {
+                    self.output.push_reply_part(&part);
+                }
+                self.waiting_on = Some(seq);
+                let reply_to = ReplyTo {
+                    session: self.caller.session,
+                    seq,
+                };
+                self.deferred = Some(Box::new(Deferred {
+                    job: next,
+                    reply_to,
+                    drained: true,
+                }));
+            }
             // Only a job whose caller is gone ends without a word; a command
             // still gets its place in the order released.
             Step::Done => self.release(seq, Vec::new(), Vec::new()),
@@ -583,11 +643,16 @@ impl Session {
                     session: self.caller.session,
                     seq,
                 };
-                if matches!(job.cont, Cont::History) && self.replies.outstanding() > 1 {
+                if matches!(job.cont, Cont::History(_)) && self.replies.outstanding() > 1 {
                     // History is read on its own connection, which does not
                     // wait for the writes of this session's earlier
-                    // commands: it starts once they are answered.
-                    self.deferred = Some(Box::new((job, reply_to)));
+                    // commands: it starts once they are answered (and so
+                    // its reply is the next out, which its parts rely on).
+                    self.deferred = Some(Box::new(Deferred {
+                        job,
+                        reply_to,
+                        drained: false,
+                    }));
                 } else {
                     out.jobs.push((job, Some(reply_to)));
                 }
@@ -627,12 +692,7 @@ impl Session {
             self.waiting_on = None;
         }
         self.step(seq, step, out);
-        if self.replies.outstanding() == 1 {
-            if let Some(deferred) = self.deferred.take() {
-                let (job, reply_to) = *deferred;
-                out.jobs.push((job, Some(reply_to)));
-            }
-        }
+        self.start_deferred(out);
         self.maybe_finish(now.mono);
     }
 
@@ -670,10 +730,7 @@ impl Session {
         if !self.is_open() {
             return Pushed::Refused;
         }
-        match stored_id {
-            Some(id) => self.output.push_direct(line, id),
-            None => self.output.push(line),
-        }
+        self.output.push_event(line, stored_id);
         if self.over_backlog() {
             Pushed::OverLimit
         } else {

@@ -120,6 +120,8 @@ pub struct Sim {
     next_message_id: i64,
     /// History rows the fake store returns per `history` request.
     pub history_rows: usize,
+    /// Extra bytes of text in each history row.
+    pub history_padding: usize,
     /// Read marks recorded, by slot, as the marks file would hold them.
     pub marks: HashMap<u64, Marks>,
 }
@@ -156,6 +158,7 @@ impl Sim {
             breaches: Vec::new(),
             next_message_id: 1,
             history_rows: 3,
+            history_padding: 0,
             marks: HashMap::new(),
         }
     }
@@ -465,17 +468,34 @@ impl Sim {
                     .collect();
                 WorkResult::Store(Ok(StoreOutput::Ids(ids)))
             }
-            Work::Store(StoreRequest::History { user, .. }) => {
-                let rows = (0..self.history_rows)
-                    .map(|i| MessageRow {
-                        id: i as i64,
+            Work::Store(StoreRequest::History {
+                user,
+                limit,
+                after,
+                upto,
+                page,
+                ..
+            }) => {
+                // Messages 1..=history_rows; the span is the last `limit`.
+                let newest = self.history_rows as i64;
+                let (after, upto, total) = match upto {
+                    Some(upto) => (*after, *upto, 0),
+                    None => {
+                        let total = newest.min(i64::from(*limit));
+                        (newest - total, newest, total as u32)
+                    }
+                };
+                let rows = (after + 1..=upto)
+                    .take(*page as usize)
+                    .map(|id| MessageRow {
+                        id,
                         ts: self.now.wall,
                         sender: user.clone(),
                         recipient: "someone".into(),
-                        body: format!("history line {i}"),
+                        body: format!("history line {id}{}", "x".repeat(self.history_padding)),
                     })
                     .collect();
-                WorkResult::Store(Ok(StoreOutput::Rows(rows)))
+                WorkResult::Store(Ok(StoreOutput::History { rows, upto, total }))
             }
             Work::Store(StoreRequest::TakeInbox { .. }) => {
                 WorkResult::Store(Ok(StoreOutput::Rows(Vec::new())))

@@ -58,6 +58,12 @@ impl Reply {
         self
     }
 
+    /// The data lines so far, for a reply sent in parts: the completion
+    /// comes with a later part.
+    pub fn partial(self) -> Vec<u8> {
+        self.bytes
+    }
+
     /// Bytes so far (where the next line starts).
     pub fn len(&self) -> usize {
         self.bytes.len()

@@ -182,7 +182,7 @@ impl Chat {
                 targets,
             } => self.direct_committed(kind, from, ts, text, targets, result, fx),
             Cont::Inbox { user } => self.inbox_read(caller, user, result),
-            Cont::History => self.history_read(result),
+            Cont::History(cursor) => self.history_read(cursor, result),
             Cont::Ack(reply) => match result {
                 WorkResult::Store(Ok(_)) => Step::Reply(reply),
                 _ => Step::Reply(write_failed(&result, "change not saved; try again")),

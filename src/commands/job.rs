@@ -38,6 +38,10 @@ pub enum Step {
     },
     /// Waiting for background work; the reply comes from [`super::Chat::complete`].
     Wait(Job),
+    /// A part of a long reply (data lines, no completion), and the job for
+    /// the next part: started once the client has taken most of this one.
+    /// Events wait until the reply is complete, so none lands inside it.
+    More { part: Vec<u8>, next: Job },
 }
 
 /// Background work plus what to do with its result.
@@ -107,8 +111,8 @@ pub enum Cont {
     },
     /// Inbox rows read (they stay unread until written out).
     Inbox { user: String },
-    /// History rows read.
-    History,
+    /// A page of history read; where the reply stands.
+    History(Box<super::HistoryCursor>),
     /// A write whose only reply is this fixed line once it is committed.
     Ack(Vec<u8>),
     /// A block or unblock being written; undone in memory if that fails.
@@ -156,7 +160,7 @@ impl Cont {
                 | Cont::RegisterHashed { .. }
                 | Cont::RegisterStored { .. }
                 | Cont::Inbox { .. }
-                | Cont::History
+                | Cont::History(_)
         )
     }
 }

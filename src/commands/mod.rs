@@ -24,6 +24,8 @@ pub mod parse;
 mod read_marks;
 mod reads;
 
+pub use reads::HistoryCursor;
+
 pub use chat::{Account, Chat, ChatSettings};
 pub use direct::{DirectKind, DirectStatus, DirectTarget};
 pub use job::{Cont, Delivery, Effects, Job, LockKey, Step, StoredMessage, Work, WorkResult};
@@ -36,6 +38,10 @@ pub const MAX_WHOLAST_MINUTES: u32 = 10_080;
 pub const DEFAULT_HISTORY: u32 = 20;
 /// Largest `history` count.
 pub const MAX_HISTORY: u32 = 1000;
+/// Messages per part of a `history` reply: each part is read and
+/// formatted only once the client has taken most of the one before, so a
+/// reply costs at most a page of memory however long it is.
+pub const HISTORY_PAGE: u32 = 100;
 /// Most messages one `inbox` reply carries; the rest stay unread for the
 /// next `inbox`. Keeps one reply to a few hundred KiB at the longest lines.
 pub const INBOX_PAGE: u32 = 100;

@@ -2,10 +2,10 @@
 //! `inbox`, `history`, `block`/`unblock`/`blocked`, and `help`.
 
 use crate::protocol::{self, err, ok, ErrorCode, Reply};
-use crate::store::{MessageRow, StoreOutput, StoreRequest};
+use crate::store::{StoreOutput, StoreRequest};
 
 use super::job::{write_failed, Cont, Job, Step, Work, WorkResult};
-use super::{Caller, Chat, Clock, INBOX_PAGE};
+use super::{Caller, Chat, Clock, HISTORY_PAGE, INBOX_PAGE};
 
 impl Chat {
     pub(super) fn whoelse(&self, me: &str) -> Vec<u8> {
@@ -98,21 +98,48 @@ impl Chat {
                 return Step::Reply(err(ErrorCode::NoUser, &format!("no such user {other}")));
             }
         }
-        Step::Wait(Job {
-            cont: Cont::History,
-            work: Work::Store(StoreRequest::History {
-                user: me,
-                with,
-                limit: count,
-            }),
-        })
+        Step::Wait(history_page(Box::new(HistoryCursor {
+            user: me,
+            with,
+            limit: count,
+            after: 0,
+            upto: None,
+            total: 0,
+            sent: 0,
+        })))
     }
 
-    pub(super) fn history_read(&self, result: WorkResult) -> Step {
-        let WorkResult::Store(Ok(StoreOutput::Rows(rows))) = result else {
+    /// A page of `history` is back: the last page completes the reply,
+    /// any other is sent as a part, with the job for the next page.
+    pub(super) fn history_read(&self, mut cursor: Box<HistoryCursor>, result: WorkResult) -> Step {
+        let WorkResult::Store(Ok(StoreOutput::History { rows, upto, total })) = result else {
             return read_failed();
         };
-        Step::Reply(history_reply(&rows))
+        if cursor.upto.is_none() {
+            cursor.upto = Some(upto);
+            cursor.total = total;
+        }
+        let mut reply = Reply::new();
+        for row in &rows {
+            reply.data(&format!(
+                "{} {} {} {}",
+                protocol::format_time(row.ts),
+                row.sender,
+                row.recipient,
+                row.body
+            ));
+        }
+        cursor.sent += rows.len() as u32;
+        match rows.last() {
+            Some(last) if rows.len() == HISTORY_PAGE as usize && cursor.sent < cursor.total => {
+                cursor.after = last.id;
+                Step::More {
+                    part: reply.partial(),
+                    next: history_page(cursor),
+                }
+            }
+            _ => Step::Reply(reply.ok(&format!("{} messages", cursor.sent))),
+        }
     }
 
     /// `block` or `unblock`: applied at once (so nothing slips through while
@@ -192,18 +219,36 @@ fn read_failed() -> Step {
     ))
 }
 
-fn history_reply(rows: &[MessageRow]) -> Vec<u8> {
-    let mut reply = Reply::new();
-    for row in rows {
-        reply.data(&format!(
-            "{} {} {} {}",
-            protocol::format_time(row.ts),
-            row.sender,
-            row.recipient,
-            row.body
-        ));
+/// Where a `history` reply stands between its pages.
+#[derive(Clone, Debug)]
+pub struct HistoryCursor {
+    user: String,
+    with: Option<String>,
+    /// How many messages were asked for.
+    limit: u32,
+    /// Last id sent so far (0: none).
+    after: i64,
+    /// Last id of the span, once the first page found it.
+    upto: Option<i64>,
+    /// Messages in the span.
+    total: u32,
+    /// Messages sent so far.
+    sent: u32,
+}
+
+/// The job that reads the page after `cursor`.
+fn history_page(cursor: Box<HistoryCursor>) -> Job {
+    Job {
+        work: Work::Store(StoreRequest::History {
+            user: cursor.user.clone(),
+            with: cursor.with.clone(),
+            limit: cursor.limit,
+            after: cursor.after,
+            upto: cursor.upto,
+            page: HISTORY_PAGE,
+        }),
+        cont: Cont::History(cursor),
     }
-    reply.ok(&format!("{} messages", rows.len()))
 }
 
 pub(super) fn help_reply(logged_in: bool) -> Vec<u8> {

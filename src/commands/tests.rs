@@ -218,6 +218,7 @@ fn reply_text(step: Step) -> String {
     match step {
         Step::Reply(r) | Step::Inbox { reply: r, .. } => String::from_utf8(r).unwrap(),
         Step::Done => panic!("expected a reply, got nothing"),
+        Step::More { .. } => panic!("expected a whole reply, got a part"),
         Step::Wait(job) => panic!("expected a reply, got a job {job:?}"),
     }
 }

@@ -33,10 +33,18 @@ pub struct Output {
     unsent: VecDeque<(u64, Unsent)>,
     /// Inbox rows of replies never queued (see `never_sent`).
     never_sent: Vec<i64>,
+    /// Events that arrived while a reply goes out in parts (`Some` from
+    /// its first part to its completion): queued after it, so that none
+    /// lands inside it. With each stored message's (end in `held`, id).
+    held: Option<Held>,
     /// Highest pushed and inbox ids that reached the kernel since
     /// `take_left` last looked (0: none).
     left: (i64, i64),
 }
+
+/// Events held behind a reply in parts: their bytes, and each stored
+/// message's (end in the bytes, id).
+type Held = (Vec<u8>, Vec<(usize, i64)>);
 
 /// A stored message in the output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +80,31 @@ impl Output {
         self.unsent.push_back((self.pushed_total, Unsent::Push(id)));
     }
 
+    /// Appends an event (a stored message's if `id`), or holds it while a
+    /// reply is going out in parts.
+    pub fn push_event(&mut self, bytes: &[u8], id: Option<i64>) {
+        match (&mut self.held, id) {
+            (Some((held, ids)), id) => {
+                held.extend_from_slice(bytes);
+                ids.extend(id.map(|id| (held.len(), id)));
+            }
+            (None, Some(id)) => self.push_direct(bytes, id),
+            (None, None) => self.push(bytes),
+        }
+    }
+
+    /// Appends a part of a reply whose completion comes later; events wait
+    /// until then.
+    pub fn push_reply_part(&mut self, bytes: &[u8]) {
+        self.push_reply(bytes);
+        self.held.get_or_insert_with(Default::default);
+    }
+
+    /// Bytes of events held behind a reply in parts.
+    pub fn held_len(&self) -> usize {
+        self.held.as_ref().map_or(0, |(held, _)| held.len())
+    }
+
     /// Appends an `inbox` reply, remembering each row's id until its line
     /// reaches the kernel; `rows` are (end offset in `bytes`, id).
     pub fn push_reply_rows(&mut self, bytes: &[u8], rows: &[(usize, i64)]) {
@@ -80,6 +113,14 @@ impl Output {
         for &(end, id) in rows {
             self.unsent
                 .push_back((base + end as u64, Unsent::Inbox(id)));
+        }
+        // A reply sent in parts is complete: what waited goes out now.
+        if let Some((held, ids)) = self.held.take() {
+            let base = self.pushed_total;
+            self.push(&held);
+            for (end, id) in ids {
+                self.unsent.push_back((base + end as u64, Unsent::Push(id)));
+            }
         }
     }
 
@@ -103,7 +144,7 @@ impl Output {
     /// read of what it did not ask for. A client reading a 4 MB `history`
     /// reply is not slow; one that leaves a megabyte of messages unread is.
     pub fn event_backlog(&self) -> u64 {
-        self.pushed_total - self.written_total.max(self.replies_end)
+        self.pushed_total - self.written_total.max(self.replies_end) + self.held_len() as u64
     }
 
     /// The first `n` pending bytes were written.
@@ -159,6 +200,9 @@ impl Output {
     /// the kernel (for a closing session); from here on, none is tracked.
     pub fn take_unsent(&mut self) -> (Vec<i64>, Vec<i64>) {
         let (mut pushes, mut inbox) = (Vec::new(), std::mem::take(&mut self.never_sent));
+        if let Some((_, ids)) = self.held.take() {
+            pushes.extend(ids.into_iter().map(|(_, id)| id));
+        }
         for (_, which) in self.unsent.drain(..) {
             match which {
                 Unsent::Push(id) => pushes.push(id),

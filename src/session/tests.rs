@@ -357,17 +357,19 @@ fn a_tls_session_that_meets_would_block_keeps_asking_to_write_until_all_is_out()
     peer.pump(&mut sim, token, 100);
     assert!(sim.finish_job(0), "login job");
     assert!(sim.finish_job(0), "history job");
-    // The reply is ~80 KB; the socket takes 700 bytes per round, then
-    // would block. Whenever bytes remain, the session must still want to
-    // write, or the reactor would never ask for the WRITABLE edge that
-    // resumes it.
+    // The reply is ~40 KB in parts of 100 rows; the socket takes 700
+    // bytes per round, then would block. Whenever bytes remain, the
+    // session must still want to write, or the reactor would never ask
+    // for the WRITABLE edge that resumes it.
     for _ in 0..10_000 {
         let before = peer.plaintext.len();
         peer.pump(&mut sim, token, 700);
         let text = String::from_utf8_lossy(&peer.plaintext);
-        if text.contains("+ 2000 messages") {
+        if text.contains("+ 1000 messages") {
             break;
         }
+        // The next part, once asked for.
+        sim.finish_job(0);
         assert!(
             sim.conns[token].session.wants_write() || peer.plaintext.len() > before,
             "stalled with {} plaintext bytes out",
@@ -378,11 +380,11 @@ fn a_tls_session_that_meets_would_block_keeps_asking_to_write_until_all_is_out()
     let text = String::from_utf8_lossy(&peer.plaintext);
     assert!(text.starts_with("+ welcome alice"), "{text:.80}");
     assert!(
-        text.ends_with("+ 2000 messages\n"),
+        text.ends_with("+ 1000 messages\n"),
         "{}",
         &text[text.len().saturating_sub(80)..]
     );
-    assert_eq!(text.lines().filter(|l| l.starts_with("= ")).count(), 2000);
+    assert_eq!(text.lines().filter(|l| l.starts_with("= ")).count(), 1000);
 }
 
 #[test]
@@ -438,11 +440,11 @@ fn history_is_read_only_after_the_sessions_earlier_writes_are_answered() {
     let pending: Vec<bool> = sim
         .jobs
         .iter()
-        .map(|j| matches!(j.job.cont, Cont::History))
+        .map(|j| matches!(j.job.cont, Cont::History(_)))
         .collect();
     assert_eq!(pending, vec![false], "history must wait for the send");
     assert!(sim.finish_job(0));
-    assert!(matches!(sim.jobs[0].job.cont, Cont::History));
+    assert!(matches!(sim.jobs[0].job.cont, Cont::History(_)));
     assert!(sim.finish_job(0));
     assert!(sim.output(alice).starts_with("+ stored\n= "));
 }
@@ -475,4 +477,53 @@ fn a_session_over_its_share_of_the_store_queue_waits_and_loses_nothing() {
     sim.settle_all();
     let out = sim.output(alice);
     assert_eq!(out.matches("+ sent to 1 of 201").count(), 30);
+}
+
+#[test]
+fn a_long_history_goes_out_a_part_at_a_time_with_events_after_it() {
+    let mut sim = Sim::new(&["alice", "bob"], Sim::limits(4096, 1 << 20));
+    sim.history_rows = 1000;
+    // 1 KB rows: a part (100 rows) is more than `PART_LOW_WATER`.
+    sim.history_padding = 1000;
+    let alice = logged_in(&mut sim, "alice");
+    let bob = logged_in(&mut sim, "bob");
+    // bob's socket takes nothing: he does not read.
+    sim.conns[bob].socket.accept = 0;
+    sim.send(bob, b"history 1000\n");
+    assert!(sim.finish_job(0), "the first part is read");
+    assert!(
+        sim.jobs.is_empty(),
+        "the next part waits until bob takes most of the first"
+    );
+    // Events meanwhile wait behind the reply.
+    sim.send(alice, b"broadcast hello\n");
+    let held = sim.conns[bob].session.pending_output();
+    assert!(
+        held < 120 * 1024,
+        "bob holds {held} bytes: more than a part"
+    );
+    // bob reads; each part is asked for once the last has mostly left.
+    let mut parts = 1;
+    for _ in 0..100 {
+        sim.drain(bob, usize::MAX);
+        if !sim.finish_job(0) {
+            break;
+        }
+        parts += 1;
+    }
+    assert_eq!(
+        parts,
+        10,
+        "1000 rows in parts of {}",
+        commands::HISTORY_PAGE
+    );
+    let out = sim.output(bob);
+    let end = out.find("+ 1000 messages").expect("completion");
+    let event = out.find("* broadcast alice").expect("the broadcast");
+    assert!(event > end, "the event landed inside the reply");
+    assert_eq!(
+        out[..end].lines().filter(|l| l.starts_with("= ")).count(),
+        1000
+    );
+    assert!(out[..end].lines().all(|l| l.starts_with("= ")));
 }

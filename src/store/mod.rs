@@ -98,11 +98,17 @@ pub enum StoreRequest {
     /// Copy read marks into the database; inbox rows at or below `inboxed`
     /// leave the inbox.
     Advance(Vec<(String, Marks)>),
-    /// The last `limit` direct messages to or from `user` (with `with` only), oldest first.
+    /// A page of `user`'s direct messages (with `with` only), oldest
+    /// first: at most `page` rows with ids in `after + 1..=upto`. Without
+    /// `upto`, first finds the span of the last `limit` and returns its
+    /// first page with the span ([`StoreOutput::History`]).
     History {
         user: String,
         with: Option<String>,
         limit: u32,
+        after: i64,
+        upto: Option<i64>,
+        page: u32,
     },
     /// Add or remove a block.
     SetBlock {
@@ -123,6 +129,13 @@ pub enum StoreOutput {
     Ids(Vec<i64>),
     /// Messages read.
     Rows(Vec<MessageRow>),
+    /// A page of history, the last id of its span, and how many rows the
+    /// whole span has (0 after the first page).
+    History {
+        rows: Vec<MessageRow>,
+        upto: i64,
+        total: u32,
+    },
 }
 
 /// Why a request did not succeed, and whether its effect is known.
@@ -516,7 +529,8 @@ fn prune(conn: &Connection, keep: Duration) -> bool {
         .unwrap_or(0);
     let deleted = conn.execute(
         "DELETE FROM messages WHERE id IN
-           (SELECT id FROM messages WHERE unread != 1 AND ts < ?1 LIMIT ?2)",
+           (SELECT id FROM messages m WHERE unread != 1 AND ts < ?1
+              AND NOT EXISTS (SELECT 1 FROM messages r WHERE r.body_of = m.id) LIMIT ?2)",
         rusqlite::params![cutoff, PRUNE_BATCH as i64],
     );
     match deleted {
@@ -634,17 +648,29 @@ fn apply(conn: &Connection, request: &StoreRequest) -> rusqlite::Result<StoreOut
         }
         StoreRequest::InsertMessages(messages) => {
             let mut stmt = conn.prepare_cached(
-                "INSERT INTO messages (ts, sender, recipient, body, unread) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO messages (ts, sender, recipient, body, unread, body_of)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             let mut ids = Vec::with_capacity(messages.len());
+            // The row holding the text these messages share, if any yet.
+            let mut holder: Option<(&Arc<str>, i64)> = None;
             for m in messages {
                 let state = if m.unread {
                     UNREAD_INBOX
                 } else {
                     UNREAD_PUSHED
                 };
-                stmt.execute(params![m.ts, &*m.sender, m.recipient, &*m.body, state])?;
-                ids.push(conn.last_insert_rowid());
+                let shared = holder.filter(|(body, _)| Arc::ptr_eq(body, &m.body));
+                let (body, body_of) = match shared {
+                    Some((_, id)) => ("", Some(id)),
+                    None => (&*m.body, None),
+                };
+                stmt.execute(params![m.ts, &*m.sender, m.recipient, body, state, body_of])?;
+                let id = conn.last_insert_rowid();
+                if shared.is_none() {
+                    holder = Some((&m.body, id));
+                }
+                ids.push(id);
             }
             Ok(StoreOutput::Ids(ids))
         }
@@ -657,10 +683,10 @@ fn apply(conn: &Connection, request: &StoreRequest) -> rusqlite::Result<StoreOut
         }
         StoreRequest::TakeInbox { user, after, limit } => {
             let rows = conn
-                .prepare_cached(
-                    "SELECT id, ts, sender, recipient, body FROM messages
-                     WHERE recipient = ?1 AND unread = 1 AND id > ?2 ORDER BY id LIMIT ?3",
-                )?
+                .prepare_cached(&format!(
+                    "SELECT {ROW} FROM messages m
+                     WHERE recipient = ?1 AND unread = 1 AND id > ?2 ORDER BY id LIMIT ?3"
+                ))?
                 .query_map(params![user, after, limit], message_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(StoreOutput::Rows(rows))
@@ -671,29 +697,53 @@ fn apply(conn: &Connection, request: &StoreRequest) -> rusqlite::Result<StoreOut
             }
             Ok(StoreOutput::Done)
         }
-        StoreRequest::History { user, with, limit } => {
-            let mut rows = match with {
-                None => conn
-                    .prepare_cached(
-                        "SELECT id, ts, sender, recipient, body FROM messages WHERE sender = ?1
-                         UNION ALL
-                         SELECT id, ts, sender, recipient, body FROM messages WHERE recipient = ?1
-                         ORDER BY id DESC LIMIT ?2",
-                    )?
-                    .query_map(params![user, limit], message_row)?
-                    .collect::<rusqlite::Result<Vec<_>>>()?,
-                Some(other) => conn
-                    .prepare_cached(
-                        "SELECT id, ts, sender, recipient, body FROM messages WHERE sender = ?1 AND recipient = ?2
-                         UNION ALL
-                         SELECT id, ts, sender, recipient, body FROM messages WHERE sender = ?2 AND recipient = ?1
-                         ORDER BY id DESC LIMIT ?3",
-                    )?
-                    .query_map(params![user, other, limit], message_row)?
-                    .collect::<rusqlite::Result<Vec<_>>>()?,
+        StoreRequest::History {
+            user,
+            with,
+            limit,
+            after,
+            upto,
+            page,
+        } => {
+            // Both directions of a conversation, or everything to or from
+            // `user`; each half walks its own index in id order.
+            let (pick, other) = match with {
+                None => ("sender = ?1", "recipient = ?1"),
+                Some(_) => (
+                    "sender = ?1 AND recipient = ?3",
+                    "sender = ?3 AND recipient = ?1",
+                ),
             };
-            rows.reverse();
-            Ok(StoreOutput::Rows(rows))
+            let with = with.as_deref().unwrap_or("");
+            let (after, upto, total) = match upto {
+                Some(upto) => (*after, *upto, 0),
+                None => {
+                    let mut span = conn.prepare_cached(&format!(
+                        "SELECT coalesce(min(id), 0), coalesce(max(id), 0), count(*) FROM (
+                           SELECT id FROM messages WHERE {pick}
+                           UNION ALL
+                           SELECT id FROM messages WHERE {other}
+                           ORDER BY id DESC LIMIT ?2)"
+                    ))?;
+                    let read = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?, r.get(2)?));
+                    let (first, last, n): (i64, i64, u32) = if with.is_empty() {
+                        span.query_row(params![user, limit], read)?
+                    } else {
+                        span.query_row(params![user, limit, with], read)?
+                    };
+                    (first - 1, last, n)
+                }
+            };
+            let rows = conn
+                .prepare_cached(&format!(
+                    "SELECT {ROW} FROM messages m WHERE {pick} AND id > ?2 AND id <= ?4
+                     UNION ALL
+                     SELECT {ROW} FROM messages m WHERE {other} AND id > ?2 AND id <= ?4
+                     ORDER BY 1 LIMIT ?5"
+                ))?
+                .query_map(params![user, after, with, upto, page], message_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(StoreOutput::History { rows, upto, total })
         }
         StoreRequest::SetBlock {
             blocker,
@@ -716,6 +766,12 @@ fn apply(conn: &Connection, request: &StoreRequest) -> rusqlite::Result<StoreOut
         }
     }
 }
+
+/// The columns of a [`MessageRow`] from `messages m`, the text taken from
+/// the row that holds it when `m` shares another's.
+const ROW: &str = "m.id, m.ts, m.sender, m.recipient,
+    CASE WHEN m.body_of IS NULL THEN m.body
+         ELSE (SELECT b.body FROM messages b WHERE b.id = m.body_of) END";
 
 /// `unread` of a message waiting in its recipient's inbox.
 const UNREAD_INBOX: i64 = 1;

@@ -36,6 +36,11 @@ const MIGRATIONS: &[&str] = &[
     // `inboxed`. Rows written before this migration keep 0 and 1.
     "ALTER TABLE users ADD COLUMN pushed INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE users ADD COLUMN inboxed INTEGER NOT NULL DEFAULT 0;",
+    // 3: one body per list broadcast. The first recipient's row holds the
+    // text; the others have an empty body and `body_of` = that row's id
+    // (a row referenced so is kept until its references are gone).
+    "ALTER TABLE messages ADD COLUMN body_of INTEGER;
+     CREATE INDEX messages_body_refs ON messages (body_of) WHERE body_of IS NOT NULL;",
 ];
 
 /// The schema version this build writes.

@@ -20,7 +20,9 @@ fn msg(sender: &str, recipient: &str, body: &str, unread: bool) -> NewMessage {
 
 fn bodies(out: &Result<StoreOutput, StoreError>) -> Vec<String> {
     match out {
-        Ok(StoreOutput::Rows(rows)) => rows.iter().map(|r| r.body.clone()).collect(),
+        Ok(StoreOutput::Rows(rows)) | Ok(StoreOutput::History { rows, .. }) => {
+            rows.iter().map(|r| r.body.clone()).collect()
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -152,11 +154,74 @@ fn history_is_the_last_n_oldest_first_optionally_with_one_user() {
         user: "a".into(),
         with: with.map(str::to_string),
         limit,
+        after: 0,
+        upto: None,
+        page: 100,
     };
     let out = store.run_batch(&[history(None, 10), history(None, 2), history(Some("b"), 10)]);
     assert_eq!(bodies(&out[0]), ["1", "2", "3"]);
     assert_eq!(bodies(&out[1]), ["2", "3"]);
     assert_eq!(bodies(&out[2]), ["1", "2"]);
+}
+
+#[test]
+fn history_comes_a_page_at_a_time_within_the_span_found_first() {
+    let (_dir, mut store) = open();
+    let to_b: Vec<NewMessage> = (1..=7)
+        .map(|n| msg("a", "b", &n.to_string(), false))
+        .collect();
+    store.run_batch(&[StoreRequest::InsertMessages(to_b)]);
+    let page = |after, upto| StoreRequest::History {
+        user: "b".into(),
+        with: None,
+        limit: 5,
+        after,
+        upto,
+        page: 2,
+    };
+    let out = store.run_batch(&[page(0, None)]);
+    let Ok(StoreOutput::History { rows, upto, total }) = &out[0] else {
+        panic!("{:?}", out[0])
+    };
+    assert_eq!((rows.len(), *upto, *total), (2, 7, 5));
+    assert_eq!(bodies(&out[0]), ["3", "4"]);
+    // A message arriving meanwhile is not part of this reply.
+    store.run_batch(&[StoreRequest::InsertMessages(vec![msg(
+        "a", "b", "8", false,
+    )])]);
+    let out = store.run_batch(&[page(4, Some(7)), page(6, Some(7))]);
+    assert_eq!(bodies(&out[0]), ["5", "6"]);
+    assert_eq!(bodies(&out[1]), ["7"]);
+}
+
+/// A list broadcast stores its text once; every recipient reads it, and
+/// pruning keeps the row holding it while others refer to it.
+#[test]
+fn a_list_broadcast_stores_its_text_once() {
+    let (_dir, mut store) = open();
+    let text: Arc<str> = "x".repeat(3000).into();
+    let sender: Arc<str> = "a".into();
+    let to = |r: &str| NewMessage {
+        ts: 0,
+        sender: Arc::clone(&sender),
+        recipient: r.into(),
+        body: Arc::clone(&text),
+        unread: true,
+    };
+    store.run_batch(&[StoreRequest::InsertMessages(
+        (0..300).map(|i| to(&format!("u{i}"))).collect(),
+    )]);
+    let stored: i64 = store
+        .conn
+        .query_row("SELECT sum(length(body)) FROM messages", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stored, 3000, "the text is stored once");
+    let out = store.run_batch(&[StoreRequest::TakeInbox {
+        user: "u299".into(),
+        after: 0,
+        limit: 10,
+    }]);
+    assert_eq!(bodies(&out[0]), [&*text]);
 }
 
 #[test]
@@ -280,6 +345,9 @@ fn retention_deletes_only_old_messages_that_were_read() {
                 user: "b".into(),
                 with: None,
                 limit: 10,
+                after: 0,
+                upto: None,
+                page: 100,
             }],
         );
         bodies(&out[0])
