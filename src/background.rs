@@ -5,6 +5,7 @@
 //! blocks: a job that cannot be queued is answered as failed on the next
 //! pass, never from inside the caller's own line handling.
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
@@ -50,7 +51,20 @@ pub struct Background {
     failed: Vec<Completion>,
     /// Jobs not yet answered.
     in_flight: usize,
+    /// The last `take` left results in the channel.
+    more: bool,
+    /// Reads waiting for the reader to have room, oldest first.
+    reads_waiting: VecDeque<(StoreRequest, Tag)>,
+    /// Reads handed to the reader and not yet taken back.
+    reads_in_flight: usize,
 }
+
+/// Reads handed to the reader at once (see `dispatch`).
+const MAX_READS_IN_FLIGHT: usize = 4;
+
+/// Rows of replies one pass formats at most (see `take`); a store result
+/// without rows counts as one.
+const PASS_BUDGET: usize = 4096;
 
 impl Background {
     /// Starts the store thread over `store` and the hashing pool; both
@@ -95,6 +109,9 @@ impl Background {
             completions,
             failed: Vec::new(),
             in_flight: 0,
+            more: false,
+            reads_waiting: VecDeque::new(),
+            reads_in_flight: 0,
         })
     }
 
@@ -106,16 +123,13 @@ impl Background {
             cont: job.cont,
         };
         let failed = match job.work {
-            // Reads never queue behind writes.
+            // Reads never queue behind writes; a few at a time, so the
+            // pages read ahead of the loop stay a few, however many
+            // sessions ask (each page is up to ~400 KB of rows).
             Work::Store(request @ StoreRequest::History { .. }) => {
-                self.reader.submit(request, tag).err().map(|(_, tag)| {
-                    (
-                        tag,
-                        WorkResult::Store(Err(StoreError::Failed(
-                            "the reader thread has stopped".into(),
-                        ))),
-                    )
-                })
+                self.reads_waiting.push_back((request, tag));
+                self.start_reads();
+                None
             }
             Work::Store(request) => self.store.submit(request, tag).err().map(|(_, tag)| {
                 (
@@ -141,18 +155,59 @@ impl Background {
         }
     }
 
-    /// Every result there is now. Several wakes can arrive as one event, so
-    /// this takes everything, not one.
+    /// Hands waiting reads to the reader while fewer than
+    /// `MAX_READS_IN_FLIGHT` are there.
+    fn start_reads(&mut self) {
+        while self.reads_in_flight < MAX_READS_IN_FLIGHT {
+            let Some((request, tag)) = self.reads_waiting.pop_front() else {
+                return;
+            };
+            match self.reader.submit(request, tag) {
+                Ok(()) => self.reads_in_flight += 1,
+                Err((_, tag)) => {
+                    log::error!("background job could not be queued");
+                    self.failed.push(Completion {
+                        tag,
+                        result: WorkResult::Store(Err(StoreError::Failed(
+                            "the reader thread has stopped".into(),
+                        ))),
+                    });
+                }
+            }
+        }
+    }
+
+    /// The results there are now, as many as one loop pass should handle:
+    /// several wakes can arrive as one event, so this takes more than one,
+    /// but a pass formats at most `PASS_BUDGET` rows' worth (a page of
+    /// history costs its rows), so a thousand sessions' history parts
+    /// arriving at once are spread over passes with polls between them.
     pub fn take(&mut self) -> Vec<Completion> {
         let mut done = std::mem::take(&mut self.failed);
-        done.extend(self.completions.try_iter());
+        let mut budget = PASS_BUDGET;
+        self.more = false;
+        while budget > 0 {
+            match self.completions.try_recv() {
+                Ok(c) => {
+                    if matches!(c.tag.cont, Cont::History(_)) {
+                        self.reads_in_flight = self.reads_in_flight.saturating_sub(1);
+                    }
+                    budget = budget.saturating_sub(c.tag.cont.rows_to_format().max(1));
+                    done.push(c);
+                }
+                Err(_) => break,
+            }
+        }
+        self.start_reads();
+        // Stopped by the budget: the rest is taken next pass, without a wake.
+        self.more = budget == 0;
         self.in_flight = self.in_flight.saturating_sub(done.len());
         done
     }
 
     /// Whether results are waiting that no wake will announce.
     pub fn has_failed(&self) -> bool {
-        !self.failed.is_empty()
+        !self.failed.is_empty() || self.more
     }
 
     /// Jobs handed out and not yet taken back.

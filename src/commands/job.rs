@@ -149,6 +149,15 @@ impl Cont {
         }
     }
 
+    /// At most how many rows its result makes the loop format.
+    pub fn rows_to_format(&self) -> usize {
+        match self {
+            Cont::History(_) => super::HISTORY_PAGE as usize,
+            Cont::Inbox { .. } => super::INBOX_PAGE as usize,
+            _ => 0,
+        }
+    }
+
     /// Whether later lines of the session must wait for this job: their
     /// meaning depends on whether a login or register succeeds; and an
     /// `inbox` or `history` reply can be megabytes, so one at a time keeps

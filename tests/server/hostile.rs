@@ -409,3 +409,99 @@ fn a_stranger_streaming_blank_lines_never_slows_others() {
     });
     assert_not_stalled(worst, baseline);
 }
+
+#[test]
+#[ignore = "heavy: 1,000 users with 1,000 messages each, 1,000 connections; .ci/run runs it with --ignored"]
+fn a_thousand_sessions_asking_for_long_histories_and_never_reading_stay_within_budget() {
+    let _serial = serial();
+    const USERS: usize = 1000;
+    // What natterd's output may hold in all; without parts, these sessions
+    // would make it hold 1,000 × 3 MB.
+    const BUDGET_MIB: u64 = 128;
+    let limit = raise_fd_limit(2 * USERS as u64 + 200);
+    assert!(
+        limit >= USERS as u64 + 100,
+        "open-file limit {limit} is too low for this test"
+    );
+    let budget = (BUDGET_MIB << 20).to_string();
+    let server = Server::start(&[
+        "--max-clients",
+        "1100",
+        "--max-per-ip",
+        "0",
+        "--rate",
+        "0",
+        "--max-line",
+        "16384",
+        "--max-output-total",
+        &budget,
+        "--idle-timeout",
+        "3600",
+        "--hash-cost",
+        "low",
+    ]);
+    let names: Vec<String> = (0..USERS).map(|i| format!("u{i}")).collect();
+    // The users, registered over a few connections and left offline.
+    for chunk in names.chunks(100) {
+        let mut c = server.connect();
+        for name in chunk {
+            assert_eq!(
+                c.cmd1(&format!("register {name} password-{name}")),
+                format!("+ registered {name}")
+            );
+            assert_eq!(c.cmd1("quit"), "+ bye");
+            c = server.connect();
+        }
+    }
+    // 1,000 messages of 3 KB in each one's history: list broadcasts, each
+    // text stored once.
+    let mut alice = server.user("alice");
+    let text = "h".repeat(3000);
+    let line = format!("broadcast user {} message {text}", names.join(" "));
+    for n in 0..1000 {
+        let reply = alice.cmd(&line);
+        let done = reply.last().expect("a completion");
+        assert_eq!(
+            done,
+            &format!("+ sent to {USERS} of {USERS}"),
+            "broadcast {n}"
+        );
+    }
+
+    let mut ordinary = server.user("ordinary");
+    let baseline = ordinary.ping_baseline();
+    let before = server.rss_kib();
+    // Each logs in, asks for its whole history, and never reads.
+    let mut clients: Vec<TcpStream> = Vec::with_capacity(USERS);
+    for name in &names {
+        let mut s = TcpStream::connect(server.addr).expect("connect");
+        s.write_all(format!("login {name} password-{name}\nhistory 1000\n").as_bytes())
+            .expect("login");
+        clients.push(s);
+    }
+    let mut pings = Vec::new();
+    let mut peak = before;
+    let until = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < until {
+        pings.push(ordinary.ping());
+        peak = peak.max(server.rss_kib());
+        thread::sleep(Duration::from_millis(20));
+    }
+    pings.sort();
+    let p99 = pings[pings.len() * 99 / 100];
+    let grown_mib = peak.saturating_sub(before) / 1024;
+    eprintln!(
+        "{} pings: p99 {p99:?} (baseline {baseline:?}); RSS {before} KiB -> peak {peak} KiB (+{grown_mib} MiB)",
+        pings.len()
+    );
+    drop(clients);
+    // The budget, plus what the allocator and the reader's pages in flight
+    // add: far below the 3 GB the replies would take whole.
+    assert!(
+        grown_mib < BUDGET_MIB + 64,
+        "natterd grew by {grown_mib} MiB with a {BUDGET_MIB} MiB output budget"
+    );
+    // The loop never stalls; the p99 figure itself is for a release build
+    // (NATTERD=target/release/natterd), recorded in docs/PERFORMANCE.md.
+    assert_not_stalled(pings[pings.len() - 1], baseline);
+}

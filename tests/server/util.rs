@@ -89,7 +89,13 @@ impl Server {
             .append(true)
             .open(data.with_extension("log"))
             .expect("log file next to the data directory");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_natterd"));
+        // NATTERD runs the tests against another build (a release build,
+        // to read the heavy tests' latency figures as production would see
+        // them); by default, the one cargo built for this test binary.
+        let binary = std::env::var_os("NATTERD")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_natterd")));
+        let mut command = Command::new(binary);
         if let Some(limit) = nofile {
             use std::os::unix::process::CommandExt;
             // SAFETY: setrlimit is async-signal-safe and touches only the child.
