@@ -47,8 +47,10 @@ pub struct Background {
     reader: StoreHandle<Tag>,
     hasher: HasherPool<Tag>,
     completions: Receiver<Completion>,
-    /// Jobs that could not be handed to their thread; answered next pass.
-    failed: Vec<Completion>,
+    /// Results known when their job was dispatched (jobs that could not be
+    /// handed to their thread, and work done on the loop itself);
+    /// answered next pass, never from inside the caller's line handling.
+    ready: Vec<Completion>,
     /// Jobs not yet answered.
     in_flight: usize,
     /// The last `take` left results in the channel.
@@ -107,7 +109,7 @@ impl Background {
             reader,
             hasher,
             completions,
-            failed: Vec::new(),
+            ready: Vec::new(),
             in_flight: 0,
             more: false,
             reads_waiting: VecDeque::new(),
@@ -139,6 +141,15 @@ impl Background {
                     ))),
                 )
             }),
+            // The next page of a long reply from memory: the loop makes
+            // it when it takes this result, a page per pass at most.
+            Work::Local => {
+                self.ready.push(Completion {
+                    tag,
+                    result: WorkResult::Local,
+                });
+                None
+            }
             Work::Hash(work) => self.hasher.submit(work, tag).err().map(|(work, tag)| {
                 let outcome = match work {
                     HashWork::Verify { .. } => HashOutcome::Verified(false),
@@ -151,7 +162,7 @@ impl Background {
         };
         if let Some((tag, result)) = failed {
             log::error!("background job could not be queued");
-            self.failed.push(Completion { tag, result });
+            self.ready.push(Completion { tag, result });
         }
     }
 
@@ -166,7 +177,7 @@ impl Background {
                 Ok(()) => self.reads_in_flight += 1,
                 Err((_, tag)) => {
                     log::error!("background job could not be queued");
-                    self.failed.push(Completion {
+                    self.ready.push(Completion {
                         tag,
                         result: WorkResult::Store(Err(StoreError::Failed(
                             "the reader thread has stopped".into(),
@@ -183,7 +194,7 @@ impl Background {
     /// history costs its rows), so a thousand sessions' history parts
     /// arriving at once are spread over passes with polls between them.
     pub fn take(&mut self) -> Vec<Completion> {
-        let mut done = std::mem::take(&mut self.failed);
+        let mut done = std::mem::take(&mut self.ready);
         let mut budget = PASS_BUDGET;
         self.more = false;
         while budget > 0 {
@@ -206,8 +217,8 @@ impl Background {
     }
 
     /// Whether results are waiting that no wake will announce.
-    pub fn has_failed(&self) -> bool {
-        !self.failed.is_empty() || self.more
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty() || self.more
     }
 
     /// Jobs handed out and not yet taken back.

@@ -359,7 +359,7 @@ impl Server {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if self.background.has_failed()
+        if self.background.has_ready()
             || !self.resume.is_empty()
             || !self.events.is_empty()
             || !self.ready.is_empty()

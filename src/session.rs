@@ -643,7 +643,7 @@ impl Session {
                     session: self.caller.session,
                     seq,
                 };
-                if matches!(job.cont, Cont::History(_)) && self.replies.outstanding() > 1 {
+                if job.cont.replies_in_parts() && self.replies.outstanding() > 1 {
                     // History is read on its own connection, which does not
                     // wait for the writes of this session's earlier
                     // commands: it starts once they are answered (and so

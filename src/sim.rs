@@ -452,6 +452,7 @@ impl Sim {
 
     fn fake_result(&mut self, work: &Work) -> WorkResult {
         match work {
+            Work::Local => WorkResult::Local,
             Work::Hash(HashWork::Verify { password, .. }) => {
                 WorkResult::Hash(HashOutcome::Verified(password == PASSWORD))
             }

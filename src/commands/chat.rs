@@ -142,8 +142,8 @@ impl Chat {
     fn member(&mut self, me: String, cmd: MemberCommand, now: Clock, fx: &mut Effects) -> Step {
         match cmd {
             MemberCommand::Ping => Step::Reply(ok("pong")),
-            MemberCommand::Whoelse => Step::Reply(self.whoelse(&me)),
-            MemberCommand::Wholast { minutes } => Step::Reply(self.wholast(&me, minutes, now)),
+            MemberCommand::Whoelse => self.whoelse(me),
+            MemberCommand::Wholast { minutes } => self.wholast(me, minutes, now),
             MemberCommand::Send { to, text } => self.send(me, to, text, now),
             MemberCommand::BroadcastTo { users, text } => self.send_to_list(me, users, text, now),
             MemberCommand::Broadcast { text } => Step::Reply(self.broadcast(&me, &text, now, fx)),
@@ -183,6 +183,7 @@ impl Chat {
             } => self.direct_committed(kind, from, ts, text, targets, result, fx),
             Cont::Inbox { user } => self.inbox_read(caller, user, result),
             Cont::History(cursor) => self.history_read(cursor, result),
+            Cont::Who(cursor) => self.who_page(cursor),
             Cont::Ack(reply) => match result {
                 WorkResult::Store(Ok(_)) => Step::Reply(reply),
                 _ => Step::Reply(write_failed(&result, "change not saved; try again")),

@@ -60,6 +60,9 @@ pub enum Work {
     Store(StoreRequest),
     /// For the hashing pool.
     Hash(HashWork),
+    /// Nothing for a thread: the next page of a long reply made from the
+    /// chat's memory, once the loop takes the (immediate) result.
+    Local,
 }
 
 /// The outcome of [`Work`].
@@ -69,6 +72,8 @@ pub enum WorkResult {
     Store(Result<StoreOutput, StoreError>),
     /// From the hashing pool.
     Hash(HashOutcome),
+    /// [`Work::Local`] is due.
+    Local,
 }
 
 /// The reply to a write that did not succeed: "not done" when nothing was
@@ -113,6 +118,8 @@ pub enum Cont {
     Inbox { user: String },
     /// A page of history read; where the reply stands.
     History(Box<super::HistoryCursor>),
+    /// The next page of a long `whoelse` or `wholast`.
+    Who(Box<super::WhoCursor>),
     /// A write whose only reply is this fixed line once it is committed.
     Ack(Vec<u8>),
     /// A block or unblock being written; undone in memory if that fails.
@@ -153,6 +160,8 @@ impl Cont {
     pub fn rows_to_format(&self) -> usize {
         match self {
             Cont::History(_) => super::HISTORY_PAGE as usize,
+            // Names are short: a page of them formats like ~100 rows.
+            Cont::Who(_) => 100,
             Cont::Inbox { .. } => super::INBOX_PAGE as usize,
             _ => 0,
         }
@@ -170,7 +179,15 @@ impl Cont {
                 | Cont::RegisterStored { .. }
                 | Cont::Inbox { .. }
                 | Cont::History(_)
+                | Cont::Who(_)
         )
+    }
+
+    /// Whether its reply may come in parts: then it starts only once every
+    /// earlier command of its session is answered (its parts go straight
+    /// to the output, so it must be the next reply out).
+    pub fn replies_in_parts(&self) -> bool {
+        matches!(self, Cont::History(_) | Cont::Who(_))
     }
 }
 

@@ -24,7 +24,7 @@ pub mod parse;
 mod read_marks;
 mod reads;
 
-pub use reads::HistoryCursor;
+pub use reads::{HistoryCursor, WhoCursor};
 
 pub use chat::{Account, Chat, ChatSettings};
 pub use direct::{DirectKind, DirectStatus, DirectTarget};
@@ -42,6 +42,9 @@ pub const MAX_HISTORY: u32 = 1000;
 /// formatted only once the client has taken most of the one before, so a
 /// reply costs at most a page of memory however long it is.
 pub const HISTORY_PAGE: u32 = 100;
+/// Names per part of a long `whoelse` or `wholast` reply (a reply that
+/// fits in one goes out whole, at once).
+pub const WHO_PAGE: usize = 1000;
 /// Most messages one `inbox` reply carries; the rest stay unread for the
 /// next `inbox`. Keeps one reply to a few hundred KiB at the longest lines.
 pub const INBOX_PAGE: u32 = 100;

@@ -1,42 +1,129 @@
 //! Commands that read or change a user's own view: `whoelse`, `wholast`,
 //! `inbox`, `history`, `block`/`unblock`/`blocked`, and `help`.
 
+use std::collections::BinaryHeap;
+use std::ops::Bound;
+
 use crate::protocol::{self, err, ok, ErrorCode, Reply};
 use crate::store::{StoreOutput, StoreRequest};
 
 use super::job::{write_failed, Cont, Job, Step, Work, WorkResult};
-use super::{Caller, Chat, Clock, HISTORY_PAGE, INBOX_PAGE};
+use super::{Caller, Chat, Clock, HISTORY_PAGE, INBOX_PAGE, WHO_PAGE};
 
 impl Chat {
-    pub(super) fn whoelse(&self, me: &str) -> Vec<u8> {
-        let mut reply = Reply::new();
-        let mut n = 0;
-        for name in self.online.keys().filter(|n| *n != me) {
-            reply.data(name);
-            n += 1;
-        }
-        reply.ok(&format!("{n} online"))
+    pub(super) fn whoelse(&self, me: String) -> Step {
+        self.who(WhoCursor {
+            me,
+            since: None,
+            after: None,
+            sent: 0,
+        })
     }
 
-    pub(super) fn wholast(&self, me: &str, minutes: u32, now: Clock) -> Vec<u8> {
-        let since = now.wall - i64::from(minutes) * 60;
-        let mut rows: Vec<(&str, String)> = Vec::new();
-        for (name, account) in &self.accounts {
-            if name == me {
-                continue;
-            }
-            if self.online.contains_key(name) {
-                rows.push((name, "online".to_string()));
-            } else if let Some(seen) = account.last_seen.filter(|t| *t >= since) {
-                rows.push((name, protocol::format_time(seen)));
-            }
+    pub(super) fn wholast(&self, me: String, minutes: u32, now: Clock) -> Step {
+        self.who(WhoCursor {
+            me,
+            since: Some(now.wall - i64::from(minutes) * 60),
+            after: None,
+            sent: 0,
+        })
+    }
+
+    /// A `whoelse` or `wholast` that fits in one page is answered now;
+    /// a longer one goes out a page at a time (see [`Chat::who_page`]).
+    fn who(&self, cursor: WhoCursor) -> Step {
+        match self.who_names(&cursor) {
+            (names, false) => Step::Reply(
+                self.who_reply(&cursor, &names)
+                    .ok(&cursor.total_text(names.len())),
+            ),
+            (_, true) => Step::Wait(Job {
+                cont: Cont::Who(Box::new(cursor)),
+                work: Work::Local,
+            }),
         }
-        rows.sort();
+    }
+
+    /// The next page of a long `whoelse` or `wholast`.
+    pub(super) fn who_page(&self, mut cursor: Box<WhoCursor>) -> Step {
+        let (names, more) = self.who_names(&cursor);
+        let reply = self.who_reply(&cursor, &names);
+        cursor.sent += names.len();
+        match names.last() {
+            Some(last) if more => {
+                cursor.after = Some(last.to_string());
+                Step::More {
+                    part: reply.partial(),
+                    next: Job {
+                        cont: Cont::Who(cursor),
+                        work: Work::Local,
+                    },
+                }
+            }
+            _ => Step::Reply(reply.ok(&cursor.total_text(cursor.sent))),
+        }
+    }
+
+    /// Up to `WHO_PAGE` names after the cursor's, in order, and whether
+    /// more follow.
+    fn who_names(&self, cursor: &WhoCursor) -> (Vec<&str>, bool) {
+        let after = cursor.after.as_deref();
+        let others = |name: &&str| *name != cursor.me && after.is_none_or(|a| *name > a);
+        let mut names: Vec<&str> = match cursor.since {
+            None => {
+                let from = match after {
+                    Some(a) => Bound::Excluded(a),
+                    None => Bound::Unbounded,
+                };
+                self.online
+                    .range::<str, _>((from, Bound::Unbounded))
+                    .map(|(name, _)| name.as_str())
+                    .filter(others)
+                    .take(WHO_PAGE + 1)
+                    .collect()
+            }
+            Some(since) => {
+                // The smallest WHO_PAGE + 1 names after the cursor: a bounded
+                // heap over the accounts, so a page costs one pass over them
+                // and memory for one page, however many match.
+                let mut smallest: BinaryHeap<&str> = BinaryHeap::with_capacity(WHO_PAGE + 2);
+                let recent = self.accounts.iter().filter(|(name, account)| {
+                    self.online.contains_key(*name) || account.last_seen.is_some_and(|t| t >= since)
+                });
+                for name in recent.map(|(name, _)| name.as_str()).filter(others) {
+                    if smallest.len() <= WHO_PAGE {
+                        smallest.push(name);
+                    } else if smallest.peek().is_some_and(|top| name < *top) {
+                        smallest.pop();
+                        smallest.push(name);
+                    }
+                }
+                smallest.into_sorted_vec()
+            }
+        };
+        let more = names.len() > WHO_PAGE;
+        names.truncate(WHO_PAGE);
+        (names, more)
+    }
+
+    /// The data lines for `names`.
+    fn who_reply(&self, cursor: &WhoCursor, names: &[&str]) -> Reply {
         let mut reply = Reply::new();
-        for (name, when) in &rows {
-            reply.data(&format!("{name} {when}"));
+        for name in names {
+            match cursor.since {
+                None => reply.data(name),
+                Some(_) if self.online.contains_key(*name) => reply.data(&format!("{name} online")),
+                Some(_) => {
+                    let seen = self
+                        .accounts
+                        .get(*name)
+                        .and_then(|a| a.last_seen)
+                        .unwrap_or(0);
+                    reply.data(&format!("{name} {}", protocol::format_time(seen)))
+                }
+            };
         }
-        reply.ok(&format!("{} users", rows.len()))
+        reply
     }
 
     pub(super) fn inbox(&self, me: String) -> Step {
@@ -217,6 +304,27 @@ fn read_failed() -> Step {
         ErrorCode::Internal,
         "could not read messages; try again",
     ))
+}
+
+/// Where a long `whoelse` (`since` None) or `wholast` reply stands.
+#[derive(Clone, Debug)]
+pub struct WhoCursor {
+    me: String,
+    /// `wholast`: users seen since this Unix time (and those online).
+    since: Option<i64>,
+    /// Last name sent so far.
+    after: Option<String>,
+    /// Names sent so far.
+    sent: usize,
+}
+
+impl WhoCursor {
+    fn total_text(&self, n: usize) -> String {
+        match self.since {
+            None => format!("{n} online"),
+            Some(_) => format!("{n} users"),
+        }
+    }
 }
 
 /// Where a `history` reply stands between its pages.

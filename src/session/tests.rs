@@ -527,3 +527,49 @@ fn a_long_history_goes_out_a_part_at_a_time_with_events_after_it() {
     );
     assert!(out[..end].lines().all(|l| l.starts_with("= ")));
 }
+
+#[test]
+fn a_long_whoelse_goes_out_a_page_at_a_time_in_name_order() {
+    const USERS: usize = 2500;
+    let names: Vec<String> = (0..USERS).map(|i| format!("user{i:04}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut sim = Sim::new(&refs, Sim::limits(4096, 1 << 20));
+    let tokens: Vec<usize> = names.iter().map(|n| logged_in(&mut sim, n)).collect();
+    let asker = tokens[0];
+    for command in ["whoelse", "wholast 10"] {
+        sim.conns[asker].socket.written.clear();
+        sim.send(asker, format!("{command}\n").as_bytes());
+        assert_eq!(
+            sim.output(asker),
+            "",
+            "{command} of {USERS} goes out in pages"
+        );
+        let mut pages = 0;
+        while sim.finish_job(0) {
+            pages += 1;
+            sim.drain(asker, usize::MAX);
+        }
+        assert_eq!(
+            pages,
+            3,
+            "{command}: {USERS} names in pages of {}",
+            commands::WHO_PAGE
+        );
+        let out = sim.output(asker);
+        let lines: Vec<&str> = out.lines().collect();
+        let data: Vec<&str> = lines[..lines.len() - 1]
+            .iter()
+            .map(|l| l.trim_start_matches("= ").split(' ').next().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            data,
+            refs[1..],
+            "{command}: every other user once, in name order"
+        );
+        let done = lines[lines.len() - 1];
+        assert!(
+            done.starts_with(&format!("+ {} ", USERS - 1)),
+            "{command}: {done}"
+        );
+    }
+}
