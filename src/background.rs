@@ -226,6 +226,12 @@ impl Background {
         self.in_flight
     }
 
+    /// Past the shutdown deadline: writes not yet started are refused
+    /// rather than committed (see `StoreHandle::stop_writes`).
+    pub fn stop_writes(&self) {
+        self.store.stop_writes();
+    }
+
     /// Stops the threads; the store commits what is still queued first.
     pub fn close(&mut self) {
         self.hasher.close();

@@ -53,6 +53,11 @@ const EVENTS_CAPACITY: usize = 1024;
 /// How long a shutdown waits for replies to be flushed before giving up;
 /// under the 5 seconds the contract promises, with room for the final commit.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+/// After the grace: writes not yet started are refused; this long at most
+/// for the batch being committed (and any other job out) to come back, so
+/// that every committed command is answered before the sockets close.
+/// Grace plus drain stay under the 5 seconds the docs promise.
+const SHUTDOWN_DRAIN: Duration = Duration::from_millis(900);
 /// Pause before accepting again after running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Most unread input thrown away when closing politely; beyond that a peer
@@ -169,8 +174,11 @@ pub struct Server {
     resume: Vec<SessionRef>,
     /// Connections whose session may be finished, reaped at the end of the pass.
     to_close: Vec<usize>,
-    /// Set once shutdown starts: the time by which the loop exits regardless.
+    /// Set once shutdown starts: the end of its grace.
     shutting_down: Option<Instant>,
+    /// Set when the grace is over: writes are refused from then on, and
+    /// the loop exits once every job is back, or at this time regardless.
+    draining_until: Option<Instant>,
     /// Time as of the current pass.
     clock: Clock,
     /// Loop passes so far: a session's line budget is per pass.
@@ -249,6 +257,7 @@ impl Server {
             resume: Vec::new(),
             to_close: Vec::new(),
             shutting_down: None,
+            draining_until: None,
             clock: Clock::now(),
             pass: 0,
             tls_error_log: LogThrottle::default(),
@@ -347,12 +356,27 @@ impl Server {
                 self.dispatch(job, None);
             }
             if let Some(deadline) = self.shutting_down {
+                let now = self.clock.mono;
                 let idle = self.conns.is_empty() && self.background.in_flight() == 0;
-                if idle || self.clock.mono >= deadline {
+                if idle {
                     break;
+                }
+                if now >= deadline {
+                    let until = *self.draining_until.get_or_insert_with(|| {
+                        log::info!(
+                            "shutdown grace over: {} jobs out; refusing writes not yet started",
+                            self.background.in_flight()
+                        );
+                        self.background.stop_writes();
+                        now + SHUTDOWN_DRAIN
+                    });
+                    if self.background.in_flight() == 0 || now >= until {
+                        break;
+                    }
                 }
             }
         }
+        self.flush_all();
         self.return_unsent_direct();
         self.finish();
         Ok(())
@@ -367,7 +391,8 @@ impl Server {
             return Some(Duration::ZERO);
         }
         let mut next = self.deadlines.first().map(|(at, _)| *at);
-        if let Some(deadline) = self.shutting_down {
+        // Once draining, only its end (or a completion's wake) matters.
+        if let Some(deadline) = self.draining_until.or(self.shutting_down) {
             next = Some(next.map_or(deadline, |n| n.min(deadline)));
         }
         next.map(|at| at.saturating_duration_since(Instant::now()))
@@ -760,6 +785,13 @@ impl Server {
             }
             self.settle(token);
             self.mark_ready(token);
+        }
+    }
+
+    /// Last writes before exit: replies that came back while draining.
+    fn flush_all(&mut self) {
+        for (_, conn) in self.conns.iter_mut() {
+            let _ = conn.session.write_to(&mut conn.stream);
         }
     }
 

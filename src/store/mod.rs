@@ -21,6 +21,7 @@ mod schema;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -38,6 +39,12 @@ pub use schema::SCHEMA_VERSION;
 /// messages shares one fsync, small enough that one batch's results do not
 /// arrive as a single huge lump.
 pub const MAX_BATCH: usize = 4096;
+
+/// Most rows written in one transaction (a list broadcast writes a row per
+/// recipient): a batch takes tens of milliseconds, not seconds, so a
+/// request queued behind a flood of list broadcasts, or a shutdown, waits
+/// for little more than one batch.
+pub const MAX_BATCH_ROWS: usize = 16_384;
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "natter.db";
@@ -118,6 +125,19 @@ pub enum StoreRequest {
     },
     /// When a user's last session ended.
     SetLastSeen { user: String, at: i64 },
+}
+
+impl StoreRequest {
+    /// Rows it writes, roughly (a batch's size is bounded by this).
+    pub fn rows(&self) -> usize {
+        match self {
+            StoreRequest::InsertMessages(messages) => messages.len(),
+            StoreRequest::MarkUnread { ids } => ids.len(),
+            StoreRequest::Advance(marks) => marks.len(),
+            _ => 1,
+        }
+        .max(1)
+    }
 }
 
 /// What a request returns.
@@ -342,6 +362,8 @@ impl Store {
         F: FnMut(Vec<(T, Result<StoreOutput, StoreError>)>) + Send + 'static,
     {
         let (tx, rx) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
         let thread = thread::Builder::new()
             .name("natter-store".into())
             .spawn(move || {
@@ -354,12 +376,14 @@ impl Store {
                     self.fault_file,
                     self.retention,
                     rx,
+                    stopped,
                     on_batch,
                 )
             })?;
         Ok(StoreHandle {
             tx: Some(tx),
             thread: Some(thread),
+            stop,
         })
     }
 }
@@ -396,6 +420,7 @@ where
     Ok(StoreHandle {
         tx: Some(tx),
         thread: Some(thread),
+        stop: Arc::new(AtomicBool::new(false)),
     })
 }
 
@@ -404,6 +429,8 @@ where
 pub struct StoreHandle<T> {
     tx: Option<Sender<(StoreRequest, T)>>,
     thread: Option<JoinHandle<()>>,
+    /// Set once nothing more may be committed (see `stop_writes`).
+    stop: Arc<AtomicBool>,
 }
 
 impl<T> StoreHandle<T> {
@@ -415,8 +442,16 @@ impl<T> StoreHandle<T> {
         }
     }
 
-    /// Stops taking requests, lets the thread commit what is queued, and
-    /// waits for it.
+    /// From now on, requests not yet started are answered as not done
+    /// instead of committed: past the shutdown deadline, a write that
+    /// could not be answered must not happen either. The batch being
+    /// committed finishes and is reported as usual.
+    pub fn stop_writes(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops taking requests, lets the thread commit what is queued (unless
+    /// `stop_writes` was called), and waits for it.
     pub fn close(&mut self) {
         self.tx.take();
         if let Some(thread) = self.thread.take() {
@@ -433,12 +468,14 @@ impl<T> Drop for StoreHandle<T> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn store_thread<T, F>(
     mut conn: Connection,
     mut file: DbFile,
     fault_file: Option<PathBuf>,
     retention: Option<Duration>,
     rx: Receiver<(StoreRequest, T)>,
+    stop: Arc<AtomicBool>,
     mut on_batch: F,
 ) where
     F: FnMut(Vec<(T, Result<StoreOutput, StoreError>)>),
@@ -467,14 +504,24 @@ fn store_thread<T, F>(
                 }
             }
         };
+        let mut rows = first.0.rows();
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        while batch.len() < MAX_BATCH && rows < MAX_BATCH_ROWS {
             match rx.try_recv() {
-                Ok(item) => batch.push(item),
+                Ok(item) => {
+                    rows += item.0.rows();
+                    batch.push(item);
+                }
                 Err(_) => break,
             }
         }
         let (requests, tags): (Vec<StoreRequest>, Vec<T>) = batch.into_iter().unzip();
+        if stop.load(Ordering::SeqCst) {
+            // Past the shutdown deadline: not committed, so not acknowledged.
+            let refused = || Err(StoreError::Failed("natterd is shutting down".to_string()));
+            on_batch(tags.into_iter().map(|tag| (tag, refused())).collect());
+            continue;
+        }
         let fault = fault_file
             .as_deref()
             .and_then(|f| std::fs::read_to_string(f).ok().map(|text| (f, text)));

@@ -532,3 +532,132 @@ fn a_database_deleted_or_replaced_under_the_server_is_noticed_and_writes_refused
         assert_eq!(log.matches(why).count(), 1, "said once, not per batch");
     }
 }
+
+/// One flooder: pipelines list broadcasts tagged `<name>-<n>` until the
+/// server goes away; returns the tags whose `+` it read.
+fn flood_list_broadcasts(stream: TcpStream, name: String, recipients: String) -> Vec<String> {
+    let mut writer = stream.try_clone().expect("clone");
+    let writing = thread::spawn({
+        let name = name.clone();
+        move || {
+            let pad = "b".repeat(2500);
+            for n in 0.. {
+                let line = format!("broadcast user {recipients} message {name}-{n}: {pad}\n");
+                if writer.write_all(line.as_bytes()).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let mut acked = Vec::new();
+    let mut reader = BufReader::new(stream);
+    let mut n = 0;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        if line.starts_with("+ sent to 0 ") {
+            panic!("{name}-{n} reached nobody: {line}");
+        } else if line.starts_with("+ sent to") {
+            acked.push(format!("{name}-{n}"));
+            n += 1;
+        } else if line.starts_with("- ") {
+            n += 1;
+        }
+    }
+    let _ = writing.join();
+    acked
+}
+
+#[test]
+fn sigterm_under_a_list_broadcast_flood_exits_in_time_with_every_commit_answered() {
+    const FLOODERS: usize = 40;
+    // No inbox cap: every broadcast stores 300 rows, however long it runs.
+    let mut server = Server::start(&[
+        "--rate",
+        "0",
+        "--max-per-ip",
+        "0",
+        "--hash-cost",
+        "low",
+        "--max-inbox",
+        "0",
+    ]);
+    let names: Vec<String> = (0..300).map(|i| format!("r{i}")).collect();
+    for name in &names {
+        let mut c = server.user(name);
+        assert_eq!(c.cmd1("quit"), "+ bye");
+    }
+    let recipients = names.join(" ");
+    let flooders: Vec<_> = (0..FLOODERS)
+        .map(|i| {
+            let name = format!("f{i}");
+            let c = server.user(&name);
+            c.stream.set_read_timeout(None).expect("no timeout");
+            let recipients = recipients.clone();
+            let stream = c.stream.try_clone().expect("clone");
+            thread::spawn(move || {
+                let acked = flood_list_broadcasts(stream, name, recipients);
+                drop(c);
+                acked
+            })
+        })
+        .collect();
+    thread::sleep(std::time::Duration::from_secs(2));
+    let (status, took) = server.signal(libc::SIGTERM);
+    assert!(status.success(), "{status:?}");
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "natterd took {took:?} to exit after SIGTERM (the promise is 5 s)"
+    );
+    let mut acked: Vec<String> = flooders
+        .into_iter()
+        .flat_map(|f| f.join().expect("flooder"))
+        .collect();
+    acked.sort();
+    assert!(
+        !acked.is_empty(),
+        "nothing was acknowledged: no flood to test"
+    );
+
+    // What is on disk: one row holds each broadcast's text.
+    let db = rusqlite::Connection::open(server.data.join("natter.db")).expect("open db");
+    let mut stored: Vec<String> = db
+        .prepare("SELECT body FROM messages WHERE body_of IS NULL AND sender LIKE 'f%'")
+        .expect("query")
+        .query_map([], |r| r.get::<_, String>(0))
+        .expect("rows")
+        .map(|body| {
+            let body = body.expect("row");
+            body.split(':').next().unwrap_or_default().to_string()
+        })
+        .collect();
+    stored.sort();
+    let unanswered: Vec<&String> = stored
+        .iter()
+        .filter(|t| acked.binary_search(t).is_err())
+        .collect();
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|t| stored.binary_search(t).is_err())
+        .collect();
+    eprintln!(
+        "{} acknowledged, {} stored, exit {took:?}",
+        acked.len(),
+        stored.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "acknowledged but not stored: {:?}",
+        &lost[..lost.len().min(5)]
+    );
+    assert!(
+        unanswered.is_empty(),
+        "{} committed but never answered, e.g. {:?}",
+        unanswered.len(),
+        &unanswered[..unanswered.len().min(5)]
+    );
+}
