@@ -15,15 +15,33 @@ use super::chat::Account;
 use super::job::{write_failed, Cont, Effects, Job, Step, Work, WorkResult};
 use super::{Caller, Chat, Clock, LockKey};
 
-/// Failed logins for one (user, address) pair.
+/// Login attempts for one (user, address) pair. An attempt counts from the
+/// moment it is submitted, not when its verification finishes: otherwise
+/// many guesses sent at once would all pass the limit before the first one
+/// failed.
 #[derive(Clone, Debug)]
 pub(super) struct Failures {
     /// Consecutive failures.
-    count: u32,
+    pub(super) count: u32,
+    /// Verifications submitted and not yet back. They count against the
+    /// limit already, and keep the record alive until they are back.
+    pub(super) in_flight: u32,
     /// Set once `count` reaches the limit.
-    locked_until: Option<Instant>,
-    /// When this record is forgotten: `block_time` after the last failure.
-    forget_at: Instant,
+    pub(super) locked_until: Option<Instant>,
+    /// When this record may be forgotten (if nothing is in flight):
+    /// `block_time` after the last failure.
+    pub(super) forget_at: Instant,
+}
+
+impl Failures {
+    fn new(now: Instant) -> Self {
+        Failures {
+            count: 0,
+            in_flight: 0,
+            locked_until: None,
+            forget_at: now,
+        }
+    }
 }
 
 impl Chat {
@@ -37,6 +55,18 @@ impl Chat {
         if let Some(locked) = self.lock_message(&user, caller.ip, now) {
             return Step::Reply(locked);
         }
+        // Counted now: the failures so far plus the verifications already
+        // in flight may not pass the limit. An attempt over it is answered
+        // as locked without being verified, so its password does not matter.
+        let max = self.settings.max_login_failures;
+        let attempts = self
+            .failures
+            .entry((user.clone(), caller.ip))
+            .or_insert_with(|| Failures::new(now.mono));
+        if attempts.count.saturating_add(attempts.in_flight) >= max {
+            return Step::Reply(locked_reply(self.settings.block_time.as_secs()));
+        }
+        attempts.in_flight += 1;
         let (hash, known) = match self.accounts.get(&user) {
             Some(a) => (a.hash.clone(), true),
             None => (self.dummy_hash.clone(), false),
@@ -52,19 +82,17 @@ impl Chat {
     }
 
     /// `- LOCKED ...` if `user` is locked out from `ip` now; forgets a
-    /// record whose time has passed.
+    /// record whose time has passed and that has nothing in flight.
     fn lock_message(&mut self, user: &str, ip: IpAddr, now: Clock) -> Option<Vec<u8>> {
         let key = (user.to_string(), ip);
         let f = self.failures.get(&key)?;
-        if f.forget_at <= now.mono {
+        if f.forget_at <= now.mono && f.in_flight == 0 {
             self.failures.remove(&key);
             return None;
         }
         let until = f.locked_until.filter(|u| *u > now.mono)?;
-        let secs = until.duration_since(now.mono).as_secs_f64().ceil() as u64;
-        Some(err(
-            ErrorCode::Locked,
-            &format!("too many failed logins; try again in {secs} seconds"),
+        Some(locked_reply(
+            until.duration_since(now.mono).as_secs_f64().ceil() as u64,
         ))
     }
 
@@ -79,24 +107,34 @@ impl Chat {
         now: Clock,
         fx: &mut Effects,
     ) -> Step {
+        let key = (user, ip);
+        if let Some(f) = self.failures.get_mut(&key) {
+            f.in_flight = f.in_flight.saturating_sub(1);
+        }
+        let (user, ip) = key;
         let WorkResult::Hash(HashOutcome::Verified(matched)) = result else {
-            log::error!("login of {user}: unexpected result {result:?}");
+            log::error!("login: unexpected result {result:?}");
+            self.record_failure(user, known, ip, now, fx);
             return Step::Reply(err(ErrorCode::Internal, "internal error"));
         };
+        // A lock that began while this check was in flight holds whatever
+        // the password: the right one and a wrong one get the same answer,
+        // so nothing verified while locked tells them apart.
+        if let Some(locked) = self.lock_message(&user, ip, now) {
+            if !(known && matched) {
+                self.record_failure(user, known, ip, now, fx);
+            }
+            return Step::Reply(locked);
+        }
         if !(known && matched) {
             // Counted even if the client hung up before the answer.
-            self.record_failure(user, ip, now, fx);
+            self.record_failure(user, known, ip, now, fx);
             return Step::Reply(err(ErrorCode::AuthFail, "wrong username or password"));
         }
+        self.forget_failures(&user, ip);
         let Some(caller) = caller else {
             return Step::Done;
         };
-        // A lock that began while this check was in flight still holds,
-        // even for the right password.
-        if let Some(locked) = self.lock_message(&user, ip, now) {
-            return Step::Reply(locked);
-        }
-        self.failures.remove(&(user.clone(), ip));
         self.enter(caller, &user, fx);
         let unread = self.accounts.get(&user).map_or(0, |a| a.unread);
         let plural = if unread == 1 { "" } else { "s" };
@@ -105,23 +143,50 @@ impl Chat {
         )))
     }
 
-    fn record_failure(&mut self, user: String, ip: IpAddr, now: Clock, fx: &mut Effects) {
+    /// A successful login resets the count; the record stays only while
+    /// other verifications for it are in flight.
+    fn forget_failures(&mut self, user: &str, ip: IpAddr) {
+        let key = (user.to_string(), ip);
+        match self.failures.get_mut(&key) {
+            Some(f) if f.in_flight > 0 => {
+                f.count = 0;
+                f.locked_until = None;
+            }
+            Some(_) => {
+                self.failures.remove(&key);
+            }
+            None => {}
+        }
+    }
+
+    fn record_failure(
+        &mut self,
+        user: String,
+        known: bool,
+        ip: IpAddr,
+        now: Clock,
+        fx: &mut Effects,
+    ) {
         let block = self.settings.block_time;
         let key = (user, ip);
-        let f = self.failures.entry(key.clone()).or_insert(Failures {
-            count: 0,
-            locked_until: None,
-            forget_at: now.mono,
-        });
+        let f = self
+            .failures
+            .entry(key.clone())
+            .or_insert_with(|| Failures::new(now.mono));
         f.count += 1;
         f.forget_at = now.mono + block;
-        // Every failure at or past the limit (re)locks: verifications that
-        // were already in flight when the lock began must not reopen it.
+        // Every failure at or past the limit (re)locks.
         if f.count >= self.settings.max_login_failures {
             f.locked_until = Some(now.mono + block);
+            // A name that is not an account may be a password typed into
+            // the user field: it never reaches the log.
+            let who = if known {
+                key.0.as_str()
+            } else {
+                "an unknown user"
+            };
             log::warn!(
-                "login locked for {} from {} after {} failures",
-                key.0,
+                "login locked for {who} from {} after {} failures",
                 key.1,
                 f.count
             );
@@ -131,7 +196,11 @@ impl Chat {
 
     /// Drops a lockout record whose time has passed (timer callback).
     pub fn expire_lock(&mut self, key: &LockKey, now: Instant) {
-        if self.failures.get(key).is_some_and(|f| f.forget_at <= now) {
+        if self
+            .failures
+            .get(key)
+            .is_some_and(|f| f.forget_at <= now && f.in_flight == 0)
+        {
             self.failures.remove(key);
         }
     }
@@ -213,4 +282,12 @@ impl Chat {
             "could not register; try again later",
         ))
     }
+}
+
+/// The answer to a login while locked, the same whatever the password.
+fn locked_reply(secs: u64) -> Vec<u8> {
+    err(
+        ErrorCode::Locked,
+        &format!("too many failed logins; try again in {secs} seconds"),
+    )
 }

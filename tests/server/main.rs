@@ -4,5 +4,6 @@
 mod contract;
 mod durability;
 mod hostile;
+mod logins;
 mod tls;
 mod util;
