@@ -46,9 +46,10 @@ pub fn open(config: &Config) -> io::Result<(Store, Chat)> {
             a.blocks.insert(blocked);
         }
     }
-    let dummy_hash =
+    // Only its parameters matter: they are the current cost's.
+    let current_hash =
         auth::hash_password("natter-dummy-password", config.hash_cost).map_err(other_error)?;
-    let chat = Chat::new(ChatSettings::from(config), accounts, dummy_hash);
+    let chat = Chat::new(ChatSettings::from(config), accounts, current_hash);
     log::info!(
         "{} users loaded from {}",
         chat.user_count(),

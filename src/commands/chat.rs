@@ -69,25 +69,38 @@ pub struct Chat {
     /// Failed-login records.
     pub(super) failures: HashMap<LockKey, Failures>,
     /// Verified when the user is unknown, so a miss costs what a wrong
-    /// password costs and timing does not reveal which names exist.
+    /// password costs and timing does not reveal which names exist: the
+    /// stand-in (see [`crate::auth::stand_in`]) of the parameters most
+    /// stored hashes use.
     pub(super) dummy_hash: String,
+    /// The stand-in of a hash at the current `--hash-cost`: stored hashes
+    /// with other parameters are re-hashed at the next successful login.
+    pub(super) current_params: String,
+    /// Stored hashes by their parameters (named by their stand-in).
+    pub(super) hash_params: HashMap<String, usize>,
 }
 
 impl Chat {
-    /// Chat state over accounts loaded from the store.
+    /// Chat state over accounts loaded from the store. `current_hash` is
+    /// any hash made at the current cost (its parameters are what matter).
     pub fn new(
         settings: ChatSettings,
         accounts: HashMap<String, Account>,
-        dummy_hash: String,
+        current_hash: String,
     ) -> Self {
-        Chat {
+        let current_params = crate::auth::stand_in(&current_hash).unwrap_or(current_hash);
+        let mut chat = Chat {
             settings,
             accounts,
             online: BTreeMap::new(),
             registering: HashSet::new(),
             failures: HashMap::new(),
-            dummy_hash,
-        }
+            dummy_hash: current_params.clone(),
+            current_params,
+            hash_params: HashMap::new(),
+        };
+        chat.count_stored_hashes();
+        chat
     }
 
     /// Number of registered users.

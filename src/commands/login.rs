@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::time::Instant;
 
-use crate::auth::{HashOutcome, HashWork};
+use crate::auth::{self, HashOutcome, HashWork};
 use crate::config::Registration;
 use crate::protocol::{err, ok, ErrorCode, MAX_PASSWORD_LEN, MIN_PASSWORD_LEN};
 use crate::store::StoreRequest;
@@ -67,9 +67,13 @@ impl Chat {
             return Step::Reply(locked_reply(self.settings.block_time.as_secs()));
         }
         attempts.in_flight += 1;
-        let (hash, known) = match self.accounts.get(&user) {
-            Some(a) => (a.hash.clone(), true),
-            None => (self.dummy_hash.clone(), false),
+        let (hash, known, upgrade) = match self.accounts.get(&user) {
+            Some(a) => {
+                let outdated = auth::stand_in(&a.hash).is_some_and(|p| p != self.current_params);
+                let upgrade = outdated.then_some(self.settings.hash_cost);
+                (a.hash.clone(), true, upgrade)
+            }
+            None => (self.dummy_hash.clone(), false, None),
         };
         Step::Wait(Job {
             cont: Cont::Login {
@@ -77,8 +81,54 @@ impl Chat {
                 known,
                 ip: caller.ip,
             },
-            work: Work::Hash(HashWork::Verify { hash, password }),
+            work: Work::Hash(HashWork::Verify {
+                hash,
+                password,
+                upgrade,
+            }),
         })
+    }
+
+    /// Counts the stored hashes by their parameters and picks the dummy.
+    pub(super) fn count_stored_hashes(&mut self) {
+        self.hash_params.clear();
+        for a in self.accounts.values() {
+            if let Some(p) = auth::stand_in(&a.hash) {
+                *self.hash_params.entry(p).or_default() += 1;
+            }
+        }
+        self.pick_dummy();
+    }
+
+    /// Records that a stored hash changed from `old` (none for a new
+    /// account) to `new`, and picks the dummy again.
+    pub(super) fn hash_changed(&mut self, old: Option<&str>, new: &str) {
+        if let Some(p) = old.and_then(auth::stand_in) {
+            if let Some(n) = self.hash_params.get_mut(&p) {
+                *n -= 1;
+                if *n == 0 {
+                    self.hash_params.remove(&p);
+                }
+            }
+        }
+        if let Some(p) = auth::stand_in(new) {
+            *self.hash_params.entry(p).or_default() += 1;
+        }
+        self.pick_dummy();
+    }
+
+    /// The dummy hash takes the parameters most stored hashes use, so an
+    /// unknown name costs what most known ones cost; the current ones on a
+    /// tie or when there are no accounts.
+    fn pick_dummy(&mut self) {
+        let current = self.hash_params.get(&self.current_params).copied();
+        let most = self
+            .hash_params
+            .iter()
+            .max_by(|a, b| a.1.cmp(b.1).then_with(|| a.0.cmp(b.0)))
+            .filter(|(_, n)| current.is_none_or(|c| **n > c))
+            .map(|(p, _)| p.clone());
+        self.dummy_hash = most.unwrap_or_else(|| self.current_params.clone());
     }
 
     /// `- LOCKED ...` if `user` is locked out from `ip` now; forgets a
@@ -112,10 +162,14 @@ impl Chat {
             f.in_flight = f.in_flight.saturating_sub(1);
         }
         let (user, ip) = key;
-        let WorkResult::Hash(HashOutcome::Verified(matched)) = result else {
-            log::error!("login: unexpected result {result:?}");
-            self.record_failure(user, known, ip, now, fx);
-            return Step::Reply(err(ErrorCode::Internal, "internal error"));
+        let (matched, upgraded) = match result {
+            WorkResult::Hash(HashOutcome::Verified(matched)) => (matched, None),
+            WorkResult::Hash(HashOutcome::Upgraded(hash)) => (true, Some(hash)),
+            result => {
+                log::error!("login: unexpected result {result:?}");
+                self.record_failure(user, known, ip, now, fx);
+                return Step::Reply(err(ErrorCode::Internal, "internal error"));
+            }
         };
         // A lock that began while this check was in flight holds whatever
         // the password: the right one and a wrong one get the same answer,
@@ -132,6 +186,9 @@ impl Chat {
             return Step::Reply(err(ErrorCode::AuthFail, "wrong username or password"));
         }
         self.forget_failures(&user, ip);
+        if let Some(hash) = upgraded {
+            self.store_hash(&user, hash, fx);
+        }
         let Some(caller) = caller else {
             return Step::Done;
         };
@@ -141,6 +198,21 @@ impl Chat {
         Step::Reply(ok(&format!(
             "welcome {user} ({unread} unread message{plural})"
         )))
+    }
+
+    /// Replaces `user`'s password hash, in memory now and on disk in the
+    /// background (a crash before that write keeps the old hash, which
+    /// still verifies the same password).
+    pub(super) fn store_hash(&mut self, user: &str, hash: String, fx: &mut Effects) {
+        let Some(account) = self.accounts.get_mut(user) else {
+            return;
+        };
+        let old = std::mem::replace(&mut account.hash, hash.clone());
+        self.hash_changed(Some(&old), &hash);
+        fx.background.push(StoreRequest::SetPasswordHash {
+            user: user.to_string(),
+            hash,
+        });
     }
 
     /// A successful login resets the count; the record stays only while
@@ -257,6 +329,7 @@ impl Chat {
             return Step::Reply(write_failed(&result, "could not register; try again later"));
         };
         self.registering.remove(&user);
+        self.hash_changed(None, &hash);
         self.accounts.insert(
             user.clone(),
             Account {

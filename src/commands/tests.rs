@@ -672,3 +672,70 @@ fn a_full_inbox_refuses_more_until_it_is_read() {
         Step::Wait(_)
     ));
 }
+
+#[test]
+fn the_dummy_takes_the_parameters_most_hashes_use_and_old_hashes_are_upgraded() {
+    let t0 = Instant::now();
+    let low = |pw: &str| crate::auth::hash_password(pw, HashCost::Low).unwrap();
+    let normal = crate::auth::hash_password("x", HashCost::Normal).unwrap();
+    let accounts = ["alice", "bob", "carol"]
+        .iter()
+        .map(|u| {
+            let a = Account {
+                hash: low(&format!("pw-{u}")),
+                ..account()
+            };
+            (u.to_string(), a)
+        })
+        .collect();
+    let settings = ChatSettings {
+        hash_cost: HashCost::Normal,
+        ..settings()
+    };
+    let mut chat = Chat::new(settings, accounts, normal.clone());
+    let low_params = crate::auth::stand_in(&low("any")).unwrap();
+    let normal_params = crate::auth::stand_in(&normal).unwrap();
+    // Every stored hash is at low cost: so is the dummy.
+    let verify = |chat: &mut Chat, user: &str| {
+        let cmd = Command::Login {
+            user: user.into(),
+            password: format!("pw-{user}"),
+        };
+        match chat.execute(&caller(1, None), cmd, clock(t0, 0), &mut Effects::default()) {
+            Step::Wait(Job {
+                cont,
+                work: Work::Hash(HashWork::Verify { hash, upgrade, .. }),
+            }) => (cont, hash, upgrade),
+            step => panic!("{step:?}"),
+        }
+    };
+    let (_, dummy, upgrade) = verify(&mut chat, "nobody");
+    assert_eq!((dummy, upgrade), (low_params.clone(), None));
+    // A known user's hash at old parameters is re-hashed when the password matches.
+    for (i, user) in ["alice", "bob"].into_iter().enumerate() {
+        let (cont, _, upgrade) = verify(&mut chat, user);
+        assert_eq!(upgrade, Some(HashCost::Normal));
+        let new = crate::auth::hash_password(&format!("pw-{user}"), HashCost::Normal).unwrap();
+        let mut fx = Effects::default();
+        let c = caller(2 + i, None);
+        let step = chat.complete(
+            Some(&c),
+            cont,
+            WorkResult::Hash(HashOutcome::Upgraded(new.clone())),
+            clock(t0, 0),
+            &mut fx,
+        );
+        assert!(reply_text(step).starts_with("+ welcome"));
+        assert_eq!(chat.accounts[user].hash, new);
+        assert!(matches!(
+            &fx.background[..],
+            [StoreRequest::SetPasswordHash { user: u, hash }] if u == user && *hash == new
+        ));
+    }
+    // Two of three now use the current parameters: the dummy follows, and
+    // upgraded users are not re-hashed again.
+    let (_, dummy, _) = verify(&mut chat, "nobody");
+    assert_eq!(dummy, normal_params);
+    assert_eq!(verify(&mut chat, "alice").2, None);
+    assert_eq!(verify(&mut chat, "carol").2, Some(HashCost::Normal));
+}
