@@ -451,7 +451,7 @@ fn bad_bytes_get_their_error_and_the_connection_goes_on() {
     let server = Server::start(&["--max-line", "64"]);
     let mut alice = server.user("alice");
     let _bob = server.user("bob");
-    alice.send_raw(b"send bob \xff\xfe\n");
+    alice.send_raw(b"send bob \xc3\x28\xfe\n");
     assert!(alice.reply()[0].starts_with("- BADUTF8 "));
     alice.send_raw(b"send bob \x1b[31mred\n");
     assert!(alice.reply()[0].starts_with("- BADTEXT "));
@@ -524,6 +524,35 @@ fn a_client_that_half_closes_still_gets_every_reply() {
     assert!(lines[0].starts_with("+ welcome alice"));
     assert_eq!(lines[1], "+ 0 online");
     assert_eq!(lines[2], "+ pong");
+}
+
+/// Regression: telnet's Ctrl-C (`IAC IP`, `IAC DO TIMING-MARK`) was
+/// answered `- BADUTF8`, with no timing-mark answer, and telnet then hid all
+/// output.
+#[test]
+fn telnet_ctrl_c_discards_the_typed_line_and_gets_its_timing_mark() {
+    use std::io::Read;
+    let server = Server::start(&[]);
+    let mut alice = server.user("alice");
+    // Half a line, Ctrl-C, and a telnet option offer before the next line.
+    alice.send_raw(b"send nobody half a li\xff\xf4\xff\xfd\x06");
+    let mut answer = [0u8; 3];
+    alice
+        .stream
+        .read_exact(&mut answer)
+        .expect("timing-mark answer");
+    assert_eq!(answer, [0xff, 0xfb, 0x06], "IAC WILL TIMING-MARK");
+    alice.send_raw(b"\xff\xfb\x18ping\r\n");
+    let mut refusal = [0u8; 3];
+    alice
+        .stream
+        .read_exact(&mut refusal)
+        .expect("option refusal");
+    assert_eq!(refusal, [0xff, 0xfe, 0x18], "IAC DONT TERMINAL-TYPE");
+    // The line before the Ctrl-C is gone; the next one works.
+    assert_eq!(alice.reply(), vec!["+ pong"]);
+    // Had it not been discarded, this would be the reply to a `send`.
+    assert_eq!(alice.cmd1("ping"), "+ pong");
 }
 
 // ----- limits and timers ----------------------------------------------------
