@@ -124,11 +124,18 @@ impl Chat {
             }
             Command::Login { user, password } => self.login(caller, user, password, now),
             Command::Register { user, password } => self.register(user, password),
-            Command::Member { me, cmd } => self.member(me, cmd, now, fx),
+            Command::Member { me, cmd } => self.member(caller, me, cmd, now, fx),
         }
     }
 
-    fn member(&mut self, me: String, cmd: MemberCommand, now: Clock, fx: &mut Effects) -> Step {
+    fn member(
+        &mut self,
+        caller: &Caller,
+        me: String,
+        cmd: MemberCommand,
+        now: Clock,
+        fx: &mut Effects,
+    ) -> Step {
         match cmd {
             MemberCommand::Ping => Step::Reply(ok("pong")),
             MemberCommand::Whoelse => Step::Reply(self.whoelse(&me)),
@@ -141,6 +148,7 @@ impl Chat {
             MemberCommand::Block { user } => self.block(me, user, true),
             MemberCommand::Unblock { user } => self.block(me, user, false),
             MemberCommand::Blocked => Step::Reply(self.blocked(&me)),
+            MemberCommand::Passwd { old, new } => self.passwd(caller, me, old, new, now),
         }
     }
 
@@ -160,6 +168,11 @@ impl Chat {
                 self.finish_login(caller, user, known, ip, result, now, fx)
             }
             Cont::RegisterHashed { user } => self.register_hashed(user, result, now),
+            Cont::PasswdChecked { user, ip, new } => {
+                self.passwd_checked(user, ip, new, result, now, fx)
+            }
+            Cont::PasswdHashed { user } => self.passwd_hashed(user, result),
+            Cont::PasswdStored { user, hash } => self.passwd_stored(caller, user, hash, result, fx),
             Cont::RegisterStored { user, hash } => {
                 self.register_stored(caller, user, hash, result, fx)
             }

@@ -85,6 +85,19 @@ pub enum Cont {
         /// From where: lockouts are per user and address.
         ip: IpAddr,
     },
+    /// Old password checked for a `passwd`.
+    PasswdChecked {
+        /// Whose.
+        user: String,
+        /// From where (a wrong old password counts as a failed login).
+        ip: IpAddr,
+        /// The new password, hashed next.
+        new: String,
+    },
+    /// New password hashed for a `passwd`.
+    PasswdHashed { user: String },
+    /// New password hash written for a `passwd`.
+    PasswdStored { user: String, hash: String },
     /// New password hashed for a register.
     RegisterHashed { user: String },
     /// New account written.

@@ -8,11 +8,11 @@ use std::time::Instant;
 
 use crate::auth::{self, HashOutcome, HashWork};
 use crate::config::Registration;
-use crate::protocol::{err, ok, ErrorCode, MAX_PASSWORD_LEN, MIN_PASSWORD_LEN};
+use crate::protocol::{err, event, ok, ErrorCode, MAX_PASSWORD_LEN, MIN_PASSWORD_LEN};
 use crate::store::StoreRequest;
 
 use super::chat::Account;
-use super::job::{write_failed, Cont, Effects, Job, Step, Work, WorkResult};
+use super::job::{write_failed, Cont, Delivery, Effects, Job, Step, Work, WorkResult};
 use super::{Caller, Chat, Clock, LockKey};
 
 /// Login attempts for one (user, address) pair. An attempt counts from the
@@ -52,21 +52,9 @@ impl Chat {
         password: String,
         now: Clock,
     ) -> Step {
-        if let Some(locked) = self.lock_message(&user, caller.ip, now) {
+        if let Err(locked) = self.start_attempt(&user, caller.ip, now) {
             return Step::Reply(locked);
         }
-        // Counted now: the failures so far plus the verifications already
-        // in flight may not pass the limit. An attempt over it is answered
-        // as locked without being verified, so its password does not matter.
-        let max = self.settings.max_login_failures;
-        let attempts = self
-            .failures
-            .entry((user.clone(), caller.ip))
-            .or_insert_with(|| Failures::new(now.mono));
-        if attempts.count.saturating_add(attempts.in_flight) >= max {
-            return Step::Reply(locked_reply(self.settings.block_time.as_secs()));
-        }
-        attempts.in_flight += 1;
         let (hash, known, upgrade) = match self.accounts.get(&user) {
             Some(a) => {
                 let outdated = auth::stand_in(&a.hash).is_some_and(|p| p != self.current_params);
@@ -87,6 +75,34 @@ impl Chat {
                 upgrade,
             }),
         })
+    }
+
+    /// Counts a password check for `user` from `ip` as it starts, or says
+    /// why it may not start (`- LOCKED`). The failures so far plus the
+    /// checks already in flight may not pass the limit; an attempt over it
+    /// is answered as locked without being checked, so its password does
+    /// not matter. Every `Ok` is followed by one [`Chat::end_attempt`].
+    fn start_attempt(&mut self, user: &str, ip: IpAddr, now: Clock) -> Result<(), Vec<u8>> {
+        if let Some(locked) = self.lock_message(user, ip, now) {
+            return Err(locked);
+        }
+        let max = self.settings.max_login_failures;
+        let attempts = self
+            .failures
+            .entry((user.to_string(), ip))
+            .or_insert_with(|| Failures::new(now.mono));
+        if attempts.count.saturating_add(attempts.in_flight) >= max {
+            return Err(locked_reply(self.settings.block_time.as_secs()));
+        }
+        attempts.in_flight += 1;
+        Ok(())
+    }
+
+    /// A check counted by [`Chat::start_attempt`] is back.
+    fn end_attempt(&mut self, user: &str, ip: IpAddr) {
+        if let Some(f) = self.failures.get_mut(&(user.to_string(), ip)) {
+            f.in_flight = f.in_flight.saturating_sub(1);
+        }
     }
 
     /// Counts the stored hashes by their parameters and picks the dummy.
@@ -157,11 +173,7 @@ impl Chat {
         now: Clock,
         fx: &mut Effects,
     ) -> Step {
-        let key = (user, ip);
-        if let Some(f) = self.failures.get_mut(&key) {
-            f.in_flight = f.in_flight.saturating_sub(1);
-        }
-        let (user, ip) = key;
+        self.end_attempt(&user, ip);
         let (matched, upgraded) = match result {
             WorkResult::Hash(HashOutcome::Verified(matched)) => (matched, None),
             WorkResult::Hash(HashOutcome::Upgraded(hash)) => (true, Some(hash)),
@@ -186,8 +198,18 @@ impl Chat {
             return Step::Reply(err(ErrorCode::AuthFail, "wrong username or password"));
         }
         self.forget_failures(&user, ip);
-        if let Some(hash) = upgraded {
-            self.store_hash(&user, hash, fx);
+        // Unless a `passwd` replaced the hash meanwhile (it is at the
+        // current cost then): the upgrade must not bring the old one back.
+        let outdated = self
+            .accounts
+            .get(&user)
+            .is_some_and(|a| auth::stand_in(&a.hash).is_some_and(|p| p != self.current_params));
+        if let (Some(hash), true) = (upgraded, outdated) {
+            self.set_hash(&user, hash.clone());
+            fx.background.push(StoreRequest::SetPasswordHash {
+                user: user.clone(),
+                hash,
+            });
         }
         let Some(caller) = caller else {
             return Step::Done;
@@ -200,19 +222,126 @@ impl Chat {
         )))
     }
 
-    /// Replaces `user`'s password hash, in memory now and on disk in the
-    /// background (a crash before that write keeps the old hash, which
-    /// still verifies the same password).
-    pub(super) fn store_hash(&mut self, user: &str, hash: String, fx: &mut Effects) {
+    /// Replaces `user`'s password hash in memory. A re-hash at login is
+    /// written in the background (a crash before that write keeps the old
+    /// hash, which still verifies the same password); a `passwd` only gets
+    /// here once its write has committed.
+    fn set_hash(&mut self, user: &str, hash: String) {
         let Some(account) = self.accounts.get_mut(user) else {
             return;
         };
-        let old = std::mem::replace(&mut account.hash, hash.clone());
-        self.hash_changed(Some(&old), &hash);
-        fx.background.push(StoreRequest::SetPasswordHash {
-            user: user.to_string(),
-            hash,
-        });
+        let old = std::mem::replace(&mut account.hash, hash);
+        let new = account.hash.clone();
+        self.hash_changed(Some(&old), &new);
+    }
+
+    /// `passwd <old> <new>`: the new password follows `register`'s rules;
+    /// the old one is checked like a login (it counts against the same
+    /// lockout, so a session left open is no way to guess the password).
+    pub(super) fn passwd(
+        &mut self,
+        caller: &Caller,
+        user: String,
+        old: String,
+        new: String,
+        now: Clock,
+    ) -> Step {
+        if !(MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&new.len()) {
+            return Step::Reply(password_length());
+        }
+        let Some(hash) = self.accounts.get(&user).map(|a| a.hash.clone()) else {
+            return Step::Reply(err(ErrorCode::Internal, "internal error"));
+        };
+        if let Err(locked) = self.start_attempt(&user, caller.ip, now) {
+            return Step::Reply(locked);
+        }
+        Step::Wait(Job {
+            cont: Cont::PasswdChecked {
+                user,
+                ip: caller.ip,
+                new,
+            },
+            work: Work::Hash(HashWork::Verify {
+                hash,
+                password: old,
+                upgrade: None,
+            }),
+        })
+    }
+
+    pub(super) fn passwd_checked(
+        &mut self,
+        user: String,
+        ip: IpAddr,
+        new: String,
+        result: WorkResult,
+        now: Clock,
+        fx: &mut Effects,
+    ) -> Step {
+        self.end_attempt(&user, ip);
+        let matched = matches!(
+            result,
+            WorkResult::Hash(HashOutcome::Verified(true) | HashOutcome::Upgraded(_))
+        );
+        if let Some(locked) = self.lock_message(&user, ip, now) {
+            if !matched {
+                self.record_failure(user, true, ip, now, fx);
+            }
+            return Step::Reply(locked);
+        }
+        if !matched {
+            self.record_failure(user, true, ip, now, fx);
+            return Step::Reply(err(ErrorCode::AuthFail, "wrong password"));
+        }
+        self.forget_failures(&user, ip);
+        Step::Wait(Job {
+            cont: Cont::PasswdHashed { user },
+            work: Work::Hash(HashWork::Hash {
+                password: new,
+                cost: self.settings.hash_cost,
+            }),
+        })
+    }
+
+    pub(super) fn passwd_hashed(&mut self, user: String, result: WorkResult) -> Step {
+        let WorkResult::Hash(HashOutcome::Hashed(Ok(hash))) = result else {
+            return Step::Reply(err(
+                ErrorCode::Internal,
+                "password not changed; try again later",
+            ));
+        };
+        Step::Wait(Job {
+            work: Work::Store(StoreRequest::SetPasswordHash {
+                user: user.clone(),
+                hash: hash.clone(),
+            }),
+            cont: Cont::PasswdStored { user, hash },
+        })
+    }
+
+    pub(super) fn passwd_stored(
+        &mut self,
+        caller: Option<&Caller>,
+        user: String,
+        hash: String,
+        result: WorkResult,
+        fx: &mut Effects,
+    ) -> Step {
+        let WorkResult::Store(Ok(_)) = result else {
+            return Step::Reply(write_failed(&result, "password not changed; try again"));
+        };
+        self.set_hash(&user, hash);
+        // Any other session of this user hears of it.
+        if let Some(&session) = self.online.get(&user) {
+            if caller.map(|c| c.session) != Some(session) {
+                fx.deliveries.push(Delivery {
+                    to: session,
+                    line: event("notice your password was changed").into(),
+                    stored: None,
+                });
+            }
+        }
+        Step::Reply(ok("password changed"))
     }
 
     /// A successful login resets the count; the record stays only while
@@ -285,10 +414,7 @@ impl Chat {
             ));
         }
         if !(MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&password.len()) {
-            return Step::Reply(err(
-                ErrorCode::BadArg,
-                &format!("a password is {MIN_PASSWORD_LEN} to {MAX_PASSWORD_LEN} bytes"),
-            ));
+            return Step::Reply(password_length());
         }
         if self.accounts.contains_key(&user) || !self.registering.insert(user.clone()) {
             return Step::Reply(err(ErrorCode::Exists, &format!("{user} is taken")));
@@ -362,5 +488,13 @@ fn locked_reply(secs: u64) -> Vec<u8> {
     err(
         ErrorCode::Locked,
         &format!("too many failed logins; try again in {secs} seconds"),
+    )
+}
+
+/// The refusal of a new password of the wrong length.
+fn password_length() -> Vec<u8> {
+    err(
+        ErrorCode::BadArg,
+        &format!("a password is {MIN_PASSWORD_LEN} to {MAX_PASSWORD_LEN} bytes"),
     )
 }

@@ -739,3 +739,100 @@ fn the_dummy_takes_the_parameters_most_hashes_use_and_old_hashes_are_upgraded() 
     assert_eq!(verify(&mut chat, "alice").2, None);
     assert_eq!(verify(&mut chat, "carol").2, Some(HashCost::Normal));
 }
+
+#[test]
+fn passwd_checks_the_old_password_like_a_login_and_commits_before_answering() {
+    let t0 = Instant::now();
+    assert_eq!(
+        parse_in("passwd old-one new one  "),
+        Ok(MemberCommand::Passwd {
+            old: "old-one".into(),
+            new: "new one  ".into()
+        })
+    );
+    assert!(parse_in("passwd only-one").is_err());
+    assert_eq!(
+        code(&parse("passwd a b", None).unwrap_err().reply()),
+        "- NOAUTH"
+    );
+
+    let mut chat = chat_with(&["alice"]);
+    let mut alice = caller(1, None);
+    log_in(&mut chat, &mut alice, "alice", clock(t0, 0));
+    let passwd = |old: &str, new: &str| {
+        member(
+            "alice",
+            MemberCommand::Passwd {
+                old: old.into(),
+                new: new.into(),
+            },
+        )
+    };
+    let mut fx = Effects::default();
+    let short = chat.execute(&alice, passwd("pw", "short"), clock(t0, 1), &mut fx);
+    assert!(reply_text(short).starts_with("- BADARG"));
+    // A wrong old password is a failed login: three of them lock.
+    for _ in 0..3 {
+        let Step::Wait(job) = chat.execute(
+            &alice,
+            passwd("guess", "new password"),
+            clock(t0, 1),
+            &mut fx,
+        ) else {
+            panic!()
+        };
+        let step = chat.complete(
+            Some(&alice),
+            job.cont,
+            WorkResult::Hash(HashOutcome::Verified(false)),
+            clock(t0, 1),
+            &mut fx,
+        );
+        assert!(reply_text(step).starts_with("- AUTHFAIL"));
+    }
+    let locked = chat.execute(&alice, passwd("pw", "new password"), clock(t0, 2), &mut fx);
+    assert!(reply_text(locked).starts_with("- LOCKED"));
+    // After the lock: the right old password, the new one hashed, written,
+    // and only then in memory and answered.
+    let Step::Wait(job) =
+        chat.execute(&alice, passwd("pw", "new password"), clock(t0, 70), &mut fx)
+    else {
+        panic!()
+    };
+    let Step::Wait(hash_job) = chat.complete(
+        Some(&alice),
+        job.cont,
+        WorkResult::Hash(HashOutcome::Verified(true)),
+        clock(t0, 70),
+        &mut fx,
+    ) else {
+        panic!()
+    };
+    assert!(matches!(
+        hash_job.work,
+        Work::Hash(HashWork::Hash { ref password, cost: HashCost::Low }) if password == "new password"
+    ));
+    let Step::Wait(store_job) = chat.complete(
+        Some(&alice),
+        hash_job.cont,
+        WorkResult::Hash(HashOutcome::Hashed(Ok("new-hash".into()))),
+        clock(t0, 70),
+        &mut fx,
+    ) else {
+        panic!()
+    };
+    assert!(matches!(
+        store_job.work,
+        Work::Store(StoreRequest::SetPasswordHash { ref user, ref hash }) if user == "alice" && hash == "new-hash"
+    ));
+    assert_eq!(chat.accounts["alice"].hash, "hash", "not before the commit");
+    let done = chat.complete(
+        Some(&alice),
+        store_job.cont,
+        WorkResult::Store(Ok(StoreOutput::Done)),
+        clock(t0, 70),
+        &mut fx,
+    );
+    assert_eq!(reply_text(done), "+ password changed\n");
+    assert_eq!(chat.accounts["alice"].hash, "new-hash");
+}

@@ -778,6 +778,59 @@ fn users_file_is_imported_once() {
     assert_eq!(c.cmd("history").len(), 2);
 }
 
+/// Regression: `--users` imported passwords shorter than `register`
+/// allows and kept trailing blanks.
+#[test]
+fn users_file_lines_follow_the_rules_of_register_and_bad_ones_are_named_by_number() {
+    let dir = tempfile::tempdir().expect("dir");
+    let users = dir.path().join("users.txt");
+    std::fs::write(
+        &users,
+        "alice secret-one\nshorty pw\ntrailing spaces-after \ncarol fine password\n",
+    )
+    .expect("write");
+    let data = dir.path().join("data");
+    let users_arg = users.display().to_string();
+    let server = Server::start_at(&data, &["--users", &users_arg]);
+    server.connect().login("alice", "secret-one");
+    server.connect().login("carol", "fine password");
+    for (user, password) in [("shorty", "pw"), ("trailing", "spaces-after ")] {
+        let reply = server.connect().cmd1(&format!("login {user} {password}"));
+        assert!(reply.starts_with("- AUTHFAIL "), "{user}: {reply}");
+    }
+    let log = server.log();
+    for n in [2, 3] {
+        assert!(log.contains(&format!("users.txt:{n}: skipped: ")), "{log}");
+    }
+    for secret in ["shorty", "trailing", "spaces-after"] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+    }
+}
+
+#[test]
+fn passwd_changes_the_password_once_the_old_one_is_given() {
+    let server = Server::start(&[]);
+    let mut alice = server.user("alice");
+    assert!(alice
+        .cmd1("passwd password-alice short")
+        .starts_with("- BADARG "));
+    assert!(alice
+        .cmd1("passwd wrong-one new password")
+        .starts_with("- AUTHFAIL "));
+    assert!(alice
+        .cmd1("passwd onlyone")
+        .starts_with("- BADARG usage: passwd"));
+    assert_eq!(
+        alice.cmd1("passwd password-alice new password"),
+        "+ password changed"
+    );
+    // It holds across a restart: the change was committed before the `+`.
+    let server = server.restart_after_kill();
+    let old = server.connect().cmd1("login alice password-alice");
+    assert!(old.starts_with("- AUTHFAIL "), "{old}");
+    server.connect().login("alice", "new password");
+}
+
 #[test]
 #[ignore = "heavy: 5,000 sends paced at the default rate take about 8 minutes; .ci/run runs it with --ignored"]
 fn a_piped_burst_of_5000_sends_at_the_default_rate_is_answered_in_full() {

@@ -144,3 +144,23 @@ fn after_a_cost_change_unknown_names_cost_what_known_ones_do_and_old_hashes_are_
     // And it still lets her in.
     server.connect().login("alice", "password-alice");
 }
+
+/// Regression: the lockout warning logged the attempted name verbatim, and
+/// a password typed into the user field ended up in the log.
+#[test]
+fn names_that_are_no_account_never_reach_the_log() {
+    let server = Server::start(&["--max-login-failures", "2"]);
+    drop(server.user("alice"));
+    let mut c = server.connect();
+    for _ in 0..3 {
+        c.cmd1("login hunter2-typo whatever");
+        c.cmd1("login alice wrong-guess");
+    }
+    let log = server.log();
+    assert!(
+        log.contains("login locked for alice from 127.0.0.1"),
+        "{log}"
+    );
+    assert!(log.contains("login locked for an unknown user"), "{log}");
+    assert!(!log.contains("hunter2"), "{log}");
+}
