@@ -3,6 +3,7 @@
 //! benchmarks can run it in-process; `natterd` (src/main.rs) only parses
 //! flags, binds the listener and calls [`reactor::Server::run`].
 
+pub mod addr;
 mod admission;
 pub mod auth;
 mod background;

@@ -42,6 +42,8 @@ pub struct ChatSettings {
     pub hash_cost: HashCost,
     /// Unread messages an inbox may hold (0: no limit).
     pub max_inbox: u32,
+    /// IPv6 prefix length that makes one address group for lockouts.
+    pub ipv6_prefix: u8,
 }
 
 impl From<&Config> for ChatSettings {
@@ -52,6 +54,7 @@ impl From<&Config> for ChatSettings {
             registration: c.registration,
             hash_cost: c.hash_cost,
             max_inbox: c.max_inbox,
+            ipv6_prefix: c.ipv6_prefix,
         }
     }
 }

@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
+use crate::addr::AddrGroup;
 use crate::auth::{HashOutcome, HashWork};
 use crate::protocol::ByeReason;
 use crate::protocol::{err, ErrorCode};
@@ -18,8 +19,8 @@ use crate::store::{StoreError, StoreOutput, StoreRequest};
 use super::direct::{DirectKind, DirectTarget};
 use super::SessionRef;
 
-/// Key of a lockout record: the username and the address guessing it.
-pub type LockKey = (String, IpAddr);
+/// Key of a lockout record: the username and the address group guessing it.
+pub type LockKey = (String, AddrGroup);
 
 /// What a command (or a completed job) produced for its own session.
 #[derive(Debug)]

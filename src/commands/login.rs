@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::time::Instant;
 
+use crate::addr::AddrGroup;
 use crate::auth::{self, HashOutcome, HashWork};
 use crate::config::Registration;
 use crate::protocol::{err, event, ok, ErrorCode, MAX_PASSWORD_LEN, MIN_PASSWORD_LEN};
@@ -77,6 +78,15 @@ impl Chat {
         })
     }
 
+    /// Lockouts are per username and address group (IPv6: per
+    /// `--ipv6-prefix`), so a host cannot take a fresh address per guess.
+    fn lock_key(&self, user: &str, ip: IpAddr) -> LockKey {
+        (
+            user.to_string(),
+            AddrGroup::of(ip, self.settings.ipv6_prefix),
+        )
+    }
+
     /// Counts a password check for `user` from `ip` as it starts, or says
     /// why it may not start (`- LOCKED`). The failures so far plus the
     /// checks already in flight may not pass the limit; an attempt over it
@@ -87,9 +97,10 @@ impl Chat {
             return Err(locked);
         }
         let max = self.settings.max_login_failures;
+        let key = self.lock_key(user, ip);
         let attempts = self
             .failures
-            .entry((user.to_string(), ip))
+            .entry(key)
             .or_insert_with(|| Failures::new(now.mono));
         if attempts.count.saturating_add(attempts.in_flight) >= max {
             return Err(locked_reply(self.settings.block_time.as_secs()));
@@ -100,7 +111,8 @@ impl Chat {
 
     /// A check counted by [`Chat::start_attempt`] is back.
     fn end_attempt(&mut self, user: &str, ip: IpAddr) {
-        if let Some(f) = self.failures.get_mut(&(user.to_string(), ip)) {
+        let key = self.lock_key(user, ip);
+        if let Some(f) = self.failures.get_mut(&key) {
             f.in_flight = f.in_flight.saturating_sub(1);
         }
     }
@@ -150,7 +162,7 @@ impl Chat {
     /// `- LOCKED ...` if `user` is locked out from `ip` now; forgets a
     /// record whose time has passed and that has nothing in flight.
     fn lock_message(&mut self, user: &str, ip: IpAddr, now: Clock) -> Option<Vec<u8>> {
-        let key = (user.to_string(), ip);
+        let key = self.lock_key(user, ip);
         let f = self.failures.get(&key)?;
         if f.forget_at <= now.mono && f.in_flight == 0 {
             self.failures.remove(&key);
@@ -347,7 +359,7 @@ impl Chat {
     /// A successful login resets the count; the record stays only while
     /// other verifications for it are in flight.
     fn forget_failures(&mut self, user: &str, ip: IpAddr) {
-        let key = (user.to_string(), ip);
+        let key = self.lock_key(user, ip);
         match self.failures.get_mut(&key) {
             Some(f) if f.in_flight > 0 => {
                 f.count = 0;
@@ -369,7 +381,7 @@ impl Chat {
         fx: &mut Effects,
     ) {
         let block = self.settings.block_time;
-        let key = (user, ip);
+        let key = (user, AddrGroup::of(ip, self.settings.ipv6_prefix));
         let f = self
             .failures
             .entry(key.clone())

@@ -163,6 +163,7 @@ fn settings() -> ChatSettings {
         registration: Registration::Open,
         hash_cost: HashCost::Low,
         max_inbox: 2,
+        ipv6_prefix: 64,
     }
 }
 
@@ -601,7 +602,10 @@ fn a_verification_finishing_while_locked_gets_locked_whatever_the_password() {
         }
         // Locked by something else meanwhile (a lock record from an
         // earlier round, say): the last check comes back into the lock.
-        let key = ("alice".to_string(), conns[2].ip);
+        let key = (
+            "alice".to_string(),
+            crate::addr::AddrGroup::of(conns[2].ip, 64),
+        );
         if let Some(f) = chat.failures.get_mut(&key) {
             f.locked_until = Some(t0 + Duration::from_secs(60));
         }
@@ -835,4 +839,36 @@ fn passwd_checks_the_old_password_like_a_login_and_commits_before_answering() {
     );
     assert_eq!(reply_text(done), "+ password changed\n");
     assert_eq!(chat.accounts["alice"].hash, "new-hash");
+}
+
+#[test]
+fn lockouts_count_an_ipv6_prefix_as_one_address() {
+    let t0 = Instant::now();
+    let mut chat = chat_with(&["alice"]);
+    let mut fx = Effects::default();
+    // Each guess from another address of one /64.
+    for i in 1..=4u16 {
+        let mut c = caller(usize::from(i), None);
+        c.ip = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, i, 0, 0, 1).into();
+        let step = chat.execute(&c, login_cmd("guess"), clock(t0, 0), &mut fx);
+        let reply = match step {
+            Step::Wait(job) => reply_text(chat.complete(
+                Some(&c),
+                job.cont,
+                WorkResult::Hash(HashOutcome::Verified(false)),
+                clock(t0, 0),
+                &mut fx,
+            )),
+            step => reply_text(step),
+        };
+        let want = if i <= 3 { "- AUTHFAIL" } else { "- LOCKED" };
+        assert!(reply.starts_with(want), "guess {i}: {reply}");
+    }
+    // Another /64 is another address.
+    let mut other = caller(9, None);
+    other.ip = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 2, 0, 0, 0, 1).into();
+    assert!(matches!(
+        chat.execute(&other, login_cmd("guess"), clock(t0, 0), &mut fx),
+        Step::Wait(_)
+    ));
 }

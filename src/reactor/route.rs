@@ -121,6 +121,7 @@ impl Server {
         });
         match live.and_then(|r| Some((r, self.conns.get_mut(r.session.token)?))) {
             Some((reply_to, conn)) => {
+                let stranger = conn.session.caller().user.is_none();
                 let mut outbox = Outbox::default();
                 conn.session.complete(
                     &mut self.chat,
@@ -130,6 +131,10 @@ impl Server {
                     clock,
                     &mut outbox,
                 );
+                if stranger && conn.session.caller().user.is_some() {
+                    // Logged in: no longer in the class a newcomer may displace.
+                    self.admission.logged_in(reply_to.session);
+                }
                 self.apply(outbox);
                 // If that ended it (a queued quit, say), it leaves the chat
                 // now, before the next completion can deliver to it.

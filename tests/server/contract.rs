@@ -578,8 +578,9 @@ fn over_the_rate_commands_wait_and_every_one_is_answered() {
 #[test]
 fn connections_beyond_max_clients_are_told_busy() {
     let server = Server::start(&["--max-clients", "2"]);
-    let _a = server.connect();
-    let _b = server.connect();
+    // Logged in: a newcomer cannot take their place.
+    let _a = server.user("alice");
+    let _b = server.user("bob");
     let mut c = Client::connect(server.addr);
     assert_eq!(c.until_closed(), vec!["* bye busy"]);
 }

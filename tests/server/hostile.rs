@@ -284,6 +284,8 @@ fn ten_thousand_idle_sessions_stay_within_the_memory_bound() {
     let server = Server::start(&[
         "--max-clients",
         "10100",
+        "--max-unauthenticated",
+        "10100",
         "--max-per-ip",
         "0",
         "--idle-timeout",
@@ -408,4 +410,88 @@ fn a_stranger_streaming_blank_lines_never_slows_others() {
         }
     });
     assert_not_stalled(worst, baseline);
+}
+
+/// Regression: connections that never log in filled `--max-clients`, and
+/// every newcomer got `* bye busy` until the login timeout.
+#[test]
+fn connections_that_never_log_in_cannot_keep_logins_out() {
+    let server = Server::start(&["--max-clients", "12", "--max-per-ip", "0"]);
+    let mut alice = server.user("alice");
+    drop(server.user("bob"));
+    // Eleven idle strangers fill the server (alice is the twelfth).
+    let mut idle: Vec<Client> = (0..11)
+        .map(|_| connect_from("127.0.0.2", server.addr))
+        .collect();
+    // A newcomer gets in, in place of the oldest of them, and logs in.
+    let mut bob = server.connect();
+    bob.login("bob", "password-bob");
+    assert_eq!(idle[0].until_closed(), vec!["* bye busy"]);
+    assert_eq!(alice.cmd1("ping"), "+ pong");
+    // Logged in, bob and alice are never displaced: strangers are.
+    let mut third = server.connect();
+    assert_eq!(third.cmd1("ping").split(' ').nth(1), Some("NOAUTH"));
+    assert_eq!(idle[1].until_closed(), vec!["* bye busy"]);
+    assert_eq!(bob.cmd1("ping"), "+ pong");
+}
+
+#[test]
+fn at_most_max_unauthenticated_connections_wait_to_log_in() {
+    let server = Server::start(&["--max-unauthenticated", "3", "--max-per-ip", "0"]);
+    let mut idle: Vec<Client> = (0..3)
+        .map(|_| connect_from("127.0.0.2", server.addr))
+        .collect();
+    let mut newcomer = server.connect();
+    assert_eq!(idle[0].until_closed(), vec!["* bye busy"]);
+    assert_eq!(
+        newcomer.cmd1("register carol password-carol"),
+        "+ registered carol"
+    );
+    // Carol is logged in and counts no more: two idle ones and one more
+    // stranger fill the class, and the one after that displaces the oldest.
+    let _third = server.connect();
+    let _fourth = server.connect();
+    assert_eq!(idle[1].until_closed(), vec!["* bye busy"]);
+    assert_eq!(newcomer.cmd1("ping"), "+ pong");
+}
+
+#[test]
+#[ignore = "heavy: 10,000 connections; .ci/run runs it with --ignored"]
+fn ten_thousand_idle_strangers_keep_no_one_out() {
+    let _serial = serial();
+    const IDLE: usize = 10_000;
+    let limit = raise_fd_limit(IDLE as u64 + 500);
+    assert!(
+        limit >= IDLE as u64 + 200,
+        "open-file limit {limit} is too low for this test"
+    );
+    // The defaults: --max-clients 10000, --max-per-ip 64,
+    // --max-unauthenticated 1000.
+    let server = Server::start(&["--login-timeout", "600"]);
+    let mut ordinary = server.user("ordinary");
+    drop(server.user("late"));
+    let baseline = ordinary.ping_baseline();
+    // 64 per address, from as many loopback addresses as it takes; they
+    // never read or write.
+    let mut held = Vec::with_capacity(IDLE);
+    for i in 0..IDLE {
+        let source = format!("127.0.{}.{}", 1 + i / 64 / 250, 2 + (i / 64) % 250);
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        let local: std::net::SocketAddr = format!("{source}:0").parse().expect("addr");
+        socket.bind(&local.into()).expect("bind source address");
+        socket
+            .connect_timeout(&server.addr.into(), TIMEOUT)
+            .expect("connect");
+        held.push(socket);
+    }
+    let started = Instant::now();
+    let mut late = server.connect();
+    late.login("late", "password-late");
+    eprintln!(
+        "login with {IDLE} idle strangers held: {:?}",
+        started.elapsed()
+    );
+    assert_not_stalled(ordinary.ping(), baseline);
+    drop(held);
 }
