@@ -82,6 +82,9 @@ pub enum HashOutcome {
     Upgraded(String),
     /// A new hash, or why there is none.
     Hashed(Result<String, String>),
+    /// Not done: the queue for the hashing threads was full (never comes
+    /// from a thread; see `hashqueue.rs`).
+    Busy,
 }
 
 fn run(work: HashWork) -> HashOutcome {

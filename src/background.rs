@@ -13,6 +13,7 @@ use mio::Waker;
 
 use crate::auth::{HashOutcome, HashWork, HasherPool};
 use crate::commands::{Cont, Job, Work, WorkResult};
+use crate::hashqueue::{FairQueue, Lane, MAX_QUEUED};
 use crate::session::ReplyTo;
 use crate::store::{self, Store, StoreError, StoreHandle, StoreRequest};
 
@@ -45,6 +46,10 @@ pub struct Background {
     /// `history` reads, on their own connection and thread.
     reader: StoreHandle<Tag>,
     hasher: HasherPool<Tag>,
+    /// Hashing jobs waiting for a free thread, fair across address groups.
+    hash_queue: FairQueue<(HashWork, Tag)>,
+    /// Hashing jobs with the threads (at most `HASH_THREADS`).
+    hashing: usize,
     completions: Receiver<Completion>,
     /// Jobs that could not be handed to their thread; answered next pass.
     failed: Vec<Completion>,
@@ -92,6 +97,8 @@ impl Background {
             store,
             reader,
             hasher,
+            hash_queue: FairQueue::new(MAX_QUEUED),
+            hashing: 0,
             completions,
             failed: Vec::new(),
             in_flight: 0,
@@ -99,7 +106,9 @@ impl Background {
     }
 
     /// Hands `job` to its thread; its result comes back from `take`.
-    pub fn dispatch(&mut self, job: Job, reply_to: Option<ReplyTo>) {
+    /// Hashing jobs wait their turn in `lane` (the address group of the
+    /// session asking) and come back as `Busy` when the queue is full.
+    pub fn dispatch(&mut self, job: Job, reply_to: Option<ReplyTo>, lane: Lane) {
         self.in_flight += 1;
         let tag = Tag {
             reply_to,
@@ -125,15 +134,21 @@ impl Background {
                     ))),
                 )
             }),
-            Work::Hash(work) => self.hasher.submit(work, tag).err().map(|(work, tag)| {
-                let outcome = match work {
-                    HashWork::Verify { .. } => HashOutcome::Verified(false),
-                    HashWork::Hash { .. } => {
-                        HashOutcome::Hashed(Err("the hashing threads have stopped".into()))
-                    }
+            Work::Hash(work) => {
+                let busy = match self.hash_queue.push(lane, (work, tag)) {
+                    Ok(evicted) => evicted,
+                    Err(refused) => Some(refused),
                 };
-                (tag, WorkResult::Hash(outcome))
-            }),
+                if let Some((_, tag)) = busy {
+                    log::debug!("hashing queue full ({} waiting)", self.hash_queue.len());
+                    self.failed.push(Completion {
+                        tag,
+                        result: WorkResult::Hash(HashOutcome::Busy),
+                    });
+                }
+                self.pump();
+                None
+            }
         };
         if let Some((tag, result)) = failed {
             log::error!("background job could not be queued");
@@ -141,11 +156,43 @@ impl Background {
         }
     }
 
+    /// Hands waiting hashing jobs to the threads while one is free.
+    fn pump(&mut self) {
+        while self.hashing < HASH_THREADS {
+            let Some((work, tag)) = self.hash_queue.pop() else {
+                return;
+            };
+            match self.hasher.submit(work, tag) {
+                Ok(()) => self.hashing += 1,
+                Err((work, tag)) => {
+                    log::error!("background job could not be queued");
+                    let outcome = match work {
+                        HashWork::Verify { .. } => HashOutcome::Verified(false),
+                        HashWork::Hash { .. } => {
+                            HashOutcome::Hashed(Err("the hashing threads have stopped".into()))
+                        }
+                    };
+                    self.failed.push(Completion {
+                        tag,
+                        result: WorkResult::Hash(outcome),
+                    });
+                }
+            }
+        }
+    }
+
     /// Every result there is now. Several wakes can arrive as one event, so
     /// this takes everything, not one.
     pub fn take(&mut self) -> Vec<Completion> {
         let mut done = std::mem::take(&mut self.failed);
-        done.extend(self.completions.try_iter());
+        for c in self.completions.try_iter() {
+            if matches!(c.result, WorkResult::Hash(_)) {
+                self.hashing = self.hashing.saturating_sub(1);
+            }
+            done.push(c);
+        }
+        // Threads freed up: the next jobs in turn.
+        self.pump();
         self.in_flight = self.in_flight.saturating_sub(done.len());
         done
     }

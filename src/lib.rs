@@ -9,6 +9,7 @@ pub mod auth;
 mod background;
 pub mod commands;
 pub mod config;
+mod hashqueue;
 #[cfg(test)]
 mod props;
 pub mod protocol;

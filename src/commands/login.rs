@@ -187,6 +187,8 @@ impl Chat {
     ) -> Step {
         self.end_attempt(&user, ip);
         let (matched, upgraded) = match result {
+            // Not checked at all: no guess was made, nothing to count.
+            WorkResult::Hash(HashOutcome::Busy) => return Step::Reply(busy()),
             WorkResult::Hash(HashOutcome::Verified(matched)) => (matched, None),
             WorkResult::Hash(HashOutcome::Upgraded(hash)) => (true, Some(hash)),
             result => {
@@ -291,6 +293,9 @@ impl Chat {
         fx: &mut Effects,
     ) -> Step {
         self.end_attempt(&user, ip);
+        if matches!(result, WorkResult::Hash(HashOutcome::Busy)) {
+            return Step::Reply(busy());
+        }
         let matched = matches!(
             result,
             WorkResult::Hash(HashOutcome::Verified(true) | HashOutcome::Upgraded(_))
@@ -316,6 +321,9 @@ impl Chat {
     }
 
     pub(super) fn passwd_hashed(&mut self, user: String, result: WorkResult) -> Step {
+        if matches!(result, WorkResult::Hash(HashOutcome::Busy)) {
+            return Step::Reply(busy());
+        }
         let WorkResult::Hash(HashOutcome::Hashed(Ok(hash))) = result else {
             return Step::Reply(err(
                 ErrorCode::Internal,
@@ -441,6 +449,10 @@ impl Chat {
     }
 
     pub(super) fn register_hashed(&mut self, user: String, result: WorkResult, now: Clock) -> Step {
+        if matches!(result, WorkResult::Hash(HashOutcome::Busy)) {
+            self.registering.remove(&user);
+            return Step::Reply(busy());
+        }
         let WorkResult::Hash(HashOutcome::Hashed(Ok(hash))) = result else {
             return self.register_failed(&user);
         };
@@ -509,4 +521,9 @@ fn password_length() -> Vec<u8> {
         ErrorCode::BadArg,
         &format!("a password is {MIN_PASSWORD_LEN} to {MAX_PASSWORD_LEN} bytes"),
     )
+}
+
+/// The answer when the hashing queue had no room: nothing was checked.
+fn busy() -> Vec<u8> {
+    err(ErrorCode::Busy, "try again in a moment")
 }

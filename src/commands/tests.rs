@@ -872,3 +872,45 @@ fn lockouts_count_an_ipv6_prefix_as_one_address() {
         Step::Wait(_)
     ));
 }
+
+#[test]
+fn a_login_the_hashing_queue_had_no_room_for_is_busy_and_not_a_failure() {
+    let t0 = Instant::now();
+    let mut chat = chat_with(&["alice"]);
+    let c = caller(1, None);
+    let mut fx = Effects::default();
+    // More BUSY answers than the lockout allows failures: none counts.
+    for _ in 0..5 {
+        let Step::Wait(job) = chat.execute(&c, login_cmd("pw"), clock(t0, 0), &mut fx) else {
+            panic!("the attempt was locked out")
+        };
+        let step = chat.complete(
+            Some(&c),
+            job.cont,
+            WorkResult::Hash(HashOutcome::Busy),
+            clock(t0, 0),
+            &mut fx,
+        );
+        assert_eq!(reply_text(step), "- BUSY try again in a moment\n");
+    }
+    // A register that could not be hashed frees its name.
+    let reg = Command::Register {
+        user: "bob".into(),
+        password: "long enough".into(),
+    };
+    let Step::Wait(job) = chat.execute(&c, reg.clone(), clock(t0, 0), &mut fx) else {
+        panic!()
+    };
+    let step = chat.complete(
+        Some(&c),
+        job.cont,
+        WorkResult::Hash(HashOutcome::Busy),
+        clock(t0, 0),
+        &mut fx,
+    );
+    assert!(reply_text(step).starts_with("- BUSY"));
+    assert!(matches!(
+        chat.execute(&c, reg, clock(t0, 0), &mut fx),
+        Step::Wait(_)
+    ));
+}

@@ -99,7 +99,15 @@ impl Server {
     }
 
     pub(super) fn dispatch(&mut self, job: Job, reply_to: Option<ReplyTo>) {
-        self.background.dispatch(job, reply_to);
+        // Hashing is shared out fairly by the asking session's address group.
+        let lane = reply_to
+            .and_then(|r| {
+                self.conns
+                    .get(r.session.token)
+                    .filter(|c| c.session.id() == r.session.id)
+            })
+            .map(|c| self.admission.group(c.session.caller().ip));
+        self.background.dispatch(job, reply_to, lane);
     }
 
     pub(super) fn drain_completions(&mut self) {
