@@ -115,6 +115,14 @@ pub struct Config {
     #[arg(long, default_value_t = 3)]
     pub max_login_failures: u32,
 
+    /// Wrong passwords checked per hour for one account from addresses its
+    /// owner never logged in from, however many addresses try (0: no such
+    /// budget). Also the burst: at most N + N×hours in any period. Past it,
+    /// such logins get `- LOCKED` unchecked; the owner's own addresses are
+    /// exempt, so an attack cannot lock the owner out.
+    #[arg(long, default_value_t = 10)]
+    pub account_guesses_per_hour: u32,
+
     /// Seconds a lockout lasts.
     #[arg(long, default_value_t = 60)]
     pub block_time: u64,

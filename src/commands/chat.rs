@@ -11,6 +11,7 @@ use crate::config::{Config, HashCost, Registration};
 use crate::protocol::{ok, ByeReason};
 use crate::store::StoreRequest;
 
+use super::budget::Budgets;
 use super::job::{write_failed, Cont, Effects, Step, WorkResult};
 use super::login::Failures;
 use super::parse::{Command, MemberCommand};
@@ -44,6 +45,8 @@ pub struct ChatSettings {
     pub max_inbox: u32,
     /// IPv6 prefix length that makes one address group for lockouts.
     pub ipv6_prefix: u8,
+    /// Account-wide guessing budget per hour (0: none); see `budget.rs`.
+    pub account_guesses_per_hour: u32,
 }
 
 impl From<&Config> for ChatSettings {
@@ -55,6 +58,7 @@ impl From<&Config> for ChatSettings {
             hash_cost: c.hash_cost,
             max_inbox: c.max_inbox,
             ipv6_prefix: c.ipv6_prefix,
+            account_guesses_per_hour: c.account_guesses_per_hour,
         }
     }
 }
@@ -81,6 +85,8 @@ pub struct Chat {
     pub(super) current_params: String,
     /// Stored hashes by their parameters (named by their stand-in).
     pub(super) hash_params: HashMap<String, usize>,
+    /// Guessing budgets per account across addresses.
+    pub(super) budgets: Budgets,
 }
 
 impl Chat {
@@ -92,7 +98,9 @@ impl Chat {
         current_hash: String,
     ) -> Self {
         let current_params = crate::auth::stand_in(&current_hash).unwrap_or(current_hash);
+        let budgets = Budgets::new(settings.account_guesses_per_hour);
         let mut chat = Chat {
+            budgets,
             settings,
             accounts,
             online: BTreeMap::new(),
@@ -167,9 +175,12 @@ impl Chat {
         fx: &mut Effects,
     ) -> Step {
         match cont {
-            Cont::Login { user, known, ip } => {
-                self.finish_login(caller, user, known, ip, result, now, fx)
-            }
+            Cont::Login {
+                user,
+                known,
+                ip,
+                charged,
+            } => self.finish_login(caller, user, known, ip, charged, result, now, fx),
             Cont::RegisterHashed { user } => self.register_hashed(user, result, now),
             Cont::PasswdChecked { user, ip, new } => {
                 self.passwd_checked(user, ip, new, result, now, fx)

@@ -85,6 +85,8 @@ pub enum Cont {
         known: bool,
         /// From where: lockouts are per user and address.
         ip: IpAddr,
+        /// Whether it took a token of the account's guessing budget.
+        charged: bool,
     },
     /// Old password checked for a `passwd`.
     PasswdChecked {

@@ -53,9 +53,10 @@ impl Chat {
         password: String,
         now: Clock,
     ) -> Step {
-        if let Err(locked) = self.start_attempt(&user, caller.ip, now) {
-            return Step::Reply(locked);
-        }
+        let charged = match self.start_attempt(&user, caller.ip, true, now) {
+            Ok(charged) => charged,
+            Err(locked) => return Step::Reply(locked),
+        };
         let (hash, known, upgrade) = match self.accounts.get(&user) {
             Some(a) => {
                 let outdated = auth::stand_in(&a.hash).is_some_and(|p| p != self.current_params);
@@ -69,6 +70,7 @@ impl Chat {
                 user,
                 known,
                 ip: caller.ip,
+                charged,
             },
             work: Work::Hash(HashWork::Verify {
                 hash,
@@ -91,13 +93,22 @@ impl Chat {
     /// why it may not start (`- LOCKED`). The failures so far plus the
     /// checks already in flight may not pass the limit; an attempt over it
     /// is answered as locked without being checked, so its password does
-    /// not matter. Every `Ok` is followed by one [`Chat::end_attempt`].
-    fn start_attempt(&mut self, user: &str, ip: IpAddr, now: Clock) -> Result<(), Vec<u8>> {
+    /// not matter. With `account_wide`, it must also fit the account's
+    /// guessing budget (`budget.rs`); `Ok(true)` means it took a token.
+    /// Every `Ok` is followed by one [`Chat::end_attempt`].
+    fn start_attempt(
+        &mut self,
+        user: &str,
+        ip: IpAddr,
+        account_wide: bool,
+        now: Clock,
+    ) -> Result<bool, Vec<u8>> {
         if let Some(locked) = self.lock_message(user, ip, now) {
             return Err(locked);
         }
         let max = self.settings.max_login_failures;
         let key = self.lock_key(user, ip);
+        let group = key.1;
         let attempts = self
             .failures
             .entry(key)
@@ -106,7 +117,18 @@ impl Chat {
             return Err(locked_reply(self.settings.block_time.as_secs()));
         }
         attempts.in_flight += 1;
-        Ok(())
+        let charged = if account_wide {
+            match self.budgets.charge(user, group, now.mono) {
+                Ok(charged) => charged,
+                Err(secs) => {
+                    self.end_attempt(user, ip);
+                    return Err(locked_reply(secs));
+                }
+            }
+        } else {
+            false
+        };
+        Ok(charged)
     }
 
     /// A check counted by [`Chat::start_attempt`] is back.
@@ -181,6 +203,7 @@ impl Chat {
         user: String,
         known: bool,
         ip: IpAddr,
+        charged: bool,
         result: WorkResult,
         now: Clock,
         fx: &mut Effects,
@@ -188,7 +211,12 @@ impl Chat {
         self.end_attempt(&user, ip);
         let (matched, upgraded) = match result {
             // Not checked at all: no guess was made, nothing to count.
-            WorkResult::Hash(HashOutcome::Busy) => return Step::Reply(busy()),
+            WorkResult::Hash(HashOutcome::Busy) => {
+                if charged {
+                    self.budgets.refund(&user, now.mono);
+                }
+                return Step::Reply(busy());
+            }
             WorkResult::Hash(HashOutcome::Verified(matched)) => (matched, None),
             WorkResult::Hash(HashOutcome::Upgraded(hash)) => (true, Some(hash)),
             result => {
@@ -198,12 +226,12 @@ impl Chat {
             }
         };
         // A lock that began while this check was in flight holds whatever
-        // the password: the right one and a wrong one get the same answer,
-        // so nothing verified while locked tells them apart.
+        // the password: the right one and a wrong one get the same answer
+        // and are counted the same (a longer lock, no token back), so
+        // nothing checked while locked tells them apart. (Attempts count
+        // when they start, so this is a second line of defence.)
         if let Some(locked) = self.lock_message(&user, ip, now) {
-            if !(known && matched) {
-                self.record_failure(user, known, ip, now, fx);
-            }
+            self.record_failure(user, known, ip, now, fx);
             return Step::Reply(locked);
         }
         if !(known && matched) {
@@ -212,6 +240,12 @@ impl Chat {
             return Step::Reply(err(ErrorCode::AuthFail, "wrong username or password"));
         }
         self.forget_failures(&user, ip);
+        if charged {
+            self.budgets.refund(&user, now.mono);
+        }
+        // The owner logs in from here: exempt from the account-wide budget.
+        let group = AddrGroup::of(ip, self.settings.ipv6_prefix);
+        self.budgets.trust(&user, group);
         // Unless a `passwd` replaced the hash meanwhile (it is at the
         // current cost then): the upgrade must not bring the old one back.
         let outdated = self
@@ -266,7 +300,8 @@ impl Chat {
         let Some(hash) = self.accounts.get(&user).map(|a| a.hash.clone()) else {
             return Step::Reply(err(ErrorCode::Internal, "internal error"));
         };
-        if let Err(locked) = self.start_attempt(&user, caller.ip, now) {
+        // Logged in from here, so the account-wide budget does not apply.
+        if let Err(locked) = self.start_attempt(&user, caller.ip, false, now) {
             return Step::Reply(locked);
         }
         Step::Wait(Job {
@@ -301,9 +336,7 @@ impl Chat {
             WorkResult::Hash(HashOutcome::Verified(true) | HashOutcome::Upgraded(_))
         );
         if let Some(locked) = self.lock_message(&user, ip, now) {
-            if !matched {
-                self.record_failure(user, true, ip, now, fx);
-            }
+            self.record_failure(user, true, ip, now, fx);
             return Step::Reply(locked);
         }
         if !matched {
@@ -491,6 +524,8 @@ impl Chat {
         );
         match caller {
             Some(caller) if caller.user.is_none() => {
+                let group = AddrGroup::of(caller.ip, self.settings.ipv6_prefix);
+                self.budgets.trust(&user, group);
                 self.enter(caller, &user, fx);
                 Step::Reply(ok(&format!("registered {user}")))
             }

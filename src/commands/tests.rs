@@ -164,6 +164,7 @@ fn settings() -> ChatSettings {
         hash_cost: HashCost::Low,
         max_inbox: 2,
         ipv6_prefix: 64,
+        account_guesses_per_hour: 10,
     }
 }
 

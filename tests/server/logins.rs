@@ -89,7 +89,15 @@ fn after_a_cost_change_unknown_names_cost_what_known_ones_do_and_old_hashes_are_
     for name in ["alice", "bob", "carol"] {
         drop(server.user(name));
     }
-    let server = server.restart_with(&["--hash-cost", "normal", "--max-login-failures", "1000"]);
+    // Many guesses from one address: no lockout, no account-wide budget.
+    let server = server.restart_with(&[
+        "--hash-cost",
+        "normal",
+        "--max-login-failures",
+        "1000",
+        "--account-guesses-per-hour",
+        "0",
+    ]);
     let mut c = server.connect();
     let mut timed = |line: &str| {
         let started = Instant::now();
@@ -262,4 +270,39 @@ fn a_real_login_completes_in_under_a_second_while_512_sessions_hammer_logins() {
     let (_, during, busy) = login_during_hash_flood(8, 64);
     assert!(during < 1.0, "real login took {during:.3}s under attack");
     assert!(busy > 0, "the queue never filled: the attack was too weak");
+}
+
+/// Regression: the lockout was per exact (user, address), so 40 addresses
+/// × 3 guesses = 120 checked guesses, never locked.
+#[test]
+fn guesses_from_many_addresses_share_the_account_budget_but_the_owner_gets_in() {
+    // The defaults: 3 failures per address, 10 guesses per account per hour.
+    let server = Server::start(&[]);
+    // Registered (and so trusted) from 127.0.0.1.
+    drop(server.user("alice"));
+    for name in ["alice", "nobody"] {
+        let mut checked = 0;
+        let mut locked = 0;
+        for a in 0..40 {
+            let mut c = connect_from(&format!("127.0.1.{}", 10 + a), server.addr);
+            for g in 0..3 {
+                let reply = c.cmd1(&format!("login {name} guess-{a}-{g}"));
+                if reply.starts_with("- AUTHFAIL ") {
+                    checked += 1;
+                } else {
+                    assert!(reply.starts_with("- LOCKED "), "{reply}");
+                    locked += 1;
+                }
+            }
+        }
+        eprintln!("{name}: {checked} guesses checked, {locked} locked out");
+        // The stated bound: 10 + 10 per hour (the test takes seconds).
+        assert!(checked <= 10, "{name}: {checked} guesses checked");
+        assert_eq!(checked + locked, 120);
+    }
+    // The owner, from an address she logged in from before, gets in.
+    server.connect().login("alice", "password-alice");
+    // From a new address, even the right password waits for the budget.
+    let reply = connect_from("127.0.2.1", server.addr).cmd1("login alice password-alice");
+    assert!(reply.starts_with("- LOCKED "), "{reply}");
 }
