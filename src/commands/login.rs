@@ -131,11 +131,16 @@ impl Chat {
         Ok(charged)
     }
 
-    /// A check counted by [`Chat::start_attempt`] is back.
+    /// A check counted by [`Chat::start_attempt`] is back (or never ran).
+    /// A record left with nothing in it is dropped here: no timer would
+    /// (only failures set one), and names are the attacker's to choose.
     fn end_attempt(&mut self, user: &str, ip: IpAddr) {
         let key = self.lock_key(user, ip);
         if let Some(f) = self.failures.get_mut(&key) {
             f.in_flight = f.in_flight.saturating_sub(1);
+            if f.in_flight == 0 && f.count == 0 {
+                self.failures.remove(&key);
+            }
         }
     }
 

@@ -915,3 +915,53 @@ fn a_login_the_hashing_queue_had_no_room_for_is_busy_and_not_a_failure() {
         Step::Wait(_)
     ));
 }
+
+#[test]
+fn attempts_that_end_without_a_failure_leave_no_record() {
+    let t0 = Instant::now();
+    let mut chat = chat_with(&["alice"]);
+    let mut fx = Effects::default();
+    for (i, outcome) in [HashOutcome::Busy, HashOutcome::Verified(true)]
+        .into_iter()
+        .enumerate()
+    {
+        let c = caller(i, None);
+        let cmd = Command::Login {
+            user: format!("name{i}"),
+            password: "pw".into(),
+        };
+        let Step::Wait(job) = chat.execute(&c, cmd, clock(t0, 0), &mut fx) else {
+            panic!()
+        };
+        chat.complete(
+            Some(&c),
+            job.cont,
+            WorkResult::Hash(outcome),
+            clock(t0, 0),
+            &mut fx,
+        );
+    }
+    // Budget refusals too (ten guesses for one name from ten addresses).
+    for i in 0..12u8 {
+        let mut c = caller(usize::from(i), None);
+        c.ip = std::net::Ipv4Addr::new(10, 0, 0, i).into();
+        if let Step::Wait(job) = chat.execute(&c, login_cmd("guess"), clock(t0, 0), &mut fx) {
+            chat.complete(
+                Some(&c),
+                job.cont,
+                WorkResult::Hash(HashOutcome::Verified(false)),
+                clock(t0, 0),
+                &mut fx,
+            );
+        }
+    }
+    // Ten failures, one record each; the BUSY, the unknown name's "match"
+    // (a failure: kept) and the two budget refusals add nothing more.
+    let records = chat.failures.len();
+    assert_eq!(
+        records,
+        11,
+        "{:?}",
+        chat.failures.keys().collect::<Vec<_>>()
+    );
+}
