@@ -7,6 +7,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 
+use argon2::password_hash::phc::{Output, Salt};
 use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version};
 
 use crate::config::HashCost;
@@ -42,24 +43,70 @@ pub fn verify_password(hash: &str, password: &str) -> bool {
     }
 }
 
+/// A stand-in for `hash` that costs exactly as much to verify: the same
+/// algorithm, version, parameters and output length, with a fixed salt and
+/// an all-zero output that no password produces in practice. Hashes with the
+/// same parameters have the same stand-in, so it also serves as their
+/// parameters' name. `None` for a string that is not a PHC hash.
+///
+/// Building one costs no hashing: verifying a password against it runs the
+/// same Argon2 computation as against a real hash, then fails the compare.
+pub fn stand_in(hash: &str) -> Option<String> {
+    let mut parsed = PasswordHash::new(hash).ok()?;
+    let len = parsed.hash.as_ref()?.len();
+    parsed.salt = Some(Salt::new(b"natter-stand-in!").ok()?);
+    parsed.hash = Some(Output::new(&vec![0; len]).ok()?);
+    Some(parsed.to_string())
+}
+
 /// A hashing job.
 #[derive(Debug)]
 pub enum HashWork {
-    Verify { hash: String, password: String },
+    /// Check `password` against `hash`; if it matches and `upgrade` is set,
+    /// hash it again at that cost (its parameters are out of date).
+    Verify {
+        hash: String,
+        password: String,
+        upgrade: Option<HashCost>,
+    },
+    /// Hash a new password at `cost`.
     Hash { password: String, cost: HashCost },
 }
 
 /// Its result.
 #[derive(Debug)]
 pub enum HashOutcome {
+    /// Whether the password matched.
     Verified(bool),
+    /// It matched, and here it is hashed at the cost asked for.
+    Upgraded(String),
+    /// A new hash, or why there is none.
     Hashed(Result<String, String>),
+    /// Not done: the queue for the hashing threads was full (never comes
+    /// from a thread; see `hashqueue.rs`).
+    Busy,
 }
 
 fn run(work: HashWork) -> HashOutcome {
     match work {
-        HashWork::Verify { hash, password } => {
-            HashOutcome::Verified(verify_password(&hash, &password))
+        HashWork::Verify {
+            hash,
+            password,
+            upgrade,
+        } => {
+            let matched = verify_password(&hash, &password);
+            match upgrade
+                .filter(|_| matched)
+                .map(|cost| hash_password(&password, cost))
+            {
+                Some(Ok(new)) => HashOutcome::Upgraded(new),
+                Some(Err(e)) => {
+                    // The login still succeeds; the next one tries again.
+                    log::error!("could not re-hash a password: {e}");
+                    HashOutcome::Verified(true)
+                }
+                None => HashOutcome::Verified(matched),
+            }
         }
         HashWork::Hash { password, cost } => HashOutcome::Hashed(hash_password(&password, cost)),
     }
@@ -169,6 +216,41 @@ mod tests {
             assert!(verify_password(h, "correct horse"));
             assert!(!verify_password(h, "correct horsE"));
         }
+    }
+
+    #[test]
+    fn a_stand_in_costs_what_its_hash_costs_and_matches_nothing() {
+        let a = hash_password("one password", HashCost::Low).unwrap();
+        let b = hash_password("another", HashCost::Low).unwrap();
+        let normal = hash_password("one password", HashCost::Normal).unwrap();
+        let stand_in = stand_in(&a).unwrap();
+        // Same parameters, same stand-in: it names them.
+        assert_eq!(stand_in, super::stand_in(&b).unwrap());
+        assert_ne!(stand_in, super::stand_in(&normal).unwrap());
+        assert!(
+            stand_in.starts_with("$argon2id$v=19$m=8,t=1,p=1$"),
+            "{stand_in}"
+        );
+        assert!(super::stand_in(&normal)
+            .unwrap()
+            .contains("m=19456,t=2,p=1"));
+        assert!(!verify_password(&stand_in, "one password"));
+        assert_eq!(super::stand_in("not a hash"), None);
+    }
+
+    #[test]
+    fn a_matching_password_with_old_parameters_comes_back_rehashed() {
+        let low = hash_password("correct horse", HashCost::Low).unwrap();
+        let work = |password: &str| HashWork::Verify {
+            hash: low.clone(),
+            password: password.into(),
+            upgrade: Some(HashCost::Normal),
+        };
+        let HashOutcome::Upgraded(new) = run(work("correct horse")) else {
+            panic!("no new hash")
+        };
+        assert!(new.contains("m=19456") && verify_password(&new, "correct horse"));
+        assert!(matches!(run(work("wrong")), HashOutcome::Verified(false)));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use mio::Waker;
 
 use crate::auth::{HashOutcome, HashWork, HasherPool};
 use crate::commands::{Cont, Job, Work, WorkResult};
+use crate::hashqueue::{FairQueue, Lane, MAX_QUEUED};
 use crate::session::ReplyTo;
 use crate::store::{self, Store, StoreError, StoreHandle, StoreRequest};
 
@@ -46,6 +47,10 @@ pub struct Background {
     /// `history` reads, on their own connection and thread.
     reader: StoreHandle<Tag>,
     hasher: HasherPool<Tag>,
+    /// Hashing jobs waiting for a free thread, fair across address groups.
+    hash_queue: FairQueue<(HashWork, Tag)>,
+    /// Hashing jobs with the threads (at most `HASH_THREADS`).
+    hashing: usize,
     completions: Receiver<Completion>,
     /// Results known when their job was dispatched (jobs that could not be
     /// handed to their thread, and work done on the loop itself);
@@ -108,6 +113,8 @@ impl Background {
             store,
             reader,
             hasher,
+            hash_queue: FairQueue::new(MAX_QUEUED),
+            hashing: 0,
             completions,
             ready: Vec::new(),
             in_flight: 0,
@@ -118,7 +125,9 @@ impl Background {
     }
 
     /// Hands `job` to its thread; its result comes back from `take`.
-    pub fn dispatch(&mut self, job: Job, reply_to: Option<ReplyTo>) {
+    /// Hashing jobs wait their turn in `lane` (the address group of the
+    /// session asking) and come back as `Busy` when the queue is full.
+    pub fn dispatch(&mut self, job: Job, reply_to: Option<ReplyTo>, lane: Lane) {
         self.in_flight += 1;
         let tag = Tag {
             reply_to,
@@ -150,15 +159,21 @@ impl Background {
                 });
                 None
             }
-            Work::Hash(work) => self.hasher.submit(work, tag).err().map(|(work, tag)| {
-                let outcome = match work {
-                    HashWork::Verify { .. } => HashOutcome::Verified(false),
-                    HashWork::Hash { .. } => {
-                        HashOutcome::Hashed(Err("the hashing threads have stopped".into()))
-                    }
+            Work::Hash(work) => {
+                let busy = match self.hash_queue.push(lane, (work, tag)) {
+                    Ok(evicted) => evicted,
+                    Err(refused) => Some(refused),
                 };
-                (tag, WorkResult::Hash(outcome))
-            }),
+                if let Some((_, tag)) = busy {
+                    log::debug!("hashing queue full ({} waiting)", self.hash_queue.len());
+                    self.ready.push(Completion {
+                        tag,
+                        result: WorkResult::Hash(HashOutcome::Busy),
+                    });
+                }
+                self.pump();
+                None
+            }
         };
         if let Some((tag, result)) = failed {
             log::error!("background job could not be queued");
@@ -188,6 +203,31 @@ impl Background {
         }
     }
 
+    /// Hands waiting hashing jobs to the threads while one is free.
+    fn pump(&mut self) {
+        while self.hashing < HASH_THREADS {
+            let Some((work, tag)) = self.hash_queue.pop() else {
+                return;
+            };
+            match self.hasher.submit(work, tag) {
+                Ok(()) => self.hashing += 1,
+                Err((work, tag)) => {
+                    log::error!("background job could not be queued");
+                    let outcome = match work {
+                        HashWork::Verify { .. } => HashOutcome::Verified(false),
+                        HashWork::Hash { .. } => {
+                            HashOutcome::Hashed(Err("the hashing threads have stopped".into()))
+                        }
+                    };
+                    self.ready.push(Completion {
+                        tag,
+                        result: WorkResult::Hash(outcome),
+                    });
+                }
+            }
+        }
+    }
+
     /// The results there are now, as many as one loop pass should handle:
     /// several wakes can arrive as one event, so this takes more than one,
     /// but a pass formats at most `PASS_BUDGET` rows' worth (a page of
@@ -196,12 +236,14 @@ impl Background {
     pub fn take(&mut self) -> Vec<Completion> {
         let mut done = std::mem::take(&mut self.ready);
         let mut budget = PASS_BUDGET;
-        self.more = false;
         while budget > 0 {
             match self.completions.try_recv() {
                 Ok(c) => {
                     if matches!(c.tag.cont, Cont::History(_)) {
                         self.reads_in_flight = self.reads_in_flight.saturating_sub(1);
+                    }
+                    if matches!(c.result, WorkResult::Hash(_)) {
+                        self.hashing = self.hashing.saturating_sub(1);
                     }
                     budget = budget.saturating_sub(c.tag.cont.rows_to_format().max(1));
                     done.push(c);
@@ -209,7 +251,9 @@ impl Background {
                 Err(_) => break,
             }
         }
+        // Threads freed up: the next jobs in turn.
         self.start_reads();
+        self.pump();
         // Stopped by the budget: the rest is taken next pass, without a wake.
         self.more = budget == 0;
         self.in_flight = self.in_flight.saturating_sub(done.len());

@@ -56,6 +56,20 @@ pub struct Config {
     #[arg(long, default_value_t = 64)]
     pub max_per_ip: usize,
 
+    /// IPv6 addresses sharing this many leading bits count as one address
+    /// for --max-per-ip, lockouts and hashing shares (IPv4: each address
+    /// on its own). 64 is the subnet one customer or host is usually given.
+    #[arg(long, default_value_t = crate::addr::DEFAULT_IPV6_PREFIX)]
+    pub ipv6_prefix: u8,
+
+    /// Connections that have not logged in yet, at most. Past it (or once
+    /// --max-clients are connected) a newcomer takes the place of the
+    /// oldest such connection, which gets `* bye busy`: connections that
+    /// never log in cannot keep logged-in users or new logins out. Far
+    /// more than the logins a busy server sees within a login timeout.
+    #[arg(long, default_value_t = 1000)]
+    pub max_unauthenticated: usize,
+
     /// Longest accepted line in bytes, LF included. Long enough for any chat
     /// message a person types; short enough that framing memory stays small.
     #[arg(long, default_value_t = 4096)]
@@ -100,6 +114,14 @@ pub struct Config {
     /// Consecutive failed logins (same user, same address) before a lockout.
     #[arg(long, default_value_t = 3)]
     pub max_login_failures: u32,
+
+    /// Wrong passwords checked per hour for one account from addresses its
+    /// owner never logged in from, however many addresses try (0: no such
+    /// budget). Also the burst: at most N + N×hours in any period. Past it,
+    /// such logins get `- LOCKED` unchecked; the owner's own addresses are
+    /// exempt, so an attack cannot lock the owner out.
+    #[arg(long, default_value_t = 10)]
+    pub account_guesses_per_hour: u32,
 
     /// Seconds a lockout lasts.
     #[arg(long, default_value_t = 60)]
@@ -234,6 +256,12 @@ impl Config {
             if secs == 0 || secs > MAX_SECS {
                 return Err(format!("{flag} must be from 1 to {MAX_SECS} seconds"));
             }
+        }
+        if !(1..=128).contains(&self.ipv6_prefix) {
+            return Err("--ipv6-prefix must be from 1 to 128".into());
+        }
+        if self.max_unauthenticated == 0 {
+            return Err("--max-unauthenticated must be at least 1".into());
         }
         if self.max_login_failures == 0 {
             return Err("--max-login-failures must be at least 1".into());

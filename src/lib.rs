@@ -3,11 +3,13 @@
 //! benchmarks can run it in-process; `natterd` (src/main.rs) only parses
 //! flags, binds the listener and calls [`reactor::Server::run`].
 
+pub mod addr;
 mod admission;
 pub mod auth;
 mod background;
 pub mod commands;
 pub mod config;
+mod hashqueue;
 #[cfg(test)]
 mod props;
 pub mod protocol;

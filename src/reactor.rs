@@ -674,7 +674,8 @@ impl Server {
             let mut conn = self.conns.remove(token);
             self.output_total -= conn.counted_output;
             self.give_back_unsent(&mut conn.session);
-            self.admission.left(conn.session.caller().ip);
+            let caller = conn.session.caller();
+            self.admission.left(caller.ip, Some(caller.session));
             if conn.session.closes_gracefully() {
                 conn.session.close_transport(&mut conn.stream);
                 discard_input(&mut conn.stream, DISCARD_ON_CLOSE);

@@ -524,12 +524,13 @@ impl Session {
             }
             let rest = &inbuf[consumed..];
             let (used, frame) = self.framer.next_frame(rest);
-            let line = match frame {
-                Some(Frame::Line(line)) => line,
+            self.telnet_replies();
+            let (used, line) = match frame {
+                Some(Frame::Line(line)) => (used, line),
                 // The peer closed after a last line without LF: netcat
                 // users forget it; treat it as a line.
                 None if used == 0 && self.input == InputState::PeerClosed && !rest.is_empty() => {
-                    rest
+                    (rest.len(), self.framer.last_line(rest))
                 }
                 None if used == 0 => break,
                 None => {
@@ -548,9 +549,9 @@ impl Session {
                     continue;
                 }
             };
-            let Some(parsed) = commands::parse_line(line, self.caller.user.as_deref()).transpose()
+            let Some(parsed) = commands::parse_line(&line, self.caller.user.as_deref()).transpose()
             else {
-                consumed += used.max(line.len());
+                consumed += used;
                 // Blank lines get no reply and take no token, but they cost
                 // the loop time: they count against the turn.
                 self.turn_lines += 1;
@@ -563,13 +564,23 @@ impl Session {
                 self.rate_wait = Some(ready_at);
                 break;
             }
-            consumed += used.max(line.len());
+            consumed += used;
             self.handle_parsed(parsed, chat, now, out);
         }
         self.inbuf = inbuf;
         self.consume_input(consumed);
         self.maybe_finish(now.mono);
         turn_over
+    }
+
+    /// Sends the telnet answers framing owes the peer (see
+    /// `natter_proto::framing`): they are not replies to a command, so they
+    /// go out at once, ahead of replies still waiting for their turn.
+    fn telnet_replies(&mut self) {
+        let replies = self.framer.take_replies();
+        if !replies.is_empty() && self.close == CloseState::Open {
+            self.output.push_reply(&replies);
+        }
     }
 
     /// One command line (or a refused one), its rate already paid: its

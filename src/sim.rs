@@ -547,10 +547,29 @@ impl Sim {
     }
 
     /// Everything connection `token` has written so far, as text.
+    /// Everything written to `token` so far, without telnet answers (see
+    /// [`Sim::raw_output`]).
     pub fn output(&self, token: usize) -> String {
+        let raw = self.raw_output(token);
+        let mut text = Vec::with_capacity(raw.len());
+        let mut bytes = raw.iter();
+        while let Some(&b) = bytes.next() {
+            // The server sends 255 only as the first byte of a 3-byte
+            // telnet answer: UTF-8 text never holds it.
+            if b == 255 {
+                bytes.nth(1);
+            } else {
+                text.push(b);
+            }
+        }
+        String::from_utf8_lossy(&text).into_owned()
+    }
+
+    /// Every byte written to `token` so far.
+    pub fn raw_output(&self, token: usize) -> Vec<u8> {
         self.conns
             .get(token)
-            .map(|c| String::from_utf8_lossy(&c.socket.written).into_owned())
+            .map(|c| c.socket.written.clone())
             .unwrap_or_default()
     }
 }

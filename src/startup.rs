@@ -43,9 +43,10 @@ pub fn open(config: &Config) -> io::Result<(Store, Chat)> {
             a.blocks.insert(blocked);
         }
     }
-    let dummy_hash =
+    // Only its parameters matter: they are the current cost's.
+    let current_hash =
         auth::hash_password("natter-dummy-password", config.hash_cost).map_err(other_error)?;
-    let chat = Chat::new(ChatSettings::from(config), accounts, dummy_hash);
+    let chat = Chat::new(ChatSettings::from(config), accounts, current_hash);
     log::info!(
         "{} users loaded from {}",
         chat.user_count(),
@@ -71,26 +72,52 @@ pub fn greeting(config: &Config) -> Vec<u8> {
     out
 }
 
+/// Why a `--users` line is skipped, if it is. The rules are `register`'s
+/// (a valid name, a password of 8 to 256 bytes, no control characters),
+/// plus one a file needs: a password may not end in a blank, which an
+/// editor shows no sign of. The reason never quotes the line: it may hold a
+/// password, or a name that is no account.
+fn users_line_problem(user: &str, password: &str) -> Option<&'static str> {
+    if protocol::canonical_username(user).is_none() || password.is_empty() {
+        Some("not `<user> <password>` with a valid username")
+    } else if protocol::has_forbidden_control(password) {
+        Some("the password holds a control character")
+    } else if !(protocol::MIN_PASSWORD_LEN..=protocol::MAX_PASSWORD_LEN).contains(&password.len()) {
+        Some("the password must be 8 to 256 bytes")
+    } else if password.ends_with([' ', '\t']) {
+        Some("the password ends in a blank")
+    } else {
+        None
+    }
+}
+
 /// Imports `<user> <password>` lines, adding only users that do not exist.
+/// A line that breaks the rules ([`users_line_problem`]) is skipped with a
+/// warning naming its line number; the others are imported.
 fn import_users(store: &mut Store, path: &Path, config: &Config) -> io::Result<()> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| other_error(format!("cannot read users file {}: {e}", path.display())))?;
     let now = Clock::now().wall;
     let mut requests = Vec::new();
     let mut seen = std::collections::HashSet::new();
+    let mut skipped = 0usize;
     for (n, line) in text.lines().enumerate() {
         let line = line.trim_end_matches('\r');
         if line.trim().is_empty() || line.trim_start().starts_with('#') {
             continue;
         }
         let (user, password) = protocol::split_word(line);
-        let Some(name) = protocol::canonical_username(user).filter(|_| !password.is_empty()) else {
-            log::warn!(
-                "{}:{}: skipped: not `<user> <password>`",
-                path.display(),
-                n + 1
-            );
-            continue;
+        let name = match (
+            users_line_problem(user, password),
+            protocol::canonical_username(user),
+        ) {
+            (None, Some(name)) => name,
+            (problem, _) => {
+                let why = problem.unwrap_or("not a valid username");
+                log::warn!("{}:{}: skipped: {why}", path.display(), n + 1);
+                skipped += 1;
+                continue;
+            }
         };
         let exists = store
             .user_exists(&name)
@@ -109,6 +136,35 @@ fn import_users(store: &mut Store, path: &Path, config: &Config) -> io::Result<(
     for result in store.run_batch(&requests) {
         result.map_err(|e| other_error(format!("cannot import users: {e}")))?;
     }
-    log::info!("imported {imported} users from {}", path.display());
+    log::info!(
+        "imported {imported} users from {} ({skipped} lines skipped)",
+        path.display()
+    );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::users_line_problem;
+
+    #[test]
+    fn users_lines_follow_the_rules_of_register() {
+        assert_eq!(users_line_problem("alice", "long enough"), None);
+        assert_eq!(users_line_problem("alice", "tab\tinside"), None);
+        for (user, password) in [
+            ("alice", "short"),
+            ("alice", "trailing blank "),
+            ("alice", "trailing tab\t"),
+            ("alice", ""),
+            ("not/valid", "long enough"),
+            ("alice", "bell\u{7} inside"),
+        ] {
+            assert!(
+                users_line_problem(user, password).is_some(),
+                "{user:?} {password:?}"
+            );
+        }
+        let long = "x".repeat(257);
+        assert!(users_line_problem("alice", &long).is_some());
+    }
 }

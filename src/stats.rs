@@ -17,6 +17,9 @@ pub struct Stats {
     pub refused_busy: u64,
     /// Refused at --max-per-ip.
     pub refused_per_ip: u64,
+    /// Connections not logged in that made room for a newcomer
+    /// (--max-unauthenticated, or --max-clients reached).
+    pub displaced_unauthenticated: u64,
     /// Dropped for not reading their output.
     pub closed_slow: u64,
     /// Dropped because all sessions together held too much output.

@@ -30,7 +30,7 @@ pub fn each_line(
     loop {
         match framer.next_frame(&buf[pos..]) {
             (used, Some(Frame::Line(line))) => {
-                f(line)?;
+                f(&line)?;
                 pos += used;
             }
             (_, Some(Frame::TooLong)) => {

@@ -212,6 +212,50 @@ pub fn open_sessions(
     })
 }
 
+/// Pause before sending again what the server answered `- BUSY` (its queue
+/// for password hashing was full): a few hashes' time.
+const BUSY_PAUSE: Duration = Duration::from_millis(50);
+
+/// Sends `line(i)` on each session in `pending`, pipelined, and reads the
+/// answers. Those answered `- BUSY` are sent again after [`BUSY_PAUSE`]
+/// until the deadline; the other answers are returned, by index.
+fn answers_past_busy(
+    sessions: &mut [Session],
+    mut pending: Vec<usize>,
+    deadline: Instant,
+    line: impl Fn(usize) -> String,
+) -> Result<Vec<(usize, ServerLine)>, BenchError> {
+    let mut answers = Vec::with_capacity(pending.len());
+    while !pending.is_empty() {
+        for &i in &pending {
+            send(&sessions[i], &line(i))?;
+        }
+        let mut busy = Vec::new();
+        for &i in &pending {
+            let what = line(i);
+            let what = what.split(' ').take(2).collect::<Vec<_>>().join(" ");
+            match completion(&mut sessions[i], deadline, &what)? {
+                ServerLine::Err { code, .. }
+                    if ErrorCode::parse(&code) == Some(ErrorCode::Busy) =>
+                {
+                    busy.push(i)
+                }
+                answer => answers.push((i, answer)),
+            }
+        }
+        if !busy.is_empty() {
+            if Instant::now() + BUSY_PAUSE > deadline {
+                return Err(BenchError::new(
+                    "the server kept answering BUSY (its password-hashing queue is full)",
+                ));
+            }
+            thread::sleep(BUSY_PAUSE);
+        }
+        pending = busy;
+    }
+    Ok(answers)
+}
+
 /// One pipelined batch: connect all, register all, log in those that exist.
 fn open_batch(
     target: Target,
@@ -222,13 +266,14 @@ fn open_batch(
     for _ in names {
         sessions.push(dial(target, deadline)?);
     }
-    for (s, name) in sessions.iter().zip(names) {
-        send(s, &format!("register {name} {}", target.password))?;
-    }
+    let all = (0..names.len()).collect();
+    let registered = answers_past_busy(&mut sessions, all, deadline, |i| {
+        format!("register {} {}", names[i], target.password)
+    })?;
     let mut existing = Vec::new();
-    for (i, (s, name)) in sessions.iter_mut().zip(names).enumerate() {
-        let what = format!("register {name}");
-        match completion(s, deadline, &what)? {
+    for (i, answer) in registered {
+        let what = format!("register {}", names[i]);
+        match answer {
             ServerLine::Ok(_) => {}
             ServerLine::Err { code, .. } if ErrorCode::parse(&code) == Some(ErrorCode::Exists) => {
                 existing.push(i)
@@ -237,14 +282,16 @@ fn open_batch(
             _ => return Err(BenchError::new(format!("{what}: unexpected reply"))),
         }
     }
-    for &i in &existing {
-        send(
-            &sessions[i],
-            &format!("login {} {}", names[i], target.password),
-        )?;
-    }
-    for &i in &existing {
-        expect_ok(&mut sessions[i], deadline, &format!("login {}", names[i]))?;
+    let logins = answers_past_busy(&mut sessions, existing, deadline, |i| {
+        format!("login {} {}", names[i], target.password)
+    })?;
+    for (i, answer) in logins {
+        let what = format!("login {}", names[i]);
+        match answer {
+            ServerLine::Ok(_) => {}
+            ServerLine::Err { code, text } => return Err(BenchError::refused(&what, &code, &text)),
+            _ => return Err(BenchError::new(format!("{what}: unexpected reply"))),
+        }
     }
     Ok(sessions)
 }

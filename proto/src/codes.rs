@@ -94,6 +94,8 @@ wire_words! {
         Full => "FULL",
         /// The server failed; the command may be retried.
         Internal => "INTERNAL",
+        /// The password-hashing queue is full; retry in a moment.
+        Busy => "BUSY",
     }
 }
 
@@ -152,7 +154,7 @@ mod tests {
         assert_eq!(ErrorCode::parse("NEWCODE"), None);
         assert_eq!(ByeReason::parse("busy"), Some(ByeReason::Busy));
         assert_eq!("later".parse::<ByeReason>(), Err(UnknownWord));
-        assert_eq!(ErrorCode::ALL.len(), 15);
+        assert_eq!(ErrorCode::ALL.len(), 16);
         assert_eq!(ByeReason::ALL.len(), 6);
     }
 }

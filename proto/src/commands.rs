@@ -113,6 +113,13 @@ pub const COMMANDS: &[CommandSpec] = &[
         "list the users you block",
     ),
     spec(
+        "passwd",
+        &["passwd <old> <new>"],
+        false,
+        false,
+        "change your password (<old> is one word; <new> is the rest of the line)",
+    ),
+    spec(
         "ping",
         &["ping"],
         false,
@@ -169,7 +176,7 @@ mod tests {
                 assert_eq!(crate::split_word(u).0, c.word, "{u}");
             }
         }
-        assert_eq!(COMMANDS.len(), 15);
+        assert_eq!(COMMANDS.len(), 16);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::config::{Config, HashCost, Registration};
 use crate::protocol::{ok, ByeReason};
 use crate::store::StoreRequest;
 
+use super::budget::Budgets;
 use super::job::{write_failed, Cont, Effects, Step, WorkResult};
 use super::login::Failures;
 use super::parse::{Command, MemberCommand};
@@ -59,6 +60,10 @@ pub struct ChatSettings {
     pub hash_cost: HashCost,
     /// Unread messages an inbox may hold (0: no limit).
     pub max_inbox: u32,
+    /// IPv6 prefix length that makes one address group for lockouts.
+    pub ipv6_prefix: u8,
+    /// Account-wide guessing budget per hour (0: none); see `budget.rs`.
+    pub account_guesses_per_hour: u32,
 }
 
 impl From<&Config> for ChatSettings {
@@ -69,6 +74,8 @@ impl From<&Config> for ChatSettings {
             registration: c.registration,
             hash_cost: c.hash_cost,
             max_inbox: c.max_inbox,
+            ipv6_prefix: c.ipv6_prefix,
+            account_guesses_per_hour: c.account_guesses_per_hour,
         }
     }
 }
@@ -86,32 +93,49 @@ pub struct Chat {
     /// Failed-login records.
     pub(super) failures: HashMap<LockKey, Failures>,
     /// Verified when the user is unknown, so a miss costs what a wrong
-    /// password costs and timing does not reveal which names exist.
+    /// password costs and timing does not reveal which names exist: the
+    /// stand-in (see [`crate::auth::stand_in`]) of the parameters most
+    /// stored hashes use.
     pub(super) dummy_hash: String,
     /// Users whose recorded read marks the database has not had yet.
     pub(super) marks_dirty: Vec<String>,
     /// Whether an `Advance` is being committed (one at a time: the next
     /// carries everything that changed meanwhile).
     pub(super) advance_in_flight: bool,
+    /// The stand-in of a hash at the current `--hash-cost`: stored hashes
+    /// with other parameters are re-hashed at the next successful login.
+    pub(super) current_params: String,
+    /// Stored hashes by their parameters (named by their stand-in).
+    pub(super) hash_params: HashMap<String, usize>,
+    /// Guessing budgets per account across addresses.
+    pub(super) budgets: Budgets,
 }
 
 impl Chat {
-    /// Chat state over accounts loaded from the store.
+    /// Chat state over accounts loaded from the store. `current_hash` is
+    /// any hash made at the current cost (its parameters are what matter).
     pub fn new(
         settings: ChatSettings,
         accounts: HashMap<String, Account>,
-        dummy_hash: String,
+        current_hash: String,
     ) -> Self {
-        Chat {
+        let current_params = crate::auth::stand_in(&current_hash).unwrap_or(current_hash);
+        let budgets = Budgets::new(settings.account_guesses_per_hour);
+        let mut chat = Chat {
+            budgets,
             settings,
             accounts,
             online: BTreeMap::new(),
             registering: HashSet::new(),
             failures: HashMap::new(),
-            dummy_hash,
+            dummy_hash: current_params.clone(),
+            current_params,
+            hash_params: HashMap::new(),
             marks_dirty: Vec::new(),
             advance_in_flight: false,
-        }
+        };
+        chat.count_stored_hashes();
+        chat
     }
 
     /// Number of registered users.
@@ -135,11 +159,18 @@ impl Chat {
             }
             Command::Login { user, password } => self.login(caller, user, password, now),
             Command::Register { user, password } => self.register(user, password),
-            Command::Member { me, cmd } => self.member(me, cmd, now, fx),
+            Command::Member { me, cmd } => self.member(caller, me, cmd, now, fx),
         }
     }
 
-    fn member(&mut self, me: String, cmd: MemberCommand, now: Clock, fx: &mut Effects) -> Step {
+    fn member(
+        &mut self,
+        caller: &Caller,
+        me: String,
+        cmd: MemberCommand,
+        now: Clock,
+        fx: &mut Effects,
+    ) -> Step {
         match cmd {
             MemberCommand::Ping => Step::Reply(ok("pong")),
             MemberCommand::Whoelse => self.whoelse(me),
@@ -152,6 +183,7 @@ impl Chat {
             MemberCommand::Block { user } => self.block(me, user, true),
             MemberCommand::Unblock { user } => self.block(me, user, false),
             MemberCommand::Blocked => Step::Reply(self.blocked(&me)),
+            MemberCommand::Passwd { old, new } => self.passwd(caller, me, old, new, now),
         }
     }
 
@@ -167,10 +199,18 @@ impl Chat {
         fx: &mut Effects,
     ) -> Step {
         match cont {
-            Cont::Login { user, known, ip } => {
-                self.finish_login(caller, user, known, ip, result, now, fx)
-            }
+            Cont::Login {
+                user,
+                known,
+                ip,
+                charged,
+            } => self.finish_login(caller, user, known, ip, charged, result, now, fx),
             Cont::RegisterHashed { user } => self.register_hashed(user, result, now),
+            Cont::PasswdChecked { user, ip, new } => {
+                self.passwd_checked(user, ip, new, result, now, fx)
+            }
+            Cont::PasswdHashed { user } => self.passwd_hashed(user, result),
+            Cont::PasswdStored { user, hash } => self.passwd_stored(caller, user, hash, result, fx),
             Cont::RegisterStored { user, hash } => {
                 self.register_stored(caller, user, hash, result, fx)
             }

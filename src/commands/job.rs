@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
+use crate::addr::AddrGroup;
 use crate::auth::{HashOutcome, HashWork};
 use crate::protocol::ByeReason;
 use crate::protocol::{err, ErrorCode};
@@ -18,8 +19,8 @@ use crate::store::{Marks, StoreError, StoreOutput, StoreRequest};
 use super::direct::{DirectKind, DirectTarget};
 use super::SessionRef;
 
-/// Key of a lockout record: the username and the address guessing it.
-pub type LockKey = (String, IpAddr);
+/// Key of a lockout record: the username and the address group guessing it.
+pub type LockKey = (String, AddrGroup);
 
 /// What a command (or a completed job) produced for its own session.
 #[derive(Debug)]
@@ -101,7 +102,22 @@ pub enum Cont {
         known: bool,
         /// From where: lockouts are per user and address.
         ip: IpAddr,
+        /// Whether it took a token of the account's guessing budget.
+        charged: bool,
     },
+    /// Old password checked for a `passwd`.
+    PasswdChecked {
+        /// Whose.
+        user: String,
+        /// From where (a wrong old password counts as a failed login).
+        ip: IpAddr,
+        /// The new password, hashed next.
+        new: String,
+    },
+    /// New password hashed for a `passwd`.
+    PasswdHashed { user: String },
+    /// New password hash written for a `passwd`.
+    PasswdStored { user: String, hash: String },
     /// New password hashed for a register.
     RegisterHashed { user: String },
     /// New account written.

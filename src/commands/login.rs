@@ -5,24 +5,43 @@
 use std::net::IpAddr;
 use std::time::Instant;
 
-use crate::auth::{HashOutcome, HashWork};
+use crate::addr::AddrGroup;
+use crate::auth::{self, HashOutcome, HashWork};
 use crate::config::Registration;
-use crate::protocol::{err, ok, ErrorCode, MAX_PASSWORD_LEN, MIN_PASSWORD_LEN};
+use crate::protocol::{err, event, ok, ErrorCode, MAX_PASSWORD_LEN, MIN_PASSWORD_LEN};
 use crate::store::{Marks, StoreOutput, StoreRequest};
 
 use super::chat::Account;
-use super::job::{write_failed, Cont, Effects, Job, Step, Work, WorkResult};
+use super::job::{write_failed, Cont, Delivery, Effects, Job, Step, Work, WorkResult};
 use super::{Caller, Chat, Clock, LockKey};
 
-/// Failed logins for one (user, address) pair.
+/// Login attempts for one (user, address) pair. An attempt counts from the
+/// moment it is submitted, not when its verification finishes: otherwise
+/// many guesses sent at once would all pass the limit before the first one
+/// failed.
 #[derive(Clone, Debug)]
 pub(super) struct Failures {
     /// Consecutive failures.
-    count: u32,
+    pub(super) count: u32,
+    /// Verifications submitted and not yet back. They count against the
+    /// limit already, and keep the record alive until they are back.
+    pub(super) in_flight: u32,
     /// Set once `count` reaches the limit.
-    locked_until: Option<Instant>,
-    /// When this record is forgotten: `block_time` after the last failure.
-    forget_at: Instant,
+    pub(super) locked_until: Option<Instant>,
+    /// When this record may be forgotten (if nothing is in flight):
+    /// `block_time` after the last failure.
+    pub(super) forget_at: Instant,
+}
+
+impl Failures {
+    fn new(now: Instant) -> Self {
+        Failures {
+            count: 0,
+            in_flight: 0,
+            locked_until: None,
+            forget_at: now,
+        }
+    }
 }
 
 impl Chat {
@@ -33,37 +52,151 @@ impl Chat {
         password: String,
         now: Clock,
     ) -> Step {
-        if let Some(locked) = self.lock_message(&user, caller.ip, now) {
-            return Step::Reply(locked);
-        }
-        let (hash, known) = match self.accounts.get(&user) {
-            Some(a) => (a.hash.clone(), true),
-            None => (self.dummy_hash.clone(), false),
+        let charged = match self.start_attempt(&user, caller.ip, true, now) {
+            Ok(charged) => charged,
+            Err(locked) => return Step::Reply(locked),
+        };
+        let (hash, known, upgrade) = match self.accounts.get(&user) {
+            Some(a) => {
+                let outdated = auth::stand_in(&a.hash).is_some_and(|p| p != self.current_params);
+                let upgrade = outdated.then_some(self.settings.hash_cost);
+                (a.hash.clone(), true, upgrade)
+            }
+            None => (self.dummy_hash.clone(), false, None),
         };
         Step::Wait(Job {
             cont: Cont::Login {
                 user,
                 known,
                 ip: caller.ip,
+                charged,
             },
-            work: Work::Hash(HashWork::Verify { hash, password }),
+            work: Work::Hash(HashWork::Verify {
+                hash,
+                password,
+                upgrade,
+            }),
         })
     }
 
+    /// Lockouts are per username and address group (IPv6: per
+    /// `--ipv6-prefix`), so a host cannot take a fresh address per guess.
+    fn lock_key(&self, user: &str, ip: IpAddr) -> LockKey {
+        (
+            user.to_string(),
+            AddrGroup::of(ip, self.settings.ipv6_prefix),
+        )
+    }
+
+    /// Counts a password check for `user` from `ip` as it starts, or says
+    /// why it may not start (`- LOCKED`). The failures so far plus the
+    /// checks already in flight may not pass the limit; an attempt over it
+    /// is answered as locked without being checked, so its password does
+    /// not matter. With `account_wide`, it must also fit the account's
+    /// guessing budget (`budget.rs`); `Ok(true)` means it took a token.
+    /// Every `Ok` is followed by one [`Chat::end_attempt`].
+    fn start_attempt(
+        &mut self,
+        user: &str,
+        ip: IpAddr,
+        account_wide: bool,
+        now: Clock,
+    ) -> Result<bool, Vec<u8>> {
+        if let Some(locked) = self.lock_message(user, ip, now) {
+            return Err(locked);
+        }
+        let max = self.settings.max_login_failures;
+        let key = self.lock_key(user, ip);
+        let group = key.1;
+        let attempts = self
+            .failures
+            .entry(key)
+            .or_insert_with(|| Failures::new(now.mono));
+        if attempts.count.saturating_add(attempts.in_flight) >= max {
+            return Err(locked_reply(self.settings.block_time.as_secs()));
+        }
+        attempts.in_flight += 1;
+        let charged = if account_wide {
+            match self.budgets.charge(user, group, now.mono) {
+                Ok(charged) => charged,
+                Err(secs) => {
+                    self.end_attempt(user, ip);
+                    return Err(locked_reply(secs));
+                }
+            }
+        } else {
+            false
+        };
+        Ok(charged)
+    }
+
+    /// A check counted by [`Chat::start_attempt`] is back (or never ran).
+    /// A record left with nothing in it is dropped here: no timer would
+    /// (only failures set one), and names are the attacker's to choose.
+    fn end_attempt(&mut self, user: &str, ip: IpAddr) {
+        let key = self.lock_key(user, ip);
+        if let Some(f) = self.failures.get_mut(&key) {
+            f.in_flight = f.in_flight.saturating_sub(1);
+            if f.in_flight == 0 && f.count == 0 {
+                self.failures.remove(&key);
+            }
+        }
+    }
+
+    /// Counts the stored hashes by their parameters and picks the dummy.
+    pub(super) fn count_stored_hashes(&mut self) {
+        self.hash_params.clear();
+        for a in self.accounts.values() {
+            if let Some(p) = auth::stand_in(&a.hash) {
+                *self.hash_params.entry(p).or_default() += 1;
+            }
+        }
+        self.pick_dummy();
+    }
+
+    /// Records that a stored hash changed from `old` (none for a new
+    /// account) to `new`, and picks the dummy again.
+    pub(super) fn hash_changed(&mut self, old: Option<&str>, new: &str) {
+        if let Some(p) = old.and_then(auth::stand_in) {
+            if let Some(n) = self.hash_params.get_mut(&p) {
+                *n -= 1;
+                if *n == 0 {
+                    self.hash_params.remove(&p);
+                }
+            }
+        }
+        if let Some(p) = auth::stand_in(new) {
+            *self.hash_params.entry(p).or_default() += 1;
+        }
+        self.pick_dummy();
+    }
+
+    /// The dummy hash takes the parameters most stored hashes use, so an
+    /// unknown name costs what most known ones cost; the current ones on a
+    /// tie or when there are no accounts.
+    fn pick_dummy(&mut self) {
+        let current = self.hash_params.get(&self.current_params).copied();
+        let most = self
+            .hash_params
+            .iter()
+            .max_by(|a, b| a.1.cmp(b.1).then_with(|| a.0.cmp(b.0)))
+            .filter(|(_, n)| current.is_none_or(|c| **n > c))
+            .map(|(p, _)| p.clone());
+        self.dummy_hash = most.unwrap_or_else(|| self.current_params.clone());
+    }
+
     /// `- LOCKED ...` if `user` is locked out from `ip` now; forgets a
-    /// record whose time has passed.
+    /// record whose time has passed and that has nothing in flight.
     fn lock_message(&mut self, user: &str, ip: IpAddr, now: Clock) -> Option<Vec<u8>> {
-        let key = (user.to_string(), ip);
+        let key = self.lock_key(user, ip);
         let f = self.failures.get(&key)?;
-        if f.forget_at <= now.mono {
+        if f.forget_at <= now.mono && f.in_flight == 0 {
             self.failures.remove(&key);
             return None;
         }
         let until = f.locked_until.filter(|u| *u > now.mono)?;
-        let secs = until.duration_since(now.mono).as_secs_f64().ceil() as u64;
-        Some(err(
-            ErrorCode::Locked,
-            &format!("too many failed logins; try again in {secs} seconds"),
+        Some(locked_reply(
+            until.duration_since(now.mono).as_secs_f64().ceil() as u64,
         ))
     }
 
@@ -74,28 +207,65 @@ impl Chat {
         user: String,
         known: bool,
         ip: IpAddr,
+        charged: bool,
         result: WorkResult,
         now: Clock,
         fx: &mut Effects,
     ) -> Step {
-        let WorkResult::Hash(HashOutcome::Verified(matched)) = result else {
-            log::error!("login of {user}: unexpected result {result:?}");
-            return Step::Reply(err(ErrorCode::Internal, "internal error"));
+        self.end_attempt(&user, ip);
+        let (matched, upgraded) = match result {
+            // Not checked at all: no guess was made, nothing to count.
+            WorkResult::Hash(HashOutcome::Busy) => {
+                if charged {
+                    self.budgets.refund(&user, now.mono);
+                }
+                return Step::Reply(busy());
+            }
+            WorkResult::Hash(HashOutcome::Verified(matched)) => (matched, None),
+            WorkResult::Hash(HashOutcome::Upgraded(hash)) => (true, Some(hash)),
+            result => {
+                log::error!("login: unexpected result {result:?}");
+                self.record_failure(user, known, ip, now, fx);
+                return Step::Reply(err(ErrorCode::Internal, "internal error"));
+            }
         };
+        // A lock that began while this check was in flight holds whatever
+        // the password: the right one and a wrong one get the same answer
+        // and are counted the same (a longer lock, no token back), so
+        // nothing checked while locked tells them apart. (Attempts count
+        // when they start, so this is a second line of defence.)
+        if let Some(locked) = self.lock_message(&user, ip, now) {
+            self.record_failure(user, known, ip, now, fx);
+            return Step::Reply(locked);
+        }
         if !(known && matched) {
             // Counted even if the client hung up before the answer.
-            self.record_failure(user, ip, now, fx);
+            self.record_failure(user, known, ip, now, fx);
             return Step::Reply(err(ErrorCode::AuthFail, "wrong username or password"));
+        }
+        self.forget_failures(&user, ip);
+        if charged {
+            self.budgets.refund(&user, now.mono);
+        }
+        // The owner logs in from here: exempt from the account-wide budget.
+        let group = AddrGroup::of(ip, self.settings.ipv6_prefix);
+        self.budgets.trust(&user, group);
+        // Unless a `passwd` replaced the hash meanwhile (it is at the
+        // current cost then): the upgrade must not bring the old one back.
+        let outdated = self
+            .accounts
+            .get(&user)
+            .is_some_and(|a| auth::stand_in(&a.hash).is_some_and(|p| p != self.current_params));
+        if let (Some(hash), true) = (upgraded, outdated) {
+            self.set_hash(&user, hash.clone());
+            fx.background.push(StoreRequest::SetPasswordHash {
+                user: user.clone(),
+                hash,
+            });
         }
         let Some(caller) = caller else {
             return Step::Done;
         };
-        // A lock that began while this check was in flight still holds,
-        // even for the right password.
-        if let Some(locked) = self.lock_message(&user, ip, now) {
-            return Step::Reply(locked);
-        }
-        self.failures.remove(&(user.clone(), ip));
         self.enter(caller, &user, fx);
         let unread = self.accounts.get(&user).map_or(0, |a| a.unread);
         let plural = if unread == 1 { "" } else { "s" };
@@ -104,23 +274,177 @@ impl Chat {
         )))
     }
 
-    fn record_failure(&mut self, user: String, ip: IpAddr, now: Clock, fx: &mut Effects) {
+    /// Replaces `user`'s password hash in memory. A re-hash at login is
+    /// written in the background (a crash before that write keeps the old
+    /// hash, which still verifies the same password); a `passwd` only gets
+    /// here once its write has committed.
+    fn set_hash(&mut self, user: &str, hash: String) {
+        let Some(account) = self.accounts.get_mut(user) else {
+            return;
+        };
+        let old = std::mem::replace(&mut account.hash, hash);
+        let new = account.hash.clone();
+        self.hash_changed(Some(&old), &new);
+    }
+
+    /// `passwd <old> <new>`: the new password follows `register`'s rules;
+    /// the old one is checked like a login (it counts against the same
+    /// lockout, so a session left open is no way to guess the password).
+    pub(super) fn passwd(
+        &mut self,
+        caller: &Caller,
+        user: String,
+        old: String,
+        new: String,
+        now: Clock,
+    ) -> Step {
+        if !(MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&new.len()) {
+            return Step::Reply(password_length());
+        }
+        let Some(hash) = self.accounts.get(&user).map(|a| a.hash.clone()) else {
+            return Step::Reply(err(ErrorCode::Internal, "internal error"));
+        };
+        // Logged in from here, so the account-wide budget does not apply.
+        if let Err(locked) = self.start_attempt(&user, caller.ip, false, now) {
+            return Step::Reply(locked);
+        }
+        Step::Wait(Job {
+            cont: Cont::PasswdChecked {
+                user,
+                ip: caller.ip,
+                new,
+            },
+            work: Work::Hash(HashWork::Verify {
+                hash,
+                password: old,
+                upgrade: None,
+            }),
+        })
+    }
+
+    pub(super) fn passwd_checked(
+        &mut self,
+        user: String,
+        ip: IpAddr,
+        new: String,
+        result: WorkResult,
+        now: Clock,
+        fx: &mut Effects,
+    ) -> Step {
+        self.end_attempt(&user, ip);
+        if matches!(result, WorkResult::Hash(HashOutcome::Busy)) {
+            return Step::Reply(busy());
+        }
+        let matched = matches!(
+            result,
+            WorkResult::Hash(HashOutcome::Verified(true) | HashOutcome::Upgraded(_))
+        );
+        if let Some(locked) = self.lock_message(&user, ip, now) {
+            self.record_failure(user, true, ip, now, fx);
+            return Step::Reply(locked);
+        }
+        if !matched {
+            self.record_failure(user, true, ip, now, fx);
+            return Step::Reply(err(ErrorCode::AuthFail, "wrong password"));
+        }
+        self.forget_failures(&user, ip);
+        Step::Wait(Job {
+            cont: Cont::PasswdHashed { user },
+            work: Work::Hash(HashWork::Hash {
+                password: new,
+                cost: self.settings.hash_cost,
+            }),
+        })
+    }
+
+    pub(super) fn passwd_hashed(&mut self, user: String, result: WorkResult) -> Step {
+        if matches!(result, WorkResult::Hash(HashOutcome::Busy)) {
+            return Step::Reply(busy());
+        }
+        let WorkResult::Hash(HashOutcome::Hashed(Ok(hash))) = result else {
+            return Step::Reply(err(
+                ErrorCode::Internal,
+                "password not changed; try again later",
+            ));
+        };
+        Step::Wait(Job {
+            work: Work::Store(StoreRequest::SetPasswordHash {
+                user: user.clone(),
+                hash: hash.clone(),
+            }),
+            cont: Cont::PasswdStored { user, hash },
+        })
+    }
+
+    pub(super) fn passwd_stored(
+        &mut self,
+        caller: Option<&Caller>,
+        user: String,
+        hash: String,
+        result: WorkResult,
+        fx: &mut Effects,
+    ) -> Step {
+        let WorkResult::Store(Ok(_)) = result else {
+            return Step::Reply(write_failed(&result, "password not changed; try again"));
+        };
+        self.set_hash(&user, hash);
+        // Any other session of this user hears of it.
+        if let Some(&session) = self.online.get(&user) {
+            if caller.map(|c| c.session) != Some(session) {
+                fx.deliveries.push(Delivery {
+                    to: session,
+                    line: event("notice your password was changed").into(),
+                    stored: None,
+                });
+            }
+        }
+        Step::Reply(ok("password changed"))
+    }
+
+    /// A successful login resets the count; the record stays only while
+    /// other verifications for it are in flight.
+    fn forget_failures(&mut self, user: &str, ip: IpAddr) {
+        let key = self.lock_key(user, ip);
+        match self.failures.get_mut(&key) {
+            Some(f) if f.in_flight > 0 => {
+                f.count = 0;
+                f.locked_until = None;
+            }
+            Some(_) => {
+                self.failures.remove(&key);
+            }
+            None => {}
+        }
+    }
+
+    fn record_failure(
+        &mut self,
+        user: String,
+        known: bool,
+        ip: IpAddr,
+        now: Clock,
+        fx: &mut Effects,
+    ) {
         let block = self.settings.block_time;
-        let key = (user, ip);
-        let f = self.failures.entry(key.clone()).or_insert(Failures {
-            count: 0,
-            locked_until: None,
-            forget_at: now.mono,
-        });
+        let key = (user, AddrGroup::of(ip, self.settings.ipv6_prefix));
+        let f = self
+            .failures
+            .entry(key.clone())
+            .or_insert_with(|| Failures::new(now.mono));
         f.count += 1;
         f.forget_at = now.mono + block;
-        // Every failure at or past the limit (re)locks: verifications that
-        // were already in flight when the lock began must not reopen it.
+        // Every failure at or past the limit (re)locks.
         if f.count >= self.settings.max_login_failures {
             f.locked_until = Some(now.mono + block);
+            // A name that is not an account may be a password typed into
+            // the user field: it never reaches the log.
+            let who = if known {
+                key.0.as_str()
+            } else {
+                "an unknown user"
+            };
             log::warn!(
-                "login locked for {} from {} after {} failures",
-                key.0,
+                "login locked for {who} from {} after {} failures",
                 key.1,
                 f.count
             );
@@ -130,7 +454,11 @@ impl Chat {
 
     /// Drops a lockout record whose time has passed (timer callback).
     pub fn expire_lock(&mut self, key: &LockKey, now: Instant) {
-        if self.failures.get(key).is_some_and(|f| f.forget_at <= now) {
+        if self
+            .failures
+            .get(key)
+            .is_some_and(|f| f.forget_at <= now && f.in_flight == 0)
+        {
             self.failures.remove(key);
         }
     }
@@ -143,10 +471,7 @@ impl Chat {
             ));
         }
         if !(MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&password.len()) {
-            return Step::Reply(err(
-                ErrorCode::BadArg,
-                &format!("a password is {MIN_PASSWORD_LEN} to {MAX_PASSWORD_LEN} bytes"),
-            ));
+            return Step::Reply(password_length());
         }
         if self.accounts.contains_key(&user) || !self.registering.insert(user.clone()) {
             return Step::Reply(err(ErrorCode::Exists, &format!("{user} is taken")));
@@ -161,6 +486,10 @@ impl Chat {
     }
 
     pub(super) fn register_hashed(&mut self, user: String, result: WorkResult, now: Clock) -> Step {
+        if matches!(result, WorkResult::Hash(HashOutcome::Busy)) {
+            self.registering.remove(&user);
+            return Step::Reply(busy());
+        }
         let WorkResult::Hash(HashOutcome::Hashed(Ok(hash))) = result else {
             return self.register_failed(&user);
         };
@@ -193,9 +522,12 @@ impl Chat {
         };
         // A new account's marks start at zero, whatever its slot held.
         fx.marks.push((slot, Marks::default()));
+        self.hash_changed(None, &hash);
         self.accounts.insert(user.clone(), Account::new(hash, slot));
         match caller {
             Some(caller) if caller.user.is_none() => {
+                let group = AddrGroup::of(caller.ip, self.settings.ipv6_prefix);
+                self.budgets.trust(&user, group);
                 self.enter(caller, &user, fx);
                 Step::Reply(ok(&format!("registered {user}")))
             }
@@ -210,4 +542,25 @@ impl Chat {
             "could not register; try again later",
         ))
     }
+}
+
+/// The answer to a login while locked, the same whatever the password.
+fn locked_reply(secs: u64) -> Vec<u8> {
+    err(
+        ErrorCode::Locked,
+        &format!("too many failed logins; try again in {secs} seconds"),
+    )
+}
+
+/// The refusal of a new password of the wrong length.
+fn password_length() -> Vec<u8> {
+    err(
+        ErrorCode::BadArg,
+        &format!("a password is {MIN_PASSWORD_LEN} to {MAX_PASSWORD_LEN} bytes"),
+    )
+}
+
+/// The answer when the hashing queue had no room: nothing was checked.
+fn busy() -> Vec<u8> {
+    err(ErrorCode::Busy, "try again in a moment")
 }

@@ -16,6 +16,7 @@
 use std::net::IpAddr;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+mod budget;
 mod chat;
 mod direct;
 pub mod job;

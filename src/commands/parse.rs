@@ -63,6 +63,9 @@ pub enum MemberCommand {
     Blocked,
     /// `ping`
     Ping,
+    /// `passwd <old> <new>`: the old password is the first word, the new
+    /// one the rest of the line (as for `register`).
+    Passwd { old: String, new: String },
 }
 
 /// Why a line is not a command. Rendered into its `- CODE text` line by
@@ -224,6 +227,16 @@ fn member_command(word: &'static str, rest: &str) -> Result<Option<MemberCommand
             Ok(Some(MemberCommand::Send {
                 to: username_arg(to)?,
                 text: relayable(text),
+            }))
+        }
+        "passwd" => {
+            let (old, new) = split_word(rest);
+            if old.is_empty() || new.is_empty() {
+                return Err(ParseError::Usage(word));
+            }
+            Ok(Some(MemberCommand::Passwd {
+                old: old.to_string(),
+                new: new.to_string(),
             }))
         }
         "broadcast" => parse_broadcast(rest).map(Some),

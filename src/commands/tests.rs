@@ -162,7 +162,13 @@ fn settings() -> ChatSettings {
         registration: Registration::Open,
         hash_cost: HashCost::Low,
         max_inbox: 2,
+        ipv6_prefix: 64,
+        account_guesses_per_hour: 10,
     }
+}
+
+fn account() -> Account {
+    Account::new("hash".into(), 0)
 }
 
 fn chat_with(users: &[&str]) -> Chat {
@@ -511,57 +517,131 @@ fn inbox_reports_what_is_still_waiting() {
     );
 }
 
+fn login_cmd(password: &str) -> Command {
+    Command::Login {
+        user: "alice".into(),
+        password: password.into(),
+    }
+}
+
 #[test]
-fn logins_in_flight_when_the_lock_begins_cannot_reopen_it() {
+fn logins_count_when_submitted_so_guesses_sent_at_once_stop_at_the_limit() {
     let t0 = Instant::now();
     let mut chat = chat_with(&["alice"]);
     let mut fx = Effects::default();
-    let mut conns: Vec<Caller> = (0..5).map(|i| caller(i, None)).collect();
-    // Five guesses sent at once: all pass the lock check before any is verified.
-    let jobs: Vec<Job> = conns
-        .iter_mut()
-        .map(|c| {
-            let cmd = Command::Login {
-                user: "alice".into(),
-                password: "guess".into(),
-            };
-            match chat.execute(c, cmd, clock(t0, 0), &mut fx) {
-                Step::Wait(job) => job,
-                step => panic!("{step:?}"),
-            }
-        })
+    let conns: Vec<Caller> = (0..5).map(|i| caller(i, None)).collect();
+    // Five guesses sent at once: only three (the limit) are verified.
+    let steps: Vec<Step> = conns
+        .iter()
+        .map(|c| chat.execute(c, login_cmd("guess"), clock(t0, 0), &mut fx))
         .collect();
+    let mut jobs = Vec::new();
+    for (i, step) in steps.into_iter().enumerate() {
+        match step {
+            Step::Wait(job) => jobs.push((i, job)),
+            step => assert!(reply_text(step).starts_with("- LOCKED"), "attempt {i}"),
+        }
+    }
+    assert_eq!(jobs.len(), 3);
+    // The second in flight was the right password, but the other two fail
+    // first and lock the name: it gets the same LOCKED as a wrong one would.
     let mut jobs = jobs.into_iter();
-    // Three fail at t=0 (lock until 60), the fourth at t=10.
-    for (i, at) in [(0, 0), (1, 0), (2, 0), (3, 10)] {
-        let job = jobs.next().unwrap();
+    let (first, second, third) = (
+        jobs.next().unwrap(),
+        jobs.next().unwrap(),
+        jobs.next().unwrap(),
+    );
+    for (i, job) in [first, third] {
         let reply = chat.complete(
             Some(&conns[i]),
             job.cont,
             WorkResult::Hash(HashOutcome::Verified(false)),
-            clock(t0, at),
+            clock(t0, 1),
             &mut fx,
         );
         assert!(reply_text(reply).starts_with("- AUTHFAIL"));
     }
-    // The fifth was the right password, but the lock began meanwhile.
-    let last = jobs.next().unwrap();
+    let (i, job) = second;
     let reply = chat.complete(
-        Some(&conns[4]),
-        last.cont,
+        Some(&conns[i]),
+        job.cont,
         WorkResult::Hash(HashOutcome::Verified(true)),
-        clock(t0, 11),
+        clock(t0, 2),
         &mut fx,
     );
-    assert!(reply_text(reply).starts_with("- LOCKED"));
-    assert_eq!(fx.logged_in, None);
-    // Between the first lock's end (60) and the last failure's (70): still locked.
-    let cmd = Command::Login {
-        user: "alice".into(),
-        password: "guess".into(),
-    };
-    let step = chat.execute(&conns[0], cmd, clock(t0, 65), &mut fx);
-    assert!(reply_text(step).starts_with("- LOCKED"));
+    assert!(reply_text(reply).starts_with("+ welcome"));
+    assert_eq!(fx.logged_in.as_deref(), Some("alice"));
+}
+
+#[test]
+fn a_verification_finishing_while_locked_gets_locked_whatever_the_password() {
+    let t0 = Instant::now();
+    let mut fx = Effects::default();
+    for right in [false, true] {
+        let mut chat = chat_with(&["alice"]);
+        let conns: Vec<Caller> = (0..3).map(|i| caller(i, None)).collect();
+        let mut jobs: Vec<Job> = conns
+            .iter()
+            .map(
+                |c| match chat.execute(c, login_cmd("guess"), clock(t0, 0), &mut fx) {
+                    Step::Wait(job) => job,
+                    step => panic!("{step:?}"),
+                },
+            )
+            .collect();
+        let last = jobs.pop().unwrap();
+        for (c, job) in conns.iter().zip(jobs) {
+            let reply = chat.complete(
+                Some(c),
+                job.cont,
+                WorkResult::Hash(HashOutcome::Verified(false)),
+                clock(t0, 0),
+                &mut fx,
+            );
+            assert!(reply_text(reply).starts_with("- AUTHFAIL"));
+        }
+        // Locked by something else meanwhile (a lock record from an
+        // earlier round, say): the last check comes back into the lock.
+        let key = (
+            "alice".to_string(),
+            crate::addr::AddrGroup::of(conns[2].ip, 64),
+        );
+        if let Some(f) = chat.failures.get_mut(&key) {
+            f.locked_until = Some(t0 + Duration::from_secs(60));
+        }
+        let reply = chat.complete(
+            Some(&conns[2]),
+            last.cont,
+            WorkResult::Hash(HashOutcome::Verified(right)),
+            clock(t0, 1),
+            &mut fx,
+        );
+        assert_eq!(
+            reply_text(reply),
+            "- LOCKED too many failed logins; try again in 59 seconds\n",
+            "right password: {right}"
+        );
+    }
+    // Then every new attempt is locked, the right password too.
+    let mut chat = chat_with(&["alice"]);
+    let c = caller(1, None);
+    for _ in 0..3 {
+        let Step::Wait(job) = chat.execute(&c, login_cmd("guess"), clock(t0, 0), &mut fx) else {
+            panic!()
+        };
+        chat.complete(
+            Some(&c),
+            job.cont,
+            WorkResult::Hash(HashOutcome::Verified(false)),
+            clock(t0, 0),
+            &mut fx,
+        );
+    }
+    let step = chat.execute(&c, login_cmd("pw"), clock(t0, 65), &mut fx);
+    assert!(
+        matches!(step, Step::Wait(_)),
+        "the lock ends after block_time"
+    );
 }
 
 #[test]
@@ -720,4 +800,292 @@ fn inbox_rows_never_written_out_are_offered_again() {
         Work::Store(StoreRequest::TakeInbox { after: 10, .. })
     ));
     assert_eq!(chat.accounts["bob"].unread, 2);
+}
+
+#[test]
+fn the_dummy_takes_the_parameters_most_hashes_use_and_old_hashes_are_upgraded() {
+    let t0 = Instant::now();
+    let low = |pw: &str| crate::auth::hash_password(pw, HashCost::Low).unwrap();
+    let normal = crate::auth::hash_password("x", HashCost::Normal).unwrap();
+    let accounts = ["alice", "bob", "carol"]
+        .iter()
+        .map(|u| {
+            let a = Account {
+                hash: low(&format!("pw-{u}")),
+                ..account()
+            };
+            (u.to_string(), a)
+        })
+        .collect();
+    let settings = ChatSettings {
+        hash_cost: HashCost::Normal,
+        ..settings()
+    };
+    let mut chat = Chat::new(settings, accounts, normal.clone());
+    let low_params = crate::auth::stand_in(&low("any")).unwrap();
+    let normal_params = crate::auth::stand_in(&normal).unwrap();
+    // Every stored hash is at low cost: so is the dummy.
+    let verify = |chat: &mut Chat, user: &str| {
+        let cmd = Command::Login {
+            user: user.into(),
+            password: format!("pw-{user}"),
+        };
+        match chat.execute(&caller(1, None), cmd, clock(t0, 0), &mut Effects::default()) {
+            Step::Wait(Job {
+                cont,
+                work: Work::Hash(HashWork::Verify { hash, upgrade, .. }),
+            }) => (cont, hash, upgrade),
+            step => panic!("{step:?}"),
+        }
+    };
+    let (_, dummy, upgrade) = verify(&mut chat, "nobody");
+    assert_eq!((dummy, upgrade), (low_params.clone(), None));
+    // A known user's hash at old parameters is re-hashed when the password matches.
+    for (i, user) in ["alice", "bob"].into_iter().enumerate() {
+        let (cont, _, upgrade) = verify(&mut chat, user);
+        assert_eq!(upgrade, Some(HashCost::Normal));
+        let new = crate::auth::hash_password(&format!("pw-{user}"), HashCost::Normal).unwrap();
+        let mut fx = Effects::default();
+        let c = caller(2 + i, None);
+        let step = chat.complete(
+            Some(&c),
+            cont,
+            WorkResult::Hash(HashOutcome::Upgraded(new.clone())),
+            clock(t0, 0),
+            &mut fx,
+        );
+        assert!(reply_text(step).starts_with("+ welcome"));
+        assert_eq!(chat.accounts[user].hash, new);
+        assert!(matches!(
+            &fx.background[..],
+            [StoreRequest::SetPasswordHash { user: u, hash }] if u == user && *hash == new
+        ));
+    }
+    // Two of three now use the current parameters: the dummy follows, and
+    // upgraded users are not re-hashed again.
+    let (_, dummy, _) = verify(&mut chat, "nobody");
+    assert_eq!(dummy, normal_params);
+    assert_eq!(verify(&mut chat, "alice").2, None);
+    assert_eq!(verify(&mut chat, "carol").2, Some(HashCost::Normal));
+}
+
+#[test]
+fn passwd_checks_the_old_password_like_a_login_and_commits_before_answering() {
+    let t0 = Instant::now();
+    assert_eq!(
+        parse_in("passwd old-one new one  "),
+        Ok(MemberCommand::Passwd {
+            old: "old-one".into(),
+            new: "new one  ".into()
+        })
+    );
+    assert!(parse_in("passwd only-one").is_err());
+    assert_eq!(
+        code(&parse("passwd a b", None).unwrap_err().reply()),
+        "- NOAUTH"
+    );
+
+    let mut chat = chat_with(&["alice"]);
+    let mut alice = caller(1, None);
+    log_in(&mut chat, &mut alice, "alice", clock(t0, 0));
+    let passwd = |old: &str, new: &str| {
+        member(
+            "alice",
+            MemberCommand::Passwd {
+                old: old.into(),
+                new: new.into(),
+            },
+        )
+    };
+    let mut fx = Effects::default();
+    let short = chat.execute(&alice, passwd("pw", "short"), clock(t0, 1), &mut fx);
+    assert!(reply_text(short).starts_with("- BADARG"));
+    // A wrong old password is a failed login: three of them lock.
+    for _ in 0..3 {
+        let Step::Wait(job) = chat.execute(
+            &alice,
+            passwd("guess", "new password"),
+            clock(t0, 1),
+            &mut fx,
+        ) else {
+            panic!()
+        };
+        let step = chat.complete(
+            Some(&alice),
+            job.cont,
+            WorkResult::Hash(HashOutcome::Verified(false)),
+            clock(t0, 1),
+            &mut fx,
+        );
+        assert!(reply_text(step).starts_with("- AUTHFAIL"));
+    }
+    let locked = chat.execute(&alice, passwd("pw", "new password"), clock(t0, 2), &mut fx);
+    assert!(reply_text(locked).starts_with("- LOCKED"));
+    // After the lock: the right old password, the new one hashed, written,
+    // and only then in memory and answered.
+    let Step::Wait(job) =
+        chat.execute(&alice, passwd("pw", "new password"), clock(t0, 70), &mut fx)
+    else {
+        panic!()
+    };
+    let Step::Wait(hash_job) = chat.complete(
+        Some(&alice),
+        job.cont,
+        WorkResult::Hash(HashOutcome::Verified(true)),
+        clock(t0, 70),
+        &mut fx,
+    ) else {
+        panic!()
+    };
+    assert!(matches!(
+        hash_job.work,
+        Work::Hash(HashWork::Hash { ref password, cost: HashCost::Low }) if password == "new password"
+    ));
+    let Step::Wait(store_job) = chat.complete(
+        Some(&alice),
+        hash_job.cont,
+        WorkResult::Hash(HashOutcome::Hashed(Ok("new-hash".into()))),
+        clock(t0, 70),
+        &mut fx,
+    ) else {
+        panic!()
+    };
+    assert!(matches!(
+        store_job.work,
+        Work::Store(StoreRequest::SetPasswordHash { ref user, ref hash }) if user == "alice" && hash == "new-hash"
+    ));
+    assert_eq!(chat.accounts["alice"].hash, "hash", "not before the commit");
+    let done = chat.complete(
+        Some(&alice),
+        store_job.cont,
+        WorkResult::Store(Ok(StoreOutput::Done)),
+        clock(t0, 70),
+        &mut fx,
+    );
+    assert_eq!(reply_text(done), "+ password changed\n");
+    assert_eq!(chat.accounts["alice"].hash, "new-hash");
+}
+
+#[test]
+fn lockouts_count_an_ipv6_prefix_as_one_address() {
+    let t0 = Instant::now();
+    let mut chat = chat_with(&["alice"]);
+    let mut fx = Effects::default();
+    // Each guess from another address of one /64.
+    for i in 1..=4u16 {
+        let mut c = caller(usize::from(i), None);
+        c.ip = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, i, 0, 0, 1).into();
+        let step = chat.execute(&c, login_cmd("guess"), clock(t0, 0), &mut fx);
+        let reply = match step {
+            Step::Wait(job) => reply_text(chat.complete(
+                Some(&c),
+                job.cont,
+                WorkResult::Hash(HashOutcome::Verified(false)),
+                clock(t0, 0),
+                &mut fx,
+            )),
+            step => reply_text(step),
+        };
+        let want = if i <= 3 { "- AUTHFAIL" } else { "- LOCKED" };
+        assert!(reply.starts_with(want), "guess {i}: {reply}");
+    }
+    // Another /64 is another address.
+    let mut other = caller(9, None);
+    other.ip = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 2, 0, 0, 0, 1).into();
+    assert!(matches!(
+        chat.execute(&other, login_cmd("guess"), clock(t0, 0), &mut fx),
+        Step::Wait(_)
+    ));
+}
+
+#[test]
+fn a_login_the_hashing_queue_had_no_room_for_is_busy_and_not_a_failure() {
+    let t0 = Instant::now();
+    let mut chat = chat_with(&["alice"]);
+    let c = caller(1, None);
+    let mut fx = Effects::default();
+    // More BUSY answers than the lockout allows failures: none counts.
+    for _ in 0..5 {
+        let Step::Wait(job) = chat.execute(&c, login_cmd("pw"), clock(t0, 0), &mut fx) else {
+            panic!("the attempt was locked out")
+        };
+        let step = chat.complete(
+            Some(&c),
+            job.cont,
+            WorkResult::Hash(HashOutcome::Busy),
+            clock(t0, 0),
+            &mut fx,
+        );
+        assert_eq!(reply_text(step), "- BUSY try again in a moment\n");
+    }
+    // A register that could not be hashed frees its name.
+    let reg = Command::Register {
+        user: "bob".into(),
+        password: "long enough".into(),
+    };
+    let Step::Wait(job) = chat.execute(&c, reg.clone(), clock(t0, 0), &mut fx) else {
+        panic!()
+    };
+    let step = chat.complete(
+        Some(&c),
+        job.cont,
+        WorkResult::Hash(HashOutcome::Busy),
+        clock(t0, 0),
+        &mut fx,
+    );
+    assert!(reply_text(step).starts_with("- BUSY"));
+    assert!(matches!(
+        chat.execute(&c, reg, clock(t0, 0), &mut fx),
+        Step::Wait(_)
+    ));
+}
+
+#[test]
+fn attempts_that_end_without_a_failure_leave_no_record() {
+    let t0 = Instant::now();
+    let mut chat = chat_with(&["alice"]);
+    let mut fx = Effects::default();
+    for (i, outcome) in [HashOutcome::Busy, HashOutcome::Verified(true)]
+        .into_iter()
+        .enumerate()
+    {
+        let c = caller(i, None);
+        let cmd = Command::Login {
+            user: format!("name{i}"),
+            password: "pw".into(),
+        };
+        let Step::Wait(job) = chat.execute(&c, cmd, clock(t0, 0), &mut fx) else {
+            panic!()
+        };
+        chat.complete(
+            Some(&c),
+            job.cont,
+            WorkResult::Hash(outcome),
+            clock(t0, 0),
+            &mut fx,
+        );
+    }
+    // Budget refusals too (ten guesses for one name from ten addresses).
+    for i in 0..12u8 {
+        let mut c = caller(usize::from(i), None);
+        c.ip = std::net::Ipv4Addr::new(10, 0, 0, i).into();
+        if let Step::Wait(job) = chat.execute(&c, login_cmd("guess"), clock(t0, 0), &mut fx) {
+            chat.complete(
+                Some(&c),
+                job.cont,
+                WorkResult::Hash(HashOutcome::Verified(false)),
+                clock(t0, 0),
+                &mut fx,
+            );
+        }
+    }
+    // Ten failures, one record each; the BUSY, the unknown name's "match"
+    // (a failure: kept) and the two budget refusals add nothing more.
+    let records = chat.failures.len();
+    assert_eq!(
+        records,
+        11,
+        "{:?}",
+        chat.failures.keys().collect::<Vec<_>>()
+    );
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
-use crate::commands::SessionRef;
+use crate::commands::{Effects, SessionRef};
 use crate::protocol::{self, ByeReason};
 use crate::session::{Session, Transport};
 
@@ -58,13 +58,15 @@ impl Server {
         addr: SocketAddr,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) {
-        if self
-            .admission
-            .admit(addr, self.clock.mono, &mut self.stats)
-            .is_err()
-        {
+        let Ok(admitted) = self.admission.admit(addr, self.clock.mono, &mut self.stats) else {
             refuse(&mut stream, tls.is_some());
             return;
+        };
+        if let Some(oldest) = admitted.displaces {
+            // The oldest connection not logged in makes room (see admission.rs).
+            let mut fx = Effects::default();
+            fx.closes.push((oldest, ByeReason::Busy));
+            self.apply_effects(fx);
         }
         // Replies and events are already batched per loop pass; Nagle's
         // algorithm would only hold the tail of a batch for the peer's
@@ -78,7 +80,7 @@ impl Server {
                 Ok(conn) => Transport::Tls(Box::new(conn)),
                 Err(e) => {
                     log::warn!("cannot start TLS for {addr}: {e}");
-                    self.admission.left(addr.ip());
+                    self.admission.left(addr.ip(), None);
                     return;
                 }
             },
@@ -91,12 +93,13 @@ impl Server {
             .register(&mut stream, Token(token), Interest::READABLE)
         {
             log::warn!("cannot register connection from {addr}: {e}");
-            self.admission.left(addr.ip());
+            self.admission.left(addr.ip(), None);
             return;
         }
         let id = self.next_id;
         self.next_id += 1;
         let sref = SessionRef { token, id };
+        self.admission.joined(sref);
         let session = Session::new(
             sref,
             addr.ip(),

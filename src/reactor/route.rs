@@ -101,7 +101,15 @@ impl Server {
     }
 
     pub(super) fn dispatch(&mut self, job: Job, reply_to: Option<ReplyTo>) {
-        self.background.dispatch(job, reply_to);
+        // Hashing is shared out fairly by the asking session's address group.
+        let lane = reply_to
+            .and_then(|r| {
+                self.conns
+                    .get(r.session.token)
+                    .filter(|c| c.session.id() == r.session.id)
+            })
+            .map(|c| self.admission.group(c.session.caller().ip));
+        self.background.dispatch(job, reply_to, lane);
     }
 
     pub(super) fn drain_completions(&mut self) {
@@ -123,6 +131,7 @@ impl Server {
         });
         match live.and_then(|r| Some((r, self.conns.get_mut(r.session.token)?))) {
             Some((reply_to, conn)) => {
+                let stranger = conn.session.caller().user.is_none();
                 let mut outbox = Outbox::default();
                 conn.session.complete(
                     &mut self.chat,
@@ -132,6 +141,10 @@ impl Server {
                     clock,
                     &mut outbox,
                 );
+                if stranger && conn.session.caller().user.is_some() {
+                    // Logged in: no longer in the class a newcomer may displace.
+                    self.admission.logged_in(reply_to.session);
+                }
                 self.apply(outbox);
                 // If that ended it (a queued quit, say), it leaves the chat
                 // now, before the next completion can deliver to it.

@@ -31,12 +31,13 @@ pub struct Output {
     /// at the end of the line, which). If the session dies with some
     /// there, they are still unread.
     unsent: VecDeque<(u64, Unsent)>,
-    /// Inbox rows of replies never queued (see `never_sent`).
-    never_sent: Vec<i64>,
+    /// Inbox rows of replies never queued (see `never_sent`). Boxed, like
+    /// `held`: rare, and ten thousand idle sessions would carry them.
+    never_sent: Option<Box<[i64]>>,
     /// Events that arrived while a reply goes out in parts (`Some` from
     /// its first part to its completion): queued after it, so that none
     /// lands inside it. With each stored message's (end in `held`, id).
-    held: Option<Held>,
+    held: Option<Box<Held>>,
     /// Highest pushed and inbox ids that reached the kernel since
     /// `take_left` last looked (0: none).
     left: (i64, i64),
@@ -83,7 +84,7 @@ impl Output {
     /// Appends an event (a stored message's if `id`), or holds it while a
     /// reply is going out in parts.
     pub fn push_event(&mut self, bytes: &[u8], id: Option<i64>) {
-        match (&mut self.held, id) {
+        match (self.held.as_deref_mut(), id) {
             (Some((held, ids)), id) => {
                 held.extend_from_slice(bytes);
                 ids.extend(id.map(|id| (held.len(), id)));
@@ -97,12 +98,12 @@ impl Output {
     /// until then.
     pub fn push_reply_part(&mut self, bytes: &[u8]) {
         self.push_reply(bytes);
-        self.held.get_or_insert_with(Default::default);
+        self.held.get_or_insert_with(Box::default);
     }
 
     /// Bytes of events held behind a reply in parts.
     pub fn held_len(&self) -> usize {
-        self.held.as_ref().map_or(0, |(held, _)| held.len())
+        self.held.as_deref().map_or(0, |(held, _)| held.len())
     }
 
     /// Appends an `inbox` reply, remembering each row's id until its line
@@ -115,7 +116,8 @@ impl Output {
                 .push_back((base + end as u64, Unsent::Inbox(id)));
         }
         // A reply sent in parts is complete: what waited goes out now.
-        if let Some((held, ids)) = self.held.take() {
+        if let Some(held) = self.held.take() {
+            let (held, ids) = *held;
             let base = self.pushed_total;
             self.push(&held);
             for (end, id) in ids {
@@ -127,7 +129,9 @@ impl Output {
     /// Inbox rows that were never queued (their session was closing):
     /// tracked as unsent until `take_unsent`.
     pub fn never_sent(&mut self, rows: &[(usize, i64)]) {
-        self.never_sent.extend(rows.iter().map(|(_, id)| *id));
+        let mut ids = self.never_sent.take().map(Vec::from).unwrap_or_default();
+        ids.extend(rows.iter().map(|(_, id)| *id));
+        self.never_sent = Some(ids.into_boxed_slice());
     }
 
     /// Unsent bytes.
@@ -199,9 +203,10 @@ impl Output {
     /// Ids of the pushed messages and inbox rows queued that never reached
     /// the kernel (for a closing session); from here on, none is tracked.
     pub fn take_unsent(&mut self) -> (Vec<i64>, Vec<i64>) {
-        let (mut pushes, mut inbox) = (Vec::new(), std::mem::take(&mut self.never_sent));
-        if let Some((_, ids)) = self.held.take() {
-            pushes.extend(ids.into_iter().map(|(_, id)| id));
+        let mut inbox = self.never_sent.take().map(Vec::from).unwrap_or_default();
+        let mut pushes = Vec::new();
+        if let Some(held) = self.held.take() {
+            pushes.extend(held.1.into_iter().map(|(_, id)| id));
         }
         for (_, which) in self.unsent.drain(..) {
             match which {

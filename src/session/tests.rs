@@ -180,7 +180,8 @@ fn overlong_lines_and_bad_bytes_get_one_error_each() {
     let mut sim = Sim::new(&["alice"], Sim::limits(64, 1 << 20));
     let alice = logged_in(&mut sim, "alice");
     let mut input = "x".repeat(100).into_bytes();
-    input.extend_from_slice(b"\n\xff\n \t\nping\x07\nping\n");
+    // 0xfe is not UTF-8; 0xff is telnet's IAC, dropped before parsing.
+    input.extend_from_slice(b"\n\xfe\n \t\nping\x07\n\xffping\n");
     sim.send(alice, &input);
     sim.drain(alice, usize::MAX);
     assert_eq!(
@@ -572,4 +573,18 @@ fn a_long_whoelse_goes_out_a_page_at_a_time_in_name_order() {
             "{command}: {done}"
         );
     }
+}
+
+/// Regression: telnet's Ctrl-C (IAC IP, IAC DO TIMING-MARK) got `BADUTF8`
+/// and no timing-mark answer, after which telnet showed nothing.
+#[test]
+fn telnet_ctrl_c_discards_the_line_and_is_answered_without_badutf8() {
+    let mut sim = Sim::new(&["alice"], Sim::limits(64, 1 << 20));
+    let alice = logged_in(&mut sim, "alice");
+    sim.send(alice, b"send bob half-typed\xff\xf4\xff\xfd\x06");
+    sim.drain(alice, usize::MAX);
+    assert_eq!(sim.raw_output(alice), b"\xff\xfb\x06".to_vec());
+    sim.send(alice, b"ping\r\n");
+    sim.drain(alice, usize::MAX);
+    assert_eq!(sim.output(alice), "+ pong\n");
 }

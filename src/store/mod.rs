@@ -125,6 +125,8 @@ pub enum StoreRequest {
     },
     /// When a user's last session ended.
     SetLastSeen { user: String, at: i64 },
+    /// Replace a user's password hash (`passwd`, or a re-hash at login).
+    SetPasswordHash { user: String, hash: String },
 }
 
 impl StoreRequest {
@@ -809,6 +811,11 @@ fn apply(conn: &Connection, request: &StoreRequest) -> rusqlite::Result<StoreOut
         StoreRequest::SetLastSeen { user, at } => {
             conn.prepare_cached("UPDATE users SET last_seen = ?2 WHERE name = ?1")?
                 .execute(params![user, at])?;
+            Ok(StoreOutput::Done)
+        }
+        StoreRequest::SetPasswordHash { user, hash } => {
+            conn.prepare_cached("UPDATE users SET hash = ?2 WHERE name = ?1")?
+                .execute(params![user, hash])?;
             Ok(StoreOutput::Done)
         }
     }

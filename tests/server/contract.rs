@@ -451,7 +451,7 @@ fn bad_bytes_get_their_error_and_the_connection_goes_on() {
     let server = Server::start(&["--max-line", "64"]);
     let mut alice = server.user("alice");
     let _bob = server.user("bob");
-    alice.send_raw(b"send bob \xff\xfe\n");
+    alice.send_raw(b"send bob \xc3\x28\xfe\n");
     assert!(alice.reply()[0].starts_with("- BADUTF8 "));
     alice.send_raw(b"send bob \x1b[31mred\n");
     assert!(alice.reply()[0].starts_with("- BADTEXT "));
@@ -526,6 +526,35 @@ fn a_client_that_half_closes_still_gets_every_reply() {
     assert_eq!(lines[2], "+ pong");
 }
 
+/// Regression: telnet's Ctrl-C (`IAC IP`, `IAC DO TIMING-MARK`) was
+/// answered `- BADUTF8`, with no timing-mark answer, and telnet then hid all
+/// output.
+#[test]
+fn telnet_ctrl_c_discards_the_typed_line_and_gets_its_timing_mark() {
+    use std::io::Read;
+    let server = Server::start(&[]);
+    let mut alice = server.user("alice");
+    // Half a line, Ctrl-C, and a telnet option offer before the next line.
+    alice.send_raw(b"send nobody half a li\xff\xf4\xff\xfd\x06");
+    let mut answer = [0u8; 3];
+    alice
+        .stream
+        .read_exact(&mut answer)
+        .expect("timing-mark answer");
+    assert_eq!(answer, [0xff, 0xfb, 0x06], "IAC WILL TIMING-MARK");
+    alice.send_raw(b"\xff\xfb\x18ping\r\n");
+    let mut refusal = [0u8; 3];
+    alice
+        .stream
+        .read_exact(&mut refusal)
+        .expect("option refusal");
+    assert_eq!(refusal, [0xff, 0xfe, 0x18], "IAC DONT TERMINAL-TYPE");
+    // The line before the Ctrl-C is gone; the next one works.
+    assert_eq!(alice.reply(), vec!["+ pong"]);
+    // Had it not been discarded, this would be the reply to a `send`.
+    assert_eq!(alice.cmd1("ping"), "+ pong");
+}
+
 // ----- limits and timers ----------------------------------------------------
 
 #[test]
@@ -549,8 +578,9 @@ fn over_the_rate_commands_wait_and_every_one_is_answered() {
 #[test]
 fn connections_beyond_max_clients_are_told_busy() {
     let server = Server::start(&["--max-clients", "2"]);
-    let _a = server.connect();
-    let _b = server.connect();
+    // Logged in: a newcomer cannot take their place.
+    let _a = server.user("alice");
+    let _b = server.user("bob");
     let mut c = Client::connect(server.addr);
     assert_eq!(c.until_closed(), vec!["* bye busy"]);
 }
@@ -747,6 +777,59 @@ fn users_file_is_imported_once() {
     let mut c = server.connect();
     c.login("alice", "secret-one");
     assert_eq!(c.cmd("history").len(), 2);
+}
+
+/// Regression: `--users` imported passwords shorter than `register`
+/// allows and kept trailing blanks.
+#[test]
+fn users_file_lines_follow_the_rules_of_register_and_bad_ones_are_named_by_number() {
+    let dir = tempfile::tempdir().expect("dir");
+    let users = dir.path().join("users.txt");
+    std::fs::write(
+        &users,
+        "alice secret-one\nshorty pw\ntrailing spaces-after \ncarol fine password\n",
+    )
+    .expect("write");
+    let data = dir.path().join("data");
+    let users_arg = users.display().to_string();
+    let server = Server::start_at(&data, &["--users", &users_arg]);
+    server.connect().login("alice", "secret-one");
+    server.connect().login("carol", "fine password");
+    for (user, password) in [("shorty", "pw"), ("trailing", "spaces-after ")] {
+        let reply = server.connect().cmd1(&format!("login {user} {password}"));
+        assert!(reply.starts_with("- AUTHFAIL "), "{user}: {reply}");
+    }
+    let log = server.log();
+    for n in [2, 3] {
+        assert!(log.contains(&format!("users.txt:{n}: skipped: ")), "{log}");
+    }
+    for secret in ["shorty", "trailing", "spaces-after"] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+    }
+}
+
+#[test]
+fn passwd_changes_the_password_once_the_old_one_is_given() {
+    let server = Server::start(&[]);
+    let mut alice = server.user("alice");
+    assert!(alice
+        .cmd1("passwd password-alice short")
+        .starts_with("- BADARG "));
+    assert!(alice
+        .cmd1("passwd wrong-one new password")
+        .starts_with("- AUTHFAIL "));
+    assert!(alice
+        .cmd1("passwd onlyone")
+        .starts_with("- BADARG usage: passwd"));
+    assert_eq!(
+        alice.cmd1("passwd password-alice new password"),
+        "+ password changed"
+    );
+    // It holds across a restart: the change was committed before the `+`.
+    let server = server.restart_after_kill();
+    let old = server.connect().cmd1("login alice password-alice");
+    assert!(old.starts_with("- AUTHFAIL "), "{old}");
+    server.connect().login("alice", "new password");
 }
 
 #[test]

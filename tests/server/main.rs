@@ -4,6 +4,7 @@
 mod contract;
 mod durability;
 mod hostile;
+mod logins;
 mod tls;
 mod unread;
 mod util;

@@ -248,6 +248,15 @@ impl Server {
         self.start_again()
     }
 
+    /// Stops this server with SIGTERM (checking it exits cleanly) and starts
+    /// another on the same data directory with other flags.
+    pub fn restart_with(mut self, args: &[&str]) -> Server {
+        let (status, _) = self.signal(libc::SIGTERM);
+        assert!(status.success(), "{status:?}");
+        self.args = args.iter().map(|a| a.to_string()).collect();
+        self.start_again()
+    }
+
     fn start_again(mut self) -> Server {
         let args: Vec<&str> = self.args.iter().map(|s| s.as_str()).collect();
         let mut next = Server::start_at(&self.data, &args);

@@ -86,8 +86,8 @@ pub fn run(
                 let Some(sent) = Sent::of(&line) else {
                     continue;
                 };
-                // A typed login or register line holds a password.
-                if !matches!(sent.word.as_str(), "login" | "register") {
+                // A typed login, register or passwd line holds a password.
+                if !matches!(sent.word.as_str(), "login" | "register" | "passwd") {
                     let _ = editor.add_history_entry(line.as_str());
                 }
                 if sent.ends_session() {

@@ -1,0 +1,194 @@
+//! The guessing budget per account, across all addresses (issue 11, item
+//! 2). The per-address lockout (`login.rs`) alone let an attacker with many
+//! addresses guess without end; this bounds what all of them together may
+//! try against one name, without letting them lock its owner out.
+//!
+//! Policy: every name has a bucket of `--account-guesses-per-hour` tokens
+//! that refills at that many per hour. A password check for the name from
+//! an address group it has never logged in from takes a token when it
+//! starts (so concurrent attempts cannot overdraw it) and gives it back if
+//! the password was right or the check never ran; with the bucket empty,
+//! such attempts get `- LOCKED` unchecked. Address groups the owner has
+//! logged in from (the last [`TRUSTED_PER_ACCOUNT`], kept in memory since
+//! start) are exempt, so the owner still gets in from home while the
+//! account is under attack. Unknown names have buckets too, so the answer
+//! never tells which names exist.
+//!
+//! The bound: with a budget of B per hour, at most B + B×t wrong passwords
+//! are checked for one name in any t hours from addresses it never logged
+//! in from, however many addresses there are: at most 2B in any one hour
+//! and about 24B a day (B = 10 by default: 20 in an hour, 250 a day).
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use crate::addr::AddrGroup;
+
+/// Address groups remembered per account as ones its owner logged in from:
+/// home, work, phone, a few networks more.
+pub const TRUSTED_PER_ACCOUNT: usize = 16;
+
+/// One name's bucket.
+#[derive(Clone, Debug)]
+struct Bucket {
+    /// Tokens left, up to the budget.
+    tokens: f64,
+    /// When `tokens` was last brought up to date.
+    at: Instant,
+}
+
+/// Budgets and trusted address groups, by name.
+#[derive(Debug, Default)]
+pub struct Budgets {
+    /// Tokens per hour and bucket size (0: no account-wide budget).
+    per_hour: u32,
+    /// Buckets of names with recent attempts; a full one is forgotten.
+    buckets: HashMap<String, Bucket>,
+    /// Size of `buckets` after the last sweep of full ones: the next sweep
+    /// waits until it has doubled, so sweeping costs O(1) per attempt.
+    swept_at: usize,
+    /// Address groups each account's owner logged in from, oldest first.
+    trusted: HashMap<String, Vec<AddrGroup>>,
+}
+
+impl Budgets {
+    /// Budgets of `per_hour` guesses (0 turns them off).
+    pub fn new(per_hour: u32) -> Self {
+        Budgets {
+            per_hour,
+            ..Budgets::default()
+        }
+    }
+
+    fn refill(&self, bucket: &mut Bucket, now: Instant) {
+        let cap = f64::from(self.per_hour);
+        let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * cap / 3600.0).min(cap);
+        bucket.at = now;
+    }
+
+    /// Charges a check for `name` from `group` as it starts: `Ok(true)` if a
+    /// token was taken, `Ok(false)` if none was needed (the group is
+    /// trusted, or budgets are off), or the seconds until the next token.
+    pub fn charge(&mut self, name: &str, group: AddrGroup, now: Instant) -> Result<bool, u64> {
+        if self.per_hour == 0 || self.is_trusted(name, group) {
+            return Ok(false);
+        }
+        if self.buckets.len() > 2 * self.swept_at.max(512) {
+            self.sweep(now);
+        }
+        let cap = f64::from(self.per_hour);
+        let mut bucket = self.buckets.remove(name).unwrap_or(Bucket {
+            tokens: cap,
+            at: now,
+        });
+        self.refill(&mut bucket, now);
+        let result = if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(true)
+        } else {
+            let secs = (1.0 - bucket.tokens) * 3600.0 / cap;
+            Err(secs.ceil() as u64)
+        };
+        self.buckets.insert(name.to_string(), bucket);
+        result
+    }
+
+    /// Gives back a token taken for a check that did not count: the
+    /// password was right, or it was never checked.
+    pub fn refund(&mut self, name: &str, now: Instant) {
+        let cap = f64::from(self.per_hour);
+        if let Some(mut bucket) = self.buckets.remove(name) {
+            self.refill(&mut bucket, now);
+            bucket.tokens = (bucket.tokens + 1.0).min(cap);
+            if bucket.tokens < cap {
+                self.buckets.insert(name.to_string(), bucket);
+            }
+        }
+    }
+
+    /// `name`'s owner logged in from `group`.
+    pub fn trust(&mut self, name: &str, group: AddrGroup) {
+        let groups = self.trusted.entry(name.to_string()).or_default();
+        groups.retain(|g| *g != group);
+        if groups.len() >= TRUSTED_PER_ACCOUNT {
+            groups.remove(0);
+        }
+        groups.push(group);
+    }
+
+    fn is_trusted(&self, name: &str, group: AddrGroup) -> bool {
+        self.trusted.get(name).is_some_and(|g| g.contains(&group))
+    }
+
+    /// Forgets buckets that have refilled: they say nothing a new one would not.
+    fn sweep(&mut self, now: Instant) {
+        let cap = f64::from(self.per_hour);
+        let rate = cap / 3600.0;
+        self.buckets.retain(|_, b| {
+            b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate < cap
+        });
+        self.swept_at = self.buckets.len();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn group(last: u8) -> AddrGroup {
+        AddrGroup::of([192, 0, 2, last].into(), 64)
+    }
+
+    #[test]
+    fn guesses_from_any_number_of_addresses_share_one_budget_that_refills() {
+        let t0 = Instant::now();
+        let mut b = Budgets::new(10);
+        let charged = (0..40u8)
+            .filter(|i| b.charge("alice", group(*i), t0).is_ok())
+            .count();
+        assert_eq!(charged, 10);
+        // One token every 6 minutes.
+        assert_eq!(b.charge("alice", group(99), t0), Err(360));
+        let later = t0 + Duration::from_secs(360);
+        assert_eq!(b.charge("alice", group(99), later), Ok(true));
+        assert!(b.charge("alice", group(98), later).is_err());
+        // Other names are not affected.
+        assert_eq!(b.charge("bob", group(1), later), Ok(true));
+    }
+
+    #[test]
+    fn the_owners_addresses_are_exempt_and_right_passwords_cost_nothing() {
+        let t0 = Instant::now();
+        let mut b = Budgets::new(2);
+        b.trust("alice", group(1));
+        assert_eq!(b.charge("alice", group(2), t0), Ok(true));
+        b.refund("alice", t0);
+        assert_eq!(b.charge("alice", group(2), t0), Ok(true));
+        assert_eq!(b.charge("alice", group(3), t0), Ok(true));
+        assert!(b.charge("alice", group(4), t0).is_err());
+        for _ in 0..5 {
+            assert_eq!(b.charge("alice", group(1), t0), Ok(false));
+        }
+    }
+
+    #[test]
+    fn full_buckets_are_forgotten_and_zero_turns_budgets_off() {
+        let t0 = Instant::now();
+        let mut b = Budgets::new(10);
+        for i in 0..2000 {
+            let _ = b.charge(&format!("n{i}"), group(1), t0);
+        }
+        // An hour later they have refilled; the next sweep drops them.
+        let later = t0 + Duration::from_secs(3600);
+        for i in 0..200 {
+            let _ = b.charge(&format!("m{i}"), group(1), later);
+        }
+        assert!(b.buckets.len() <= 200, "{} buckets kept", b.buckets.len());
+        let mut off = Budgets::new(0);
+        for _ in 0..100 {
+            assert_eq!(off.charge("alice", group(1), t0), Ok(false));
+        }
+    }
+}
