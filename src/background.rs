@@ -17,6 +17,7 @@ use crate::commands::{Cont, Job, Work, WorkResult};
 use crate::hashqueue::{FairQueue, Lane, MAX_QUEUED};
 use crate::session::ReplyTo;
 use crate::store::{self, Store, StoreError, StoreHandle, StoreRequest};
+use crate::storequeue::StoreQueue;
 
 /// Hashing threads. Argon2 at normal cost takes tens of milliseconds and
 /// 19 MiB; two workers keep logins flowing without starving the loop's core.
@@ -30,6 +31,9 @@ pub struct Tag {
     pub reply_to: Option<ReplyTo>,
     /// What to do with the result.
     pub cont: Cont,
+    /// Rows it counts for while with the store thread (0: not a write
+    /// through the fair queue).
+    rows: usize,
 }
 
 /// A finished job on its way back to the loop.
@@ -64,7 +68,19 @@ pub struct Background {
     reads_waiting: VecDeque<(StoreRequest, Tag)>,
     /// Reads handed to the reader and not yet taken back.
     reads_in_flight: usize,
+    /// Commands' writes waiting their turn for the store thread.
+    store_queue: StoreQueue<(StoreRequest, Tag)>,
+    /// Rows of those handed to the store thread and not yet back.
+    store_rows_out: usize,
+    /// See `store_bytes()`.
+    store_bytes: usize,
+    /// Past the shutdown deadline (see `stop_writes`).
+    writes_stopped: bool,
 }
+
+/// Rows of commands' writes with the store thread at once: two batches, so
+/// it always has the next one ready while committing one.
+const STORE_ROWS_OUT: usize = 2 * store::MAX_BATCH_ROWS;
 
 /// Reads handed to the reader at once (see `dispatch`).
 const MAX_READS_IN_FLIGHT: usize = 4;
@@ -121,6 +137,12 @@ impl Background {
             more: false,
             reads_waiting: VecDeque::new(),
             reads_in_flight: 0,
+            // Each session's share of the store queue, and the total the
+            // loop enforces, bound what comes in.
+            store_queue: StoreQueue::default(),
+            store_rows_out: 0,
+            store_bytes: 0,
+            writes_stopped: false,
         })
     }
 
@@ -129,10 +151,12 @@ impl Background {
     /// session asking) and come back as `Busy` when the queue is full.
     pub fn dispatch(&mut self, job: Job, reply_to: Option<ReplyTo>, lane: Lane) {
         self.in_flight += 1;
-        let tag = Tag {
+        let mut tag = Tag {
             reply_to,
             cont: job.cont,
+            rows: 0,
         };
+        self.store_bytes += tag.cont.queued_bytes();
         let failed = match job.work {
             // Reads never queue behind writes; a few at a time, so the
             // pages read ahead of the loop stay a few, however many
@@ -142,14 +166,31 @@ impl Background {
                 self.start_reads();
                 None
             }
-            Work::Store(request) => self.store.submit(request, tag).err().map(|(_, tag)| {
-                (
-                    tag,
-                    WorkResult::Store(Err(StoreError::Failed(
-                        "the store thread has stopped".into(),
-                    ))),
-                )
-            }),
+            // Upkeep (messages back to the inbox, read marks, last-seen
+            // times) goes first, in order: the inbox rules rely on a
+            // message put back before a later `inbox` reads.
+            Work::Store(request) if request.is_upkeep() || self.writes_stopped => {
+                self.store.submit(request, tag).err().map(|(_, tag)| {
+                    (
+                        tag,
+                        WorkResult::Store(Err(StoreError::Failed(
+                            "the store thread has stopped".into(),
+                        ))),
+                    )
+                })
+            }
+            // Commands' writes wait in a queue fair by rows per session,
+            // and only about two batches' worth is with the store thread
+            // at a time: forty sessions flooding list broadcasts delay
+            // someone else's `send` by what the store already has, not by
+            // everything they queued.
+            Work::Store(request) => {
+                tag.rows = request.rows();
+                let session = tag.reply_to.map_or(0, |r| r.session.id);
+                self.store_queue.push(session, tag.rows, (request, tag));
+                self.pump_store();
+                None
+            }
             // The next page of a long reply from memory: the loop makes
             // it when it takes this result, a page per pass at most.
             Work::Local => {
@@ -203,6 +244,36 @@ impl Background {
         }
     }
 
+    /// Hands commands' writes to the store thread, in turn by lane, while
+    /// it has less than `STORE_ROWS_OUT` rows.
+    fn pump_store(&mut self) {
+        while self.store_rows_out < STORE_ROWS_OUT {
+            let Some((request, tag)) = self.store_queue.pop() else {
+                return;
+            };
+            let rows = tag.rows;
+            match self.store.submit(request, tag) {
+                Ok(()) => self.store_rows_out += rows,
+                Err((_, mut tag)) => {
+                    tag.rows = 0;
+                    log::error!("background job could not be queued");
+                    self.ready.push(Completion {
+                        tag,
+                        result: WorkResult::Store(Err(StoreError::Failed(
+                            "the store thread has stopped".into(),
+                        ))),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Bytes the commands' writes hold while they wait for the store
+    /// (what `Cont::queued_bytes` says), in all.
+    pub fn store_bytes(&self) -> usize {
+        self.store_bytes
+    }
+
     /// Hands waiting hashing jobs to the threads while one is free.
     fn pump(&mut self) {
         while self.hashing < HASH_THREADS {
@@ -245,6 +316,7 @@ impl Background {
                     if matches!(c.result, WorkResult::Hash(_)) {
                         self.hashing = self.hashing.saturating_sub(1);
                     }
+                    self.store_rows_out = self.store_rows_out.saturating_sub(c.tag.rows);
                     budget = budget.saturating_sub(c.tag.cont.rows_to_format().max(1));
                     done.push(c);
                 }
@@ -254,6 +326,10 @@ impl Background {
         // Threads freed up: the next jobs in turn.
         self.start_reads();
         self.pump();
+        self.pump_store();
+        for c in &done {
+            self.store_bytes = self.store_bytes.saturating_sub(c.tag.cont.queued_bytes());
+        }
         // Stopped by the budget: the rest is taken next pass, without a wake.
         self.more = budget == 0;
         self.in_flight = self.in_flight.saturating_sub(done.len());
@@ -272,8 +348,19 @@ impl Background {
 
     /// Past the shutdown deadline: writes not yet started are refused
     /// rather than committed (see `StoreHandle::stop_writes`).
-    pub fn stop_writes(&self) {
+    pub fn stop_writes(&mut self) {
         self.store.stop_writes();
+        self.writes_stopped = true;
+        // Writes still waiting their turn are refused now, not later.
+        while let Some((_, mut tag)) = self.store_queue.pop() {
+            tag.rows = 0;
+            self.ready.push(Completion {
+                tag,
+                result: WorkResult::Store(Err(StoreError::Failed(
+                    "natterd is shutting down".into(),
+                ))),
+            });
+        }
     }
 
     /// Stops the threads; the store commits what is still queued first.

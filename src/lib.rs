@@ -20,6 +20,7 @@ pub mod sim;
 mod startup;
 pub mod stats;
 pub mod store;
+mod storequeue;
 pub mod tls;
 
 pub use config::Config;

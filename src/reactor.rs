@@ -362,14 +362,17 @@ impl Server {
                     break;
                 }
                 if now >= deadline {
-                    let until = *self.draining_until.get_or_insert_with(|| {
-                        log::info!(
-                            "shutdown grace over: {} jobs out; refusing writes not yet started",
-                            self.background.in_flight()
-                        );
-                        self.background.stop_writes();
-                        now + SHUTDOWN_DRAIN
-                    });
+                    let until = match self.draining_until {
+                        Some(until) => until,
+                        None => {
+                            log::info!(
+                                "shutdown grace over: {} jobs out; refusing writes not yet started",
+                                self.background.in_flight()
+                            );
+                            self.background.stop_writes();
+                            *self.draining_until.insert(now + SHUTDOWN_DRAIN)
+                        }
+                    };
                     if self.background.in_flight() == 0 || now >= until {
                         break;
                     }

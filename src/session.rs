@@ -28,6 +28,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,6 +56,11 @@ pub const MAX_IN_FLIGHT: usize = 64;
 /// `send`: a few hundred large list broadcasts' worth, far beyond a person.
 pub const STORE_SHARE: usize = 256 * 1024;
 
+/// What all sessions' writes may hold while they wait for the store before
+/// those with writes already waiting stop being read (each may still queue
+/// one command when it has none waiting, so nobody is shut out).
+pub const STORE_TOTAL: usize = 32 * 1024 * 1024;
+
 /// Lines one session may have handled per loop pass. A client pipelining
 /// thousands of broadcasts would otherwise hold the loop for the whole burst
 /// while everyone else's events wait; the rest of its input is handled on the
@@ -77,7 +83,7 @@ pub const INBUF_SLACK_PRE_LOGIN: usize = 1024;
 pub const CLOSE_LINGER: Duration = Duration::from_secs(5);
 
 /// The limits a session enforces, from the configuration.
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 pub struct Limits {
     /// Longest line once logged in (LF included).
     pub max_line: usize,
@@ -92,6 +98,10 @@ pub struct Limits {
     pub rate: f64,
     /// Commands at once.
     pub burst: u32,
+    /// Bytes all sessions' writes hold while they wait for the store, kept
+    /// current by the reactor: past `STORE_TOTAL`, a session with writes
+    /// already waiting is not read until they are done.
+    pub store_backlog: AtomicUsize,
 }
 
 impl From<&Config> for Limits {
@@ -103,6 +113,7 @@ impl From<&Config> for Limits {
             idle_timeout: c.idle_timeout(),
             rate: c.rate,
             burst: c.burst,
+            store_backlog: AtomicUsize::new(0),
         }
     }
 }
@@ -426,6 +437,8 @@ impl Session {
             && self.rate_wait.is_none()
             && self.replies.outstanding() < MAX_IN_FLIGHT
             && self.queued_bytes <= STORE_SHARE
+            && (self.queued_bytes == 0
+                || self.limits.store_backlog.load(Ordering::Relaxed) <= STORE_TOTAL)
             && self.output.pending_len() <= self.limits.max_outbuf
     }
 

@@ -173,6 +173,7 @@ impl Sim {
             idle_timeout: Duration::from_secs(1800),
             rate: 0.0,
             burst: 20,
+            store_backlog: Default::default(),
         }
     }
 

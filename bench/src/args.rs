@@ -165,6 +165,14 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub history_readers: usize,
 
+    /// dm: extra sessions that loop `broadcast user <300 names> message
+    /// <text>` while the pairs run (300 offline users stored to each time;
+    /// the text fills the line to 4,000 bytes, at most 2.5 KB): what a flood
+    /// of list broadcasts costs other people's acknowledgements and
+    /// natterd's memory
+    #[arg(long, default_value_t = 0)]
+    pub list_flooders: usize,
+
     /// idle: logged-in sessions to hold
     #[arg(long, default_value_t = 10000)]
     pub sessions: usize,

@@ -93,6 +93,9 @@ pub fn run(a: &Args, target: Target) -> Result<Report, BenchError> {
     let readers = history_readers(a, target, setup_deadline)?;
     let reads_total = AtomicU64::new(0);
     let readers_stop = AtomicBool::new(false);
+    let flooders = list_flooders(a, target, setup_deadline)?;
+    let floods_total = AtomicU64::new(0);
+    let rss_peak = AtomicU64::new(0);
 
     let epoch = Instant::now();
     let cap = epoch + Duration::from_secs(a.max_seconds);
@@ -107,7 +110,24 @@ pub fn run(a: &Args, target: Target) -> Result<Report, BenchError> {
                 let (reads_total, stop) = (&reads_total, &readers_stop);
                 s.spawn(move || read_history(session, reads_total, stop, hard))
             })
+            .chain(flooders.into_iter().map(|(session, line)| {
+                let (floods_total, stop) = (&floods_total, &readers_stop);
+                s.spawn(move || flood_lists(session, &line, floods_total, stop, hard))
+            }))
             .collect();
+        if a.list_flooders > 0 {
+            if let Some(pid) = a.server_pid {
+                let (peak, stop) = (&rss_peak, &readers_stop);
+                s.spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        if let Ok(kib) = crate::sys::vm_rss_kib(pid) {
+                            peak.fetch_max(kib, Ordering::Relaxed);
+                        }
+                        thread::sleep(Duration::from_millis(50));
+                    }
+                });
+            }
+        }
         let workers: Vec<_> = groups
             .into_iter()
             .map(|pairs| {
@@ -190,6 +210,25 @@ pub fn run(a: &Args, target: Target) -> Result<Report, BenchError> {
     report.field("ack_p50_ms", "ack p50 ms", all.ack.quantile_ms(0.5));
     report.field("ack_p99_ms", "ack p99 ms", all.ack.quantile_ms(0.99));
     report.field("ack_max_ms", "ack max ms", all.ack.max_ms());
+    if a.list_flooders > 0 {
+        report.field(
+            "list_flooders",
+            "flooders",
+            Value::Int(a.list_flooders as u64),
+        );
+        let floods = floods_total.load(Ordering::SeqCst);
+        report.field("list_broadcasts", "lists", Value::Int(floods));
+        let peak = rss_peak.load(Ordering::SeqCst);
+        report.field(
+            "server_rss_peak_kib",
+            "rss peak KiB",
+            if peak > 0 {
+                Value::Int(peak)
+            } else {
+                Value::Missing
+            },
+        );
+    }
     if a.history_readers > 0 {
         let reads = reads_total.load(Ordering::SeqCst);
         report.field(
@@ -420,6 +459,60 @@ fn history_readers(
         }
     }
     Ok(sessions)
+}
+
+/// Users each flooder's list broadcast names (offline, so each is stored).
+const FLOOD_RECIPIENTS: usize = 300;
+/// Bytes of text in each flooded list broadcast, at most: less if the line
+/// would not fit natterd's default `--max-line` (4096) with the names.
+const FLOOD_TEXT: usize = 2500;
+
+/// Registers `FLOOD_RECIPIENTS` users (left offline) and opens
+/// `--list-flooders` sessions, each with the line it will repeat.
+fn list_flooders(
+    a: &Args,
+    target: Target,
+    deadline: Instant,
+) -> Result<Vec<(Session, String)>, BenchError> {
+    let n = a.list_flooders;
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let p = &a.users_prefix;
+    let recipients: Vec<String> = (0..FLOOD_RECIPIENTS).map(|i| format!("{p}dl{i}")).collect();
+    // Registered (or logged in) once, then gone: their messages are stored.
+    drop(open_sessions(
+        target,
+        &recipients,
+        deadline,
+        "flood recipients",
+    )?);
+    let names: Vec<String> = (0..n).map(|i| format!("{p}df{i}")).collect();
+    let sessions = open_sessions(target, &names, deadline, "list flooders")?;
+    let head = format!("broadcast user {} message ", recipients.join(" "));
+    let text = FLOOD_TEXT.min(4000usize.saturating_sub(head.len())).max(1);
+    let line = format!("{head}{}", "f".repeat(text));
+    Ok(sessions.into_iter().map(|s| (s, line.clone())).collect())
+}
+
+/// Repeats `line` until `stop`, one at a time, counting the answered ones.
+fn flood_lists(
+    mut session: Session,
+    line: &str,
+    floods: &AtomicU64,
+    stop: &AtomicBool,
+    hard: Instant,
+) -> Result<(), BenchError> {
+    while !stop.load(Ordering::SeqCst) {
+        send(&session, line)?;
+        match completion(&mut session, hard, "broadcast user")? {
+            natter_client::ServerLine::Ok(_) => {
+                floods.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => return Err(BenchError::new("broadcast user: refused")),
+        }
+    }
+    Ok(())
 }
 
 /// Loops `history 1000` until `stop`, counting completed reads.

@@ -3,6 +3,8 @@
 //! sessions, background writes and lockout timers. Part of the reactor;
 //! split out by topic only.
 
+use std::sync::atomic::Ordering;
+
 use crate::background::{Completion, Tag};
 use crate::commands::{Cont, Delivery, Effects, Job, SessionRef, Step, Work};
 use crate::session::{Outbox, Pushed, ReplyTo};
@@ -110,16 +112,26 @@ impl Server {
             })
             .map(|c| self.admission.group(c.session.caller().ip));
         self.background.dispatch(job, reply_to, lane);
+        self.note_store_backlog();
     }
 
     pub(super) fn drain_completions(&mut self) {
         for c in self.background.take() {
             self.on_completion(c);
         }
+        self.note_store_backlog();
+    }
+
+    /// Tells every session (through their shared limits) what all their
+    /// writes waiting for the store hold (see `STORE_TOTAL`).
+    fn note_store_backlog(&self) {
+        self.limits
+            .store_backlog
+            .store(self.background.store_bytes(), Ordering::Relaxed);
     }
 
     pub(super) fn on_completion(&mut self, c: Completion) {
-        let Tag { reply_to, cont } = c.tag;
+        let Tag { reply_to, cont, .. } = c.tag;
         let clock = self.clock;
         // A reply for a session that has gone, or is closing, or whose slot
         // now holds a newer session, must not reach it; the state change

@@ -44,7 +44,7 @@ pub const MAX_BATCH: usize = 4096;
 /// recipient): a batch takes tens of milliseconds, not seconds, so a
 /// request queued behind a flood of list broadcasts, or a shutdown, waits
 /// for little more than one batch.
-pub const MAX_BATCH_ROWS: usize = 16_384;
+pub const MAX_BATCH_ROWS: usize = 4096;
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "natter.db";
@@ -130,6 +130,17 @@ pub enum StoreRequest {
 }
 
 impl StoreRequest {
+    /// Whether it is the server's own upkeep rather than a command's write:
+    /// such writes go to the store first, in the order they were made.
+    pub fn is_upkeep(&self) -> bool {
+        matches!(
+            self,
+            StoreRequest::MarkUnread { .. }
+                | StoreRequest::Advance(_)
+                | StoreRequest::SetLastSeen { .. }
+        )
+    }
+
     /// Rows it writes, roughly (a batch's size is bounded by this).
     pub fn rows(&self) -> usize {
         match self {
