@@ -25,6 +25,10 @@ pub enum HashCost {
     Normal,
 }
 
+/// The admin socket's name inside the data directory (natterctl looks for
+/// it there too).
+pub const ADMIN_SOCKET_FILE: &str = "natterd.sock";
+
 /// natterd: a small, fast chat server speaking the natter line protocol v1.
 #[derive(Clone, Debug, Parser)]
 #[command(name = "natterd", version, about, long_about = None)]
@@ -162,6 +166,14 @@ pub struct Config {
     #[arg(long, default_value_t = 0)]
     pub history_retention_days: u32,
 
+    /// natterctl's Unix socket (mode 0600); default `<data>/natterd.sock`.
+    #[arg(long, value_name = "PATH")]
+    pub admin_socket: Option<PathBuf>,
+
+    /// Serve no admin socket (natterctl cannot reach this server).
+    #[arg(long)]
+    pub no_admin_socket: bool,
+
     /// Fault injection for tests: while this file exists, every store batch
     /// fails as a full disk would make it fail.
     #[arg(long, hide = true)]
@@ -223,6 +235,18 @@ impl Config {
 }
 
 impl Config {
+    /// Where the admin socket goes, unless it is turned off.
+    pub fn admin_socket_path(&self) -> Option<PathBuf> {
+        if self.no_admin_socket {
+            return None;
+        }
+        Some(
+            self.admin_socket
+                .clone()
+                .unwrap_or_else(|| self.data.join(ADMIN_SOCKET_FILE)),
+        )
+    }
+
     /// Rejects settings that cannot work, with a message for the operator.
     pub fn validate(&self) -> Result<(), String> {
         if !self.rate.is_finite() || self.rate < 0.0 {

@@ -4,6 +4,7 @@
 //! flags, binds the listener and calls [`reactor::Server::run`].
 
 pub mod addr;
+pub mod admin;
 mod admission;
 pub mod auth;
 mod background;

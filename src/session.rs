@@ -315,6 +315,16 @@ impl Session {
         self.caller.session.id
     }
 
+    /// When it was accepted.
+    pub fn connected_at(&self) -> Instant {
+        self.connected_at
+    }
+
+    /// When its last command arrived (or it was accepted).
+    pub fn last_command_at(&self) -> Instant {
+        self.last_command
+    }
+
     /// Whether it speaks TLS.
     pub fn is_tls(&self) -> bool {
         matches!(self.transport, Transport::Tls(_))

@@ -247,6 +247,14 @@ impl Chat {
         if charged {
             self.budgets.refund(&user, now.mono);
         }
+        // Only the right password learns of a ban, so it tells a guesser
+        // nothing; the owner is told why.
+        if self.accounts.get(&user).is_some_and(|a| a.banned) {
+            return Step::Reply(err(
+                ErrorCode::Banned,
+                "this account is banned by the server's operator",
+            ));
+        }
         // The owner logs in from here: exempt from the account-wide budget.
         let group = AddrGroup::of(ip, self.settings.ipv6_prefix);
         self.budgets.trust(&user, group);
