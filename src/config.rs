@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::logging::LogFormat;
 use clap::{Parser, ValueEnum};
 
 /// Whether `register` is accepted.
@@ -165,6 +166,11 @@ pub struct Config {
     /// unread messages are never deleted (--max-inbox bounds those).
     #[arg(long, default_value_t = 0)]
     pub history_retention_days: u32,
+
+    /// Log lines as text for people, or as JSON objects (one per line) for
+    /// log shippers.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 
     /// natterctl's Unix socket (mode 0600); default `<data>/natterd.sock`.
     #[arg(long, value_name = "PATH")]

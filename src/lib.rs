@@ -11,6 +11,7 @@ mod background;
 pub mod commands;
 pub mod config;
 mod hashqueue;
+pub mod logging;
 #[cfg(test)]
 mod props;
 pub mod protocol;

@@ -8,8 +8,8 @@ use clap::Parser;
 use natter::{tls, Config, Listeners, Server};
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let config = Config::parse();
+    natter::logging::init(config.log_format);
     match start(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(problem) => {

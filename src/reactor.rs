@@ -37,7 +37,7 @@ use crate::commands::{Chat, Clock, Effects, LockKey, SessionRef};
 use crate::config::Config;
 use crate::session::{Ending, Limits, Outbox, ReadStatus, Session};
 use crate::startup;
-use crate::stats::{LogThrottle, Stats};
+use crate::stats::{Departing, LogThrottle, Stats};
 use crate::store::{Marks, ReadMarks};
 
 mod accept;
@@ -521,9 +521,8 @@ impl Server {
             // From here on it is no longer online: nothing more is
             // delivered to it.
             let leaving = self.chat.disconnect(conn.session.caller(), self.clock);
-            let ip = conn.session.caller().ip;
-            self.stats
-                .departure(sref.id, ip, ending, self.config.max_outbuf);
+            let who = departing(&conn.session, self.clock.mono);
+            self.stats.departure(&who, ending, self.config.max_outbuf);
             if let Some(request) = leaving {
                 self.background(request);
             }
@@ -725,9 +724,8 @@ impl Server {
     fn give_back_unsent(&mut self, session: &mut Session) {
         if let Some(ending) = session.take_departure() {
             // Still open at the shutdown deadline: it leaves the chat now.
-            let ip = session.caller().ip;
-            self.stats
-                .departure(session.id(), ip, ending, self.config.max_outbuf);
+            let who = departing(session, self.clock.mono);
+            self.stats.departure(&who, ending, self.config.max_outbuf);
             if let Some(request) = self.chat.disconnect(session.caller(), self.clock) {
                 self.background(request);
             }
@@ -849,6 +847,16 @@ impl Server {
             }
         }
         log::info!("stopped; {:?}", self.stats);
+    }
+}
+
+/// Who `session` was, for the departure log line.
+fn departing(session: &Session, now: Instant) -> Departing<'_> {
+    Departing {
+        id: session.id(),
+        ip: session.caller().ip,
+        user: session.caller().user.as_deref(),
+        lasted: now.saturating_duration_since(session.connected_at()),
     }
 }
 

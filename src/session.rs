@@ -167,6 +167,21 @@ pub enum Ending {
     OverBudget,
 }
 
+impl Ending {
+    /// In words, for the log.
+    pub fn describe(self) -> String {
+        match self {
+            Ending::Quit => "quit".into(),
+            Ending::PeerClosed => "the client closed the connection".into(),
+            Ending::IoError => "read or write failed".into(),
+            Ending::TlsError => "TLS failed".into(),
+            Ending::Bye(reason) => format!("bye {reason}"),
+            Ending::Linger => "output not drained in time".into(),
+            Ending::OverBudget => "closed to bring all output under --max-output-total".into(),
+        }
+    }
+}
+
 /// Routing for a job's result: the command it answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReplyTo {

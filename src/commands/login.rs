@@ -274,6 +274,11 @@ impl Chat {
         let Some(caller) = caller else {
             return Step::Done;
         };
+        log::info!(
+            "session {}: {user} logged in from {}",
+            caller.session.id,
+            caller.ip
+        );
         self.enter(caller, &user, fx);
         let unread = self.accounts.get(&user).map_or(0, |a| a.unread);
         let plural = if unread == 1 { "" } else { "s" };
@@ -433,6 +438,13 @@ impl Chat {
         now: Clock,
         fx: &mut Effects,
     ) {
+        // A name that is not an account may be a password typed into the
+        // user field: it never reaches the log.
+        if known {
+            log::info!("failed login for {user} from {ip}");
+        } else {
+            log::info!("failed login for an unknown user from {ip}");
+        }
         let block = self.settings.block_time;
         let key = (user, AddrGroup::of(ip, self.settings.ipv6_prefix));
         let f = self
@@ -536,6 +548,11 @@ impl Chat {
             Some(caller) if caller.user.is_none() => {
                 let group = AddrGroup::of(caller.ip, self.settings.ipv6_prefix);
                 self.budgets.trust(&user, group);
+                log::info!(
+                    "session {}: {user} registered from {}",
+                    caller.session.id,
+                    caller.ip
+                );
                 self.enter(caller, &user, fx);
                 Step::Reply(ok(&format!("registered {user}")))
             }

@@ -140,3 +140,46 @@ fn natterctl_says_so_when_natterd_is_not_there() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach natterd"));
 }
+
+#[test]
+fn the_log_says_who_did_what_from_where() {
+    let server = Server::start(&[]);
+    let mut alice = server.user("alice");
+    assert_eq!(alice.cmd1("quit"), "+ bye");
+    alice.until_closed();
+    let mut c = server.connect();
+    c.login("alice", "password-alice");
+    let mut guess = server.connect();
+    guess.cmd1("login hunter2-typed-as-a-name password");
+    guess.cmd1("login alice wrong-password");
+    ok(&server, &["kick", "alice"]);
+    c.until_closed();
+    let log = server.log();
+    for expected in [
+        "connection from 127.0.0.1:",
+        "alice registered from 127.0.0.1",
+        "(alice from 127.0.0.1): closed after 0 s: quit",
+        "alice logged in from 127.0.0.1",
+        "failed login for an unknown user from 127.0.0.1",
+        "failed login for alice from 127.0.0.1",
+        "(alice from 127.0.0.1) kicked by the operator",
+        "(alice from 127.0.0.1): closed after",
+    ] {
+        assert!(log.contains(expected), "no {expected:?} in the log:\n{log}");
+    }
+    assert!(!log.contains("hunter2"), "an unknown name reached the log");
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let server = Server::start(&["--log-format", "json"]);
+    drop(server.user("alice"));
+    let log = server.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.is_empty()).collect();
+    assert!(lines.len() >= 3, "{log}");
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(line).expect("a JSON object per line");
+        assert!(v["level"].is_string() && v["msg"].is_string(), "{line}");
+    }
+    assert!(log.contains("alice registered from 127.0.0.1"));
+}
