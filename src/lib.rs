@@ -12,6 +12,7 @@ pub mod commands;
 pub mod config;
 mod hashqueue;
 pub mod logging;
+pub mod metrics;
 #[cfg(test)]
 mod props;
 pub mod protocol;

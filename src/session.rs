@@ -168,6 +168,19 @@ pub enum Ending {
 }
 
 impl Ending {
+    /// A short name, for `/metrics`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Ending::Quit => "quit",
+            Ending::PeerClosed => "peer_closed",
+            Ending::IoError => "io_error",
+            Ending::TlsError => "tls_error",
+            Ending::Bye(reason) => reason.as_str(),
+            Ending::Linger => "linger",
+            Ending::OverBudget => "output_budget",
+        }
+    }
+
     /// In words, for the log.
     pub fn describe(self) -> String {
         match self {

@@ -30,12 +30,15 @@ pub struct Stats {
     pub closed_login_timeout: u64,
     /// Failed accept calls.
     pub accept_errors: u64,
+    /// Sessions closed, by `Ending::label`.
+    pub closed_by: std::collections::BTreeMap<&'static str, u64>,
 }
 
 impl Stats {
-    /// Counts a session's end and logs it: policy disconnects (slow)
-    /// at warn with the address, routine ones at debug.
+    /// Counts a session's end and logs it: a reader dropped as slow at
+    /// warn, every other end at info, with user, address and duration.
     pub fn departure(&mut self, who: &Departing<'_>, ending: Ending, max_outbuf: usize) {
+        *self.closed_by.entry(ending.label()).or_default() += 1;
         let Departing {
             id,
             ip,

@@ -50,6 +50,29 @@ impl Account {
     }
 }
 
+/// What the chat did so far: plain numbers, read by `/metrics`.
+#[derive(Clone, Debug, Default)]
+pub struct Counters {
+    /// Logins that succeeded.
+    pub logins_ok: u64,
+    /// Wrong name or password.
+    pub logins_failed: u64,
+    /// Refused by a lockout or the guessing budget.
+    pub logins_locked: u64,
+    /// Refused because the hashing queue was full.
+    pub logins_busy: u64,
+    /// Right password, banned account.
+    pub logins_banned: u64,
+    /// Accounts registered.
+    pub registrations: u64,
+    /// Direct messages pushed to an online recipient.
+    pub delivered: u64,
+    /// Direct messages kept in an inbox.
+    pub stored: u64,
+    /// Broadcast lines queued to recipients.
+    pub broadcast_deliveries: u64,
+}
+
 /// Chat settings taken from [`Config`].
 #[derive(Clone, Debug)]
 pub struct ChatSettings {
@@ -100,6 +123,8 @@ pub struct Chat {
     /// stand-in (see [`crate::auth::stand_in`]) of the parameters most
     /// stored hashes use.
     pub(super) dummy_hash: String,
+    /// What happened so far, for `/metrics` and `natterctl stats`.
+    pub counters: Counters,
     /// Users whose recorded read marks the database has not had yet.
     pub(super) marks_dirty: Vec<String>,
     /// Whether an `Advance` is being committed (one at a time: the next
@@ -136,6 +161,7 @@ impl Chat {
             hash_params: HashMap::new(),
             marks_dirty: Vec::new(),
             advance_in_flight: false,
+            counters: Counters::default(),
         };
         chat.count_stored_hashes();
         chat

@@ -215,6 +215,13 @@ impl Chat {
                 DirectStatus::Blocked | DirectStatus::NoUser | DirectStatus::Full => {}
             }
         }
+        for t in &targets {
+            match t.status {
+                DirectStatus::Delivered => self.counters.delivered += 1,
+                DirectStatus::Stored => self.counters.stored += 1,
+                _ => {}
+            }
+        }
         let reply = direct_reply(kind, &targets);
         if now_unread.is_empty() {
             Step::Reply(reply)
@@ -224,7 +231,13 @@ impl Chat {
         }
     }
 
-    pub(super) fn broadcast(&self, me: &str, text: &str, now: Clock, fx: &mut Effects) -> Vec<u8> {
+    pub(super) fn broadcast(
+        &mut self,
+        me: &str,
+        text: &str,
+        now: Clock,
+        fx: &mut Effects,
+    ) -> Vec<u8> {
         let mut line: Option<Rc<[u8]>> = None;
         let mut n = 0;
         fx.deliveries.reserve(self.online.len());
@@ -247,6 +260,7 @@ impl Chat {
             });
             n += 1;
         }
+        self.counters.broadcast_deliveries += n as u64;
         ok(&format!("sent to {n}"))
     }
 }

@@ -54,7 +54,10 @@ impl Chat {
     ) -> Step {
         let charged = match self.start_attempt(&user, caller.ip, true, now) {
             Ok(charged) => charged,
-            Err(locked) => return Step::Reply(locked),
+            Err(locked) => {
+                self.counters.logins_locked += 1;
+                return Step::Reply(locked);
+            }
         };
         let (hash, known, upgrade) = match self.accounts.get(&user) {
             Some(a) => {
@@ -219,6 +222,7 @@ impl Chat {
                 if charged {
                     self.budgets.refund(&user, now.mono);
                 }
+                self.counters.logins_busy += 1;
                 return Step::Reply(busy());
             }
             WorkResult::Hash(HashOutcome::Verified(matched)) => (matched, None),
@@ -235,10 +239,12 @@ impl Chat {
         // nothing checked while locked tells them apart. (Attempts count
         // when they start, so this is a second line of defence.)
         if let Some(locked) = self.lock_message(&user, ip, now) {
+            self.counters.logins_locked += 1;
             self.record_failure(user, known, ip, now, fx);
             return Step::Reply(locked);
         }
         if !(known && matched) {
+            self.counters.logins_failed += 1;
             // Counted even if the client hung up before the answer.
             self.record_failure(user, known, ip, now, fx);
             return Step::Reply(err(ErrorCode::AuthFail, "wrong username or password"));
@@ -250,6 +256,7 @@ impl Chat {
         // Only the right password learns of a ban, so it tells a guesser
         // nothing; the owner is told why.
         if self.accounts.get(&user).is_some_and(|a| a.banned) {
+            self.counters.logins_banned += 1;
             return Step::Reply(err(
                 ErrorCode::Banned,
                 "this account is banned by the server's operator",
@@ -274,6 +281,7 @@ impl Chat {
         let Some(caller) = caller else {
             return Step::Done;
         };
+        self.counters.logins_ok += 1;
         log::info!(
             "session {}: {user} logged in from {}",
             caller.session.id,
@@ -548,6 +556,7 @@ impl Chat {
             Some(caller) if caller.user.is_none() => {
                 let group = AddrGroup::of(caller.ip, self.settings.ipv6_prefix);
                 self.budgets.trust(&user, group);
+                self.counters.registrations += 1;
                 log::info!(
                     "session {}: {user} registered from {}",
                     caller.session.id,

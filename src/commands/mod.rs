@@ -28,7 +28,7 @@ mod reads;
 
 pub use reads::{HistoryCursor, WhoCursor};
 
-pub use chat::{Account, Chat, ChatSettings};
+pub use chat::{Account, Chat, ChatSettings, Counters};
 pub use direct::{DirectKind, DirectStatus, DirectTarget};
 pub use job::{Cont, Delivery, Effects, Job, LockKey, Step, StoredMessage, Work, WorkResult};
 pub use operator::UserSummary;

@@ -243,6 +243,8 @@ pub struct Store {
     retention: Option<Duration>,
     /// The read marks, until the loop takes them.
     marks: Option<ReadMarks>,
+    /// Where the store thread records its batches' sizes and times.
+    timings: Option<crate::metrics::Timings>,
 }
 
 impl Store {
@@ -291,7 +293,13 @@ impl Store {
             fault_file: None,
             retention: None,
             marks: Some(marks),
+            timings: None,
         })
+    }
+
+    /// Makes the store thread record each batch's size and commit time.
+    pub fn set_timings(&mut self, timings: crate::metrics::Timings) {
+        self.timings = Some(timings);
     }
 
     /// Hands over the read marks (to the loop thread, which records them).
@@ -395,6 +403,7 @@ impl Store {
                     self.retention,
                     rx,
                     stopped,
+                    self.timings,
                     on_batch,
                 )
             })?;
@@ -494,6 +503,7 @@ fn store_thread<T, F>(
     retention: Option<Duration>,
     rx: Receiver<(StoreRequest, T)>,
     stop: Arc<AtomicBool>,
+    timings: Option<crate::metrics::Timings>,
     mut on_batch: F,
 ) where
     F: FnMut(Vec<(T, Result<StoreOutput, StoreError>)>),
@@ -540,6 +550,7 @@ fn store_thread<T, F>(
             on_batch(tags.into_iter().map(|tag| (tag, refused())).collect());
             continue;
         }
+        let started = Instant::now();
         let fault = fault_file
             .as_deref()
             .and_then(|f| std::fs::read_to_string(f).ok().map(|text| (f, text)));
@@ -570,6 +581,10 @@ fn store_thread<T, F>(
             }
             (None, Ok(())) => run_batch(&mut conn, &requests),
         };
+        if let Some(t) = &timings {
+            t.store_commit.observe(started.elapsed().as_secs_f64());
+            t.store_batch.observe(requests.len() as f64);
+        }
         on_batch(tags.into_iter().zip(results).collect());
     }
 }
