@@ -278,3 +278,131 @@ proptest! {
         assert_wire_lines(&reply.ok(&text));
     }
 }
+
+/// A step in the life of bob's sessions while alice writes to him.
+#[derive(Clone, Debug)]
+enum MarkOp {
+    /// alice sends bob a message.
+    Send,
+    /// A job (by index) finishes.
+    Finish(usize),
+    /// bob's newest connection's socket takes `n` more bytes.
+    Drain(usize),
+    /// bob logs in again on a new connection (the old one is replaced).
+    Relogin,
+    /// bob's newest connection is dropped as slow.
+    DropSlow,
+    /// bob's newest connection hangs up.
+    HangUp,
+    /// Time passes (lingering sessions are given up on).
+    Tick,
+}
+
+fn mark_ops() -> impl Strategy<Value = Vec<MarkOp>> {
+    prop::collection::vec(
+        prop_oneof![
+            4 => Just(MarkOp::Send),
+            4 => any::<usize>().prop_map(MarkOp::Finish),
+            3 => (0usize..300).prop_map(MarkOp::Drain),
+            1 => Just(MarkOp::Relogin),
+            1 => Just(MarkOp::DropSlow),
+            1 => Just(MarkOp::HangUp),
+            1 => Just(MarkOp::Tick),
+        ],
+        0..150,
+    )
+}
+
+proptest! {
+    #[test]
+    fn a_recorded_pushed_mark_covers_only_messages_that_left_or_went_back(ops in mark_ops()) {
+        use std::collections::{BTreeSet, HashMap};
+        use crate::commands::Work;
+        use crate::store::StoreRequest;
+        let mut sim = Sim::new(&["alice", "bob"], Sim::limits(4096, 4096));
+        let alice = sim.connect();
+        sim.send(alice, format!("login alice {PASSWORD}\n").as_bytes());
+        while sim.finish_job(0) {}
+        sim.drain(alice, usize::MAX);
+        let mut bobs = vec![sim.connect()];
+        sim.send(bobs[0], format!("login bob {PASSWORD}\n").as_bytes());
+        while sim.finish_job(0) {}
+        // Accounts get slots 1, 2, ... in the order given.
+        let slot = 2u64;
+        let mut pushed: BTreeSet<i64> = BTreeSet::new();
+        // The fake store numbers messages from 2 in the order it commits them.
+        let mut next_id = 1i64;
+        let mut sent = 0usize;
+        let mut id_of: HashMap<usize, i64> = HashMap::new();
+        let mut back: BTreeSet<i64> = BTreeSet::new();
+        let received = |sim: &Sim, bobs: &[usize], id_of: &HashMap<usize, i64>| -> BTreeSet<i64> {
+            bobs.iter()
+                .flat_map(|t| {
+                    let out = sim.output(*t);
+                    let end = out.rfind('\n').map_or(0, |i| i + 1);
+                    out[..end].lines().map(str::to_string).collect::<Vec<_>>()
+                })
+                .filter(|l| l.starts_with("* msg alice"))
+                .filter_map(|l| l.rsplit(' ').next().and_then(|w| w.strip_prefix('m')).and_then(|k| k.parse().ok()))
+                .filter_map(|k: usize| id_of.get(&k).copied())
+                .collect()
+        };
+        for op in ops {
+            match op {
+                MarkOp::Send => {
+                    sim.send(alice, format!("send bob m{sent}\n").as_bytes());
+                    sent += 1;
+                }
+                MarkOp::Finish(i) => {
+                    if sim.jobs.is_empty() {
+                        continue;
+                    }
+                    let i = i % sim.jobs.len();
+                    match &sim.jobs[i].job.work {
+                        Work::Store(StoreRequest::InsertMessages(m)) => {
+                            next_id += 1;
+                            let k: usize = m[0].body.strip_prefix('m').unwrap().parse().unwrap();
+                            id_of.insert(k, next_id);
+                            if !m[0].unread {
+                                pushed.insert(next_id);
+                            }
+                        }
+                        Work::Store(StoreRequest::MarkUnread { ids }) => back.extend(ids),
+                        _ => {}
+                    }
+                    sim.finish_job(i);
+                }
+                MarkOp::Drain(n) => {
+                    let t = *bobs.last().unwrap();
+                    sim.drain(t, n);
+                }
+                MarkOp::Relogin => {
+                    let t = sim.connect();
+                    sim.drain(t, usize::MAX);
+                    sim.send(t, format!("login bob {PASSWORD}\n").as_bytes());
+                    bobs.push(t);
+                }
+                MarkOp::DropSlow => {
+                    let t = *bobs.last().unwrap();
+                    sim.conns[t].session.drop_slow();
+                    sim.serve(t);
+                }
+                MarkOp::HangUp => {
+                    let t = *bobs.last().unwrap();
+                    sim.hang_up(t);
+                }
+                MarkOp::Tick => sim.advance(Duration::from_secs(3)),
+            }
+            let got = received(&sim, &bobs, &id_of);
+            if let Some(m) = sim.marks.get(&slot) {
+                for (_, id) in id_of.iter().filter(|(_, id)| **id <= m.pushed) {
+                    prop_assert!(
+                        got.contains(id) || back.contains(id) || !pushed.contains(id),
+                        "pushed mark {} covers message {id}, neither received nor back in the inbox",
+                        m.pushed
+                    );
+                }
+            }
+        }
+    }
+}

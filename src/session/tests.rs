@@ -588,3 +588,64 @@ fn telnet_ctrl_c_discards_the_line_and_is_answered_without_badutf8() {
     sim.drain(alice, usize::MAX);
     assert_eq!(sim.output(alice), "+ pong\n");
 }
+
+#[test]
+fn a_tls_reader_dropped_as_slow_gets_back_only_what_never_reached_the_socket() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sim = sim();
+    let alice = logged_in(&mut sim, "alice");
+    let (mut peer, transport) = TlsPeer::new(dir.path());
+    let bob = sim.connect_with(transport);
+    peer.say(&format!("login bob {PASSWORD}\n"));
+    peer.pump(&mut sim, bob, usize::MAX);
+    assert!(sim.finish_job(0), "login job");
+    peer.pump(&mut sim, bob, usize::MAX);
+    assert!(String::from_utf8_lossy(&peer.plaintext).contains("+ welcome bob"));
+    sim.conns[bob].socket.accept = 0;
+    // bob is on a slow link: messages come a little faster than it takes
+    // them, so rustls always holds records not yet written, while those
+    // before them have reached bob.
+    let pad = "p".repeat(200);
+    for round in 0..30 {
+        for k in [2 * round, 2 * round + 1] {
+            sim.send(alice, format!("send bob m{k}: {pad}\n").as_bytes());
+            assert!(sim.finish_job(0), "the send's commit");
+        }
+        sim.drain(bob, 400);
+        let from_server = std::mem::take(&mut sim.conns[bob].socket.written);
+        peer.client
+            .read_tls(&mut &from_server[..])
+            .expect("client read");
+        peer.client.process_new_packets().expect("client TLS");
+        let _ = peer.client.reader().read_to_end(&mut peer.plaintext);
+    }
+    let text = String::from_utf8_lossy(&peer.plaintext).into_owned();
+    let received: Vec<i64> = text
+        .lines()
+        .filter_map(|l| {
+            l.split(' ')
+                .find(|w| w.starts_with('m') && w.ends_with(':'))
+        })
+        .filter_map(|w| w[1..w.len() - 1].parse().ok())
+        .collect();
+    assert!(
+        !received.is_empty(),
+        "the link took nothing: proves nothing"
+    );
+    // Dropped as slow: what it never wrote goes back to the inbox.
+    let (pushes, _) = sim.conns[bob].session.take_unsent();
+    // Message k has id k + 2 in the fake store.
+    let back: Vec<i64> = pushes.iter().map(|id| id - 2).collect();
+    let twice: Vec<&i64> = received.iter().filter(|k| back.contains(k)).collect();
+    assert!(
+        twice.is_empty(),
+        "{} messages bob's client got would go back to his inbox (received {}, back {})",
+        twice.len(),
+        received.len(),
+        back.len()
+    );
+    let lost: Vec<i64> = (0..60)
+        .filter(|k| !received.contains(k) && !back.contains(k))
+        .collect();
+    assert!(lost.is_empty(), "neither received nor back: {lost:?}");
+}

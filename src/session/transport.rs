@@ -11,6 +11,10 @@ use super::buffers::Output;
 /// pipelined commands arrives in a few calls, small enough to live on the stack.
 pub const READ_CHUNK: usize = 16 * 1024;
 
+/// Most plaintext in one TLS record (RFC 8446 section 5.1): what is handed
+/// to rustls at a time (see `write_tls`).
+const TLS_RECORD: usize = 16 * 1024;
+
 /// How a read stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadStatus {
@@ -162,14 +166,6 @@ fn write_tls(
     out: &mut Output,
 ) -> io::Result<()> {
     loop {
-        // Plaintext moves into rustls only as far as its buffer limit
-        // allows; the rest waits in `out`, where the --max-outbuf check sees it.
-        let accepted = if out.pending_len() > 0 {
-            conn.writer().write(out.pending())?
-        } else {
-            0
-        };
-        out.advance(accepted);
         let mut blocked = false;
         let mut wrote_records = false;
         while conn.wants_write() {
@@ -184,17 +180,29 @@ fn write_tls(
                 Err(e) => return Err(e),
             }
         }
-        // Stop at WouldBlock (a WRITABLE edge will come), when all is
-        // written, or when nothing moved at all (mid-handshake rustls holds
-        // plaintext until it has keys; the next read resumes). Draining
-        // rustls's buffer without blocking is progress: loop, or no edge
-        // would ever come for the rest.
         if !conn.wants_write() {
             // rustls holds nothing: every byte it took is in the kernel.
             out.reached_kernel();
         }
-        let stuck = accepted == 0 && !wrote_records;
-        if blocked || out.pending_len() == 0 || stuck {
+        if blocked || out.pending_len() == 0 {
+            return Ok(());
+        }
+        // rustls holds no records now: hand it at most one record's worth
+        // of plaintext. So a record is handed over only once the one
+        // before it is wholly in the kernel, and a line counts as written
+        // exactly when the record carrying it is: the client can read
+        // nothing of a record cut off. (Fed while records wait, rustls
+        // under a slow reader would never be empty, and nothing it sent
+        // would count as written.) The rest waits in `out`, where the
+        // --max-outbuf check sees it.
+        let chunk = out.pending_len().min(TLS_RECORD);
+        let accepted = conn.writer().write(&out.pending()[..chunk])?;
+        out.advance(accepted);
+        // Stop when nothing moved at all (mid-handshake rustls holds
+        // plaintext until it has keys; the next read resumes). Draining
+        // rustls's buffer without blocking is progress: loop, or no edge
+        // would ever come for the rest.
+        if accepted == 0 && !wrote_records {
             return Ok(());
         }
     }

@@ -119,6 +119,29 @@ impl ReadMarks {
         Ok(())
     }
 
+    /// Makes the file say exactly `marks` (slot and marks of every
+    /// account, as folded into the database at start) and nothing past the
+    /// highest of their slots: a mark left by another database (one
+    /// restored or replaced) would otherwise be taken for its account's, or
+    /// for a later account's, at some later start.
+    pub fn reset_to(&mut self, marks: &[(u64, Marks)]) -> std::io::Result<()> {
+        for &(slot, m) in marks {
+            if self.get(slot) != m {
+                self.set(slot, m)?;
+            }
+        }
+        // Cut off past the last account (later ones grow it again, with
+        // zeros): cheaper than zeroing, however long the file had grown.
+        let end = marks.iter().map(|(slot, _)| slot + 1).max().unwrap_or(0);
+        let keep = end.saturating_mul(SLOT as u64);
+        if self.file.metadata()?.len() > keep {
+            self.map = None;
+            self.file.set_len(keep)?;
+            self.remap()?;
+        }
+        Ok(())
+    }
+
     /// Asks the kernel to write the marks to disk and waits (at exit: a
     /// host crash after a clean stop then loses nothing).
     pub fn sync(&self) -> std::io::Result<()> {

@@ -274,16 +274,22 @@ impl Store {
             .map_err(fail)?;
         schema::migrate(&mut conn)
             .map_err(|e| OpenError(format!("cannot migrate database {}: {e}", path.display())))?;
-        let marks = ReadMarks::open(dir).map_err(|e| {
+        let mut marks = ReadMarks::open(dir).map_err(|e| {
             OpenError(format!(
                 "cannot open read marks {}: {e}",
                 dir.join(MARKS_FILE).display()
             ))
         })?;
-        fold_marks(&mut conn, &marks).map_err(|e| {
+        let folded = fold_marks(&mut conn, &marks).map_err(|e| {
             OpenError(format!(
                 "cannot apply read marks to {}: {e}",
                 path.display()
+            ))
+        })?;
+        marks.reset_to(&folded).map_err(|e| {
+            OpenError(format!(
+                "cannot write read marks {}: {e}",
+                dir.join(MARKS_FILE).display()
             ))
         })?;
         Ok(Store {
@@ -888,7 +894,8 @@ fn advance(conn: &Connection, user: &str, m: Marks) -> rusqlite::Result<()> {
 /// and every message handed to a session but never written out goes back
 /// to its recipient's inbox. A mark beyond the newest message is not
 /// trusted (a damaged file); that can only make more show as unread.
-fn fold_marks(conn: &mut Connection, marks: &ReadMarks) -> rusqlite::Result<()> {
+/// Returns every account's slot and marks, for the file to say the same.
+fn fold_marks(conn: &mut Connection, marks: &ReadMarks) -> rusqlite::Result<Vec<(u64, Marks)>> {
     let tx = conn.transaction()?;
     let newest: i64 = tx.query_row("SELECT coalesce(max(id), 0) FROM messages", [], |r| {
         r.get(0)
@@ -907,6 +914,7 @@ fn fold_marks(conn: &mut Connection, marks: &ReadMarks) -> rusqlite::Result<()> 
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let (mut returned, mut raised) = (0usize, 0usize);
+    let mut folded = Vec::with_capacity(users.len());
     for (name, rowid, stored) in users {
         let file = marks.get(rowid.max(0) as u64);
         let trusted = |v: i64| if (0..=newest).contains(&v) { v } else { 0 };
@@ -923,6 +931,7 @@ fn fold_marks(conn: &mut Connection, marks: &ReadMarks) -> rusqlite::Result<()> 
                 "UPDATE messages SET unread = 1 WHERE recipient = ?1 AND unread = 2 AND id > ?2",
             )?
             .execute(params![name, m.pushed])?;
+        folded.push((rowid.max(0) as u64, m));
     }
     tx.commit()?;
     if returned > 0 || raised > 0 {
@@ -930,7 +939,7 @@ fn fold_marks(conn: &mut Connection, marks: &ReadMarks) -> rusqlite::Result<()> 
             "store: read marks of {raised} users applied; {returned} messages never written out are back in their inboxes"
         );
     }
-    Ok(())
+    Ok(folded)
 }
 
 fn message_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRow> {

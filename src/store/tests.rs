@@ -141,6 +141,82 @@ fn a_mark_beyond_the_newest_message_is_not_trusted() {
     assert_eq!(store.load().unwrap().unread.get("b"), Some(&1));
 }
 
+/// A mark not trusted at one start (beyond the newest message) must not
+/// become trusted at a later one, once that many messages exist: they were
+/// never written out.
+#[test]
+fn a_mark_not_trusted_once_stays_untrusted_as_messages_arrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let create = StoreRequest::CreateUser {
+        name: "b".into(),
+        hash: "h".into(),
+        created: 0,
+    };
+    {
+        let mut store = Store::open(dir.path()).unwrap();
+        store.run_batch(&[create]);
+        let slot = store.load().unwrap().users["b"].slot;
+        // Left by another database (an older one restored, say).
+        let stale = Marks {
+            pushed: 3,
+            inboxed: 3,
+        };
+        store.take_marks().unwrap().set(slot, stale).unwrap();
+    }
+    {
+        let mut store = Store::open(dir.path()).unwrap();
+        store.run_batch(&[StoreRequest::InsertMessages(vec![
+            msg("a", "b", "one", true),
+            msg("a", "b", "two", true),
+            msg("a", "b", "three", true),
+        ])]);
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        store.load().unwrap().unread.get("b"),
+        Some(&3),
+        "none of b's messages was ever written out"
+    );
+}
+
+/// An account created after the marks file was written (a `--users`
+/// import, after a database was replaced) starts with nothing read,
+/// whatever its slot held.
+#[test]
+fn an_account_created_later_does_not_inherit_a_stale_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let create = |name: &str| StoreRequest::CreateUser {
+        name: name.into(),
+        hash: "h".into(),
+        created: 0,
+    };
+    {
+        let mut store = Store::open(dir.path()).unwrap();
+        store.run_batch(&[create("a")]);
+        let slot = store.load().unwrap().users["a"].slot;
+        // Slot of the next account, left by another database.
+        let stale = Marks {
+            pushed: 2,
+            inboxed: 2,
+        };
+        store.take_marks().unwrap().set(slot + 1, stale).unwrap();
+    }
+    {
+        let mut store = Store::open(dir.path()).unwrap();
+        store.run_batch(&[create("b")]);
+        store.run_batch(&[StoreRequest::InsertMessages(vec![
+            msg("a", "b", "one", true),
+            msg("a", "b", "two", true),
+        ])]);
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        store.load().unwrap().unread.get("b"),
+        Some(&2),
+        "none of b's messages was ever written out"
+    );
+}
+
 #[test]
 fn history_is_the_last_n_oldest_first_optionally_with_one_user() {
     let (_dir, mut store) = open();
