@@ -305,8 +305,19 @@ impl Background {
     /// history costs its rows), so a thousand sessions' history parts
     /// arriving at once are spread over passes with polls between them.
     pub fn take(&mut self) -> Vec<Completion> {
-        let mut done = std::mem::take(&mut self.ready);
+        let mut done = Vec::new();
         let mut budget = PASS_BUDGET;
+        // Results known at dispatch count too: a page of `whoelse` made
+        // from memory costs what a page of history does.
+        let mut ready = std::mem::take(&mut self.ready).into_iter();
+        for c in ready.by_ref() {
+            budget = budget.saturating_sub(c.tag.cont.rows_to_format().max(1));
+            done.push(c);
+            if budget == 0 {
+                break;
+            }
+        }
+        self.ready.extend(ready);
         while budget > 0 {
             match self.completions.try_recv() {
                 Ok(c) => {

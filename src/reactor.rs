@@ -518,14 +518,8 @@ impl Server {
         };
         let sref = conn.session.caller().session;
         if let Some(ending) = conn.session.take_departure() {
-            // From here on it is no longer online: nothing more is
-            // delivered to it.
-            let leaving = self.chat.disconnect(conn.session.caller(), self.clock);
-            let who = departing(&conn.session, self.clock.mono);
-            self.stats.departure(&who, ending, self.config.max_outbuf);
-            if let Some(request) = leaving {
-                self.background(request);
-            }
+            let leftovers = Leftovers::take(&mut conn.session, ending, self.clock.mono);
+            self.departed(leftovers);
         }
         let Some(conn) = self.conns.get_mut(token) else {
             return;
@@ -704,7 +698,11 @@ impl Server {
             }
             let mut conn = self.conns.remove(token);
             self.output_total -= conn.counted_output;
-            self.give_back_unsent(&mut conn.session);
+            // Its departure was settled when it stopped being open.
+            if let Some(ending) = conn.session.take_departure() {
+                let leftovers = Leftovers::take(&mut conn.session, ending, self.clock.mono);
+                self.departed(leftovers);
+            }
             let caller = conn.session.caller();
             self.admission.left(caller.ip, Some(caller.session));
             if conn.session.closes_gracefully() {
@@ -719,26 +717,43 @@ impl Server {
         }
     }
 
-    /// A session is going away: what it never wrote out of its user's
-    /// messages stays unread (see `Chat::left_over`).
-    fn give_back_unsent(&mut self, session: &mut Session) {
-        if let Some(ending) = session.take_departure() {
-            // Still open at the shutdown deadline: it leaves the chat now.
-            let who = departing(session, self.clock.mono);
-            self.stats.departure(&who, ending, self.config.max_outbuf);
-            if let Some(request) = self.chat.disconnect(session.caller(), self.clock) {
-                self.background(request);
-            }
+    /// A session stopped being open: from here on it is not online, and
+    /// what it had not yet written out of its user's messages is unread
+    /// again at once, not when its socket finally closes. A newer session
+    /// of the same user may be reading its inbox meanwhile; messages
+    /// handed back late would land below what that one has read, where no
+    /// `inbox` looks. (If the old session still writes some of them while
+    /// it drains, they are shown twice: never lost.)
+    fn departed(&mut self, gone: Leftovers) {
+        let Leftovers {
+            ending,
+            caller,
+            lasted,
+            left,
+            pushes,
+            inbox,
+        } = gone;
+        let who = Departing {
+            id: caller.session.id,
+            ip: caller.ip,
+            user: caller.user.as_deref(),
+            lasted,
+        };
+        self.stats.departure(&who, ending, self.config.max_outbuf);
+        if let Some(request) = self.chat.disconnect(&caller, self.clock) {
+            self.background(request);
         }
-        self.record_left_of(session);
-        let (pushes, inbox) = session.take_unsent();
-        let Some(user) = session.caller().user.clone() else {
+        let Some(user) = caller.user else {
             return;
         };
+        if let Some((pushed, inboxed)) = left {
+            let update = self.chat.written(&user, pushed, inboxed);
+            self.record_marks(update);
+        }
         if !pushes.is_empty() || !inbox.is_empty() {
             log::debug!(
                 "session {}: {} messages and {} inbox rows never written; unread again",
-                session.id(),
+                caller.session.id,
                 pushes.len(),
                 inbox.len()
             );
@@ -763,15 +778,6 @@ impl Server {
         };
         let update = self.chat.written(user, pushed, inboxed);
         self.record_marks(update);
-    }
-
-    fn record_left_of(&mut self, session: &mut Session) {
-        if let (Some((pushed, inboxed)), Some(user)) =
-            (session.take_left(), session.caller().user.as_deref())
-        {
-            let update = self.chat.written(user, pushed, inboxed);
-            self.record_marks(update);
-        }
     }
 
     /// Writes read marks into the marks file.
@@ -826,13 +832,18 @@ impl Server {
         }
     }
 
-    /// Sessions still open when the shutdown deadline passed: direct
-    /// messages queued for them but never written go back to the inbox.
+    /// Sessions still there when the shutdown deadline passed leave now:
+    /// what they never wrote out of their users' messages stays unread.
     fn return_unsent_direct(&mut self) {
         let tokens: Vec<usize> = self.conns.iter().map(|(t, _)| t).collect();
         for token in tokens {
             if let Some(mut conn) = self.conns.try_remove(token) {
-                self.give_back_unsent(&mut conn.session);
+                conn.session
+                    .close_now(Ending::Bye(crate::protocol::ByeReason::Shutdown));
+                if let Some(ending) = conn.session.take_departure() {
+                    let leftovers = Leftovers::take(&mut conn.session, ending, self.clock.mono);
+                    self.departed(leftovers);
+                }
             }
         }
     }
@@ -850,13 +861,30 @@ impl Server {
     }
 }
 
-/// Who `session` was, for the departure log line.
-fn departing(session: &Session, now: Instant) -> Departing<'_> {
-    Departing {
-        id: session.id(),
-        ip: session.caller().ip,
-        user: session.caller().user.as_deref(),
-        lasted: now.saturating_duration_since(session.connected_at()),
+/// What a session that stopped being open leaves behind.
+struct Leftovers {
+    ending: Ending,
+    caller: crate::commands::Caller,
+    lasted: Duration,
+    /// Its last writes' marks.
+    left: Option<(i64, i64)>,
+    /// Pushed messages and inbox rows it never wrote out.
+    pushes: Vec<i64>,
+    inbox: Vec<i64>,
+}
+
+impl Leftovers {
+    fn take(session: &mut Session, ending: Ending, now: Instant) -> Leftovers {
+        let left = session.take_left();
+        let (pushes, inbox) = session.take_unsent();
+        Leftovers {
+            ending,
+            caller: session.caller().clone(),
+            lasted: now.saturating_duration_since(session.connected_at()),
+            left,
+            pushes,
+            inbox,
+        }
     }
 }
 

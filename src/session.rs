@@ -844,6 +844,16 @@ impl Session {
     /// Sends `* bye <reason>` and closes once it is written.
     pub fn say_bye(&mut self, reason: ByeReason, now: Instant) {
         if self.is_open() {
+            if self.output.in_parts() {
+                // A reply going out in parts ends here, with its one
+                // completion, so the goodbye does not land inside it.
+                self.deferred = None;
+                let cut = protocol::err(
+                    protocol::ErrorCode::Internal,
+                    "reply cut short: the session is closing",
+                );
+                self.output.push_reply_rows(&cut, &[]);
+            }
             self.output.push(&protocol::bye(reason));
         }
         self.close_after_flush(Ending::Bye(reason), now);

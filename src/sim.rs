@@ -318,23 +318,25 @@ impl Sim {
             let update = self.chat.written(user, pushed, inboxed);
             self.marks.extend(update);
         }
+        // As in the reactor: once it stops being open, it is not online and
+        // what it never wrote out is unread again at once.
         if conn.session.take_departure().is_some() {
-            if let Some(request) = self.chat.disconnect(conn.session.caller(), self.now) {
+            let (pushes, inbox) = conn.session.take_unsent();
+            let caller = conn.session.caller().clone();
+            if let Some(request) = self.chat.disconnect(&caller, self.now) {
                 self.background(request);
             }
-        }
-        let Some(conn) = self.conns.get_mut(token) else {
-            return;
-        };
-        if conn.session.is_finished() {
-            conn.reaped = true;
-            let (pushes, inbox) = conn.session.take_unsent();
-            if let Some(user) = conn.session.caller().user.clone() {
+            if let Some(user) = caller.user {
                 let mut fx = Effects::default();
                 if let Some(job) = self.chat.left_over(&user, &pushes, &inbox, &mut fx) {
                     self.dispatch(job, None);
                 }
                 self.apply_effects(fx);
+            }
+        }
+        if let Some(conn) = self.conns.get_mut(token) {
+            if conn.session.is_finished() {
+                conn.reaped = true;
             }
         }
     }

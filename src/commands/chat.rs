@@ -285,13 +285,11 @@ impl Chat {
         }
     }
 
-    /// The session is ending: it is no longer online, its user's read
-    /// marks wait for [`Chat::left_over`], and the last-seen time moves to
-    /// now. Returns the write to make, if any.
+    /// The session stopped being open: it is no longer online, and the
+    /// last-seen time moves to now. Returns the write to make, if any. What
+    /// it never wrote out goes to [`Chat::left_over`] at the same moment.
     pub fn disconnect(&mut self, caller: &Caller, now: Clock) -> Option<StoreRequest> {
         let user = caller.user.as_ref()?;
-        // Until what it never wrote out is back in the inbox.
-        self.hold_marks(user);
         if self.online.get(user) != Some(&caller.session) {
             // Replaced by a newer session: the user is still online.
             return None;

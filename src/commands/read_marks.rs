@@ -10,9 +10,10 @@
 //! one way a lower id can be left behind is a message going back to the
 //! inbox (its session closed, was replaced or was dropped before writing
 //! it): until that write is committed, raising `pushed` past it would make
-//! it count as read if natterd died just then. So from the moment a
-//! session stops being open until what it left over is back in the inbox,
-//! its user's marks are held in memory, and recorded only once that lands.
+//! it count as read if natterd died just then, so meanwhile the user's
+//! marks are held in memory and recorded once it lands. A session's
+//! leftovers are handed back the moment it stops being open, before a
+//! newer session of the same user can read past them.
 
 use crate::store::{Marks, StoreRequest};
 
@@ -79,17 +80,11 @@ impl Chat {
         Some((read.slot, read.recorded))
     }
 
-    /// One of `user`'s sessions stopped being open: hold their marks until
-    /// what it leaves over is back in the inbox (see [`Chat::left_over`]).
-    pub(super) fn hold_marks(&mut self, user: &str) {
-        if let Some(a) = self.accounts.get_mut(user) {
-            a.read.returning += 1;
-        }
-    }
-
-    /// A session of `user` that stopped being open is gone; `pushes` and
-    /// `inbox` are what it never wrote out. Releases the hold taken when it
-    /// stopped being open, once they are back in the inbox.
+    /// A session of `user` stopped being open (called at that moment, with
+    /// [`Chat::disconnect`]); `pushes` and `inbox` are what it never wrote
+    /// out. They are unread again at once: a newer session of the user may
+    /// be reading the inbox meanwhile, and rows handed back later would
+    /// land below what that one has read, where no `inbox` looks.
     pub fn left_over(
         &mut self,
         user: &str,
@@ -98,9 +93,6 @@ impl Chat {
         fx: &mut Effects,
     ) -> Option<Job> {
         let job = self.undelivered(user, pushes, inbox);
-        if let Some(a) = self.accounts.get_mut(user) {
-            a.read.returning = a.read.returning.saturating_sub(1);
-        }
         fx.marks.extend(self.record(user));
         job
     }

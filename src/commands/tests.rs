@@ -702,18 +702,18 @@ fn read_marks_wait_while_a_message_goes_back_to_the_inbox() {
     assert_eq!(chat.written("bob", 5, 0), None, "nothing moved");
 
     // bob's session stops being open with message 6 unwritten; a newer
-    // session meanwhile writes 7.
+    // session then writes 7 before 6 is back in the inbox.
     chat.disconnect(&bob, clock(t0, 1));
-    assert_eq!(
-        chat.written("bob", 7, 0),
-        None,
-        "held while bob's old session drains"
-    );
     let mut fx = Effects::default();
     let job = chat
         .left_over("bob", &[6], &[], &mut fx)
         .expect("message 6 goes back to the inbox");
-    assert!(fx.marks.is_empty(), "still held until that write commits");
+    assert!(fx.marks.is_empty(), "nothing new to record");
+    assert_eq!(
+        chat.written("bob", 7, 0),
+        None,
+        "held until 6 is back in the inbox"
+    );
     assert!(matches!(
         job.work,
         Work::Store(StoreRequest::MarkUnread { ref ids }) if ids == &[6]
@@ -1087,5 +1087,143 @@ fn attempts_that_end_without_a_failure_leave_no_record() {
         11,
         "{:?}",
         chat.failures.keys().collect::<Vec<_>>()
+    );
+}
+
+/// Rows an old session never wrote out go back to the inbox; a newer
+/// session of the same user that meanwhile wrote out later rows must not
+/// make them count as read (the `inboxed` mark is a high-water mark, and
+/// `Advance` takes every inbox row at or below it out of the inbox).
+#[test]
+fn inbox_rows_a_replaced_session_never_wrote_out_are_not_covered_by_a_newer_mark() {
+    let t0 = Instant::now();
+    let mut chat = chat_with(&["bob"]);
+    chat.accounts.get_mut("bob").unwrap().unread = 5;
+    let rows = |ids: std::ops::Range<i64>| -> Vec<MessageRow> {
+        ids.map(|id| MessageRow {
+            id,
+            ts: 0,
+            sender: "alice".into(),
+            recipient: "bob".into(),
+            body: format!("m{id}"),
+        })
+        .collect()
+    };
+    let inbox = |chat: &mut Chat, who: &Caller, ids, at| {
+        let mut fx = Effects::default();
+        let Step::Wait(job) = chat.execute(who, member("bob", MemberCommand::Inbox), at, &mut fx)
+        else {
+            panic!("inbox reads the store")
+        };
+        chat.complete(
+            Some(who),
+            job.cont,
+            WorkResult::Store(Ok(StoreOutput::Rows(rows(ids)))),
+            at,
+            &mut fx,
+        )
+    };
+    let mut first = caller(1, None);
+    log_in(&mut chat, &mut first, "bob", clock(t0, 0));
+    // The first session's inbox reply (rows 10 to 12) stalls in natterd.
+    inbox(&mut chat, &first, 10..13, clock(t0, 1));
+    // bob logs in again: the first session is replaced, and what it never
+    // wrote out is handed back as it stops being open.
+    let mut second = caller(2, None);
+    log_in(&mut chat, &mut second, "bob", clock(t0, 2));
+    chat.disconnect(&first, clock(t0, 2));
+    let mut fx = Effects::default();
+    assert!(chat.left_over("bob", &[], &[10, 11, 12], &mut fx).is_none());
+    let mut marks: Vec<Marks> = fx.marks.iter().map(|m| m.1).collect();
+    // The new session's inbox starts with them again.
+    let Step::Wait(job) = chat.execute(
+        &second,
+        member("bob", MemberCommand::Inbox),
+        clock(t0, 3),
+        &mut Effects::default(),
+    ) else {
+        panic!("inbox reads the store")
+    };
+    let Work::Store(StoreRequest::TakeInbox { after, .. }) = job.work else {
+        panic!("inbox takes rows")
+    };
+    assert!(
+        after < 10,
+        "the next inbox starts after {after}, past rows 10 to 12"
+    );
+    inbox(&mut chat, &second, 10..15, clock(t0, 3));
+    marks.extend(chat.written("bob", 0, 9).into_iter().map(|m| m.1));
+    if let Some(advance) = chat.take_advance() {
+        if let Work::Store(StoreRequest::Advance(m)) = advance.work {
+            marks.extend(m.iter().map(|m| m.1));
+        }
+    }
+    assert!(
+        marks.iter().all(|m| m.inboxed < 10),
+        "rows 10 to 12 never left natterd, yet a recorded mark covers them: {marks:?}"
+    );
+}
+
+/// The same for a pushed message: bob's first session idles out with
+/// message 5 unwritten (his link stalled); message 6 goes to his inbox;
+/// he logs in again and reads it. When the first session is gone, 5 goes
+/// back to the inbox, below the `inboxed` mark 6: the next `Advance`
+/// takes it out of the inbox, and the next `inbox` starts after 6.
+#[test]
+fn a_push_an_idle_session_never_wrote_out_is_not_covered_by_a_newer_inbox_mark() {
+    let t0 = Instant::now();
+    let mut chat = chat_with(&["bob"]);
+    let mut first = caller(1, None);
+    log_in(&mut chat, &mut first, "bob", clock(t0, 0));
+    // Message 5 is pushed to the first session; then it idles out, and 5
+    // goes back to the inbox as it stops being open.
+    assert!(
+        chat.disconnect(&first, clock(t0, 1)).is_some(),
+        "bob is offline"
+    );
+    let mut fx = Effects::default();
+    let back = chat
+        .left_over("bob", &[5], &[], &mut fx)
+        .expect("message 5 goes back to the inbox");
+    chat.complete(
+        None,
+        back.cont,
+        WorkResult::Store(Ok(StoreOutput::Done)),
+        clock(t0, 1),
+        &mut fx,
+    );
+    // Message 6 is stored in his inbox meanwhile.
+    chat.accounts.get_mut("bob").unwrap().unread = 1;
+    let mut second = caller(2, None);
+    log_in(&mut chat, &mut second, "bob", clock(t0, 2));
+    let mut fx = Effects::default();
+    let Step::Wait(job) = chat.execute(
+        &second,
+        member("bob", MemberCommand::Inbox),
+        clock(t0, 3),
+        &mut fx,
+    ) else {
+        panic!("inbox reads the store")
+    };
+    let Work::Store(StoreRequest::TakeInbox { after, .. }) = &job.work else {
+        panic!("inbox takes rows")
+    };
+    assert!(*after < 5, "the inbox starts after {after}, past message 5");
+    let marks: Vec<Marks> = fx.marks.iter().map(|m| m.1).collect();
+    let Step::Wait(next) = chat.execute(
+        &second,
+        member("bob", MemberCommand::Inbox),
+        clock(t0, 5),
+        &mut Effects::default(),
+    ) else {
+        panic!("inbox reads the store")
+    };
+    let Work::Store(StoreRequest::TakeInbox { after, .. }) = next.work else {
+        panic!("inbox takes rows")
+    };
+    assert!(
+        after < 5 && marks.iter().all(|m| m.inboxed < 5),
+        "message 5 never left natterd, yet the next inbox starts after {after} \
+         and the recorded marks are {marks:?}"
     );
 }

@@ -101,6 +101,11 @@ impl Output {
         self.held.get_or_insert_with(Box::default);
     }
 
+    /// Whether a reply is going out in parts (its completion not yet queued).
+    pub fn in_parts(&self) -> bool {
+        self.held.is_some()
+    }
+
     /// Bytes of events held behind a reply in parts.
     pub fn held_len(&self) -> usize {
         self.held.as_deref().map_or(0, |(held, _)| held.len())

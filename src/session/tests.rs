@@ -649,3 +649,29 @@ fn a_tls_reader_dropped_as_slow_gets_back_only_what_never_reached_the_socket() {
         .collect();
     assert!(lost.is_empty(), "neither received nor back: {lost:?}");
 }
+
+#[test]
+fn a_replaced_session_gets_no_event_inside_a_reply_in_parts() {
+    let mut sim = Sim::new(&["alice", "bob"], Sim::limits(4096, 1 << 20));
+    sim.history_rows = 1000;
+    sim.history_padding = 1000;
+    let bob = logged_in(&mut sim, "bob");
+    sim.conns[bob].socket.accept = 0;
+    sim.send(bob, b"history 1000\n");
+    assert!(sim.finish_job(0), "the first part is read");
+    // bob logs in again elsewhere: the first session is replaced.
+    let again = sim.connect();
+    sim.send(again, format!("login bob {PASSWORD}\n").as_bytes());
+    assert!(sim.finish_job(0));
+    sim.drain(bob, usize::MAX);
+    let out = sim.output(bob);
+    let mut in_reply = false;
+    for line in out.lines() {
+        match line.as_bytes().first() {
+            Some(b'=') => in_reply = true,
+            Some(b'+' | b'-') => in_reply = false,
+            Some(b'*') => assert!(!in_reply, "event inside a reply: {line:?}"),
+            _ => {}
+        }
+    }
+}

@@ -151,3 +151,64 @@ fn inbox_rows_a_killed_server_never_wrote_out_stay_in_the_inbox() {
     let inbox = numbers(&bob.drain_inbox());
     assert_exactly_once(SENT, &received, &inbox);
 }
+
+#[test]
+fn inbox_rows_a_replaced_session_never_wrote_out_stay_in_the_inbox() {
+    // bob's first session asks for three long histories and his inbox; its
+    // link stalls, so the inbox reply (rows 1 to 100) waits in natterd. He
+    // logs in again: the stalled session is replaced and lingers, and the
+    // new one takes the next 100 rows. Whatever the stalled session never
+    // wrote out must still be in his inbox afterwards.
+    const SENT: usize = 1000;
+    let server = Server::start(&["--rate", "0", "--max-outbuf", "16777216"]);
+    let mut alice = server.user("alice");
+    let mut bob = server.user("bob");
+    assert_eq!(bob.cmd1("quit"), "+ bye");
+    let pad = "q".repeat(3000);
+    let script: String = (0..SENT)
+        .map(|n| format!("send bob n{n}: {pad}\n"))
+        .collect();
+    alice.send_raw(script.as_bytes());
+    for n in 0..SENT {
+        assert_eq!(alice.line(), "+ stored", "send {n}");
+    }
+    let mut first = slow_link(&server);
+    first.login("bob", "password-bob");
+    first.send_raw(b"history 1000\nhistory 1000\nhistory 1000\ninbox\n");
+    let mut lines = Vec::new();
+    while lines
+        .iter()
+        .filter(|l: &&String| l.starts_with("+ "))
+        .count()
+        < 2
+    {
+        lines.push(first.line());
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let mut second = server.connect();
+    second.login("bob", "password-bob");
+    let mut reply = second.cmd("inbox");
+    let done = reply.pop().expect("a completion");
+    assert!(done.starts_with("+ "), "{done}");
+    let mut received = numbers(&reply);
+    // natterd gives up on the stalled session after its linger (5 s);
+    // then what the kernel had taken is all that arrives.
+    std::thread::sleep(Duration::from_secs(7));
+    lines.extend(complete_lines(&first.read_to_end()));
+    let mut completions = 0;
+    let mut inbox_rows = Vec::new();
+    for line in &lines {
+        if line.starts_with("+ ") || line.starts_with("- ") {
+            completions += 1;
+        } else if completions == 3 && line.starts_with("= ") {
+            inbox_rows.push(line.clone());
+        }
+    }
+    assert!(
+        completions < 4,
+        "the stalled session got its whole inbox reply: this run proves nothing"
+    );
+    received.extend(numbers(&inbox_rows));
+    let inbox = numbers(&second.drain_inbox());
+    assert_exactly_once(SENT, &received, &inbox);
+}
