@@ -1,16 +1,16 @@
-//! natterd: parses flags, binds the listeners, and runs the server loop.
-//! Nothing else lives here.
+//! natterd: parses flags (and the `--config` file), binds the listeners,
+//! and runs the server loop. Nothing else lives here.
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::ExitCode;
 
-use clap::Parser;
+use natter::config::Flags;
 use natter::{tls, Config, Listeners, Server};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let config = Config::parse();
-    match start(config) {
+    let flags = Flags::parse();
+    match Config::load(&flags).and_then(start) {
         Ok(()) => ExitCode::SUCCESS,
         Err(problem) => {
             eprintln!("natterd: {problem}");
@@ -48,11 +48,13 @@ fn start(config: Config) -> Result<(), String> {
     server
         .handle_signals()
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let plain_addr = server.local_addr().ok();
+    let tls_addr = fingerprint.as_ref().and_then(|_| server.tls_addr().ok());
     // Scripts and tests wait for these lines; the plaintext one comes first.
-    if let Ok(addr) = server.local_addr() {
+    if let Some(addr) = plain_addr {
         println!("listening on {addr}");
     }
-    if let (Ok(addr), Some(fingerprint)) = (server.tls_addr(), fingerprint) {
+    if let (Some(addr), Some(fingerprint)) = (tls_addr, fingerprint) {
         println!("listening on {addr} tls sha256 {fingerprint}");
     }
     server.run().map_err(|e| format!("event loop failed: {e}"))
