@@ -5,7 +5,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::process::ExitCode;
 
 use natter::config::Flags;
-use natter::{tls, Config, Listeners, Server};
+use natter::{startup, tls, Config, Listeners, Server};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -20,11 +20,12 @@ fn main() -> ExitCode {
 }
 
 fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
-    TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))
+    startup::listen(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))
 }
 
 fn start(config: Config) -> Result<(), String> {
     config.validate()?;
+    startup::check_data_dir(&config.data)?;
     let plain = match config.no_plaintext {
         true => None,
         false => Some(bind(SocketAddr::new(config.bind, config.port))?),
@@ -43,6 +44,7 @@ fn start(config: Config) -> Result<(), String> {
     } else {
         None
     };
+    let settings = config.clone();
     let mut server =
         Server::with_listeners(Listeners { plain, tls }, config).map_err(|e| e.to_string())?;
     server
@@ -50,6 +52,7 @@ fn start(config: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let plain_addr = server.local_addr().ok();
     let tls_addr = fingerprint.as_ref().and_then(|_| server.tls_addr().ok());
+    log::info!("{}", startup::banner(&settings, plain_addr, tls_addr));
     // Scripts and tests wait for these lines; the plaintext one comes first.
     if let Some(addr) = plain_addr {
         println!("listening on {addr}");

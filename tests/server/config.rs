@@ -1,5 +1,5 @@
 //! Starting natterd: the `--config` file and its precedence under flags,
-//! and `--port`.
+//! `--port`, a `--data` that is a file, and the start-up log line.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -164,4 +164,31 @@ fn port_can_be_given_as_a_flag() {
         c.cmd("register porter password-porter"),
         vec!["+ registered porter".to_string()]
     );
+}
+
+#[test]
+fn a_data_path_naming_a_file_says_not_a_directory() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("natter-data");
+    std::fs::write(&file, "not a directory").expect("write file");
+    let (ok, stderr) = run_to_exit(&["--data", &file.display().to_string(), "0"]);
+    assert!(!ok, "{stderr}");
+    assert!(stderr.contains("not a directory"), "{stderr}");
+}
+
+#[test]
+fn the_start_up_line_shows_version_and_absolute_data_directory() {
+    let server = Server::start(&[]);
+    let data = std::fs::canonicalize(&server.data).expect("data directory");
+    let log = server.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains(concat!("natterd ", env!("CARGO_PKG_VERSION"), " starting")))
+        .unwrap_or_else(|| panic!("no start-up line with the version in:\n{log}"));
+    assert!(
+        line.contains(&format!("data {};", data.display())),
+        "{line}"
+    );
+    assert!(line.contains(&server.addr.to_string()), "{line}");
+    assert!(line.contains("registration open"), "{line}");
 }
