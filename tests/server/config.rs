@@ -1,9 +1,10 @@
 //! Starting natterd: the `--config` file and its precedence under flags,
-//! `--port`, a `--data` that is a file, and the start-up log line.
+//! `--port`, a `--data` that is a file, the start-up log line, and a
+//! self-signed certificate whose names changed.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -191,4 +192,44 @@ fn the_start_up_line_shows_version_and_absolute_data_directory() {
     );
     assert!(line.contains(&server.addr.to_string()), "{line}");
     assert!(line.contains("registration open"), "{line}");
+}
+
+fn fingerprint_of(cert: &Path, key: &Path) -> String {
+    natter::tls::load(cert, key)
+        .expect("a certificate")
+        .fingerprint
+}
+
+#[test]
+fn new_self_signed_names_make_a_new_certificate_and_keep_the_old_one() {
+    let server = Server::start(&["--tls-self-signed", "localhost"]);
+    let (_, first) = server.tls.clone().expect("TLS listener");
+    let server = server.restart_with(&["--tls-self-signed", "localhost,chat.example.test"]);
+    let (_, second) = server.tls.clone().expect("TLS listener");
+    assert_ne!(first, second, "the certificate for the old names was kept");
+    assert!(
+        server.log().contains("differ from the kept certificate"),
+        "the change is not logged"
+    );
+    // The old pair is kept beside the new one.
+    let tls = server.data.join("tls");
+    let old: Vec<PathBuf> = std::fs::read_dir(&tls)
+        .expect("tls directory")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.starts_with("self-signed-cert.") && name != "self-signed-cert.pem"
+        })
+        .collect();
+    assert_eq!(old.len(), 1, "{old:?}");
+    let old_key = PathBuf::from(
+        old[0]
+            .display()
+            .to_string()
+            .replace("self-signed-cert.", "self-signed-key."),
+    );
+    assert_eq!(fingerprint_of(&old[0], &old_key), first);
+    // The same names again (in another order): the new one is kept.
+    let server = server.restart_with(&["--tls-self-signed", "chat.example.test,localhost"]);
+    assert_eq!(server.tls.clone().expect("TLS listener").1, second);
 }
