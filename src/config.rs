@@ -588,6 +588,41 @@ mod tests {
         }
     }
 
+    /// deploy/natterd.toml is valid as shipped and with every commented-out
+    /// key put back, and it shows every key.
+    #[test]
+    fn the_shipped_example_file_is_valid_and_complete() {
+        let text = include_str!("../deploy/natterd.toml");
+        FileConfig::parse(text).unwrap();
+        let is_key_line = |line: &str| {
+            line.split_once(" = ").is_some_and(|(key, _)| {
+                !key.is_empty()
+                    && key
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            })
+        };
+        let all: Vec<&str> = text
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if is_key_line(rest) => rest,
+                _ => l,
+            })
+            .collect();
+        let all = all.join("\n");
+        FileConfig::parse(&all).unwrap();
+        for arg in Config::command().get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "config" || arg.is_hide_set() {
+                continue;
+            }
+            assert!(
+                all.lines().any(|l| l.starts_with(&format!("{long} = "))),
+                "{long} is not in deploy/natterd.toml"
+            );
+        }
+    }
+
     #[test]
     fn the_port_can_be_given_both_ways_but_not_twice() {
         let port = |args: &[&str]| {
