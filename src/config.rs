@@ -9,9 +9,10 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::logging::LogFormat;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 /// Whether `register` is accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -31,6 +32,10 @@ pub enum HashCost {
     /// Argon2id with the RustCrypto defaults (19 MiB, 2 passes).
     Normal,
 }
+
+/// The admin socket's name inside the data directory (natterctl looks for
+/// it there too).
+pub const ADMIN_SOCKET_FILE: &str = "natterd.sock";
 
 /// natterd: a small, fast chat server speaking the natter line protocol v1.
 #[derive(Clone, Debug, Parser)]
@@ -178,6 +183,19 @@ pub struct Config {
     #[arg(long, default_value_t = 0)]
     pub history_retention_days: u32,
 
+    /// Log lines as text for people, or as JSON objects (one per line) for
+    /// log shippers.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// natterctl's Unix socket (mode 0600); default `<data>/natterd.sock`.
+    #[arg(long, value_name = "PATH")]
+    pub admin_socket: Option<PathBuf>,
+
+    /// Serve no admin socket (natterctl cannot reach this server).
+    #[arg(long)]
+    pub no_admin_socket: bool,
+
     /// Fault injection for tests: while this file exists, every store batch
     /// fails as a full disk would make it fail.
     #[arg(long, hide = true)]
@@ -239,6 +257,18 @@ impl Config {
 }
 
 impl Config {
+    /// Where the admin socket goes, unless it is turned off.
+    pub fn admin_socket_path(&self) -> Option<PathBuf> {
+        if self.no_admin_socket {
+            return None;
+        }
+        Some(
+            self.admin_socket
+                .clone()
+                .unwrap_or_else(|| self.data.join(ADMIN_SOCKET_FILE)),
+        )
+    }
+
     /// Rejects settings that cannot work, with a message for the operator.
     pub fn validate(&self) -> Result<(), String> {
         if !self.rate.is_finite() || self.rate < 0.0 {
@@ -396,6 +426,18 @@ struct FileConfig {
     tls_port: Option<u16>,
     no_plaintext: Option<bool>,
     history_retention_days: Option<u32>,
+    #[serde(default, deserialize_with = "log_format")]
+    log_format: Option<LogFormat>,
+    admin_socket: Option<PathBuf>,
+    no_admin_socket: Option<bool>,
+}
+
+/// `log-format`, by the flag's value names (`text`, `json`).
+fn log_format<'de, D: Deserializer<'de>>(d: D) -> Result<Option<LogFormat>, D::Error> {
+    let name = String::deserialize(d)?;
+    LogFormat::from_str(&name, false).map(Some).map_err(|_| {
+        serde::de::Error::custom(format!("log-format must be text or json, not {name:?}"))
+    })
 }
 
 /// `tls-self-signed`: a list of names, or one string of comma-separated
@@ -461,6 +503,8 @@ impl FileConfig {
             tls_port,
             no_plaintext,
             history_retention_days,
+            log_format,
+            no_admin_socket,
         );
         if let Some(port) = self.port {
             if !given("port") && !given("port_arg") {
@@ -469,6 +513,9 @@ impl FileConfig {
         }
         if self.users.is_some() && !given("users") {
             config.users = self.users;
+        }
+        if self.admin_socket.is_some() && !given("admin_socket") {
+            config.admin_socket = self.admin_socket;
         }
         // The certificate's source is one setting: a source given on the
         // command line replaces the file's, whichever kind each is.
@@ -567,6 +614,14 @@ mod tests {
         assert!(err.contains("line 2"), "{err}");
         let err = load(&[], "registration = \"maybe\"\n").unwrap_err();
         assert!(err.contains("line 1"), "{err}");
+        let err = load(&[], "\n\nlog-format = \"xml\"\n").unwrap_err();
+        assert!(
+            err.contains("line 3") && err.contains("text or json"),
+            "{err}"
+        );
+        let config = load(&[], "log-format = \"json\"\nno-admin-socket = true\n").unwrap();
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert!(config.no_admin_socket);
     }
 
     /// Every flag but the file itself and the hidden test-only ones is a

@@ -4,12 +4,14 @@
 //! flags, binds the listener and calls [`reactor::Server::run`].
 
 pub mod addr;
+pub mod admin;
 mod admission;
 pub mod auth;
 mod background;
 pub mod commands;
 pub mod config;
 mod hashqueue;
+pub mod logging;
 #[cfg(test)]
 mod props;
 pub mod protocol;

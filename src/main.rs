@@ -8,9 +8,16 @@ use natter::config::Flags;
 use natter::{startup, tls, Config, Listeners, Server};
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let flags = Flags::parse();
-    match Config::load(&flags).and_then(start) {
+    let config = match Config::load(&flags) {
+        Ok(config) => config,
+        Err(problem) => {
+            eprintln!("natterd: {problem}");
+            return ExitCode::FAILURE;
+        }
+    };
+    natter::logging::init(config.log_format);
+    match start(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(problem) => {
             eprintln!("natterd: {problem}");

@@ -37,16 +37,23 @@ use crate::commands::{Chat, Clock, Effects, LockKey, SessionRef};
 use crate::config::Config;
 use crate::session::{Ending, Limits, Outbox, ReadStatus, Session};
 use crate::startup;
-use crate::stats::{LogThrottle, Stats};
+use crate::stats::{Departing, LogThrottle, Stats};
 use crate::store::{Marks, ReadMarks};
 
 mod accept;
+mod admin;
 mod route;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const TLS_LISTENER: Token = Token(usize::MAX - 4);
 const WAKER: Token = Token(usize::MAX - 2);
 const SIGNALS: Token = Token(usize::MAX - 3);
+const ADMIN_LISTENER: Token = Token(usize::MAX - 5);
+/// Admin connections' tokens start here: far above any session's slab
+/// index, far below the listeners'.
+const ADMIN_BASE: usize = usize::MAX / 2;
+/// The listeners', waker's and signals' tokens are above this.
+const LISTENER_TOKENS: usize = usize::MAX - 16;
 
 /// Readiness events taken per poll. More only means fewer polls under load.
 const EVENTS_CAPACITY: usize = 1024;
@@ -161,6 +168,8 @@ pub struct Server {
     /// Which messages have left natterd, recorded right after each write
     /// (see `store::marks`).
     marks: Option<ReadMarks>,
+    /// natterctl's socket, unless turned off.
+    admin: Option<admin::AdminSocket>,
     waker: Arc<Waker>,
     shutdown_flag: Arc<AtomicBool>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
@@ -220,6 +229,21 @@ impl Server {
 
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let admin = match config.admin_socket_path() {
+            // Asked for by name: failing to serve it fails the start.
+            Some(path) if config.admin_socket.is_some() => {
+                Some(admin::AdminSocket::bind(&path, &poll)?)
+            }
+            // The default: natterd runs without it rather than not at all.
+            Some(path) => match admin::AdminSocket::bind(&path, &poll) {
+                Ok(admin) => Some(admin),
+                Err(e) => {
+                    log::error!("{e}; natterctl cannot reach this server");
+                    None
+                }
+            },
+            None => None,
+        };
         let background = Background::spawn(store, &waker)?;
 
         let listener = match listeners.plain {
@@ -249,6 +273,7 @@ impl Server {
             deadlines: BTreeSet::new(),
             background,
             marks,
+            admin,
             waker,
             shutdown_flag: Arc::new(AtomicBool::new(false)),
             signals: None,
@@ -324,6 +349,10 @@ impl Server {
                     TLS_LISTENER => self.accept_ready(true),
                     WAKER => self.drain_completions(),
                     SIGNALS => self.on_signals(),
+                    ADMIN_LISTENER => self.admin_accept(),
+                    Token(token) if (ADMIN_BASE..LISTENER_TOKENS).contains(&token) => {
+                        self.admin_ready(token - ADMIN_BASE)
+                    }
                     Token(token) => {
                         let input =
                             event.is_readable() || event.is_read_closed() || event.is_error();
@@ -492,9 +521,8 @@ impl Server {
             // From here on it is no longer online: nothing more is
             // delivered to it.
             let leaving = self.chat.disconnect(conn.session.caller(), self.clock);
-            let ip = conn.session.caller().ip;
-            self.stats
-                .departure(sref.id, ip, ending, self.config.max_outbuf);
+            let who = departing(&conn.session, self.clock.mono);
+            self.stats.departure(&who, ending, self.config.max_outbuf);
             if let Some(request) = leaving {
                 self.background(request);
             }
@@ -696,9 +724,8 @@ impl Server {
     fn give_back_unsent(&mut self, session: &mut Session) {
         if let Some(ending) = session.take_departure() {
             // Still open at the shutdown deadline: it leaves the chat now.
-            let ip = session.caller().ip;
-            self.stats
-                .departure(session.id(), ip, ending, self.config.max_outbuf);
+            let who = departing(session, self.clock.mono);
+            self.stats.departure(&who, ending, self.config.max_outbuf);
             if let Some(request) = self.chat.disconnect(session.caller(), self.clock) {
                 self.background(request);
             }
@@ -820,6 +847,16 @@ impl Server {
             }
         }
         log::info!("stopped; {:?}", self.stats);
+    }
+}
+
+/// Who `session` was, for the departure log line.
+fn departing(session: &Session, now: Instant) -> Departing<'_> {
+    Departing {
+        id: session.id(),
+        ip: session.caller().ip,
+        user: session.caller().user.as_deref(),
+        lasted: now.saturating_duration_since(session.connected_at()),
     }
 }
 

@@ -167,6 +167,21 @@ pub enum Ending {
     OverBudget,
 }
 
+impl Ending {
+    /// In words, for the log.
+    pub fn describe(self) -> String {
+        match self {
+            Ending::Quit => "quit".into(),
+            Ending::PeerClosed => "the client closed the connection".into(),
+            Ending::IoError => "read or write failed".into(),
+            Ending::TlsError => "TLS failed".into(),
+            Ending::Bye(reason) => format!("bye {reason}"),
+            Ending::Linger => "output not drained in time".into(),
+            Ending::OverBudget => "closed to bring all output under --max-output-total".into(),
+        }
+    }
+}
+
 /// Routing for a job's result: the command it answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReplyTo {
@@ -313,6 +328,16 @@ impl Session {
     /// Its never-reused id.
     pub fn id(&self) -> u64 {
         self.caller.session.id
+    }
+
+    /// When it was accepted.
+    pub fn connected_at(&self) -> Instant {
+        self.connected_at
+    }
+
+    /// When its last command arrived (or it was accepted).
+    pub fn last_command_at(&self) -> Instant {
+        self.last_command
     }
 
     /// Whether it speaks TLS.

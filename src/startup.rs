@@ -37,6 +37,7 @@ pub fn open(config: &Config) -> io::Result<(Store, Chat)> {
             account.unread = snapshot.unread.get(&name).copied().unwrap_or(0);
             account.last_seen = user.last_seen;
             account.read = ReadState::new(user.slot, user.marks);
+            account.banned = user.banned;
             (name, account)
         })
         .collect();

@@ -35,26 +35,46 @@ pub struct Stats {
 impl Stats {
     /// Counts a session's end and logs it: policy disconnects (slow)
     /// at warn with the address, routine ones at debug.
-    pub fn departure(&mut self, id: u64, ip: IpAddr, ending: Ending, max_outbuf: usize) {
+    pub fn departure(&mut self, who: &Departing<'_>, ending: Ending, max_outbuf: usize) {
+        let Departing {
+            id,
+            ip,
+            user,
+            lasted,
+        } = *who;
+        let user = user.unwrap_or("not logged in");
+        let secs = lasted.as_secs();
         match ending {
             Ending::Bye(ByeReason::Slow) => {
                 self.closed_slow += 1;
                 log::warn!(
-                    "session {id} from {ip}: closing, output backlog passed {max_outbuf} bytes"
+                    "session {id} ({user} from {ip}): closing after {secs} s, output backlog passed {max_outbuf} bytes"
                 );
             }
-            Ending::Bye(ByeReason::Idle) => {
-                self.closed_idle += 1;
-                log::debug!("session {id}: idle timeout");
-            }
-            Ending::Bye(ByeReason::Timeout) => {
-                self.closed_login_timeout += 1;
-                log::debug!("session {id}: login timeout");
-            }
-            Ending::Linger => log::debug!("session {id}: output not drained in time; dropping"),
-            other => log::debug!("session {id}: closing ({other:?})"),
+            Ending::Bye(ByeReason::Idle) => self.closed_idle += 1,
+            Ending::Bye(ByeReason::Timeout) => self.closed_login_timeout += 1,
+            _ => {}
+        }
+        if !matches!(ending, Ending::Bye(ByeReason::Slow)) {
+            log::info!(
+                "session {id} ({user} from {ip}): closed after {secs} s: {}",
+                ending.describe()
+            );
         }
     }
+}
+
+/// Who a departing session was, for the log.
+#[derive(Clone, Copy, Debug)]
+pub struct Departing<'a> {
+    /// Session id.
+    pub id: u64,
+    /// Peer address.
+    pub ip: IpAddr,
+    /// The user, if logged in.
+    pub user: Option<&'a str>,
+    /// How long it was connected.
+    pub lasted: std::time::Duration,
 }
 
 /// Keeps a flood of one kind of event from becoming a flood of log lines

@@ -130,6 +130,8 @@ pub fn explain_bye(reason: &str) -> String {
         ByeReason::Shutdown => "the server is shutting down",
         ByeReason::Slow => "this client was not reading fast enough",
         ByeReason::Busy => "the server has too many connections",
+        ByeReason::Banned => "the server's operator banned this account",
+        ByeReason::Kicked => "the server's operator closed this session",
     };
     format!("{why} ({known})")
 }

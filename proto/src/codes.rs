@@ -96,6 +96,8 @@ wire_words! {
         Internal => "INTERNAL",
         /// The password-hashing queue is full; retry in a moment.
         Busy => "BUSY",
+        /// The account is banned by the server's operator.
+        Banned => "BANNED",
     }
 }
 
@@ -114,6 +116,10 @@ wire_words! {
         Slow => "slow",
         /// The server holds too many connections (in all or from this address).
         Busy => "busy",
+        /// The operator banned the account.
+        Banned => "banned",
+        /// The operator closed the session (`natterctl kick`).
+        Kicked => "kicked",
     }
 }
 
@@ -154,7 +160,7 @@ mod tests {
         assert_eq!(ErrorCode::parse("NEWCODE"), None);
         assert_eq!(ByeReason::parse("busy"), Some(ByeReason::Busy));
         assert_eq!("later".parse::<ByeReason>(), Err(UnknownWord));
-        assert_eq!(ErrorCode::ALL.len(), 16);
-        assert_eq!(ByeReason::ALL.len(), 6);
+        assert_eq!(ErrorCode::ALL.len(), 17);
+        assert_eq!(ByeReason::ALL.len(), 8);
     }
 }

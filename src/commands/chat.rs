@@ -32,6 +32,8 @@ pub struct Account {
     pub blocks: HashSet<String>,
     /// Which of its messages have left natterd.
     pub read: ReadState,
+    /// Banned by the operator: logins are refused.
+    pub banned: bool,
 }
 
 impl Account {
@@ -43,6 +45,7 @@ impl Account {
             last_seen: None,
             blocks: HashSet::new(),
             read: ReadState::new(slot, Marks::default()),
+            banned: false,
         }
     }
 }

@@ -247,6 +247,14 @@ impl Chat {
         if charged {
             self.budgets.refund(&user, now.mono);
         }
+        // Only the right password learns of a ban, so it tells a guesser
+        // nothing; the owner is told why.
+        if self.accounts.get(&user).is_some_and(|a| a.banned) {
+            return Step::Reply(err(
+                ErrorCode::Banned,
+                "this account is banned by the server's operator",
+            ));
+        }
         // The owner logs in from here: exempt from the account-wide budget.
         let group = AddrGroup::of(ip, self.settings.ipv6_prefix);
         self.budgets.trust(&user, group);
@@ -266,6 +274,11 @@ impl Chat {
         let Some(caller) = caller else {
             return Step::Done;
         };
+        log::info!(
+            "session {}: {user} logged in from {}",
+            caller.session.id,
+            caller.ip
+        );
         self.enter(caller, &user, fx);
         let unread = self.accounts.get(&user).map_or(0, |a| a.unread);
         let plural = if unread == 1 { "" } else { "s" };
@@ -425,6 +438,13 @@ impl Chat {
         now: Clock,
         fx: &mut Effects,
     ) {
+        // A name that is not an account may be a password typed into the
+        // user field: it never reaches the log.
+        if known {
+            log::info!("failed login for {user} from {ip}");
+        } else {
+            log::info!("failed login for an unknown user from {ip}");
+        }
         let block = self.settings.block_time;
         let key = (user, AddrGroup::of(ip, self.settings.ipv6_prefix));
         let f = self
@@ -528,6 +548,11 @@ impl Chat {
             Some(caller) if caller.user.is_none() => {
                 let group = AddrGroup::of(caller.ip, self.settings.ipv6_prefix);
                 self.budgets.trust(&user, group);
+                log::info!(
+                    "session {}: {user} registered from {}",
+                    caller.session.id,
+                    caller.ip
+                );
                 self.enter(caller, &user, fx);
                 Step::Reply(ok(&format!("registered {user}")))
             }

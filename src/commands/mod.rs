@@ -21,6 +21,7 @@ mod chat;
 mod direct;
 pub mod job;
 mod login;
+mod operator;
 pub mod parse;
 mod read_marks;
 mod reads;
@@ -30,6 +31,7 @@ pub use reads::{HistoryCursor, WhoCursor};
 pub use chat::{Account, Chat, ChatSettings};
 pub use direct::{DirectKind, DirectStatus, DirectTarget};
 pub use job::{Cont, Delivery, Effects, Job, LockKey, Step, StoredMessage, Work, WorkResult};
+pub use operator::UserSummary;
 pub use parse::{parse, parse_line, Command, MemberCommand, ParseError};
 pub use read_marks::ReadState;
 

@@ -74,6 +74,7 @@ impl Server {
         if let Err(e) = stream.set_nodelay(true) {
             log::debug!("cannot set TCP_NODELAY for {addr}: {e}");
         }
+        let kind = if tls.is_some() { "tls" } else { "plain" };
         let transport = match tls {
             None => Transport::Plain,
             Some(cfg) => match rustls::ServerConnection::new(cfg) {
@@ -119,7 +120,7 @@ impl Server {
             in_close: false,
             counted_output: 0,
         });
-        log::debug!("session {id} connected from {addr}");
+        log::info!("session {id}: connection from {addr} ({kind})");
         // The greeting goes out this pass.
         self.mark_ready(token);
     }

@@ -127,6 +127,8 @@ pub enum StoreRequest {
     SetLastSeen { user: String, at: i64 },
     /// Replace a user's password hash (`passwd`, or a re-hash at login).
     SetPasswordHash { user: String, hash: String },
+    /// Ban an account, or lift its ban.
+    SetBanned { user: String, on: bool },
 }
 
 impl StoreRequest {
@@ -200,6 +202,8 @@ pub struct UserRow {
     pub slot: u64,
     /// Its read marks.
     pub marks: Marks,
+    /// Whether the operator banned it.
+    pub banned: bool,
 }
 
 /// What the chat state needs at start-up; message bodies stay on disk.
@@ -319,7 +323,7 @@ impl Store {
         let mut snap = Snapshot::default();
         let mut stmt = self
             .conn
-            .prepare("SELECT name, hash, last_seen, rowid, pushed, inboxed FROM users")?;
+            .prepare("SELECT name, hash, last_seen, rowid, pushed, inboxed, banned FROM users")?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
@@ -331,6 +335,7 @@ impl Store {
                         pushed: r.get(4)?,
                         inboxed: r.get(5)?,
                     },
+                    banned: r.get(6)?,
                 },
             ))
         })?;
@@ -822,6 +827,11 @@ fn apply(conn: &Connection, request: &StoreRequest) -> rusqlite::Result<StoreOut
         StoreRequest::SetLastSeen { user, at } => {
             conn.prepare_cached("UPDATE users SET last_seen = ?2 WHERE name = ?1")?
                 .execute(params![user, at])?;
+            Ok(StoreOutput::Done)
+        }
+        StoreRequest::SetBanned { user, on } => {
+            conn.prepare_cached("UPDATE users SET banned = ?2 WHERE name = ?1")?
+                .execute(params![user, on])?;
             Ok(StoreOutput::Done)
         }
         StoreRequest::SetPasswordHash { user, hash } => {

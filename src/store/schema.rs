@@ -41,6 +41,8 @@ const MIGRATIONS: &[&str] = &[
     // (a row referenced so is kept until its references are gone).
     "ALTER TABLE messages ADD COLUMN body_of INTEGER;
      CREATE INDEX messages_body_refs ON messages (body_of) WHERE body_of IS NOT NULL;",
+    // 4: accounts the operator banned (`natterctl user lock`).
+    "ALTER TABLE users ADD COLUMN banned INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The schema version this build writes.

@@ -1,6 +1,7 @@
 //! natterd tested the way users meet it: the real binary on port 0, spoken
 //! to over TCP. One test binary, one module per concern.
 
+mod admin;
 mod config;
 mod contract;
 mod durability;

@@ -1,0 +1,68 @@
+//! What the operator changes from `natterctl` (see `crate::admin`): bans,
+//! registration, and the account list. Changes take effect at once in
+//! memory; a ban is also written, so it outlasts a restart.
+
+use crate::config::Registration;
+use crate::protocol::ByeReason;
+use crate::store::StoreRequest;
+
+use super::job::Effects;
+use super::Chat;
+
+/// One account as the operator sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserSummary {
+    /// Canonical name.
+    pub name: String,
+    /// Logged in now.
+    pub online: bool,
+    /// When its last session ended (Unix seconds).
+    pub last_seen: Option<i64>,
+    /// Messages in its inbox.
+    pub unread: u32,
+    /// Banned by the operator.
+    pub banned: bool,
+}
+
+impl Chat {
+    /// Bans `user` (`on`) or lifts the ban: from now on their logins are
+    /// refused with `- BANNED`, and their open session ends with
+    /// `* bye banned`. Returns the write that keeps it, or `None` if there
+    /// is no such user.
+    pub fn set_banned(&mut self, user: &str, on: bool, fx: &mut Effects) -> Option<StoreRequest> {
+        let account = self.accounts.get_mut(user)?;
+        account.banned = on;
+        if on {
+            if let Some(session) = self.online.get(user) {
+                fx.closes.push((*session, ByeReason::Banned));
+            }
+        }
+        Some(StoreRequest::SetBanned {
+            user: user.to_string(),
+            on,
+        })
+    }
+
+    /// Opens or closes registration (until the next restart).
+    pub fn set_registration(&mut self, registration: Registration) {
+        self.settings.registration = registration;
+    }
+
+    /// Accounts whose name contains `pattern`, by name.
+    pub fn users(&self, pattern: Option<&str>) -> Vec<UserSummary> {
+        let mut users: Vec<UserSummary> = self
+            .accounts
+            .iter()
+            .filter(|(name, _)| pattern.is_none_or(|p| name.contains(p)))
+            .map(|(name, a)| UserSummary {
+                name: name.clone(),
+                online: self.online.contains_key(name),
+                last_seen: a.last_seen,
+                unread: a.unread,
+                banned: a.banned,
+            })
+            .collect();
+        users.sort_by(|a, b| a.name.cmp(&b.name));
+        users
+    }
+}

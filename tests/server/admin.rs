@@ -1,0 +1,185 @@
+//! natterctl against a running natterd, over its admin socket: every
+//! request changes the running server at once.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Output};
+
+use crate::util::Server;
+
+fn natterctl(server: &Server, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_natterctl"))
+        .arg("--data")
+        .arg(&server.data)
+        .args(args)
+        .output()
+        .expect("run natterctl")
+}
+
+/// Runs natterctl, expects success, returns its stdout.
+fn ok(server: &Server, args: &[&str]) -> String {
+    let out = natterctl(server, args);
+    assert!(
+        out.status.success(),
+        "natterctl {args:?}: {:?}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+#[test]
+fn the_admin_socket_is_private_and_lists_users_sessions_and_stats() {
+    let server = Server::start(&[]);
+    let mut alice = server.user("alice");
+    drop(server.user("bob"));
+    let mode = std::fs::metadata(server.data.join("natterd.sock"))
+        .expect("admin socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let users = ok(&server, &["users"]);
+    let lines: Vec<&str> = users.lines().collect();
+    assert_eq!(lines.len(), 2, "{users}");
+    assert!(lines[0].starts_with("user=alice online=yes "), "{users}");
+    assert!(lines[1].starts_with("user=bob online=no "), "{users}");
+
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&server, &["users", "ali", "--json"])).expect("json");
+    assert_eq!(json[0]["user"], "alice");
+    assert_eq!(json.as_array().map(Vec::len), Some(1));
+
+    let sessions: serde_json::Value =
+        serde_json::from_str(&ok(&server, &["sessions", "--json"])).expect("json");
+    let mine = sessions
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["user"] == "alice"))
+        .expect("alice's session");
+    assert_eq!(mine["address"], "127.0.0.1");
+    assert_eq!(mine["transport"], "plain");
+
+    alice.cmd1("send bob hello");
+    let stats = ok(&server, &["stats"]);
+    assert!(stats.contains("name=users value=2"), "{stats}");
+    assert!(stats.contains("name=online_users value=1"), "{stats}");
+
+    let bad = natterctl(&server, &["user", "lock", "nobody"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no such user nobody"));
+}
+
+#[test]
+fn kick_and_notice_reach_the_sessions_at_once() {
+    let server = Server::start(&[]);
+    let mut alice = server.user("alice");
+    let mut bob = server.user("bob");
+    ok(&server, &["notice", "maintenance", "at", "noon"]);
+    assert_eq!(bob.event(), "* notice maintenance at noon");
+    assert_eq!(alice.event(), "* notice maintenance at noon");
+    ok(&server, &["kick", "alice", "flooding"]);
+    assert_eq!(alice.until_closed(), vec!["* bye kicked"]);
+    assert_eq!(bob.cmd1("ping"), "+ pong");
+    assert!(server.log().contains("kicked by the operator: flooding"));
+    assert_eq!(
+        natterctl(&server, &["kick", "alice"]).status.code(),
+        Some(1)
+    );
+}
+
+#[test]
+fn a_banned_user_is_closed_refused_and_stays_banned_after_a_restart() {
+    let server = Server::start(&[]);
+    let mut alice = server.user("alice");
+    ok(&server, &["user", "lock", "alice"]);
+    assert_eq!(alice.until_closed(), vec!["* bye banned"]);
+    let mut again = server.connect();
+    assert_eq!(
+        again.cmd1("login alice password-alice").split(' ').nth(1),
+        Some("BANNED")
+    );
+    // A wrong password learns nothing about the ban.
+    assert_eq!(
+        again.cmd1("login alice wrong-password").split(' ').nth(1),
+        Some("AUTHFAIL")
+    );
+    let server = server.restart();
+    let mut after = server.connect();
+    assert_eq!(
+        after.cmd1("login alice password-alice").split(' ').nth(1),
+        Some("BANNED")
+    );
+    ok(&server, &["user", "unlock", "alice"]);
+    after.login("alice", "password-alice");
+}
+
+#[test]
+fn registration_can_be_closed_and_opened_while_running() {
+    let server = Server::start(&[]);
+    ok(&server, &["registration", "closed"]);
+    let mut c = server.connect();
+    assert_eq!(
+        c.cmd1("register carol password-carol").split(' ').nth(1),
+        Some("CLOSED")
+    );
+    ok(&server, &["registration", "open"]);
+    assert_eq!(
+        c.cmd1("register carol password-carol"),
+        "+ registered carol"
+    );
+}
+
+#[test]
+fn natterctl_says_so_when_natterd_is_not_there() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_natterctl"))
+        .arg("--data")
+        .arg(dir.path())
+        .arg("stats")
+        .output()
+        .expect("run natterctl");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach natterd"));
+}
+
+#[test]
+fn the_log_says_who_did_what_from_where() {
+    let server = Server::start(&[]);
+    let mut alice = server.user("alice");
+    assert_eq!(alice.cmd1("quit"), "+ bye");
+    alice.until_closed();
+    let mut c = server.connect();
+    c.login("alice", "password-alice");
+    let mut guess = server.connect();
+    guess.cmd1("login hunter2-typed-as-a-name password");
+    guess.cmd1("login alice wrong-password");
+    ok(&server, &["kick", "alice"]);
+    c.until_closed();
+    let log = server.log();
+    for expected in [
+        "connection from 127.0.0.1:",
+        "alice registered from 127.0.0.1",
+        "(alice from 127.0.0.1): closed after 0 s: quit",
+        "alice logged in from 127.0.0.1",
+        "failed login for an unknown user from 127.0.0.1",
+        "failed login for alice from 127.0.0.1",
+        "(alice from 127.0.0.1) kicked by the operator",
+        "(alice from 127.0.0.1): closed after",
+    ] {
+        assert!(log.contains(expected), "no {expected:?} in the log:\n{log}");
+    }
+    assert!(!log.contains("hunter2"), "an unknown name reached the log");
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let server = Server::start(&["--log-format", "json"]);
+    drop(server.user("alice"));
+    let log = server.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.is_empty()).collect();
+    assert!(lines.len() >= 3, "{log}");
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(line).expect("a JSON object per line");
+        assert!(v["level"].is_string() && v["msg"].is_string(), "{line}");
+    }
+    assert!(log.contains("alice registered from 127.0.0.1"));
+}
