@@ -1,16 +1,22 @@
 //! The server's settings: every limit and timer from the contract's flags,
-//! with its default and the reason for it. `main` parses them with clap;
-//! tests and benches build them with `Config::default()` and struct update.
+//! with its default and the reason for it, and the optional TOML file
+//! (`--config`) that holds the same keys. `main` parses the command line
+//! into [`Flags`] and builds the settings with [`Config::load`] (defaults,
+//! then the file, then the flags given); tests and benches build them with
+//! `Config::default()` and struct update. Nothing here touches a socket.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::logging::LogFormat;
-use clap::{Parser, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
+use serde::{Deserialize, Deserializer};
 
 /// Whether `register` is accepted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Registration {
     Open,
     Closed,
@@ -18,7 +24,8 @@ pub enum Registration {
 
 /// Password-hashing cost for new hashes. The parameters travel inside each
 /// PHC hash string, so a hash made at one cost verifies under the other.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum HashCost {
     /// Minimal Argon2id parameters: for tests and benchmarks only.
     Low,
@@ -34,8 +41,17 @@ pub const ADMIN_SOCKET_FILE: &str = "natterd.sock";
 #[derive(Clone, Debug, Parser)]
 #[command(name = "natterd", version, about, long_about = None)]
 pub struct Config {
+    /// TCP port to listen on (the same as --port).
+    #[arg(value_name = "PORT", conflicts_with = "port")]
+    pub port_arg: Option<u16>,
+
+    /// Read settings from this TOML file: its keys are the long flags'
+    /// names without `--`; flags given here override it.
+    #[arg(long = "config", value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+
     /// TCP port to listen on; 0 picks a free port.
-    #[arg(default_value_t = 4000)]
+    #[arg(long, default_value_t = 4000)]
     pub port: u16,
 
     /// Address to bind.
@@ -270,6 +286,17 @@ impl Config {
         if self.burst == 0 {
             return Err("--burst must be at least 1".into());
         }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("--tls-cert and --tls-key go together".into());
+        }
+        if self.tls_cert.is_some() && self.tls_self_signed.is_some() {
+            return Err("--tls-self-signed cannot be used with --tls-cert/--tls-key".into());
+        }
+        if let Some(names) = &self.tls_self_signed {
+            if names.is_empty() || names.iter().any(|n| n.trim().is_empty()) {
+                return Err("--tls-self-signed needs host names, none of them empty".into());
+            }
+        }
         if self.no_plaintext && !self.tls_enabled() {
             return Err(
                 "--no-plaintext needs TLS: --tls-cert/--tls-key or --tls-self-signed".into(),
@@ -297,5 +324,371 @@ impl Config {
             return Err("--max-login-failures must be at least 1".into());
         }
         Ok(())
+    }
+}
+
+/// The command line as given. Kept after start-up so that the settings can
+/// be built again, from the config file as it is then, with the same flags
+/// on top ([`Config::load`]): what a reload needs.
+#[derive(Clone, Debug)]
+pub struct Flags {
+    matches: ArgMatches,
+}
+
+impl Flags {
+    /// Parses the process's arguments; on a bad flag clap prints its usage
+    /// message and exits with status 2, as for any command-line tool.
+    pub fn parse() -> Flags {
+        Flags {
+            matches: Config::command().get_matches(),
+        }
+    }
+
+    /// Parses `args` (the program name first).
+    pub fn try_parse_from<I, T>(args: I) -> Result<Flags, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Ok(Flags {
+            matches: Config::command().try_get_matches_from(args)?,
+        })
+    }
+
+    /// The `--config` file, if one was given.
+    pub fn config_file(&self) -> Option<&Path> {
+        self.matches
+            .get_one::<PathBuf>("config_file")
+            .map(PathBuf::as_path)
+    }
+
+    /// Whether the setting with this clap id was given on the command line
+    /// (rather than taking its default).
+    fn given(&self, id: &str) -> bool {
+        matches!(
+            self.matches.value_source(id),
+            Some(ValueSource::CommandLine)
+        )
+    }
+}
+
+impl Config {
+    /// The settings in effect: the defaults, then the keys of the `--config`
+    /// file (read now), then every flag given on the command line. Reading
+    /// the file again later, with the same `flags`, is a reload. Does not
+    /// [`validate`](Config::validate).
+    pub fn load(flags: &Flags) -> Result<Config, String> {
+        let mut config = Config::from_arg_matches(&flags.matches).map_err(|e| e.to_string())?;
+        if let Some(port) = config.port_arg.take() {
+            config.port = port;
+        }
+        if let Some(path) = flags.config_file() {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+            let file = FileConfig::parse(&text)
+                .map_err(|e| format!("config file {}: {e}", path.display()))?;
+            file.apply(&mut config, |id| flags.given(id));
+        }
+        Ok(config)
+    }
+}
+
+/// The `--config` file: every key optional, each one a long flag's name
+/// without `--`, with the flag's type. An unknown key is an error, so a typo
+/// never silently leaves a default in place. The test-only flags have no key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    port: Option<u16>,
+    bind: Option<IpAddr>,
+    data: Option<PathBuf>,
+    users: Option<PathBuf>,
+    max_clients: Option<usize>,
+    max_per_ip: Option<usize>,
+    ipv6_prefix: Option<u8>,
+    max_unauthenticated: Option<usize>,
+    max_line: Option<usize>,
+    max_outbuf: Option<usize>,
+    idle_timeout: Option<u64>,
+    login_timeout: Option<u64>,
+    rate: Option<f64>,
+    burst: Option<u32>,
+    max_output_total: Option<usize>,
+    max_inbox: Option<u32>,
+    max_login_failures: Option<u32>,
+    account_guesses_per_hour: Option<u32>,
+    block_time: Option<u64>,
+    registration: Option<Registration>,
+    hash_cost: Option<HashCost>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_self_signed: Option<Names>,
+    tls_port: Option<u16>,
+    no_plaintext: Option<bool>,
+    history_retention_days: Option<u32>,
+    #[serde(default, deserialize_with = "log_format")]
+    log_format: Option<LogFormat>,
+    admin_socket: Option<PathBuf>,
+    no_admin_socket: Option<bool>,
+}
+
+/// `log-format`, by the flag's value names (`text`, `json`).
+fn log_format<'de, D: Deserializer<'de>>(d: D) -> Result<Option<LogFormat>, D::Error> {
+    let name = String::deserialize(d)?;
+    LogFormat::from_str(&name, false).map(Some).map_err(|_| {
+        serde::de::Error::custom(format!("log-format must be text or json, not {name:?}"))
+    })
+}
+
+/// `tls-self-signed`: a list of names, or one string of comma-separated
+/// names as the flag takes them.
+#[derive(Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a list of host names, or one string of comma-separated names"
+)]
+enum Names {
+    List(Vec<String>),
+    Commas(String),
+}
+
+impl Names {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Names::List(names) => names,
+            Names::Commas(names) => names.split(',').map(str::to_string).collect(),
+        }
+    }
+}
+
+impl FileConfig {
+    /// Parses the file's text; an error names the line (and, for an unknown
+    /// key, the key).
+    fn parse(text: &str) -> Result<FileConfig, String> {
+        toml::from_str(text).map_err(|e| describe_toml_error(text, &e))
+    }
+
+    /// Copies every key the file sets into `config`, except those whose flag
+    /// was `given` on the command line: flags override the file.
+    fn apply(self, config: &mut Config, given: impl Fn(&str) -> bool) {
+        macro_rules! take {
+            ($($field:ident),* $(,)?) => {$(
+                if let Some(value) = self.$field {
+                    if !given(stringify!($field)) {
+                        config.$field = value;
+                    }
+                }
+            )*};
+        }
+        take!(
+            bind,
+            data,
+            max_clients,
+            max_per_ip,
+            ipv6_prefix,
+            max_unauthenticated,
+            max_line,
+            max_outbuf,
+            idle_timeout,
+            login_timeout,
+            rate,
+            burst,
+            max_output_total,
+            max_inbox,
+            max_login_failures,
+            account_guesses_per_hour,
+            block_time,
+            registration,
+            hash_cost,
+            tls_port,
+            no_plaintext,
+            history_retention_days,
+            log_format,
+            no_admin_socket,
+        );
+        if let Some(port) = self.port {
+            if !given("port") && !given("port_arg") {
+                config.port = port;
+            }
+        }
+        if self.users.is_some() && !given("users") {
+            config.users = self.users;
+        }
+        if self.admin_socket.is_some() && !given("admin_socket") {
+            config.admin_socket = self.admin_socket;
+        }
+        // The certificate's source is one setting: a source given on the
+        // command line replaces the file's, whichever kind each is.
+        let flag_source = given("tls_cert") || given("tls_key") || given("tls_self_signed");
+        let file_source =
+            self.tls_cert.is_some() || self.tls_key.is_some() || self.tls_self_signed.is_some();
+        if file_source && !flag_source {
+            config.tls_cert = self.tls_cert;
+            config.tls_key = self.tls_key;
+            config.tls_self_signed = self.tls_self_signed.map(Names::into_vec);
+        }
+    }
+}
+
+/// `line N: <what is wrong>`, from toml's error and the file's text. For an
+/// unknown key, the key is named with the flag it was probably meant to be.
+fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim_end();
+    let Some(span) = error.span() else {
+        return message.to_string();
+    };
+    let start = span.start.min(text.len());
+    let line = text[..start].matches('\n').count() + 1;
+    if message.starts_with("unknown field") {
+        let key = text
+            .get(span.clone())
+            .unwrap_or("")
+            .trim()
+            .trim_matches(|c| c == '"' || c == '\'');
+        let hint = Config::command()
+            .get_arguments()
+            .filter_map(|arg| arg.get_long())
+            .find(|long| *long != "config" && *long == key.replace('_', "-"))
+            .map(|long| format!(" (did you mean `{long}`?)"))
+            .unwrap_or_default();
+        return format!(
+            "line {line}: unknown key `{key}`{hint}; the keys are natterd's long flags \
+             without `--` (natterd --help)"
+        );
+    }
+    let source = text.lines().nth(line - 1).unwrap_or("").trim();
+    format!("line {line} (`{source}`): {message}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(args: &[&str], file: &str) -> Result<Config, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let path = dir.path().join("natterd.toml");
+        std::fs::write(&path, file).map_err(|e| e.to_string())?;
+        let mut argv = vec!["natterd".to_string(), "--config".into()];
+        argv.push(path.display().to_string());
+        argv.extend(args.iter().map(|a| a.to_string()));
+        let flags = Flags::try_parse_from(argv).map_err(|e| e.to_string())?;
+        Config::load(&flags)
+    }
+
+    #[test]
+    fn the_file_sets_what_no_flag_gives_and_flags_win() {
+        let file = "port = 5000\nmax-clients = 7\nregistration = \"closed\"\n\
+                    rate = 3\ntls-self-signed = \"a.test,b.test\"\n";
+        let config = load(&["--max-clients", "9"], file).unwrap();
+        assert_eq!(config.port, 5000);
+        assert_eq!(config.max_clients, 9);
+        assert_eq!(config.registration, Registration::Closed);
+        assert_eq!(config.rate, 3.0);
+        assert_eq!(config.max_line, Config::default().max_line);
+        assert_eq!(
+            config.tls_self_signed,
+            Some(vec!["a.test".to_string(), "b.test".to_string()])
+        );
+        // Both spellings of the port override the file's.
+        assert_eq!(load(&["6000"], file).unwrap().port, 6000);
+        assert_eq!(load(&["--port", "6001"], file).unwrap().port, 6001);
+        // A certificate given on the command line replaces the file's source.
+        let config = load(&["--tls-cert", "c.pem", "--tls-key", "k.pem"], file).unwrap();
+        assert_eq!(config.tls_self_signed, None);
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_with_its_line() {
+        let err = load(&[], "port = 5000\n\nmax_clients = 7\n").unwrap_err();
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("unknown key `max_clients`"), "{err}");
+        assert!(err.contains("did you mean `max-clients`"), "{err}");
+        let err = load(&[], "[limits]\nmax-clients = 7\n").unwrap_err();
+        assert!(err.contains("line 1") && err.contains("`limits`"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_value_names_its_line() {
+        let err = load(&[], "\nmax-clients = \"lots\"\n").unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
+        let err = load(&[], "registration = \"maybe\"\n").unwrap_err();
+        assert!(err.contains("line 1"), "{err}");
+        let err = load(&[], "\n\nlog-format = \"xml\"\n").unwrap_err();
+        assert!(
+            err.contains("line 3") && err.contains("text or json"),
+            "{err}"
+        );
+        let config = load(&[], "log-format = \"json\"\nno-admin-socket = true\n").unwrap();
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert!(config.no_admin_socket);
+    }
+
+    /// Every flag but the file itself and the hidden test-only ones is a
+    /// key of the file: a new flag without a key fails here.
+    #[test]
+    fn every_flag_is_a_key_of_the_file() {
+        let err = FileConfig::parse("no-such-key = 1").unwrap_err();
+        assert!(err.contains("no-such-key"), "{err}");
+        let message = toml::from_str::<FileConfig>("no-such-key = 1")
+            .unwrap_err()
+            .message()
+            .to_string();
+        for arg in Config::command().get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "config" || arg.is_hide_set() {
+                continue;
+            }
+            assert!(message.contains(&format!("`{long}`")), "{long}: {message}");
+        }
+    }
+
+    /// deploy/natterd.toml is valid as shipped and with every commented-out
+    /// key put back, and it shows every key.
+    #[test]
+    fn the_shipped_example_file_is_valid_and_complete() {
+        let text = include_str!("../deploy/natterd.toml");
+        FileConfig::parse(text).unwrap();
+        let is_key_line = |line: &str| {
+            line.split_once(" = ").is_some_and(|(key, _)| {
+                !key.is_empty()
+                    && key
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            })
+        };
+        let all: Vec<&str> = text
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if is_key_line(rest) => rest,
+                _ => l,
+            })
+            .collect();
+        let all = all.join("\n");
+        FileConfig::parse(&all).unwrap();
+        for arg in Config::command().get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "config" || arg.is_hide_set() {
+                continue;
+            }
+            assert!(
+                all.lines().any(|l| l.starts_with(&format!("{long} = "))),
+                "{long} is not in deploy/natterd.toml"
+            );
+        }
+    }
+
+    #[test]
+    fn the_port_can_be_given_both_ways_but_not_twice() {
+        let port = |args: &[&str]| {
+            Flags::try_parse_from(args)
+                .map_err(|e| e.to_string())
+                .and_then(|f| Config::load(&f))
+                .map(|c| c.port)
+        };
+        assert_eq!(port(&["natterd"]), Ok(4000));
+        assert_eq!(port(&["natterd", "5000"]), Ok(5000));
+        assert_eq!(port(&["natterd", "--port", "5001"]), Ok(5001));
+        assert!(port(&["natterd", "--port", "5001", "5002"]).is_err());
     }
 }

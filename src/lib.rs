@@ -20,7 +20,7 @@ pub mod reactor;
 pub mod session;
 #[doc(hidden)]
 pub mod sim;
-mod startup;
+pub mod startup;
 pub mod stats;
 pub mod store;
 mod storequeue;

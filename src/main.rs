@@ -1,14 +1,21 @@
-//! natterd: parses flags, binds the listeners, and runs the server loop.
-//! Nothing else lives here.
+//! natterd: parses flags (and the `--config` file), binds the listeners,
+//! and runs the server loop. Nothing else lives here.
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::ExitCode;
 
-use clap::Parser;
-use natter::{tls, Config, Listeners, Server};
+use natter::config::Flags;
+use natter::{startup, tls, Config, Listeners, Server};
 
 fn main() -> ExitCode {
-    let config = Config::parse();
+    let flags = Flags::parse();
+    let config = match Config::load(&flags) {
+        Ok(config) => config,
+        Err(problem) => {
+            eprintln!("natterd: {problem}");
+            return ExitCode::FAILURE;
+        }
+    };
     natter::logging::init(config.log_format);
     match start(config) {
         Ok(()) => ExitCode::SUCCESS,
@@ -20,11 +27,12 @@ fn main() -> ExitCode {
 }
 
 fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
-    TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))
+    startup::listen(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))
 }
 
 fn start(config: Config) -> Result<(), String> {
     config.validate()?;
+    startup::check_data_dir(&config.data)?;
     let plain = match config.no_plaintext {
         true => None,
         false => Some(bind(SocketAddr::new(config.bind, config.port))?),
@@ -43,16 +51,20 @@ fn start(config: Config) -> Result<(), String> {
     } else {
         None
     };
+    let settings = config.clone();
     let mut server =
         Server::with_listeners(Listeners { plain, tls }, config).map_err(|e| e.to_string())?;
     server
         .handle_signals()
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let plain_addr = server.local_addr().ok();
+    let tls_addr = fingerprint.as_ref().and_then(|_| server.tls_addr().ok());
+    log::info!("{}", startup::banner(&settings, plain_addr, tls_addr));
     // Scripts and tests wait for these lines; the plaintext one comes first.
-    if let Ok(addr) = server.local_addr() {
+    if let Some(addr) = plain_addr {
         println!("listening on {addr}");
     }
-    if let (Ok(addr), Some(fingerprint)) = (server.tls_addr(), fingerprint) {
+    if let (Some(addr), Some(fingerprint)) = (tls_addr, fingerprint) {
         println!("listening on {addr} tls sha256 {fingerprint}");
     }
     server.run().map_err(|e| format!("event loop failed: {e}"))

@@ -2,6 +2,7 @@
 //! to over TCP. One test binary, one module per concern.
 
 mod admin;
+mod config;
 mod contract;
 mod durability;
 mod hostile;
