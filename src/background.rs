@@ -352,6 +352,11 @@ impl Background {
         !self.ready.is_empty() || self.more
     }
 
+    /// Password checks waiting for a hashing thread.
+    pub fn hash_queue_len(&self) -> usize {
+        self.hash_queue.len()
+    }
+
     /// Jobs handed out and not yet taken back.
     pub fn in_flight(&self) -> usize {
         self.in_flight

@@ -188,6 +188,12 @@ pub struct Config {
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (off unless set;
+    /// bind it to a private address: the figures are not secret, but they
+    /// are not for everyone).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
+
     /// natterctl's Unix socket (mode 0600); default `<data>/natterd.sock`.
     #[arg(long, value_name = "PATH")]
     pub admin_socket: Option<PathBuf>,
@@ -430,6 +436,7 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     admin_socket: Option<PathBuf>,
     no_admin_socket: Option<bool>,
+    metrics: Option<std::net::SocketAddr>,
 }
 
 /// `log-format`, by the flag's value names (`text`, `json`).
@@ -516,6 +523,9 @@ impl FileConfig {
         }
         if self.admin_socket.is_some() && !given("admin_socket") {
             config.admin_socket = self.admin_socket;
+        }
+        if self.metrics.is_some() && !given("metrics") {
+            config.metrics = self.metrics;
         }
         // The certificate's source is one setting: a source given on the
         // command line replaces the file's, whichever kind each is.

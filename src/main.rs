@@ -67,5 +67,8 @@ fn start(config: Config) -> Result<(), String> {
     if let (Some(addr), Some(fingerprint)) = (tls_addr, fingerprint) {
         println!("listening on {addr} tls sha256 {fingerprint}");
     }
+    if let Some(addr) = server.metrics_addr() {
+        println!("metrics on http://{addr}/metrics");
+    }
     server.run().map_err(|e| format!("event loop failed: {e}"))
 }

@@ -49,6 +49,7 @@ const TLS_LISTENER: Token = Token(usize::MAX - 4);
 const WAKER: Token = Token(usize::MAX - 2);
 const SIGNALS: Token = Token(usize::MAX - 3);
 const ADMIN_LISTENER: Token = Token(usize::MAX - 5);
+const METRICS_LISTENER: Token = Token(usize::MAX - 6);
 /// Admin connections' tokens start here: far above any session's slab
 /// index, far below the listeners'.
 const ADMIN_BASE: usize = usize::MAX / 2;
@@ -168,8 +169,10 @@ pub struct Server {
     /// Which messages have left natterd, recorded right after each write
     /// (see `store::marks`).
     marks: Option<ReadMarks>,
-    /// natterctl's socket, unless turned off.
-    admin: Option<admin::AdminSocket>,
+    /// natterctl's socket and the `/metrics` listener, each if on.
+    admin: admin::AdminSocket,
+    /// Histograms for `/metrics`, shared with the store thread.
+    timings: crate::metrics::Timings,
     waker: Arc<Waker>,
     shutdown_flag: Arc<AtomicBool>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
@@ -229,21 +232,23 @@ impl Server {
 
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let admin = match config.admin_socket_path() {
+        let mut admin = admin::AdminSocket::default();
+        match config.admin_socket_path() {
             // Asked for by name: failing to serve it fails the start.
-            Some(path) if config.admin_socket.is_some() => {
-                Some(admin::AdminSocket::bind(&path, &poll)?)
-            }
+            Some(path) if config.admin_socket.is_some() => admin.bind(&path, &poll)?,
             // The default: natterd runs without it rather than not at all.
-            Some(path) => match admin::AdminSocket::bind(&path, &poll) {
-                Ok(admin) => Some(admin),
-                Err(e) => {
+            Some(path) => {
+                if let Err(e) = admin.bind(&path, &poll) {
                     log::error!("{e}; natterctl cannot reach this server");
-                    None
                 }
-            },
-            None => None,
-        };
+            }
+            None => {}
+        }
+        if let Some(addr) = config.metrics {
+            admin.bind_metrics(addr, &poll)?;
+        }
+        let timings = crate::metrics::Timings::default();
+        store.set_timings(timings.clone());
         let background = Background::spawn(store, &waker)?;
 
         let listener = match listeners.plain {
@@ -274,6 +279,7 @@ impl Server {
             background,
             marks,
             admin,
+            timings,
             waker,
             shutdown_flag: Arc::new(AtomicBool::new(false)),
             signals: None,
@@ -296,6 +302,11 @@ impl Server {
             Some(l) => l.local_addr(),
             None => Err(other_error("no plaintext listener")),
         }
+    }
+
+    /// Where `/metrics` is served, if it is (`--metrics`).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.admin.metrics_addr()
     }
 
     /// The address the TLS listener is bound to.
@@ -349,7 +360,8 @@ impl Server {
                     TLS_LISTENER => self.accept_ready(true),
                     WAKER => self.drain_completions(),
                     SIGNALS => self.on_signals(),
-                    ADMIN_LISTENER => self.admin_accept(),
+                    ADMIN_LISTENER => self.admin_accept(false),
+                    METRICS_LISTENER => self.admin_accept(true),
                     Token(token) if (ADMIN_BASE..LISTENER_TOKENS).contains(&token) => {
                         self.admin_ready(token - ADMIN_BASE)
                     }
@@ -384,6 +396,9 @@ impl Server {
             if let Some(job) = self.chat.take_advance() {
                 self.dispatch(job, None);
             }
+            self.timings
+                .loop_pass
+                .observe(self.clock.mono.elapsed().as_secs_f64());
             if let Some(deadline) = self.shutting_down {
                 let now = self.clock.mono;
                 let idle = self.conns.is_empty() && self.background.in_flight() == 0;
@@ -857,7 +872,7 @@ impl Server {
                 log::error!("marks: cannot write them to disk: {e}");
             }
         }
-        log::info!("stopped; {:?}", self.stats);
+        log::info!("stopped; {}", self.stats.summary());
     }
 }
 

@@ -35,6 +35,29 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// The counters as one readable line (for the log at shutdown).
+    pub fn summary(&self) -> String {
+        let closed: Vec<String> = self
+            .closed_by
+            .iter()
+            .map(|(reason, n)| format!("{reason} {n}"))
+            .collect();
+        format!(
+            "connections accepted {}, refused busy {}, refused per address {}, \
+             strangers displaced {}, accept errors {}; sessions closed: {}",
+            self.accepted,
+            self.refused_busy,
+            self.refused_per_ip,
+            self.displaced_unauthenticated,
+            self.accept_errors,
+            if closed.is_empty() {
+                "none".to_string()
+            } else {
+                closed.join(", ")
+            }
+        )
+    }
+
     /// Counts a session's end and logs it: a reader dropped as slow at
     /// warn, every other end at info, with user, address and duration.
     pub fn departure(&mut self, who: &Departing<'_>, ending: Ending, max_outbuf: usize) {

@@ -1,13 +1,16 @@
-//! The admin socket (`natterctl`'s way in), served by the same loop: a Unix
-//! listener in the data directory (mode 0600), one request per connection,
-//! answered at once from the loop's state (see `crate::admin` for the
-//! protocol). Part of the reactor; split out by topic only.
+//! The operator's ways in, served by the same loop: the admin socket
+//! (`natterctl`'s; a Unix listener in the data directory, mode 0600) and,
+//! with `--metrics`, an HTTP listener answering `GET /metrics`. One request
+//! per connection, answered at once from the loop's state (see
+//! `crate::admin` for the admin protocol, `crate::metrics` for the
+//! figures). Part of the reactor; split out by topic only.
 
 use std::io::{self, Read, Write};
+use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use mio::net::{UnixListener, UnixStream};
+use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use mio::{Interest, Token};
 use slab::Slab;
 
@@ -15,20 +18,57 @@ use crate::admin::{self, AdminCommand, Answer};
 use crate::commands::Effects;
 use crate::protocol::{self, ByeReason, ErrorCode};
 
-use super::{Server, ADMIN_BASE, ADMIN_LISTENER};
+use super::{Server, ADMIN_BASE, ADMIN_LISTENER, METRICS_LISTENER};
 
 /// Admin connections at once; more wait in the listener's backlog.
 const MAX_ADMIN_CONNS: usize = 16;
 
-/// The admin listener and its connections.
+/// The admin socket, the metrics listener, and their connections.
+#[derive(Default)]
 pub(super) struct AdminSocket {
-    listener: UnixListener,
-    path: PathBuf,
+    unix: Option<(UnixListener, PathBuf)>,
+    http: Option<TcpListener>,
     conns: Slab<AdminConn>,
 }
 
+/// An admin connection, or an HTTP one for `/metrics`.
+enum AdminStream {
+    Unix(UnixStream),
+    Http(TcpStream),
+}
+
+impl AdminStream {
+    fn source(&mut self) -> &mut dyn mio::event::Source {
+        match self {
+            AdminStream::Unix(s) => s,
+            AdminStream::Http(s) => s,
+        }
+    }
+}
+
+impl Read for AdminStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            AdminStream::Unix(s) => s.read(buf),
+            AdminStream::Http(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for AdminStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            AdminStream::Unix(s) => s.write(buf),
+            AdminStream::Http(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 struct AdminConn {
-    stream: UnixStream,
+    stream: AdminStream,
     input: Vec<u8>,
     output: Vec<u8>,
     sent: usize,
@@ -40,7 +80,7 @@ impl AdminSocket {
     /// Binds `path` (replacing a socket left by a server that died: the
     /// data directory's lock says no other natterd is using it) and makes
     /// it readable and writable by natterd's user only.
-    pub(super) fn bind(path: &Path, poll: &mio::Poll) -> io::Result<AdminSocket> {
+    pub(super) fn bind(&mut self, path: &Path, poll: &mio::Poll) -> io::Result<()> {
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if meta.file_type().is_socket() {
                 std::fs::remove_file(path)?;
@@ -57,35 +97,93 @@ impl AdminSocket {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         poll.registry()
             .register(&mut listener, ADMIN_LISTENER, Interest::READABLE)?;
-        Ok(AdminSocket {
-            listener,
-            path: path.to_path_buf(),
-            conns: Slab::new(),
-        })
+        self.unix = Some((listener, path.to_path_buf()));
+        Ok(())
+    }
+
+    /// Listens for `GET /metrics` on `addr`.
+    pub(super) fn bind_metrics(&mut self, addr: SocketAddr, poll: &mio::Poll) -> io::Result<()> {
+        let mut listener = TcpListener::bind(addr)
+            .map_err(|e| io::Error::other(format!("cannot listen for /metrics on {addr}: {e}")))?;
+        poll.registry()
+            .register(&mut listener, METRICS_LISTENER, Interest::READABLE)?;
+        self.http = Some(listener);
+        Ok(())
+    }
+
+    /// Where `/metrics` is served, if it is.
+    pub(super) fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
     }
 }
 
 impl Drop for AdminSocket {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if let Some((_, path)) = &self.unix {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
+/// What an HTTP request on the metrics listener asks for.
+enum HttpRequest {
+    /// Not all of its head yet.
+    Partial,
+    /// `GET /metrics`.
+    Metrics,
+    /// Anything else.
+    Other,
+}
+
+fn http_request(bytes: &[u8]) -> HttpRequest {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(bytes) {
+        Ok(httparse::Status::Partial) => HttpRequest::Partial,
+        Ok(httparse::Status::Complete(_))
+            if request.method == Some("GET")
+                && request
+                    .path
+                    .is_some_and(|p| p == "/metrics" || p.starts_with("/metrics?")) =>
+        {
+            HttpRequest::Metrics
+        }
+        _ => HttpRequest::Other,
+    }
+}
+
+fn http_response(status: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
 impl Server {
-    /// Accepts admin connections while there is room.
-    pub(super) fn admin_accept(&mut self) {
-        let Some(admin) = self.admin.as_mut() else {
-            return;
-        };
+    /// Accepts admin (or, `http`, metrics) connections while there is room.
+    pub(super) fn admin_accept(&mut self, http: bool) {
+        let admin = &mut self.admin;
         while admin.conns.len() < MAX_ADMIN_CONNS {
-            match admin.listener.accept() {
-                Ok((mut stream, _)) => {
+            let accepted = match (http, &admin.unix, &admin.http) {
+                (false, Some((l, _)), _) => l.accept().map(|(s, _)| AdminStream::Unix(s)),
+                (true, _, Some(l)) => l.accept().map(|(s, _)| AdminStream::Http(s)),
+                _ => return,
+            };
+            match accepted {
+                Ok(mut stream) => {
                     let entry = admin.conns.vacant_entry();
                     let token = Token(ADMIN_BASE + entry.key());
                     if self
                         .poll
                         .registry()
-                        .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+                        .register(
+                            stream.source(),
+                            token,
+                            Interest::READABLE | Interest::WRITABLE,
+                        )
                         .is_err()
                     {
                         continue;
@@ -110,9 +208,10 @@ impl Server {
 
     /// An admin connection is ready: read its request, answer it, write.
     pub(super) fn admin_ready(&mut self, key: usize) {
-        let Some(conn) = self.admin.as_mut().and_then(|a| a.conns.get_mut(key)) else {
+        let Some(conn) = self.admin.conns.get_mut(key) else {
             return;
         };
+        let http = matches!(conn.stream, AdminStream::Http(_));
         let mut closed = false;
         if !conn.answered {
             let mut chunk = [0u8; 4096];
@@ -134,19 +233,33 @@ impl Server {
                     break;
                 }
             }
-            let request = match conn.input.iter().position(|b| *b == b'\n') {
-                Some(end) => Some(Ok(String::from_utf8_lossy(&conn.input[..end]).into_owned())),
-                None if conn.input.len() > admin::MAX_REQUEST => {
-                    Some(Err("request too long".to_string()))
+            let answer = if http {
+                match http_request(&conn.input) {
+                    HttpRequest::Partial if conn.input.len() <= admin::MAX_REQUEST => None,
+                    HttpRequest::Metrics => Some(self.metrics_response()),
+                    HttpRequest::Partial | HttpRequest::Other => Some(http_response(
+                        "404 Not Found",
+                        "text/plain",
+                        b"natterd serves GET /metrics here\n",
+                    )),
                 }
-                None => None,
-            };
-            if let Some(request) = request {
-                let answer = match request.and_then(|line| admin::parse(&line)) {
-                    Ok(command) => self.admin_answer(command),
-                    Err(e) => admin::refuse(ErrorCode::BadArg, &e),
+            } else {
+                let request = match conn.input.iter().position(|b| *b == b'\n') {
+                    Some(end) => Some(Ok(String::from_utf8_lossy(&conn.input[..end]).into_owned())),
+                    None if conn.input.len() > admin::MAX_REQUEST => {
+                        Some(Err("request too long".to_string()))
+                    }
+                    None => None,
                 };
-                if let Some(conn) = self.admin.as_mut().and_then(|a| a.conns.get_mut(key)) {
+                request.map(
+                    |request| match request.and_then(|line| admin::parse(&line)) {
+                        Ok(command) => self.admin_answer(command),
+                        Err(e) => admin::refuse(ErrorCode::BadArg, &e),
+                    },
+                )
+            };
+            if let Some(answer) = answer {
+                if let Some(conn) = self.admin.conns.get_mut(key) {
                     conn.output = answer;
                     conn.answered = true;
                 }
@@ -155,7 +268,7 @@ impl Server {
                 return;
             }
         }
-        let Some(conn) = self.admin.as_mut().and_then(|a| a.conns.get_mut(key)) else {
+        let Some(conn) = self.admin.conns.get_mut(key) else {
             return;
         };
         while conn.answered && conn.sent < conn.output.len() {
@@ -173,10 +286,62 @@ impl Server {
     }
 
     fn admin_close(&mut self, key: usize) {
-        if let Some(admin) = self.admin.as_mut() {
-            if let Some(mut conn) = admin.conns.try_remove(key) {
-                let _ = self.poll.registry().deregister(&mut conn.stream);
-            }
+        if let Some(mut conn) = self.admin.conns.try_remove(key) {
+            let _ = self.poll.registry().deregister(conn.stream.source());
+        }
+    }
+
+    /// The `/metrics` answer: every figure as of now.
+    fn metrics_response(&mut self) -> Vec<u8> {
+        let snapshot = self.metrics_snapshot();
+        match crate::metrics::render(&snapshot, &self.timings) {
+            Ok(text) => http_response(
+                "200 OK",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                text.as_bytes(),
+            ),
+            Err(_) => http_response(
+                "500 Internal Server Error",
+                "text/plain",
+                b"encoding failed\n",
+            ),
+        }
+    }
+
+    fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
+        let logged_in = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.session.caller().user.is_some())
+            .count() as u64;
+        let c = &self.chat.counters;
+        crate::metrics::Snapshot {
+            connections: vec![
+                ("logged_in", logged_in),
+                ("not_logged_in", self.conns.len() as u64 - logged_in),
+            ],
+            logins: vec![
+                ("ok", c.logins_ok),
+                ("failed", c.logins_failed),
+                ("locked", c.logins_locked),
+                ("busy", c.logins_busy),
+                ("banned", c.logins_banned),
+            ],
+            messages: vec![
+                ("delivered", c.delivered),
+                ("stored", c.stored),
+                ("broadcast", c.broadcast_deliveries),
+            ],
+            closed: self
+                .stats
+                .closed_by
+                .iter()
+                .map(|(reason, n)| (*reason, *n))
+                .collect(),
+            output_bytes: self.output_total as u64,
+            store_waiting_bytes: self.background.store_bytes() as u64,
+            hash_queue: self.background.hash_queue_len() as u64,
+            users: self.chat.user_count() as u64,
         }
     }
 

@@ -183,3 +183,73 @@ fn json_logs_are_one_object_per_line() {
     }
     assert!(log.contains("alice registered from 127.0.0.1"));
 }
+
+/// `GET /metrics` over plain HTTP, the body as text.
+fn scrape(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to /metrics");
+    s.set_read_timeout(Some(crate::util::TIMEOUT))
+        .expect("timeout");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: natterd\r\n\r\n")
+        .expect("request");
+    let mut response = String::new();
+    s.read_to_string(&mut response).expect("response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(head.contains("openmetrics-text"), "{head}");
+    body.to_string()
+}
+
+/// The value of the sample named exactly `name` (labels included).
+fn sample(body: &str, name: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{body}"))
+}
+
+#[test]
+fn metrics_are_served_over_http_and_move_with_the_traffic() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let server = Server::start(&["--metrics", &addr.to_string()]);
+    let before = scrape(addr);
+    assert_eq!(
+        sample(&before, "natter_messages_total{kind=\"delivered\"}"),
+        0.0
+    );
+    let mut alice = server.user("alice");
+    let _bob = server.user("bob");
+    for _ in 0..3 {
+        assert_eq!(alice.cmd1("send bob hi"), "+ delivered");
+    }
+    let mut stranger = server.connect();
+    stranger.cmd1("login alice wrong-password");
+    let after = scrape(addr);
+    assert_eq!(
+        sample(&after, "natter_messages_total{kind=\"delivered\"}"),
+        3.0
+    );
+    assert_eq!(
+        sample(&after, "natter_logins_total{outcome=\"failed\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(&after, "natter_connections{state=\"logged_in\"}"),
+        2.0
+    );
+    assert_eq!(sample(&after, "natter_users"), 2.0);
+    assert!(sample(&after, "natter_store_commit_seconds_count") >= 3.0);
+    assert!(sample(&after, "natter_loop_pass_seconds_count") >= 0.0);
+    assert!(after.ends_with("# EOF\n"));
+    // Anything else is a 404, and natterd goes on.
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("request");
+    let mut response = String::new();
+    let _ = s.read_to_string(&mut response);
+    assert!(response.starts_with("HTTP/1.1 404"), "{response}");
+    assert_eq!(alice.cmd1("ping"), "+ pong");
+}
