@@ -325,11 +325,13 @@ impl Server {
         }
     }
 
-    /// Makes SIGINT and SIGTERM start a graceful shutdown.
+    /// Makes SIGINT and SIGTERM start a graceful shutdown, and SIGHUP
+    /// harmless (logged).
     pub fn handle_signals(&mut self) -> io::Result<()> {
         let mut signals = signal_hook_mio::v1_0::Signals::new([
             signal_hook::consts::SIGINT,
             signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGHUP,
         ])?;
         self.poll
             .registry()
@@ -811,6 +813,12 @@ impl Server {
     fn on_signals(&mut self) {
         if let Some(signals) = self.signals.as_mut() {
             for signal in signals.pending() {
+                if signal == signal_hook::consts::SIGHUP {
+                    // A closed terminal or a reload habit must not end the
+                    // server; reloading settings live is not built yet.
+                    log::warn!("SIGHUP received: reloading is not supported yet; nothing changed (restart natterd to apply new settings)");
+                    continue;
+                }
                 log::info!("signal {signal} received; shutting down");
                 self.shutdown_flag.store(true, Ordering::SeqCst);
             }

@@ -233,3 +233,19 @@ fn new_self_signed_names_make_a_new_certificate_and_keep_the_old_one() {
     let server = server.restart_with(&["--tls-self-signed", "chat.example.test,localhost"]);
     assert_eq!(server.tls.clone().expect("TLS listener").1, second);
 }
+
+/// Regression: SIGHUP ended natterd (exit 129, no goodbye).
+#[test]
+fn sighup_does_not_end_the_server() {
+    let mut server = Server::start(&[]);
+    let mut alice = server.user("alice");
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(server.pid() as i32, libc::SIGHUP);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(alice.cmd1("ping"), "+ pong");
+    assert!(server.log().contains("SIGHUP received"), "{}", server.log());
+    let (status, _) = server.signal(libc::SIGTERM);
+    assert!(status.success(), "{status:?}");
+}

@@ -606,14 +606,7 @@ fn connections_that_never_log_in_time_out() {
 /// which the test then never reads: the kernel's buffers fill quickly and
 /// what the server holds for it grows.
 fn slow_reader(server: &Server, name: &str) -> Client {
-    let socket =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    socket.set_recv_buffer_size(4096).expect("rcvbuf");
-    socket
-        .connect_timeout(&server.addr.into(), TIMEOUT)
-        .expect("connect");
-    let mut slow = Client::from_stream(TcpStream::from(socket));
-    slow.skip_greeting();
+    let mut slow = crate::util::slow_link(server);
     let reply = slow.cmd1(&format!("register {name} password-slow"));
     assert_eq!(reply, format!("+ registered {name}"));
     slow

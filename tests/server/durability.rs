@@ -353,12 +353,7 @@ fn direct_messages_to_a_reader_dropped_as_slow_go_back_to_its_inbox() {
     let server = Server::start(&["--max-outbuf", "65536"]);
     let mut alice = server.user("alice");
     // `slow` never reads, with a small receive window.
-    let socket =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    socket.set_recv_buffer_size(4096).expect("rcvbuf");
-    socket.connect(&server.addr.into()).expect("connect");
-    let mut slow = crate::util::Client::from_stream(TcpStream::from(socket));
-    slow.skip_greeting();
+    let mut slow = crate::util::slow_link(&server);
     assert_eq!(
         slow.cmd1("register slow password-slow"),
         "+ registered slow"

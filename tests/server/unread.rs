@@ -47,6 +47,43 @@ fn assert_exactly_once(sent: usize, received: &[usize], inbox: &[usize]) {
     );
 }
 
+/// Registers alice and bob, takes bob offline, and has alice send him
+/// `sent` messages of 3 KB (`n<k>: ...`), all stored.
+fn store_for_absent_bob(server: &Server, sent: usize) {
+    let mut alice = server.user("alice");
+    let mut bob = server.user("bob");
+    assert_eq!(bob.cmd1("quit"), "+ bye");
+    let pad = "q".repeat(3000);
+    let script: String = (0..sent)
+        .map(|n| format!("send bob n{n}: {pad}\n"))
+        .collect();
+    alice.send_raw(script.as_bytes());
+    for n in 0..sent {
+        assert_eq!(alice.line(), "+ stored", "send {n}");
+    }
+}
+
+/// bob, on a slow link, asks for three long histories (3 MB each: more
+/// than the kernel's socket buffers take) and then his inbox, reads two of
+/// the histories, and stalls: the third fills the kernel's buffers and the
+/// inbox reply waits in natterd. Returns his connection and what he read.
+fn stall_behind_histories(server: &Server) -> (crate::util::Client, Vec<String>) {
+    let mut bob = slow_link(server);
+    bob.login("bob", "password-bob");
+    bob.send_raw(b"history 1000\nhistory 1000\nhistory 1000\ninbox\n");
+    let mut lines = Vec::new();
+    while lines
+        .iter()
+        .filter(|l: &&String| l.starts_with("+ "))
+        .count()
+        < 2
+    {
+        lines.push(bob.line());
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    (bob, lines)
+}
+
 #[test]
 fn delivered_messages_a_killed_server_never_wrote_out_are_in_the_inbox_once() {
     const SENT: usize = 6000;
@@ -98,33 +135,9 @@ fn inbox_rows_a_killed_server_never_wrote_out_stay_in_the_inbox() {
     // Room for all four replies in bob's output buffer, so `inbox` is taken
     // at once, its reply queued behind the histories.
     let server = Server::start(&["--rate", "0", "--max-outbuf", "16777216"]);
-    let mut alice = server.user("alice");
-    let mut bob = server.user("bob");
-    assert_eq!(bob.cmd1("quit"), "+ bye");
-    let pad = "q".repeat(3000);
-    let script: String = (0..SENT)
-        .map(|n| format!("send bob n{n}: {pad}\n"))
-        .collect();
-    alice.send_raw(script.as_bytes());
-    for n in 0..SENT {
-        assert_eq!(alice.line(), "+ stored", "send {n}");
-    }
+    store_for_absent_bob(&server, SENT);
     // bob on a slow link: three long histories, then his inbox, in one go.
-    let mut bob = slow_link(&server);
-    bob.login("bob", "password-bob");
-    bob.send_raw(b"history 1000\nhistory 1000\nhistory 1000\ninbox\n");
-    // bob reads two of the histories, then his link stalls: the third
-    // fills the kernel's buffers and the inbox reply waits in natterd.
-    let mut lines = Vec::new();
-    while lines
-        .iter()
-        .filter(|l: &&String| l.starts_with("+ "))
-        .count()
-        < 2
-    {
-        lines.push(bob.line());
-    }
-    std::thread::sleep(Duration::from_secs(1));
+    let (mut bob, mut lines) = stall_behind_histories(&server);
     let mut server = server;
     server.kill();
     lines.extend(complete_lines(&bob.read_to_end()));
@@ -161,30 +174,8 @@ fn inbox_rows_a_replaced_session_never_wrote_out_stay_in_the_inbox() {
     // wrote out must still be in his inbox afterwards.
     const SENT: usize = 1000;
     let server = Server::start(&["--rate", "0", "--max-outbuf", "16777216"]);
-    let mut alice = server.user("alice");
-    let mut bob = server.user("bob");
-    assert_eq!(bob.cmd1("quit"), "+ bye");
-    let pad = "q".repeat(3000);
-    let script: String = (0..SENT)
-        .map(|n| format!("send bob n{n}: {pad}\n"))
-        .collect();
-    alice.send_raw(script.as_bytes());
-    for n in 0..SENT {
-        assert_eq!(alice.line(), "+ stored", "send {n}");
-    }
-    let mut first = slow_link(&server);
-    first.login("bob", "password-bob");
-    first.send_raw(b"history 1000\nhistory 1000\nhistory 1000\ninbox\n");
-    let mut lines = Vec::new();
-    while lines
-        .iter()
-        .filter(|l: &&String| l.starts_with("+ "))
-        .count()
-        < 2
-    {
-        lines.push(first.line());
-    }
-    std::thread::sleep(Duration::from_secs(1));
+    store_for_absent_bob(&server, SENT);
+    let (mut first, mut lines) = stall_behind_histories(&server);
     let mut second = server.connect();
     second.login("bob", "password-bob");
     let mut reply = second.cmd("inbox");
