@@ -31,6 +31,8 @@ pub enum AdminCommand {
     Ban { user: String, on: bool },
     /// Counters and sizes.
     Stats,
+    /// Re-read the config file and TLS certificate (as SIGHUP does).
+    Reload,
 }
 
 /// Parses one request line (without its LF).
@@ -72,9 +74,10 @@ pub fn parse(line: &str) -> Result<AdminCommand, String> {
         "ban" => one_name("ban").map(|user| AdminCommand::Ban { user, on: true }),
         "unban" => one_name("unban").map(|user| AdminCommand::Ban { user, on: false }),
         "stats" if rest.is_empty() => Ok(AdminCommand::Stats),
+        "reload" if rest.is_empty() => Ok(AdminCommand::Reload),
         _ => Err(format!(
             "unknown request {word:?}; natterd knows: users, sessions, kick, notice, \
-             registration, ban, unban, stats"
+             registration, ban, unban, stats, reload"
         )),
     }
 }

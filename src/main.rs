@@ -17,7 +17,7 @@ fn main() -> ExitCode {
         }
     };
     natter::logging::init(config.log_format);
-    match start(config) {
+    match start(config, flags) {
         Ok(()) => ExitCode::SUCCESS,
         Err(problem) => {
             eprintln!("natterd: {problem}");
@@ -30,7 +30,7 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
     startup::listen(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))
 }
 
-fn start(config: Config) -> Result<(), String> {
+fn start(config: Config, flags: Flags) -> Result<(), String> {
     config.validate()?;
     startup::check_data_dir(&config.data)?;
     let plain = match config.no_plaintext {
@@ -57,6 +57,7 @@ fn start(config: Config) -> Result<(), String> {
     server
         .handle_signals()
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    server.set_reload_flags(flags);
     let plain_addr = server.local_addr().ok();
     let tls_addr = fingerprint.as_ref().and_then(|_| server.tls_addr().ok());
     log::info!("{}", startup::banner(&settings, plain_addr, tls_addr));

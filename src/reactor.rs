@@ -42,6 +42,7 @@ use crate::store::{Marks, ReadMarks};
 
 mod accept;
 mod admin;
+mod reload;
 mod route;
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -173,6 +174,8 @@ pub struct Server {
     admin: admin::AdminSocket,
     /// Histograms for `/metrics`, shared with the store thread.
     timings: crate::metrics::Timings,
+    /// SIGHUP and `natterctl reload`.
+    reloader: reload::Reloader,
     waker: Arc<Waker>,
     shutdown_flag: Arc<AtomicBool>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
@@ -280,6 +283,7 @@ impl Server {
             marks,
             admin,
             timings,
+            reloader: reload::Reloader::default(),
             waker,
             shutdown_flag: Arc::new(AtomicBool::new(false)),
             signals: None,
@@ -326,7 +330,7 @@ impl Server {
     }
 
     /// Makes SIGINT and SIGTERM start a graceful shutdown, and SIGHUP
-    /// harmless (logged).
+    /// reload the settings.
     pub fn handle_signals(&mut self) -> io::Result<()> {
         let mut signals = signal_hook_mio::v1_0::Signals::new([
             signal_hook::consts::SIGINT,
@@ -360,7 +364,10 @@ impl Server {
                 match event.token() {
                     LISTENER => self.accept_ready(false),
                     TLS_LISTENER => self.accept_ready(true),
-                    WAKER => self.drain_completions(),
+                    WAKER => {
+                        self.drain_completions();
+                        self.finish_reload();
+                    }
                     SIGNALS => self.on_signals(),
                     ADMIN_LISTENER => self.admin_accept(false),
                     METRICS_LISTENER => self.admin_accept(true),
@@ -811,12 +818,17 @@ impl Server {
     }
 
     fn on_signals(&mut self) {
-        if let Some(signals) = self.signals.as_mut() {
-            for signal in signals.pending() {
+        let pending: Vec<i32> = match self.signals.as_mut() {
+            Some(signals) => signals.pending().collect(),
+            None => return,
+        };
+        {
+            for signal in pending {
                 if signal == signal_hook::consts::SIGHUP {
-                    // A closed terminal or a reload habit must not end the
-                    // server; reloading settings live is not built yet.
-                    log::warn!("SIGHUP received: reloading is not supported yet; nothing changed (restart natterd to apply new settings)");
+                    log::info!("SIGHUP received");
+                    if let Err(e) = self.start_reload() {
+                        log::warn!("reload: {e}");
+                    }
                     continue;
                 }
                 log::info!("signal {signal} received; shutting down");

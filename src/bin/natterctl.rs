@@ -66,6 +66,9 @@ enum Command {
     },
     /// natterd's counters and sizes.
     Stats,
+    /// Re-read the config file and the TLS certificate, as SIGHUP does
+    /// (natterd's log says what changed).
+    Reload,
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,6 +95,7 @@ fn request(command: &Command) -> String {
         Command::Notice { text } => format!("notice {}", text.join(" ")),
         Command::Registration { state } => format!("registration {state}"),
         Command::Stats => "stats".to_string(),
+        Command::Reload => "reload".to_string(),
     }
 }
 

@@ -43,6 +43,11 @@ impl Chat {
         })
     }
 
+    /// Changes `--max-inbox` (a reload).
+    pub fn set_max_inbox(&mut self, max_inbox: u32) {
+        self.settings.max_inbox = max_inbox;
+    }
+
     /// Opens or closes registration (until the next restart).
     pub fn set_registration(&mut self, registration: Registration) {
         self.settings.registration = registration;

@@ -467,6 +467,10 @@ impl Server {
                     if on { "banned" } else { "unbanned" }
                 ))
             }
+            AdminCommand::Reload => match self.start_reload() {
+                Ok(what) => Answer::default().ok(what),
+                Err(e) => admin::refuse(ErrorCode::Internal, &e),
+            },
             AdminCommand::Stats => {
                 let s = &self.stats;
                 let mut answer = Answer::default();

@@ -253,3 +253,11 @@ fn metrics_are_served_over_http_and_move_with_the_traffic() {
     assert!(response.starts_with("HTTP/1.1 404"), "{response}");
     assert_eq!(alice.cmd1("ping"), "+ pong");
 }
+
+#[test]
+fn natterctl_reload_rereads_the_settings() {
+    let server = Server::start(&[]);
+    let out = ok(&server, &["reload"]);
+    assert!(out.is_empty(), "{out}");
+    crate::config::log_with(&server, "reload: nothing to change");
+}

@@ -234,18 +234,53 @@ fn new_self_signed_names_make_a_new_certificate_and_keep_the_old_one() {
     assert_eq!(server.tls.clone().expect("TLS listener").1, second);
 }
 
-/// Regression: SIGHUP ended natterd (exit 129, no goodbye).
-#[test]
-fn sighup_does_not_end_the_server() {
-    let mut server = Server::start(&[]);
-    let mut alice = server.user("alice");
+/// Waits (bounded) until the server's log contains `what`; returns the log.
+pub fn log_with(server: &Server, what: &str) -> String {
+    let until = Instant::now() + TIMEOUT;
+    loop {
+        let log = server.log();
+        if log.contains(what) {
+            return log;
+        }
+        assert!(Instant::now() < until, "no {what:?} in the log:\n{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends SIGHUP to the server.
+pub fn sighup(server: &Server) {
     // SAFETY: kill(2) on our own child's pid.
     unsafe {
         libc::kill(server.pid() as i32, libc::SIGHUP);
     }
-    std::thread::sleep(std::time::Duration::from_millis(200));
+}
+
+/// Regression: SIGHUP ended natterd (exit 129, no goodbye). Now it re-reads
+/// the config file: what can change live does, the rest is named as
+/// needing a restart, and nobody is dropped.
+#[test]
+fn sighup_reloads_the_config_file_without_dropping_anyone() {
+    let file = config_file("registration = \"open\"\n");
+    let path = file.path.display().to_string();
+    let mut server = Server::start(&["--config", &path]);
+    let mut alice = server.user("alice");
+    std::fs::write(&file.path, "registration = \"closed\"\nmax-clients = 5\n")
+        .expect("rewrite config file");
+    sighup(&server);
+    let log = log_with(&server, "reload: applied");
+    assert!(log.contains("reload: applied registration closed"), "{log}");
+    assert!(log.contains("need a restart"), "{log}");
+    let mut c = server.connect();
+    assert_eq!(
+        c.cmd1("register carol password-carol").split(' ').nth(1),
+        Some("CLOSED")
+    );
     assert_eq!(alice.cmd1("ping"), "+ pong");
-    assert!(server.log().contains("SIGHUP received"), "{}", server.log());
+    // A broken file changes nothing and ends nothing.
+    std::fs::write(&file.path, "registration = \"sometimes\"\n").expect("rewrite");
+    sighup(&server);
+    log_with(&server, "reload failed");
+    assert_eq!(alice.cmd1("ping"), "+ pong");
     let (status, _) = server.signal(libc::SIGTERM);
     assert!(status.success(), "{status:?}");
 }

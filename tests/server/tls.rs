@@ -330,3 +330,40 @@ fn wait_for_zero_window(server: SocketAddr, client: SocketAddr) {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// SIGHUP (or `natterctl reload`) re-reads the certificate: a renewed one
+/// serves new connections, and a session already open stays.
+#[test]
+fn a_reload_swaps_the_certificate_for_new_connections_and_keeps_open_ones() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("natterd.toml");
+    std::fs::write(&file, "tls-self-signed = [\"localhost\"]\n").expect("config file");
+    let path = file.display().to_string();
+    // --tls-port on the command line tells the fixture to expect TLS.
+    let server = Server::start(&["--config", &path, "--tls-port", "0"]);
+    let (addr, first) = tls_of(&server);
+    let mut alice = TlsClient::connect(addr, &first);
+    assert_eq!(
+        alice.cmd1("register alice password-alice"),
+        "+ registered alice"
+    );
+    // New names: the kept certificate no longer fits, so a new one is made.
+    std::fs::write(
+        &file,
+        "tls-self-signed = [\"localhost\", \"chat.example.test\"]\n",
+    )
+    .expect("rewrite config file");
+    crate::config::sighup(&server);
+    let log = crate::config::log_with(&server, "for new connections");
+    let second = log
+        .lines()
+        .find_map(|l| {
+            let rest = l.split("TLS certificate sha256 ").nth(1)?;
+            rest.split(' ').next().map(str::to_string)
+        })
+        .expect("the new fingerprint in the log");
+    assert_ne!(second, first, "the certificate did not change");
+    let mut bob = TlsClient::connect(addr, &second);
+    assert_eq!(bob.cmd1("register bob password-bob"), "+ registered bob");
+    assert_eq!(alice.cmd1("ping"), "+ pong");
+}
