@@ -33,6 +33,8 @@ pub enum AdminCommand {
     Stats,
     /// Re-read the config file and TLS certificate (as SIGHUP does).
     Reload,
+    /// Delete an account.
+    DeleteUser { user: String },
 }
 
 /// Parses one request line (without its LF).
@@ -73,11 +75,12 @@ pub fn parse(line: &str) -> Result<AdminCommand, String> {
         },
         "ban" => one_name("ban").map(|user| AdminCommand::Ban { user, on: true }),
         "unban" => one_name("unban").map(|user| AdminCommand::Ban { user, on: false }),
+        "deluser" => one_name("deluser").map(|user| AdminCommand::DeleteUser { user }),
         "stats" if rest.is_empty() => Ok(AdminCommand::Stats),
         "reload" if rest.is_empty() => Ok(AdminCommand::Reload),
         _ => Err(format!(
             "unknown request {word:?}; natterd knows: users, sessions, kick, notice, \
-             registration, ban, unban, stats, reload"
+             registration, ban, unban, deluser, stats, reload"
         )),
     }
 }

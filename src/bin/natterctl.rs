@@ -78,6 +78,9 @@ enum UserAction {
     Lock { name: String },
     /// Lift a ban.
     Unlock { name: String },
+    /// Delete the account: its session ends, its inbox and blocks go, and
+    /// its history is detached, so a new account with the name starts clean.
+    Del { name: String },
 }
 
 fn request(command: &Command) -> String {
@@ -89,6 +92,7 @@ fn request(command: &Command) -> String {
         Command::User { action } => match action {
             UserAction::Lock { name } => format!("ban {name}"),
             UserAction::Unlock { name } => format!("unban {name}"),
+            UserAction::Del { name } => format!("deluser {name}"),
         },
         Command::Sessions => "sessions".to_string(),
         Command::Kick { target, reason } => format!("kick {target} {}", reason.join(" ")),

@@ -43,6 +43,24 @@ impl Chat {
         })
     }
 
+    /// Deletes `user`: gone from memory at once (a login fails as for any
+    /// unknown name, their open session ends with `* bye kicked`, nobody's
+    /// block list names them). Returns the write that deletes the account,
+    /// its inbox and blocks and detaches its history, or `None` if there is
+    /// no such user.
+    pub fn delete_user(&mut self, user: &str, fx: &mut Effects) -> Option<StoreRequest> {
+        self.accounts.remove(user)?;
+        if let Some(session) = self.online.remove(user) {
+            fx.closes.push((session, ByeReason::Kicked));
+        }
+        for account in self.accounts.values_mut() {
+            account.blocks.remove(user);
+        }
+        Some(StoreRequest::DeleteUser {
+            user: user.to_string(),
+        })
+    }
+
     /// Changes `--max-inbox` (a reload).
     pub fn set_max_inbox(&mut self, max_inbox: u32) {
         self.settings.max_inbox = max_inbox;

@@ -467,6 +467,16 @@ impl Server {
                     if on { "banned" } else { "unbanned" }
                 ))
             }
+            AdminCommand::DeleteUser { user } => {
+                let mut fx = Effects::default();
+                let Some(write) = self.chat.delete_user(&user, &mut fx) else {
+                    return admin::refuse(ErrorCode::NoUser, &format!("no such user {user}"));
+                };
+                log::info!("{user} deleted by the operator");
+                self.apply_effects(fx);
+                self.background(write);
+                Answer::default().ok(&format!("deleted {user}"))
+            }
             AdminCommand::Reload => match self.start_reload() {
                 Ok(what) => Answer::default().ok(what),
                 Err(e) => admin::refuse(ErrorCode::Internal, &e),

@@ -129,6 +129,10 @@ pub enum StoreRequest {
     SetPasswordHash { user: String, hash: String },
     /// Ban an account, or lift its ban.
     SetBanned { user: String, on: bool },
+    /// Delete an account: its inbox and blocks go, and its history is
+    /// detached (its name in old messages becomes a tombstone no one can
+    /// register), so a new account with the name starts clean.
+    DeleteUser { user: String },
 }
 
 impl StoreRequest {
@@ -140,6 +144,7 @@ impl StoreRequest {
             StoreRequest::MarkUnread { .. }
                 | StoreRequest::Advance(_)
                 | StoreRequest::SetLastSeen { .. }
+                | StoreRequest::DeleteUser { .. }
         )
     }
 
@@ -728,6 +733,17 @@ fn apply(conn: &Connection, request: &StoreRequest) -> rusqlite::Result<StoreOut
             hash,
             created,
         } => {
+            // Anything still naming this name belongs to an account deleted
+            // before (a message to it may have committed just after the
+            // delete): detached, so the new account starts clean.
+            conn.prepare_cached(
+                "UPDATE messages SET recipient = '!deleted', unread = 0 WHERE recipient = ?1",
+            )?
+            .execute([name])?;
+            conn.prepare_cached("UPDATE messages SET sender = '!deleted' WHERE sender = ?1")?
+                .execute([name])?;
+            conn.prepare_cached("DELETE FROM blocks WHERE blocker = ?1 OR blocked = ?1")?
+                .execute([name])?;
             conn.prepare_cached("INSERT INTO users (name, hash, created) VALUES (?1, ?2, ?3)")?
                 .execute(params![name, hash, created])?;
             Ok(StoreOutput::Ids(vec![conn.last_insert_rowid()]))
@@ -848,6 +864,37 @@ fn apply(conn: &Connection, request: &StoreRequest) -> rusqlite::Result<StoreOut
         StoreRequest::SetLastSeen { user, at } => {
             conn.prepare_cached("UPDATE users SET last_seen = ?2 WHERE name = ?1")?
                 .execute(params![user, at])?;
+            Ok(StoreOutput::Done)
+        }
+        StoreRequest::DeleteUser { user } => {
+            let rowid: Option<i64> = conn
+                .prepare_cached("SELECT rowid FROM users WHERE name = ?1")?
+                .query_row([user], |r| r.get(0))
+                .optional()?;
+            let Some(rowid) = rowid else {
+                return Ok(StoreOutput::Done);
+            };
+            let tombstone = format!("!deleted-{rowid}");
+            // Its unread messages go, except a row holding a list
+            // broadcast's text for others: that one stays, read, detached.
+            conn.prepare_cached(
+                "DELETE FROM messages WHERE id IN (
+                   SELECT m.id FROM messages m, users u
+                   WHERE m.recipient = ?1 AND u.name = ?1
+                     AND (m.unread = 1 OR (m.unread = 2 AND m.id > u.pushed))
+                     AND NOT EXISTS (SELECT 1 FROM messages r WHERE r.body_of = m.id))",
+            )?
+            .execute([user])?;
+            conn.prepare_cached(
+                "UPDATE messages SET recipient = ?2, unread = 0 WHERE recipient = ?1",
+            )?
+            .execute(params![user, tombstone])?;
+            conn.prepare_cached("UPDATE messages SET sender = ?2 WHERE sender = ?1")?
+                .execute(params![user, tombstone])?;
+            conn.prepare_cached("DELETE FROM blocks WHERE blocker = ?1 OR blocked = ?1")?
+                .execute([user])?;
+            conn.prepare_cached("DELETE FROM users WHERE name = ?1")?
+                .execute([user])?;
             Ok(StoreOutput::Done)
         }
         StoreRequest::SetBanned { user, on } => {

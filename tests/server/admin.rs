@@ -261,3 +261,38 @@ fn natterctl_reload_rereads_the_settings() {
     assert!(out.is_empty(), "{out}");
     crate::config::log_with(&server, "reload: nothing to change");
 }
+
+#[test]
+fn a_deleted_user_cannot_log_in_and_a_new_one_with_the_name_sees_nothing_old() {
+    let server = Server::start(&[]);
+    let mut alice = server.user("alice");
+    let mut bob = server.user("bob");
+    assert_eq!(alice.cmd1("send bob secret one"), "+ delivered");
+    assert_eq!(bob.cmd1("quit"), "+ bye");
+    assert_eq!(alice.cmd1("send bob secret two"), "+ stored");
+    assert_eq!(alice.cmd1("block bob"), "+ blocked bob");
+    ok(&server, &["user", "del", "bob"]);
+    let mut again = server.connect();
+    assert_eq!(
+        again.cmd1("login bob password-bob").split(' ').nth(1),
+        Some("AUTHFAIL")
+    );
+    assert_eq!(alice.cmd1("blocked"), "+ 0 blocked");
+    // Even after a restart, the name starts clean.
+    let server = server.restart();
+    let mut newbob = server.connect();
+    assert_eq!(
+        newbob.cmd1("register bob another-password"),
+        "+ registered bob"
+    );
+    assert_eq!(newbob.cmd("inbox"), vec!["+ 0 unread"]);
+    assert_eq!(newbob.cmd("history"), vec!["+ 0 messages"]);
+    // alice's history keeps what bob had read, detached from the name;
+    // what waited in his inbox went with it.
+    let mut alice = server.connect();
+    alice.login("alice", "password-alice");
+    let history = alice.cmd("history");
+    assert_eq!(history.len(), 2, "{history:?}");
+    assert!(history[0].contains("!deleted-"), "{history:?}");
+    assert!(history[0].ends_with("secret one"), "{history:?}");
+}
