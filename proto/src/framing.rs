@@ -120,15 +120,7 @@ impl LineFramer {
     /// `(0, None)`, which means "need more bytes".
     pub fn next_frame<'a>(&mut self, buf: &'a [u8]) -> (usize, Option<Frame<'a>>) {
         if self.discarding {
-            let newline = buf.iter().position(|&b| b == b'\n');
-            return match newline {
-                Some(end) => {
-                    self.discarding = false;
-                    self.telnet = Telnet::Data;
-                    (end + 1, None)
-                }
-                None => (buf.len(), None),
-            };
+            return self.discard(buf);
         }
         // The usual case: no telnet command before the LF, so the line is
         // borrowed as it stands.
@@ -146,6 +138,39 @@ impl LineFramer {
             None if self.telnet == Telnet::Data => self.unterminated(buf),
             _ => self.with_telnet(buf),
         }
+    }
+
+    /// Skips the rest of an overlong line: up to the first LF outside a
+    /// telnet command, as `with_telnet` would have ended the line (an LF
+    /// inside a subnegotiation is data there too). Otherwise how the bytes
+    /// were split into reads would decide where the next line starts.
+    fn discard<'a>(&mut self, buf: &'a [u8]) -> (usize, Option<Frame<'a>>) {
+        let mut state = self.telnet;
+        for (i, &b) in buf.iter().enumerate() {
+            if state == Telnet::Iac && b < SE {
+                state = Telnet::Data;
+            }
+            state = match state {
+                Telnet::Data if b == b'\n' => {
+                    self.discarding = false;
+                    self.telnet = Telnet::Data;
+                    return (i + 1, None);
+                }
+                Telnet::Data if b == IAC => Telnet::Iac,
+                Telnet::Data | Telnet::Option(_) => Telnet::Data,
+                Telnet::Iac => match b {
+                    WILL..=DONT => Telnet::Option(b),
+                    SB => Telnet::Sub,
+                    _ => Telnet::Data,
+                },
+                Telnet::Sub if b == IAC => Telnet::SubIac,
+                Telnet::Sub => Telnet::Sub,
+                Telnet::SubIac if b == SE => Telnet::Data,
+                Telnet::SubIac => Telnet::Sub,
+            };
+        }
+        self.telnet = state;
+        (buf.len(), None)
     }
 
     /// `buf` holds no LF (outside telnet commands): wait, or report it too
@@ -417,6 +442,39 @@ mod tests {
         assert!(replies.is_empty());
     }
 
+    /// Found by the property test: an overlong line inside an unclosed
+    /// subnegotiation framed differently whole and split.
+    #[test]
+    fn how_reads_split_an_overlong_subnegotiation_changes_nothing() {
+        let mut bytes = vec![0xff, 0xfa];
+        bytes.extend([b' '; 38]);
+        bytes.push(b'\n');
+        bytes.extend([b' '; 13]);
+        bytes.extend(b"!\n");
+        let frames = |pieces: &[&[u8]]| {
+            let mut f = LineFramer::new(16);
+            let mut out = Vec::new();
+            let mut pending = Vec::new();
+            for piece in pieces {
+                pending.extend_from_slice(piece);
+                loop {
+                    let (used, frame) = f.next_frame(&pending);
+                    if let Some(frame) = frame {
+                        out.push(format!("{frame:?}"));
+                    }
+                    pending.drain(..used);
+                    if used == 0 {
+                        break;
+                    }
+                }
+            }
+            out
+        };
+        let whole = frames(&[&bytes]);
+        let split: Vec<&[u8]> = bytes.chunks(5).collect();
+        assert_eq!(frames(&split), whole);
+    }
+
     #[test]
     fn a_stray_iac_is_dropped_and_what_follows_is_data() {
         let (lines, replies) = telnet(b"\xffping\n\xff\n");
@@ -429,7 +487,10 @@ mod tests {
         let mut f = LineFramer::new(8);
         let input = b"\xff\xfa\x1f\x00\x50\x00\x18\x00\x00";
         assert_eq!(f.next_frame(input), (input.len(), Some(Frame::TooLong)));
-        assert_eq!(f.next_frame(b"rest\nok\n"), (5, None));
+        // Still inside the subnegotiation: its LF is data, as it would be
+        // had it all come in one read; the line ends at the LF after SE.
+        assert_eq!(f.next_frame(b"rest\n"), (5, None));
+        assert_eq!(f.next_frame(b"\xff\xf0 more\nok\n"), (8, None));
         assert_eq!(
             f.next_frame(b"ok\n"),
             (3, Some(Frame::Line(b"ok"[..].into())))
