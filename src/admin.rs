@@ -35,6 +35,8 @@ pub enum AdminCommand {
     Reload,
     /// Delete an account.
     DeleteUser { user: String },
+    /// A consistent copy of the database at this absolute path.
+    Backup { path: std::path::PathBuf },
 }
 
 /// Parses one request line (without its LF).
@@ -77,10 +79,14 @@ pub fn parse(line: &str) -> Result<AdminCommand, String> {
         "unban" => one_name("unban").map(|user| AdminCommand::Ban { user, on: false }),
         "deluser" => one_name("deluser").map(|user| AdminCommand::DeleteUser { user }),
         "stats" if rest.is_empty() => Ok(AdminCommand::Stats),
+        "backup" if std::path::Path::new(rest).is_absolute() => {
+            Ok(AdminCommand::Backup { path: rest.into() })
+        }
+        "backup" => Err("usage: backup <absolute path of a file that does not exist>".into()),
         "reload" if rest.is_empty() => Ok(AdminCommand::Reload),
         _ => Err(format!(
             "unknown request {word:?}; natterd knows: users, sessions, kick, notice, \
-             registration, ban, unban, deluser, stats, reload"
+             registration, ban, unban, deluser, stats, reload, backup"
         )),
     }
 }

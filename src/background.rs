@@ -34,6 +34,8 @@ pub struct Tag {
     /// Rows it counts for while with the store thread (0: not a write
     /// through the fair queue).
     rows: usize,
+    /// Handed to the reader (counts against `MAX_READS_IN_FLIGHT`).
+    read: bool,
 }
 
 /// A finished job on its way back to the loop.
@@ -155,13 +157,15 @@ impl Background {
             reply_to,
             cont: job.cont,
             rows: 0,
+            read: false,
         };
         self.store_bytes += tag.cont.queued_bytes();
         let failed = match job.work {
             // Reads never queue behind writes; a few at a time, so the
             // pages read ahead of the loop stay a few, however many
             // sessions ask (each page is up to ~400 KB of rows).
-            Work::Store(request @ StoreRequest::History { .. }) => {
+            Work::Store(request @ (StoreRequest::History { .. } | StoreRequest::Backup { .. })) => {
+                tag.read = true;
                 self.reads_waiting.push_back((request, tag));
                 self.start_reads();
                 None
@@ -321,7 +325,7 @@ impl Background {
         while budget > 0 {
             match self.completions.try_recv() {
                 Ok(c) => {
-                    if matches!(c.tag.cont, Cont::History(_)) {
+                    if c.tag.read {
                         self.reads_in_flight = self.reads_in_flight.saturating_sub(1);
                     }
                     if matches!(c.result, WorkResult::Hash(_)) {

@@ -69,6 +69,9 @@ enum Command {
     /// Re-read the config file and the TLS certificate, as SIGHUP does
     /// (natterd's log says what changed).
     Reload,
+    /// Write a consistent copy of the database to FILE (which must not
+    /// exist) while natterd runs (SQLite's online backup, mode 0600).
+    Backup { file: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,6 +103,13 @@ fn request(command: &Command) -> String {
         Command::Registration { state } => format!("registration {state}"),
         Command::Stats => "stats".to_string(),
         Command::Reload => "reload".to_string(),
+        // natterd runs elsewhere: it needs the path from the root.
+        Command::Backup { file } => {
+            let absolute = std::env::current_dir()
+                .map(|dir| dir.join(file))
+                .unwrap_or_else(|_| file.clone());
+            format!("backup {}", absolute.display())
+        }
     }
 }
 

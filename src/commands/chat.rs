@@ -265,7 +265,8 @@ impl Chat {
                 on,
                 had,
             } => self.block_written(user, other, on, had, result),
-            Cont::Background => Step::Done,
+            // The reactor answers admin work itself; nothing for the chat.
+            Cont::Background | Cont::Admin { .. } => Step::Done,
         }
     }
 

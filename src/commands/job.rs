@@ -157,6 +157,9 @@ pub enum Cont {
     },
     /// Read marks copied into the database.
     Advanced,
+    /// An admin request's work (a backup); the reactor answers the admin
+    /// connection `conn` (with its `id`, in case the slot was reused).
+    Admin { conn: usize, id: u64 },
     /// A write nobody waits for (last-seen times); failures are only logged.
     Background,
 }

@@ -15,8 +15,9 @@ use mio::{Interest, Token};
 use slab::Slab;
 
 use crate::admin::{self, AdminCommand, Answer};
-use crate::commands::Effects;
+use crate::commands::{Cont, Effects, Job, Work, WorkResult};
 use crate::protocol::{self, ByeReason, ErrorCode};
+use crate::store::StoreRequest;
 
 use super::{Server, ADMIN_BASE, ADMIN_LISTENER, METRICS_LISTENER};
 
@@ -29,6 +30,8 @@ pub(super) struct AdminSocket {
     unix: Option<(UnixListener, PathBuf)>,
     http: Option<TcpListener>,
     conns: Slab<AdminConn>,
+    /// The next connection's id.
+    next_id: u64,
 }
 
 /// An admin connection, or an HTTP one for `/metrics`.
@@ -74,6 +77,10 @@ struct AdminConn {
     sent: usize,
     /// The request is answered: close once the answer is out.
     answered: bool,
+    /// Its request is being carried out off the loop (a backup).
+    working: bool,
+    /// Never reused: a late answer finds the right connection.
+    id: u64,
 }
 
 impl AdminSocket {
@@ -188,12 +195,15 @@ impl Server {
                     {
                         continue;
                     }
+                    admin.next_id += 1;
                     entry.insert(AdminConn {
                         stream,
                         input: Vec::new(),
                         output: Vec::new(),
                         sent: 0,
                         answered: false,
+                        working: false,
+                        id: admin.next_id,
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -212,8 +222,9 @@ impl Server {
             return;
         };
         let http = matches!(conn.stream, AdminStream::Http(_));
+        let id = conn.id;
         let mut closed = false;
-        if !conn.answered {
+        if !conn.answered && !conn.working {
             let mut chunk = [0u8; 4096];
             loop {
                 match conn.stream.read(&mut chunk) {
@@ -251,12 +262,23 @@ impl Server {
                     }
                     None => None,
                 };
-                request.map(
-                    |request| match request.and_then(|line| admin::parse(&line)) {
-                        Ok(command) => self.admin_answer(command),
-                        Err(e) => admin::refuse(ErrorCode::BadArg, &e),
-                    },
-                )
+                match request.map(|r| r.and_then(|line| admin::parse(&line))) {
+                    Some(Ok(AdminCommand::Backup { path })) => {
+                        // Taken by the reader thread; answered when done.
+                        if let Some(conn) = self.admin.conns.get_mut(key) {
+                            conn.working = true;
+                        }
+                        let job = Job {
+                            cont: Cont::Admin { conn: key, id },
+                            work: Work::Store(StoreRequest::Backup { path }),
+                        };
+                        self.dispatch(job, None);
+                        return;
+                    }
+                    Some(Ok(command)) => Some(self.admin_answer(command)),
+                    Some(Err(e)) => Some(admin::refuse(ErrorCode::BadArg, &e)),
+                    None => None,
+                }
             };
             if let Some(answer) = answer {
                 if let Some(conn) = self.admin.conns.get_mut(key) {
@@ -283,6 +305,22 @@ impl Server {
         if conn.answered {
             self.admin_close(key);
         }
+    }
+
+    /// Admin work done off the loop is back: answer its connection, if it
+    /// is still there.
+    pub(super) fn admin_finish(&mut self, key: usize, id: u64, result: WorkResult) {
+        let Some(conn) = self.admin.conns.get_mut(key).filter(|c| c.id == id) else {
+            return;
+        };
+        conn.output = match result {
+            WorkResult::Store(Ok(_)) => Answer::default().ok("backup written"),
+            WorkResult::Store(Err(e)) => admin::refuse(ErrorCode::Internal, &e.to_string()),
+            _ => admin::refuse(ErrorCode::Internal, "unexpected result"),
+        };
+        conn.working = false;
+        conn.answered = true;
+        self.admin_ready(key);
     }
 
     fn admin_close(&mut self, key: usize) {
@@ -476,6 +514,10 @@ impl Server {
                 self.apply_effects(fx);
                 self.background(write);
                 Answer::default().ok(&format!("deleted {user}"))
+            }
+            // Handled in `admin_ready`: it is answered later.
+            AdminCommand::Backup { .. } => {
+                admin::refuse(ErrorCode::Internal, "backup is answered when done")
             }
             AdminCommand::Reload => match self.start_reload() {
                 Ok(what) => Answer::default().ok(what),

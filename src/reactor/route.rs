@@ -132,6 +132,10 @@ impl Server {
 
     pub(super) fn on_completion(&mut self, c: Completion) {
         let Tag { reply_to, cont, .. } = c.tag;
+        if let Cont::Admin { conn, id } = cont {
+            self.admin_finish(conn, id, c.result);
+            return;
+        }
         let clock = self.clock;
         // A reply for a session that has gone, or is closing, or whose slot
         // now holds a newer session, must not reach it; the state change

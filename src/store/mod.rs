@@ -129,6 +129,9 @@ pub enum StoreRequest {
     SetPasswordHash { user: String, hash: String },
     /// Ban an account, or lift its ban.
     SetBanned { user: String, on: bool },
+    /// A consistent copy of the database at `path` (SQLite's online
+    /// backup), taken by the reader: writes go on meanwhile.
+    Backup { path: PathBuf },
     /// Delete an account: its inbox and blocks go, and its history is
     /// detached (its name in old messages becomes a tombstone no one can
     /// register), so a new account with the name starts clean.
@@ -450,6 +453,7 @@ where
                         log::error!("store: read failed: {e}");
                         StoreError::Failed(e.to_string())
                     }),
+                    StoreRequest::Backup { path } => backup(&conn, &path),
                     _ => Err(StoreError::Failed("the reader only reads".to_string())),
                 };
                 on_done(vec![(tag, result)]);
@@ -866,6 +870,10 @@ fn apply(conn: &Connection, request: &StoreRequest) -> rusqlite::Result<StoreOut
                 .execute(params![user, at])?;
             Ok(StoreOutput::Done)
         }
+        // Taken by the reader (`spawn_reader`), never in a write batch.
+        StoreRequest::Backup { .. } => Err(rusqlite::Error::InvalidParameterName(
+            "a backup is taken by the reader".into(),
+        )),
         StoreRequest::DeleteUser { user } => {
             let rowid: Option<i64> = conn
                 .prepare_cached("SELECT rowid FROM users WHERE name = ?1")?
@@ -906,6 +914,30 @@ fn apply(conn: &Connection, request: &StoreRequest) -> rusqlite::Result<StoreOut
             conn.prepare_cached("UPDATE users SET hash = ?2 WHERE name = ?1")?
                 .execute(params![user, hash])?;
             Ok(StoreOutput::Done)
+        }
+    }
+}
+
+/// Copies the database to `path` (which must not exist yet) with SQLite's
+/// online backup, a few hundred pages at a time.
+fn backup(conn: &Connection, path: &Path) -> Result<StoreOutput, StoreError> {
+    if path.exists() {
+        return Err(StoreError::Failed(format!(
+            "{} exists; natterd will not overwrite it",
+            path.display()
+        )));
+    }
+    // Created private first: every private message is in the copy too.
+    make_private(path).map_err(|e| StoreError::Failed(e.0))?;
+    let mut target = Connection::open(path)
+        .map_err(|e| StoreError::Failed(format!("cannot create {}: {e}", path.display())))?;
+    let copy = rusqlite::backup::Backup::new(conn, &mut target)
+        .and_then(|b| b.run_to_completion(256, Duration::ZERO, None));
+    match copy {
+        Ok(()) => Ok(StoreOutput::Done),
+        Err(e) => {
+            let _ = std::fs::remove_file(path);
+            Err(StoreError::Failed(format!("backup failed: {e}")))
         }
     }
 }

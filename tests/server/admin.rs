@@ -296,3 +296,36 @@ fn a_deleted_user_cannot_log_in_and_a_new_one_with_the_name_sees_nothing_old() {
     assert!(history[0].contains("!deleted-"), "{history:?}");
     assert!(history[0].ends_with("secret one"), "{history:?}");
 }
+
+#[test]
+fn backup_writes_a_consistent_copy_that_opens_and_holds_the_messages() {
+    let server = Server::start(&[]);
+    let mut alice = server.user("alice");
+    drop(server.user("bob"));
+    for n in 0..20 {
+        assert_eq!(alice.cmd1(&format!("send bob note {n}")), "+ stored");
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let copy = dir.path().join("copy.db");
+    let copy_arg = copy.display().to_string();
+    assert_eq!(ok(&server, &["backup", &copy_arg]), "");
+    let mode = std::fs::metadata(&copy)
+        .expect("the copy")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let db = rusqlite::Connection::open(&copy).expect("the copy opens");
+    let n: i64 = db
+        .query_row(
+            "SELECT count(*) FROM messages WHERE recipient = 'bob'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(n, 20);
+    // An existing file is never overwritten.
+    let again = natterctl(&server, &["backup", &copy_arg]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists"));
+    assert_eq!(alice.cmd1("ping"), "+ pong");
+}
