@@ -41,7 +41,8 @@ pub const MAX_WHOLAST_MINUTES: u32 = 10_080;
 pub const DEFAULT_HISTORY: u32 = 20;
 /// Largest `history` count.
 pub const MAX_HISTORY: u32 = 1000;
-/// Messages per part of a `history` reply: each part is read and
+/// Messages per part of a `history` reply (and at most
+/// `store::HISTORY_PART_BYTES` of text): each part is read and
 /// formatted only once the client has taken most of the one before, so a
 /// reply costs at most a page of memory however long it is.
 pub const HISTORY_PAGE: u32 = 100;

@@ -218,7 +218,9 @@ impl Chat {
         }
         cursor.sent += rows.len() as u32;
         match rows.last() {
-            Some(last) if rows.len() == HISTORY_PAGE as usize && cursor.sent < cursor.total => {
+            // A part may be cut short by its size: more follow while the
+            // span is not all sent.
+            Some(last) if cursor.sent < cursor.total => {
                 cursor.after = last.id;
                 Step::More {
                     part: reply.partial(),

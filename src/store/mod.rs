@@ -840,16 +840,30 @@ fn apply(conn: &Connection, request: &StoreRequest) -> rusqlite::Result<StoreOut
                     (first - 1, last, n)
                 }
             };
-            let rows = conn
-                .prepare_cached(&format!(
-                    "SELECT {ROW} FROM messages m WHERE {pick} AND id > ?2 AND id <= ?4
-                     UNION ALL
-                     SELECT {ROW} FROM messages m WHERE {other} AND id > ?2 AND id <= ?4
-                     ORDER BY 1 LIMIT ?5"
-                ))?
-                .query_map(params![user, after, with, upto, page], message_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(StoreOutput::History { rows, upto, total })
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {ROW} FROM messages m WHERE {pick} AND id > ?2 AND id <= ?4
+                 UNION ALL
+                 SELECT {ROW} FROM messages m WHERE {other} AND id > ?2 AND id <= ?4
+                 ORDER BY 1 LIMIT ?5"
+            ))?;
+            let rows = stmt.query_map(params![user, after, with, upto, page], message_row)?;
+            // At most about HISTORY_PART_BYTES of text too (always one row):
+            // a part of long messages stays small.
+            let mut taken = Vec::new();
+            let mut bytes = 0;
+            for row in rows {
+                let row = row?;
+                if !taken.is_empty() && bytes + row.body.len() > HISTORY_PART_BYTES {
+                    break;
+                }
+                bytes += row.body.len();
+                taken.push(row);
+            }
+            Ok(StoreOutput::History {
+                rows: taken,
+                upto,
+                total,
+            })
         }
         StoreRequest::SetBlock {
             blocker,
@@ -941,6 +955,10 @@ fn backup(conn: &Connection, path: &Path) -> Result<StoreOutput, StoreError> {
         }
     }
 }
+
+/// Text one part of a `history` reply carries at most (besides its row
+/// limit): a session that never reads then holds one small part.
+pub const HISTORY_PART_BYTES: usize = 64 * 1024;
 
 /// The columns of a [`MessageRow`] from `messages m`, the text taken from
 /// the row that holds it when `m` shares another's.
