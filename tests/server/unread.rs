@@ -84,6 +84,22 @@ fn stall_behind_histories(server: &Server) -> (crate::util::Client, Vec<String>)
     (bob, lines)
 }
 
+/// What a reader stalled behind three histories (see
+/// `stall_behind_histories`) got: how many completions, and the inbox
+/// reply's rows (those after the third completion).
+fn after_histories(lines: &[String]) -> (usize, Vec<String>) {
+    let mut completions = 0;
+    let mut inbox_rows = Vec::new();
+    for line in lines {
+        if line.starts_with("+ ") || line.starts_with("- ") {
+            completions += 1;
+        } else if completions == 3 && line.starts_with("= ") {
+            inbox_rows.push(line.clone());
+        }
+    }
+    (completions, inbox_rows)
+}
+
 #[test]
 fn delivered_messages_a_killed_server_never_wrote_out_are_in_the_inbox_once() {
     const SENT: usize = 6000;
@@ -141,16 +157,7 @@ fn inbox_rows_a_killed_server_never_wrote_out_stay_in_the_inbox() {
     let mut server = server;
     server.kill();
     lines.extend(complete_lines(&bob.read_to_end()));
-    // Rows after the third completion belong to the inbox reply.
-    let mut completions = 0;
-    let mut inbox_rows = Vec::new();
-    for line in &lines {
-        if line.starts_with("+ ") || line.starts_with("- ") {
-            completions += 1;
-        } else if completions == 3 && line.starts_with("= ") {
-            inbox_rows.push(line.clone());
-        }
-    }
+    let (completions, inbox_rows) = after_histories(&lines);
     let received = numbers(&inbox_rows);
     assert!(
         completions < 4,
@@ -186,15 +193,7 @@ fn inbox_rows_a_replaced_session_never_wrote_out_stay_in_the_inbox() {
     // then what the kernel had taken is all that arrives.
     std::thread::sleep(Duration::from_secs(7));
     lines.extend(complete_lines(&first.read_to_end()));
-    let mut completions = 0;
-    let mut inbox_rows = Vec::new();
-    for line in &lines {
-        if line.starts_with("+ ") || line.starts_with("- ") {
-            completions += 1;
-        } else if completions == 3 && line.starts_with("= ") {
-            inbox_rows.push(line.clone());
-        }
-    }
+    let (completions, inbox_rows) = after_histories(&lines);
     assert!(
         completions < 4,
         "the stalled session got its whole inbox reply: this run proves nothing"
