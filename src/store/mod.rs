@@ -133,8 +133,8 @@ pub enum StoreRequest {
     /// backup), taken by the reader: writes go on meanwhile.
     Backup { path: PathBuf },
     /// Delete an account: its inbox and blocks go, and its history is
-    /// detached (its name in old messages becomes a tombstone no one can
-    /// register), so a new account with the name starts clean.
+    /// detached (it keeps an account id no one will have again), so a new
+    /// account with the name starts clean.
     DeleteUser { user: String },
 }
 
@@ -365,12 +365,16 @@ impl Store {
             let (name, user) = row?;
             snap.users.insert(name, user);
         }
-        let mut stmt = self.conn.prepare("SELECT blocker, blocked FROM blocks")?;
+        let mut stmt = self.conn.prepare(
+            "SELECT a.name, b.name FROM blocks k
+             JOIN users a ON a.id = k.blocker_id JOIN users b ON b.id = k.blocked_id",
+        )?;
         for row in stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))? {
             snap.blocks.push(row?);
         }
         let mut stmt = self.conn.prepare(
-            "SELECT recipient, count(*) FROM messages WHERE unread = 1 GROUP BY recipient",
+            "SELECT u.name, count(*) FROM messages m JOIN users u ON u.id = m.recipient_id
+             WHERE m.unread = 1 GROUP BY m.recipient_id",
         )?;
         for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?)))? {
             let (name, n) = row?;
@@ -737,25 +741,17 @@ fn apply(conn: &Connection, request: &StoreRequest) -> rusqlite::Result<StoreOut
             hash,
             created,
         } => {
-            // Anything still naming this name belongs to an account deleted
-            // before (a message to it may have committed just after the
-            // delete): detached, so the new account starts clean.
-            conn.prepare_cached(
-                "UPDATE messages SET recipient = '!deleted', unread = 0 WHERE recipient = ?1",
-            )?
-            .execute([name])?;
-            conn.prepare_cached("UPDATE messages SET sender = '!deleted' WHERE sender = ?1")?
-                .execute([name])?;
-            conn.prepare_cached("DELETE FROM blocks WHERE blocker = ?1 OR blocked = ?1")?
-                .execute([name])?;
+            // A new id (never one a deleted account had): nothing old
+            // refers to it.
             conn.prepare_cached("INSERT INTO users (name, hash, created) VALUES (?1, ?2, ?3)")?
                 .execute(params![name, hash, created])?;
             Ok(StoreOutput::Ids(vec![conn.last_insert_rowid()]))
         }
         StoreRequest::InsertMessages(messages) => {
             let mut stmt = conn.prepare_cached(
-                "INSERT INTO messages (ts, sender, recipient, body, unread, body_of)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO messages (ts, sender_id, recipient_id, body, unread, body_of)
+                 VALUES (?1, (SELECT id FROM users WHERE name = ?2),
+                         (SELECT id FROM users WHERE name = ?3), ?4, ?5, ?6)",
             )?;
             let mut ids = Vec::with_capacity(messages.len());
             // The row holding the text these messages share, if any yet.
@@ -790,8 +786,9 @@ fn apply(conn: &Connection, request: &StoreRequest) -> rusqlite::Result<StoreOut
         StoreRequest::TakeInbox { user, after, limit } => {
             let rows = conn
                 .prepare_cached(&format!(
-                    "SELECT {ROW} FROM messages m
-                     WHERE recipient = ?1 AND unread = 1 AND id > ?2 ORDER BY id LIMIT ?3"
+                    "SELECT {ROW} FROM {ROW_FROM}
+                     WHERE m.recipient_id = (SELECT id FROM users WHERE name = ?1)
+                       AND m.unread = 1 AND m.id > ?2 ORDER BY m.id LIMIT ?3"
                 ))?
                 .query_map(params![user, after, limit], message_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -812,40 +809,52 @@ fn apply(conn: &Connection, request: &StoreRequest) -> rusqlite::Result<StoreOut
             page,
         } => {
             // Both directions of a conversation, or everything to or from
-            // `user`; each half walks its own index in id order.
+            // `user`; each half walks its own index in id order. ?1 and ?3
+            // are account ids (an account gone meanwhile has none: nothing).
             let (pick, other) = match with {
-                None => ("sender = ?1", "recipient = ?1"),
+                None => ("m.sender_id = ?1", "m.recipient_id = ?1"),
                 Some(_) => (
-                    "sender = ?1 AND recipient = ?3",
-                    "sender = ?3 AND recipient = ?1",
+                    "m.sender_id = ?1 AND m.recipient_id = ?3",
+                    "m.sender_id = ?3 AND m.recipient_id = ?1",
                 ),
             };
-            let with = with.as_deref().unwrap_or("");
+            let id_of = |name: &str| -> rusqlite::Result<i64> {
+                let id = conn
+                    .prepare_cached("SELECT id FROM users WHERE name = ?1")?
+                    .query_row([name], |r| r.get(0))
+                    .optional()?;
+                Ok(id.unwrap_or(-1))
+            };
+            let user = id_of(user)?;
+            let with = match with {
+                Some(name) => Some(id_of(name)?),
+                None => None,
+            };
             let (after, upto, total) = match upto {
                 Some(upto) => (*after, *upto, 0),
                 None => {
                     let mut span = conn.prepare_cached(&format!(
                         "SELECT coalesce(min(id), 0), coalesce(max(id), 0), count(*) FROM (
-                           SELECT id FROM messages WHERE {pick}
+                           SELECT id FROM messages m WHERE {pick}
                            UNION ALL
-                           SELECT id FROM messages WHERE {other}
+                           SELECT id FROM messages m WHERE {other}
                            ORDER BY id DESC LIMIT ?2)"
                     ))?;
                     let read = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?, r.get(2)?));
-                    let (first, last, n): (i64, i64, u32) = if with.is_empty() {
-                        span.query_row(params![user, limit], read)?
-                    } else {
-                        span.query_row(params![user, limit, with], read)?
+                    let (first, last, n): (i64, i64, u32) = match with {
+                        None => span.query_row(params![user, limit], read)?,
+                        Some(with) => span.query_row(params![user, limit, with], read)?,
                     };
                     (first - 1, last, n)
                 }
             };
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {ROW} FROM messages m WHERE {pick} AND id > ?2 AND id <= ?4
+                "SELECT {ROW} FROM {ROW_FROM} WHERE {pick} AND m.id > ?2 AND m.id <= ?4
                  UNION ALL
-                 SELECT {ROW} FROM messages m WHERE {other} AND id > ?2 AND id <= ?4
+                 SELECT {ROW} FROM {ROW_FROM} WHERE {other} AND m.id > ?2 AND m.id <= ?4
                  ORDER BY 1 LIMIT ?5"
             ))?;
+            let with = with.unwrap_or(-1);
             let rows = stmt.query_map(params![user, after, with, upto, page], message_row)?;
             // At most about HISTORY_PART_BYTES of text too (always one row):
             // a part of long messages stays small.
@@ -871,9 +880,12 @@ fn apply(conn: &Connection, request: &StoreRequest) -> rusqlite::Result<StoreOut
             on,
         } => {
             let sql = if *on {
-                "INSERT OR IGNORE INTO blocks (blocker, blocked) VALUES (?1, ?2)"
+                "INSERT OR IGNORE INTO blocks (blocker_id, blocked_id)
+                 SELECT a.id, b.id FROM users a, users b WHERE a.name = ?1 AND b.name = ?2"
             } else {
-                "DELETE FROM blocks WHERE blocker = ?1 AND blocked = ?2"
+                "DELETE FROM blocks
+                 WHERE blocker_id = (SELECT id FROM users WHERE name = ?1)
+                   AND blocked_id = (SELECT id FROM users WHERE name = ?2)"
             };
             conn.prepare_cached(sql)?
                 .execute(params![blocker, blocked])?;
@@ -889,34 +901,33 @@ fn apply(conn: &Connection, request: &StoreRequest) -> rusqlite::Result<StoreOut
             "a backup is taken by the reader".into(),
         )),
         StoreRequest::DeleteUser { user } => {
-            let rowid: Option<i64> = conn
-                .prepare_cached("SELECT rowid FROM users WHERE name = ?1")?
+            let id: Option<i64> = conn
+                .prepare_cached("SELECT id FROM users WHERE name = ?1")?
                 .query_row([user], |r| r.get(0))
                 .optional()?;
-            let Some(rowid) = rowid else {
+            let Some(id) = id else {
                 return Ok(StoreOutput::Done);
             };
-            let tombstone = format!("!deleted-{rowid}");
             // Its unread messages go, except a row holding a list
             // broadcast's text for others: that one stays, read, detached.
             conn.prepare_cached(
                 "DELETE FROM messages WHERE id IN (
                    SELECT m.id FROM messages m, users u
-                   WHERE m.recipient = ?1 AND u.name = ?1
+                   WHERE m.recipient_id = ?1 AND u.id = ?1
                      AND (m.unread = 1 OR (m.unread = 2 AND m.id > u.pushed))
                      AND NOT EXISTS (SELECT 1 FROM messages r WHERE r.body_of = m.id))",
             )?
-            .execute([user])?;
+            .execute([id])?;
+            // The rest is history, detached: it keeps an id no account
+            // will have again.
             conn.prepare_cached(
-                "UPDATE messages SET recipient = ?2, unread = 0 WHERE recipient = ?1",
+                "UPDATE messages SET unread = 0 WHERE recipient_id = ?1 AND unread != 0",
             )?
-            .execute(params![user, tombstone])?;
-            conn.prepare_cached("UPDATE messages SET sender = ?2 WHERE sender = ?1")?
-                .execute(params![user, tombstone])?;
-            conn.prepare_cached("DELETE FROM blocks WHERE blocker = ?1 OR blocked = ?1")?
-                .execute([user])?;
-            conn.prepare_cached("DELETE FROM users WHERE name = ?1")?
-                .execute([user])?;
+            .execute([id])?;
+            conn.prepare_cached("DELETE FROM blocks WHERE blocker_id = ?1 OR blocked_id = ?1")?
+                .execute([id])?;
+            conn.prepare_cached("DELETE FROM users WHERE id = ?1")?
+                .execute([id])?;
             Ok(StoreOutput::Done)
         }
         StoreRequest::SetBanned { user, on } => {
@@ -962,9 +973,16 @@ pub const HISTORY_PART_BYTES: usize = 64 * 1024;
 
 /// The columns of a [`MessageRow`] from `messages m`, the text taken from
 /// the row that holds it when `m` shares another's.
-const ROW: &str = "m.id, m.ts, m.sender, m.recipient,
+const ROW: &str = "m.id, m.ts,
+    coalesce(s.name, '!deleted-' || ifnull(m.sender_id, 0)),
+    coalesce(r.name, '!deleted-' || ifnull(m.recipient_id, 0)),
     CASE WHEN m.body_of IS NULL THEN m.body
          ELSE (SELECT b.body FROM messages b WHERE b.id = m.body_of) END";
+
+/// What [`ROW`] reads from: a deleted account's side of a message has no
+/// name any more and shows as `!deleted-<id>`.
+const ROW_FROM: &str = "messages m LEFT JOIN users s ON s.id = m.sender_id
+    LEFT JOIN users r ON r.id = m.recipient_id";
 
 /// `unread` of a message waiting in its recipient's inbox.
 const UNREAD_INBOX: i64 = 1;
@@ -980,7 +998,8 @@ fn advance(conn: &Connection, user: &str, m: Marks) -> rusqlite::Result<()> {
     )?
     .execute(params![user, m.pushed, m.inboxed])?;
     conn.prepare_cached(
-        "UPDATE messages SET unread = 0 WHERE recipient = ?1 AND unread = 1 AND id <= ?2",
+        "UPDATE messages SET unread = 0
+         WHERE recipient_id = (SELECT id FROM users WHERE name = ?1) AND unread = 1 AND id <= ?2",
     )?
     .execute(params![user, m.inboxed])?;
     Ok(())
@@ -1025,9 +1044,9 @@ fn fold_marks(conn: &mut Connection, marks: &ReadMarks) -> rusqlite::Result<Vec<
         }
         returned += tx
             .prepare_cached(
-                "UPDATE messages SET unread = 1 WHERE recipient = ?1 AND unread = 2 AND id > ?2",
+                "UPDATE messages SET unread = 1 WHERE recipient_id = ?1 AND unread = 2 AND id > ?2",
             )?
-            .execute(params![name, m.pushed])?;
+            .execute(params![rowid, m.pushed])?;
         folded.push((rowid.max(0) as u64, m));
     }
     tx.commit()?;

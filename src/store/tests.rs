@@ -18,6 +18,21 @@ fn msg(sender: &str, recipient: &str, body: &str, unread: bool) -> NewMessage {
     }
 }
 
+/// Makes the accounts that messages and blocks refer to (by id).
+fn accounts(store: &mut Store, names: &[&str]) {
+    let requests: Vec<StoreRequest> = names
+        .iter()
+        .map(|name| StoreRequest::CreateUser {
+            name: name.to_string(),
+            hash: "h".into(),
+            created: 0,
+        })
+        .collect();
+    for out in store.run_batch(&requests) {
+        out.unwrap();
+    }
+}
+
 fn bodies(out: &Result<StoreOutput, StoreError>) -> Vec<String> {
     match out {
         Ok(StoreOutput::Rows(rows)) | Ok(StoreOutput::History { rows, .. }) => {
@@ -220,6 +235,7 @@ fn an_account_created_later_does_not_inherit_a_stale_slot() {
 #[test]
 fn history_is_the_last_n_oldest_first_optionally_with_one_user() {
     let (_dir, mut store) = open();
+    accounts(&mut store, &["a", "b", "c"]);
     store.run_batch(&[StoreRequest::InsertMessages(vec![
         msg("a", "b", "1", false),
         msg("b", "a", "2", false),
@@ -243,6 +259,7 @@ fn history_is_the_last_n_oldest_first_optionally_with_one_user() {
 #[test]
 fn history_comes_a_page_at_a_time_within_the_span_found_first() {
     let (_dir, mut store) = open();
+    accounts(&mut store, &["a", "b"]);
     let to_b: Vec<NewMessage> = (1..=7)
         .map(|n| msg("a", "b", &n.to_string(), false))
         .collect();
@@ -275,6 +292,10 @@ fn history_comes_a_page_at_a_time_within_the_span_found_first() {
 #[test]
 fn a_list_broadcast_stores_its_text_once() {
     let (_dir, mut store) = open();
+    let names: Vec<String> = (0..300).map(|i| format!("u{i}")).collect();
+    let mut all: Vec<&str> = names.iter().map(String::as_str).collect();
+    all.push("a");
+    accounts(&mut store, &all);
     let text: Arc<str> = "x".repeat(3000).into();
     let sender: Arc<str> = "a".into();
     let to = |r: &str| NewMessage {
@@ -303,6 +324,7 @@ fn a_list_broadcast_stores_its_text_once() {
 #[test]
 fn a_failing_request_does_not_take_its_batch_down() {
     let (_dir, mut store) = open();
+    accounts(&mut store, &["b"]);
     let create = StoreRequest::CreateUser {
         name: "a".into(),
         hash: "h".into(),
@@ -321,7 +343,7 @@ fn a_failing_request_does_not_take_its_batch_down() {
     assert!(out[1].is_err(), "duplicate user must fail");
     assert!(out[2].is_ok());
     let snap = store.load().unwrap();
-    assert_eq!(snap.users.len(), 1);
+    assert_eq!(snap.users.len(), 2);
     assert_eq!(snap.blocks, vec![("a".to_string(), "b".to_string())]);
 }
 
@@ -366,7 +388,8 @@ fn a_database_from_a_newer_release_is_refused() {
 
 #[test]
 fn the_thread_reports_every_request_after_its_commit_in_order() {
-    let (dir, store) = open();
+    let (dir, mut store) = open();
+    accounts(&mut store, &["a", "b"]);
     let (tx, rx) = mpsc::channel();
     let mut handle = store
         .spawn(move |batch: Vec<(u32, Result<StoreOutput, StoreError>)>| {
@@ -396,6 +419,7 @@ fn the_thread_reports_every_request_after_its_commit_in_order() {
 #[test]
 fn retention_deletes_only_old_messages_that_were_read() {
     let (dir, mut store) = open();
+    accounts(&mut store, &["a", "b"]);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -435,4 +459,57 @@ fn retention_deletes_only_old_messages_that_were_read() {
     }
     assert_eq!(history(), vec!["old but unread", "recent"]);
     handle.close();
+}
+
+/// The newest account deleted and its name registered again: the new
+/// account gets a new id (never the old one's), so nothing old is its.
+#[test]
+fn a_name_registered_again_is_a_new_account_even_when_the_old_had_the_newest_id() {
+    let (_dir, mut store) = open();
+    accounts(&mut store, &["a", "b"]);
+    store.run_batch(&[
+        StoreRequest::InsertMessages(vec![
+            msg("a", "b", "read", false),
+            msg("a", "b", "unread", true),
+        ]),
+        StoreRequest::SetBlock {
+            blocker: "b".into(),
+            blocked: "a".into(),
+            on: true,
+        },
+        // "read" was written out to b's session.
+        StoreRequest::Advance(vec![(
+            "b".into(),
+            Marks {
+                pushed: 1,
+                inboxed: 0,
+            },
+        )]),
+    ]);
+    let old_slot = store.load().unwrap().users["b"].slot;
+    for out in store.run_batch(&[StoreRequest::DeleteUser { user: "b".into() }]) {
+        out.unwrap();
+    }
+    accounts(&mut store, &["b"]);
+    let snap = store.load().unwrap();
+    assert_ne!(snap.users["b"].slot, old_slot);
+    assert!(snap.blocks.is_empty());
+    assert_eq!(snap.unread.get("b"), None);
+    let history = |user: &str| StoreRequest::History {
+        user: user.into(),
+        with: None,
+        limit: 10,
+        after: 0,
+        upto: None,
+        page: 100,
+    };
+    let out = store.run_batch(&[history("b"), history("a")]);
+    assert!(bodies(&out[0]).is_empty());
+    // The other side keeps what was read, with the old account detached.
+    let Ok(StoreOutput::History { rows, .. }) = &out[1] else {
+        panic!("{:?}", out[1])
+    };
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].body, "read");
+    assert_eq!(rows[0].recipient, format!("!deleted-{old_slot}"));
 }

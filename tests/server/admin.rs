@@ -378,7 +378,8 @@ fn backup_writes_a_consistent_copy_that_opens_and_holds_the_messages() {
     let db = rusqlite::Connection::open(&copy).expect("the copy opens");
     let n: i64 = db
         .query_row(
-            "SELECT count(*) FROM messages WHERE recipient = 'bob'",
+            "SELECT count(*) FROM messages m JOIN users u ON u.id = m.recipient_id
+             WHERE u.name = 'bob'",
             [],
             |r| r.get(0),
         )

@@ -7,6 +7,7 @@ mod contract;
 mod durability;
 mod hostile;
 mod logins;
+mod migration;
 mod tls;
 mod unread;
 mod util;
