@@ -26,7 +26,7 @@ fn v4_data(dir: &Path) -> std::path::PathBuf {
 fn history(rows: &[String]) -> Vec<String> {
     rows.iter()
         .filter_map(|r| r.strip_prefix("= "))
-        .map(|r| r.splitn(2, ' ').nth(1).unwrap_or_default().to_string())
+        .map(|r| r.split_once(' ').map_or("", |(_, rest)| rest).to_string())
         .collect()
 }
 
