@@ -8,6 +8,10 @@ mod durability;
 mod hostile;
 mod logins;
 mod migration;
+mod postgres;
 mod tls;
 mod unread;
 mod util;
+
+#[path = "../support/postgres.rs"]
+mod pg;
