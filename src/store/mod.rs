@@ -1,19 +1,21 @@
 //! The durable store: accounts, messages (inbox and history), blocks and
-//! last-seen times in one SQLite database, and the thread that owns it.
+//! last-seen times, and the threads that own the database.
 //!
 //! The loop thread never touches the database after start-up. It sends
 //! [`StoreRequest`]s with a tag; the store thread takes everything queued,
-//! runs it in one transaction (WAL, `synchronous=FULL`), commits, and only
-//! then hands every result of the batch back at once (group commit). So an
-//! acknowledgement built from a result always follows an fsync'd commit.
-//! Between batches it deletes read messages past `--history-retention-days`.
-//! A second thread, the reader, answers `history` on its own read-only
-//! connection so reads never wait behind writes. `files.rs` owns the data
-//! directory's lock and the database file's mode and identity; `schema.rs`
-//! the migrations; `marks.rs` the read marks that say which messages have
-//! left natterd (the fold at start is here, with the rest of the SQL). This
-//! file is about 750 lines because the request types, the two threads and
-//! the SQL they run belong together.
+//! runs it in one transaction, commits, and only then hands every result of
+//! the batch back at once (group commit). So an acknowledgement built from
+//! a result always follows a durable commit. Between batches it deletes
+//! read messages past `--history-retention-days`. A second thread, the
+//! reader, answers `history` on its own connection so reads never wait
+//! behind writes.
+//!
+//! This file owns the request and result types, the [`Backend`] interface
+//! and the two threads. The SQL is the backends': `sqlite.rs` (the default,
+//! embedded; its migrations in `schema.rs`, its file's mode and identity in
+//! `files.rs` with the data directory's lock) and `postgres.rs`
+//! (`--store postgres://...`). `marks.rs` owns the read marks that say
+//! which messages have left natterd, whichever backend holds them.
 
 mod files;
 pub mod marks;
