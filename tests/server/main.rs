@@ -4,6 +4,7 @@
 mod admin;
 mod config;
 mod contract;
+mod deploy;
 mod durability;
 mod hostile;
 mod logins;
