@@ -4,6 +4,7 @@
 mod app;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 use natter_client::TlsConfig;
@@ -12,27 +13,43 @@ const AFTER_HELP: &str = "\
 Interactive use (stdin is a terminal):
   natter asks for the username (unless --user is given) and the password
   (without echo, unless NATTER_PASSWORD is set), logs in, then shows a prompt.
-  Type protocol commands at the prompt, e.g.:
-    send <user> <text>        whoelse           wholast <minutes>
-    broadcast <text>          broadcast user <u1> [<u2> ...] message <text>
-    inbox    history [<user>] [<count>]    block <user>    unblock <user>
-    blocked  ping    help     logout | quit
-  Replies are shown as the server sends them: '+ ...' success, '- CODE ...'
-  failure, '= ...' data lines. Messages arrive as chat lines with the local
-  time and the sender, e.g. '[19:20] alice: hi', printed above the prompt so
-  what you are typing is never disturbed. Up/Down recall earlier commands;
-  Tab completes command words and the usernames seen so far.
-  Ctrl-C or Ctrl-D logs out, like 'quit'.
+  Messages arrive as chat lines above what you are typing, e.g.
+  '[19:20] bob: hi'; the bell rings on a direct message (--no-bell).
+  Slash commands:
+    /msg <user> <text>     send one message
+    /query <user>          talk to <user>: plain lines go to them until
+                           /query alone or /close; the prompt shows alice→bob>
+    /who  /last [<min>]    who is online; who was, in the last minutes
+    /inbox  /history [<user>] [<n>]   unread messages; past conversations
+    /block <user>  /unblock <user>  /blocked  /broadcast <text>
+    /help  /quit
+  A line without a slash is sent as typed (protocol commands such as
+  'send bob hi' or 'whoelse' work as they are), except in a query.
+  Keys: Tab completes commands and names; Up/Down recall earlier lines (never
+  ones holding a password); Ctrl-C clears the line; Ctrl-D on an empty line
+  logs out.
+  Staying connected: natter sends a keepalive ping after --keepalive seconds
+  without a command (the server logs idle sessions out), and when the
+  connection drops or the server restarts it reconnects, waiting 1, 2, 4 ...
+  up to 60 s between tries, keeps what you were typing, logs in again and
+  shows how many unread messages wait. Being logged in from elsewhere
+  ('replaced'), banned or kicked, or a refused login, ends it instead.
 
 Piped use (stdin is not a terminal):
-  No prompt and no line editing. Each input line is sent as a command and what
-  comes back is printed in plain text on stdout. At the end of input natter
-  waits for the reply to every command sent, then exits. Without --user the
-  script logs in itself:
+  No prompt and no line editing. Each input line is one command; what comes
+  back is printed on stdout as the server's lines ('+ ...' success,
+  '- CODE ...' failure, '= ...' data, events as chat lines), or with --json
+  as one JSON object per reply ({\"command\", \"status\": \"ok\"|\"error\",
+  \"code\", \"text\", \"data\": [lines]}) and per event ({\"event\": ...}).
+  Commands are pipelined and paced by the server; --wait sends each one only
+  after the previous one is answered. At the end of input natter waits for
+  every reply, then exits. Without --user the script logs in itself:
     printf 'login alice secret-pw\\nwhoelse\\n' | natter 127.0.0.1 4000
   With --user, natter logs in first using NATTER_PASSWORD (or asks on the
   terminal):
     printf 'send bob hi\\n' | NATTER_PASSWORD=secret-pw natter --user alice
+  If the connection ends early, the commands that got no answer are listed
+  on stderr. Piped mode never reconnects.
 
 TLS:
   --tls encrypts the connection (natterd's TLS listener, port 4443 unless
@@ -50,13 +67,16 @@ Environment:
                    otherwise used only when stdout is a terminal.
 
 Exit status:
-  0  logged out ('quit', 'logout', Ctrl-C, Ctrl-D), or the end of piped input
-     with every reply received.
+  0  logged out ('/quit', 'quit', 'logout', Ctrl-D), or the end of piped input
+     with every command answered and none refused.
   1  the server closed the connection ('* bye <reason>', shown with the reason)
-     or it dropped; the server could not be reached; its TLS certificate was
-     refused; the login failed.
+     or it dropped (piped mode, or a reconnect refused); the server could not
+     be reached; its TLS certificate was refused; a login failed (also a
+     'login' line in a script).
   2  bad command-line arguments (including a malformed --fingerprint or an
-     unreadable --ca file).";
+     unreadable --ca file).
+  3  piped mode: every command was answered, but one or more were refused
+     ('- CODE ...').";
 
 /// The natter chat client.
 #[derive(Parser)]
@@ -91,6 +111,22 @@ struct Args {
     /// issued it and whatever names it holds.
     #[arg(long, value_name = "SHA256", requires = "tls")]
     fingerprint: Option<String>,
+    /// Send a keepalive after this many seconds without a command (0: never).
+    /// Must be well under the server's idle timeout (30 minutes by default).
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    keepalive: u64,
+    /// Interactive: end instead of reconnecting when the connection drops.
+    #[arg(long)]
+    no_reconnect: bool,
+    /// Interactive: no bell on a direct message.
+    #[arg(long)]
+    no_bell: bool,
+    /// Piped: print each reply and event as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Piped: send each command only after the previous one is answered.
+    #[arg(long)]
+    wait: bool,
 }
 
 fn main() {
@@ -113,6 +149,11 @@ fn main() {
         tls,
         user: args.user,
         register: args.register,
+        keepalive: (args.keepalive > 0).then(|| Duration::from_secs(args.keepalive)),
+        reconnect: !args.no_reconnect,
+        bell: !args.no_bell,
+        json: args.json,
+        wait: args.wait,
     });
     std::process::exit(code);
 }

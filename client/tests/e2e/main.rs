@@ -5,5 +5,6 @@
 
 mod interactive;
 mod piped;
+mod staying;
 mod tls;
 mod util;
