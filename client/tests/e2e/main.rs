@@ -5,6 +5,7 @@
 
 mod interactive;
 mod piped;
+mod resize;
 mod staying;
 mod tls;
 mod util;
