@@ -134,7 +134,7 @@ fn exit_status(end: Option<&End>, shared: &Shared) -> i32 {
         }
         let lost = shared.disconnect();
         if !lost.is_empty() {
-            eprintln!("natter: {} commands got no answer:", lost.len());
+            eprintln!("natter: {} got no answer:", commands(lost.len()));
             for sent in lost {
                 eprintln!("  {}", sent.shown);
             }
@@ -148,9 +148,18 @@ fn exit_status(end: Option<&End>, shared: &Shared) -> i32 {
         }
         (0, false) => 0,
         (n, false) => {
-            eprintln!("natter: {n} commands failed");
+            eprintln!("natter: {} failed", commands(n));
             EXIT_COMMAND_FAILED
         }
+    }
+}
+
+/// "1 command", "2 commands".
+fn commands(n: usize) -> String {
+    if n == 1 {
+        "1 command".into()
+    } else {
+        format!("{n} commands")
     }
 }
 

@@ -250,3 +250,61 @@ fn sigterm_at_the_prompt_leaves_echo_on() {
     let (_, echo) = pty.exp_regex(" -?echo ").expect("stty's echo flag");
     assert_eq!(echo, " echo ", "the terminal was left without echo");
 }
+
+#[test]
+fn a_query_conversation_with_slash_commands() {
+    let server = two_users();
+    let mut pty = client(&server, "alice", "password-a", false);
+    let mut bob = Raw::login(&server, "bob", "password-b");
+
+    keys(&mut pty, "/query bob\r");
+    pty.exp_string("-- talking to bob")
+        .expect("the query opened");
+    pty.exp_string(&on_screen("alice→bob> "))
+        .expect("the prompt shows the query");
+    keys(&mut pty, "hi bob, plain line\r");
+    let got = bob.expect_prefix("* msg alice ");
+    assert!(got.ends_with(" hi bob, plain line"), "bob got {got:?}");
+    pty.exp_string(&on_screen("alice→bob: hi bob, plain line"))
+        .expect("the message echoed into the conversation");
+
+    bob.send("send alice hello alice");
+    bob.expect_line("+ delivered");
+    pty.exp_string("bob: hello alice")
+        .expect("bob's reply shown");
+
+    // /history in a query is the query's conversation, as chat lines.
+    keys(&mut pty, "/history\r");
+    pty.exp_string(&on_screen("alice→bob: hi bob, plain line"))
+        .expect("history row: alice to bob");
+    pty.exp_string(&on_screen("bob→alice: hello alice"))
+        .expect("history row: bob to alice");
+    pty.exp_string("+ 2 messages").expect("history completes");
+
+    // Slash commands still work, and errors are explained locally.
+    keys(&mut pty, "/who\r");
+    pty.exp_string("+ 1 online").expect("/who answered");
+    keys(&mut pty, "/frobnicate\r");
+    pty.exp_string("-- unknown command /frobnicate (/help lists them)")
+        .expect("an unknown slash command explained");
+    keys(&mut pty, "/help\r");
+    pty.exp_string("/msg <user> <text>")
+        .expect("the help table");
+    pty.exp_string("send one message to <user>")
+        .expect("help describes each command");
+
+    // /close: plain lines are protocol commands again.
+    keys(&mut pty, "/close\r");
+    pty.exp_string("-- no longer talking to bob")
+        .expect("the query closed");
+    pty.exp_string("alice> ").expect("the plain prompt back");
+    keys(&mut pty, "ping\r");
+    pty.exp_string("+ pong").expect("a protocol command");
+    keys(&mut pty, "/msg bob one more\r");
+    let got = bob.expect_prefix("* msg alice ");
+    assert!(got.ends_with(" one more"), "bob got {got:?}");
+
+    keys(&mut pty, "/quit\r");
+    pty.exp_string("+ bye").expect("the logout confirmed");
+    assert_eq!(exit_code(&mut pty), 0);
+}

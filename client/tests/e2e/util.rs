@@ -275,6 +275,11 @@ pub fn natter_tls(server: &Server, host: &str, trust: &[&str]) -> Command {
 /// Runs `cmd` with `input` on stdin to the end, within [`TIMEOUT`]; kills it
 /// and panics if it does not finish.
 pub fn run(cmd: &mut Command, input: &str) -> Run {
+    run_within(cmd, input, TIMEOUT)
+}
+
+/// [`run`] with a longer bound, for long scripts.
+pub fn run_within(cmd: &mut Command, input: &str, limit: Duration) -> Run {
     let child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -287,7 +292,7 @@ pub fn run(cmd: &mut Command, input: &str) -> Run {
         let _ = stdin.write_all(input.as_bytes());
     }
     running.close_stdin();
-    running.finish()
+    running.finish_within(limit)
 }
 
 /// A `natter` still running, with its output collected on threads so the
@@ -369,8 +374,13 @@ impl Running {
 
     /// Waits for the process to exit within [`TIMEOUT`] and collects the rest
     /// of its output; kills it and panics if it does not exit.
-    pub fn finish(mut self) -> Run {
-        let deadline = Instant::now() + TIMEOUT;
+    pub fn finish(self) -> Run {
+        self.finish_within(TIMEOUT)
+    }
+
+    /// [`Running::finish`] with another bound.
+    pub fn finish_within(mut self, limit: Duration) -> Run {
+        let deadline = Instant::now() + limit;
         let status = loop {
             match self.child.try_wait().expect("wait for natter") {
                 Some(status) => break status,
@@ -378,7 +388,7 @@ impl Running {
                     let _ = self.child.kill();
                     let _ = self.child.wait();
                     panic!(
-                        "natter did not exit within {TIMEOUT:?}; stdout: {:#?}",
+                        "natter did not exit within {limit:?}; stdout: {:#?}",
                         self.out_lines
                     );
                 }
