@@ -1,5 +1,6 @@
 //! `natter`, the terminal client for natterd. This file only parses the
-//! command line (and documents the client in `--help`); `app` does the work.
+//! command line, lays the config file's defaults under it, and documents the
+//! client in `--help`; `app` does the work.
 
 mod app;
 
@@ -82,9 +83,8 @@ Exit status:
 #[derive(Parser)]
 #[command(name = "natter", version, about, after_help = AFTER_HELP)]
 struct Args {
-    /// Server host name or address.
-    #[arg(default_value = natter_client::DEFAULT_HOST)]
-    host: String,
+    /// Server host name or address [default: 127.0.0.1].
+    host: Option<String>,
     /// Server port [default: 4000, or 4443 with --tls].
     port: Option<u16>,
     /// Log in as NAME (asked for when missing on a terminal).
@@ -111,10 +111,11 @@ struct Args {
     /// issued it and whatever names it holds.
     #[arg(long, value_name = "SHA256", requires = "tls")]
     fingerprint: Option<String>,
-    /// Send a keepalive after this many seconds without a command (0: never).
-    /// Must be well under the server's idle timeout (30 minutes by default).
-    #[arg(long, value_name = "SECS", default_value_t = 60)]
-    keepalive: u64,
+    /// Send a keepalive after this many seconds without a command (0: never)
+    /// [default: 60]. Must be well under the server's idle timeout (30
+    /// minutes by default).
+    #[arg(long, value_name = "SECS")]
+    keepalive: Option<u64>,
     /// Interactive: end instead of reconnecting when the connection drops.
     #[arg(long)]
     no_reconnect: bool,
@@ -127,38 +128,71 @@ struct Args {
     /// Piped: send each command only after the previous one is answered.
     #[arg(long)]
     wait: bool,
+    /// Interactive: run this shell command on a direct message instead of
+    /// ringing the bell; it gets NATTER_FROM and NATTER_TEXT.
+    #[arg(long, value_name = "CMD")]
+    notify: Option<String>,
+    /// Interactive: write each conversation to DIR/<user>.log (0600).
+    #[arg(long, value_name = "DIR")]
+    log_dir: Option<PathBuf>,
+    /// Read defaults from this file instead of
+    /// $XDG_CONFIG_HOME/natter/config.toml (~/.config/natter/config.toml).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
+
+/// Seconds without a command before a keepalive, unless told otherwise.
+const DEFAULT_KEEPALIVE_SECS: u64 = 60;
 
 fn main() {
     let args = Args::parse();
-    let tls = match tls_config(&args) {
+    let config = match app::config::load(args.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("natter: {e}");
+            std::process::exit(2);
+        }
+    };
+    let tls_on = args.tls || config.tls.unwrap_or(false);
+    // Trust given on the command line replaces the file's, whichever kind.
+    let (ca, fingerprint) = if args.ca.is_some() || args.fingerprint.is_some() {
+        (args.ca.clone(), args.fingerprint.clone())
+    } else {
+        (config.ca.clone(), config.fingerprint.clone())
+    };
+    let tls = match TlsConfig::from_flags(tls_on, ca.as_deref(), fingerprint.as_deref()) {
         Ok(tls) => tls,
         Err(e) => {
             eprintln!("natter: {e}");
             std::process::exit(2);
         }
     };
-    let default_port = if args.tls {
+    let default_port = if tls_on {
         natter_client::DEFAULT_TLS_PORT
     } else {
         natter_client::DEFAULT_PORT
     };
+    let keepalive = args
+        .keepalive
+        .or(config.keepalive)
+        .unwrap_or(DEFAULT_KEEPALIVE_SECS);
     let code = app::run(app::Options {
-        host: args.host,
-        port: args.port.unwrap_or(default_port),
+        host: args
+            .host
+            .or(config.host)
+            .unwrap_or_else(|| natter_client::DEFAULT_HOST.to_string()),
+        port: args.port.or(config.port).unwrap_or(default_port),
         tls,
-        user: args.user,
+        user: args.user.or(config.user),
         register: args.register,
-        keepalive: (args.keepalive > 0).then(|| Duration::from_secs(args.keepalive)),
-        reconnect: !args.no_reconnect,
-        bell: !args.no_bell,
+        keepalive: (keepalive > 0).then(|| Duration::from_secs(keepalive)),
+        reconnect: !args.no_reconnect && config.reconnect.unwrap_or(true),
+        bell: !args.no_bell && config.bell.unwrap_or(true),
+        notify: args.notify.or(config.notify),
+        log_dir: args.log_dir.or(config.log_dir),
+        colour: config.colour.unwrap_or(true),
         json: args.json,
         wait: args.wait,
     });
     std::process::exit(code);
-}
-
-/// The TLS configuration the flags ask for, if any.
-fn tls_config(args: &Args) -> Result<Option<TlsConfig>, String> {
-    TlsConfig::from_flags(args.tls, args.ca.as_deref(), args.fingerprint.as_deref())
 }

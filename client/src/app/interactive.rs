@@ -16,6 +16,7 @@
 
 use std::io::{self, IsTerminal, Write};
 use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -31,13 +32,16 @@ use rustyline::{
     Cmd, CompletionType, ConditionalEventHandler, Config, Context, Editor, EventContext,
     EventHandler, ExternalPrinter as _, Helper, KeyEvent, RepeatCount,
 };
+use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use natter_client::{Event, LineReader, ServerLine, Stream, Style};
 
+use super::autolog::{entry, Autolog};
 use super::complete::complete;
 use super::link::{backoff, jitter, whole_seconds, Connection, Dialer};
 use super::login::Credentials;
+use super::notify::Notifier;
 use super::present::{rings, slash_help, Presenter};
 use super::screen::Transcript;
 use super::session::{read_loop, End, Keepalive, Sent, Shared};
@@ -62,12 +66,16 @@ const RESIZE_SETTLE: Duration = Duration::from_millis(150);
 const HISTORY_SIZE: usize = 1000;
 
 /// What the person chose on the command line for the session.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     /// Connect again when the connection drops.
     pub reconnect: bool,
     /// Ring the terminal's bell on a direct message.
     pub bell: bool,
+    /// Run this (with `sh -c`) on a direct message instead of the bell.
+    pub notify: Option<String>,
+    /// Write each conversation to its own file here.
+    pub log_dir: Option<PathBuf>,
 }
 
 /// Runs interactive mode to the end; returns the exit status.
@@ -80,6 +88,15 @@ pub fn run(
     settings: Settings,
 ) -> i32 {
     let user = creds.user.to_ascii_lowercase();
+    let autolog = match settings.log_dir.as_deref().map(Autolog::open) {
+        None => None,
+        Some(Ok(log)) => Some(log),
+        Some(Err(e)) => {
+            eprintln!("natter: cannot use --log-dir: {e}");
+            return 1;
+        }
+    };
+    let notifier = settings.notify.clone().map(Notifier::new);
     let (reader, wire) = conn.into_halves();
     let shared = Arc::new(Shared::new(wire));
     shared.set_logged_in();
@@ -124,6 +141,8 @@ pub fn run(
         creds,
         style,
         settings,
+        autolog,
+        notifier,
         saved,
     };
     let spawned = thread::Builder::new()
@@ -224,6 +243,8 @@ struct Reading {
     creds: Credentials,
     style: Style,
     settings: Settings,
+    autolog: Option<Autolog>,
+    notifier: Option<Notifier>,
     saved: Option<Termios>,
 }
 
@@ -232,15 +253,39 @@ impl Reading {
         let user = self.creds.user.to_ascii_lowercase();
         let mut presenter = Presenter::new(self.style, &user);
         let keepalive: Option<Keepalive> = self.dialer.keepalive;
+        let mut log_failed = false;
         loop {
             let end = read_loop(&mut reader, &self.shared, keepalive, &mut |line, cmd| {
                 // A `* bye` is told with the ending, below.
                 if matches!(line, ServerLine::Event(Event::Bye { .. })) {
                     return;
                 }
-                let shown = presenter.show(line, cmd, OffsetDateTime::now_utc());
-                self.screen
-                    .show_all(&shown, self.settings.bell && rings(line));
+                let now = OffsetDateTime::now_utc();
+                let shown = presenter.show(line, cmd, now);
+                let ring = rings(line) && self.notifier.is_none() && self.settings.bell;
+                self.screen.show_all(&shown, ring);
+                if let (Some(notifier), ServerLine::Event(Event::Msg { from, text, .. })) =
+                    (&self.notifier, line)
+                {
+                    if let Err(e) = notifier.notify(from, text) {
+                        self.screen.show(&format!("-- {e}"));
+                    }
+                }
+                if let Some(log) = &self.autolog {
+                    let stamp = now.format(&Rfc3339).unwrap_or_default();
+                    let written = entry(line, cmd, &user, &stamp).map(|e| log.write(&e));
+                    if let Some(Err(e)) = written {
+                        // Told once: a full disk would otherwise repeat it on
+                        // every message.
+                        if !log_failed {
+                            self.screen.show(&format!(
+                                "-- cannot write to the log in {}: {e}",
+                                log.dir().display()
+                            ));
+                            log_failed = true;
+                        }
+                    }
+                }
             });
             if self.shared.quitting() || !self.settings.reconnect || !end.reconnects() {
                 self.finish(end);

@@ -5,10 +5,13 @@
 //! the input and sends commands, a reader thread owns the socket's read side,
 //! shows what arrives and sends keepalives.
 
+mod autolog;
 mod complete;
+pub mod config;
 mod interactive;
 mod link;
 mod login;
+mod notify;
 mod piped;
 mod present;
 mod screen;
@@ -41,6 +44,13 @@ pub struct Options {
     pub reconnect: bool,
     /// Interactive mode rings the bell on a direct message.
     pub bell: bool,
+    /// Interactive mode runs this on a direct message instead of the bell.
+    pub notify: Option<String>,
+    /// Interactive mode writes each conversation to its own file here.
+    pub log_dir: Option<std::path::PathBuf>,
+    /// Colour is allowed (it is still only used on a terminal, and never
+    /// under `NO_COLOR`).
+    pub colour: bool,
     /// Piped mode prints one JSON object per reply and event.
     pub json: bool,
     /// Piped mode waits for each reply before sending the next command.
@@ -55,7 +65,7 @@ pub fn run(opts: Options) -> i32 {
     // times an hour off until restarted.
     let offset = UtcOffset::current_local_offset().unwrap_or(UtcOffset::UTC);
     let style = Style {
-        colour: interactive && io::stdout().is_terminal() && !no_color(),
+        colour: opts.colour && interactive && io::stdout().is_terminal() && !no_color(),
         offset,
     };
     if !interactive && opts.register && opts.user.is_none() {
@@ -92,6 +102,8 @@ pub fn run(opts: Options) -> i32 {
             let settings = interactive::Settings {
                 reconnect: opts.reconnect,
                 bell: opts.bell,
+                notify: opts.notify,
+                log_dir: opts.log_dir,
             };
             interactive::run(conn, dialer, creds, &welcome, style, settings)
         }

@@ -6,6 +6,7 @@
 mod interactive;
 mod piped;
 mod resize;
+mod settings;
 mod staying;
 mod tls;
 mod util;

@@ -105,7 +105,7 @@ fn resizing_with_a_wrapped_line_and_messages_arriving_keeps_the_screen_intact() 
     server.register("alice", "password-a");
     server.register("bob", "password-b");
     let command = format!(
-        "env NO_COLOR=1 NATTER_PASSWORD=password-a '{}' --user alice 127.0.0.1 {}",
+        "env NO_COLOR=1 XDG_CONFIG_HOME=/nonexistent NATTER_PASSWORD=password-a '{}' --user alice 127.0.0.1 {}",
         natter_bin().display(),
         server.port()
     );

@@ -15,6 +15,7 @@ fn natter_at(port: &str, extra: &[&str]) -> std::process::Command {
     cmd.args(extra)
         .args(["127.0.0.1", port])
         .env_remove("NATTER_PASSWORD")
+        .env("XDG_CONFIG_HOME", crate::util::NO_CONFIG_HOME)
         .env("NO_COLOR", "1");
     cmd
 }

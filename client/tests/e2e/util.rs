@@ -250,13 +250,18 @@ impl Run {
     }
 }
 
-/// A `natter` command for `server`, with colour and password unset so the
-/// caller's environment cannot change the output.
+/// Where the tests point natter's config directory: nowhere, so a config
+/// file of the person running the tests cannot change what natter does.
+pub const NO_CONFIG_HOME: &str = "/nonexistent/natter-tests";
+
+/// A `natter` command for `server`, with colour, password and config file
+/// unset so the caller's environment cannot change the output.
 pub fn natter(server: &Server) -> Command {
     let mut cmd = Command::new(natter_bin());
     cmd.args(["127.0.0.1", &server.port()])
         .env_remove("NATTER_PASSWORD")
-        .env_remove("NO_COLOR");
+        .env_remove("NO_COLOR")
+        .env("XDG_CONFIG_HOME", NO_CONFIG_HOME);
     cmd
 }
 
@@ -268,7 +273,8 @@ pub fn natter_tls(server: &Server, host: &str, trust: &[&str]) -> Command {
         .args(trust)
         .args([host, &server.tls().addr.port().to_string()])
         .env_remove("NATTER_PASSWORD")
-        .env_remove("NO_COLOR");
+        .env_remove("NO_COLOR")
+        .env("XDG_CONFIG_HOME", NO_CONFIG_HOME);
     cmd
 }
 
