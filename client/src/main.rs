@@ -35,6 +35,8 @@ Interactive use (stdin is a terminal):
   up to 60 s between tries, keeps what you were typing, logs in again and
   shows how many unread messages wait. Being logged in from elsewhere
   ('replaced'), banned or kicked, or a refused login, ends it instead.
+  --log-dir DIR writes each conversation to DIR/<user>.log (mode 0600);
+  --notify CMD runs CMD on a direct message instead of the bell.
 
 Piped use (stdin is not a terminal):
   No prompt and no line editing. Each input line is one command; what comes
@@ -61,6 +63,12 @@ TLS:
     natter --tls --fingerprint CE:54:97:...:25:DF 127.0.0.1
   A certificate that fails the check ends the client with a one-line reason
   before anything, the password included, is sent.
+
+Config file:
+  $XDG_CONFIG_HOME/natter/config.toml (~/.config/natter/config.toml, or
+  --config FILE) gives defaults in TOML; flags win. Keys are the long flags'
+  names: host, port, user, tls, ca, fingerprint, colour, bell, notify,
+  keepalive, reconnect, log-dir. Never a password.
 
 Environment:
   NATTER_PASSWORD  the password, for scripts; used instead of asking.

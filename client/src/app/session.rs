@@ -280,9 +280,11 @@ impl Shared {
             state.last_sent = Instant::now();
         }
         let result = wire.send(line);
-        if matches!(&result, Err(e) if e.kind() == io::ErrorKind::InvalidInput) {
+        if result.is_err() {
             // Refused before anything was written (a CR or LF inside the
-            // line): no reply will come for it, so it must not be awaited.
+            // line), or the socket failed under it: no reply will come, so
+            // it must not be awaited, nor listed later as unanswered (the
+            // caller still holds the line and says it was not sent).
             self.lock().pending.pop_back();
         }
         result

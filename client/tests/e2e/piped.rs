@@ -232,7 +232,17 @@ fn help_documents_modes_and_environment() {
         "NO_COLOR",
         "Piped use",
         "Ctrl-C",
+        "Ctrl-D",
+        "/query",
+        "--keepalive",
+        "reconnect",
+        "--json",
+        "--wait",
+        "--log-dir",
+        "--notify",
+        "config.toml",
         "Exit status",
+        "3  piped mode",
     ] {
         assert!(out.stdout.contains(needed), "--help lacks {needed}");
     }
