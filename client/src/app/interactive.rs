@@ -251,10 +251,12 @@ struct Reading {
 impl Reading {
     fn run(self, mut reader: LineReader<Stream>) {
         let user = self.creds.user.to_ascii_lowercase();
-        let mut presenter = Presenter::new(self.style, &user);
         let keepalive: Option<Keepalive> = self.dialer.keepalive;
         let mut log_failed = false;
         loop {
+            // Fresh for each connection: a reply cut off by a drop must not
+            // leave held rows behind for the next one.
+            let mut presenter = Presenter::new(self.style, &user);
             let end = read_loop(&mut reader, &self.shared, keepalive, &mut |line, cmd| {
                 // A `* bye` is told with the ending, below.
                 if matches!(line, ServerLine::Event(Event::Bye { .. })) {

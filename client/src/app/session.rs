@@ -76,8 +76,10 @@ impl Sent {
     /// The record of a keepalive.
     fn keepalive() -> Sent {
         Sent {
+            word: KEEPALIVE_LINE.to_string(),
+            arg: None,
+            shown: KEEPALIVE_LINE.to_string(),
             keepalive: true,
-            ..Sent::of(KEEPALIVE_LINE).unwrap_or_else(|| unreachable!("a non-blank line"))
         }
     }
 

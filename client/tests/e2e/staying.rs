@@ -82,10 +82,13 @@ fn a_server_restart_is_survived_with_the_typed_line_and_unread_count() {
         .expect("the drop told");
     pty.exp_string("-- reconnecting in 1 s")
         .expect("the first wait told");
-    // The first try finds no server; the second waits 2 s (1.5 to 2.5 with
-    // jitter), time for the server to come back and bob to leave a message.
-    pty.exp_string("-- reconnecting in 2 s")
+    // The first tries find no server, and the waits double; the third is
+    // 4 s (3 to 5 with jitter), time enough even on a loaded machine for the
+    // server to come back and bob to leave a message.
+    pty.exp_regex("-- reconnecting in [23] s")
         .expect("the second wait told");
+    pty.exp_regex("-- reconnecting in [345] s")
+        .expect("the third wait told");
     server.restart();
     let mut bob = Raw::login_to(server.addr, "bob", "password-b");
     bob.send("send alice left while you were away");
