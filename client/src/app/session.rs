@@ -451,6 +451,11 @@ impl Shared {
     }
 }
 
+/// The shortest wait for a keepalive's reply before giving a connection up,
+/// for very short keepalive intervals: a round trip on a slow link plus a
+/// busy server's pause stays well within it.
+const MIN_DEAD_AFTER: Duration = Duration::from_secs(5);
+
 /// How the reader keeps a quiet session alive.
 #[derive(Debug, Clone, Copy)]
 pub struct Keepalive {
@@ -467,10 +472,12 @@ impl Keepalive {
     }
 
     /// How long an unanswered keepalive may wait, with nothing else arriving,
-    /// before the connection counts as dead. Generous: a server pacing a busy
-    /// client still sends something well within it.
+    /// before the connection counts as dead (a suspended laptop, a changed
+    /// network, a hung server): three intervals, so a server pacing a busy
+    /// client, which still sends something meanwhile, is never mistaken for
+    /// a dead one; at least [`MIN_DEAD_AFTER`].
     pub fn dead_after(&self) -> Duration {
-        self.interval * 2 + Duration::from_secs(20)
+        (self.interval * 3).max(MIN_DEAD_AFTER)
     }
 }
 

@@ -4,6 +4,9 @@
 //! in again and says how many messages wait, unless the login is refused.
 
 use std::thread;
+
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
 use std::time::Duration;
 
 use crate::interactive::{exit_code, keys, logged_in, on_screen};
@@ -122,4 +125,30 @@ fn a_refused_login_after_a_restart_ends_the_client_instead_of_retrying() {
     pty.exp_string("natter: login failed: wrong username or password")
         .expect("the refusal told");
     assert_eq!(exit_code(&mut pty), 1);
+}
+
+#[test]
+fn a_server_that_stops_answering_is_given_up_and_reconnected() {
+    // SIGSTOP: the connection stays open but nothing answers, as when a
+    // network path dies without a reset. Only the keepalive can notice.
+    let server = Server::start();
+    server.register("alice", "password-a");
+    let mut pty = logged_in(
+        natter_at(&server.port(), &["--keepalive", "1"]),
+        "alice",
+        "password-a",
+    );
+    let natterd = Pid::from_raw(i32::try_from(server.pid()).expect("a pid"));
+    signal::kill(natterd, Signal::SIGSTOP).expect("SIGSTOP natterd");
+    let told = pty.exp_string("no reply from the server in 5 s");
+    // Resumed before anything can fail, so the server is never left stopped.
+    let resumed = pty.exp_string("-- reconnecting in ");
+    signal::kill(natterd, Signal::SIGCONT).expect("SIGCONT natterd");
+    told.expect("the silent connection given up");
+    resumed.expect("a reconnect");
+    pty.exp_string("-- reconnected").expect("back in");
+    keys(&mut pty, "ping\r");
+    pty.exp_string("+ pong").expect("a working session");
+    pty.send_control('d').expect("Ctrl-D");
+    assert_eq!(exit_code(&mut pty), 0);
 }
