@@ -82,11 +82,14 @@ pub struct Settings {
 pub fn run(
     conn: Connection,
     dialer: Dialer,
-    creds: Credentials,
+    mut creds: Credentials,
     welcome: &ServerLine,
     style: Style,
     settings: Settings,
 ) -> i32 {
+    // The account exists now: coming back after a drop is a login, even
+    // when this session began with `--register`.
+    creds.register = false;
     let user = creds.user.to_ascii_lowercase();
     let autolog = match settings.log_dir.as_deref().map(Autolog::open) {
         None => None,

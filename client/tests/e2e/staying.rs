@@ -152,3 +152,22 @@ fn a_server_that_stops_answering_is_given_up_and_reconnected() {
     pty.send_control('d').expect("Ctrl-D");
     assert_eq!(exit_code(&mut pty), 0);
 }
+
+#[test]
+fn a_session_begun_with_register_logs_in_when_it_comes_back() {
+    let mut server = Restartable::start(&[]);
+    let mut pty = logged_in(
+        natter_at(&server.port(), &["--register"]),
+        "carol",
+        "password-c",
+    );
+    server.restart();
+    pty.exp_string("-- reconnecting in").expect("a reconnect");
+    // Registering again would be refused (EXISTS) and end the client.
+    pty.exp_string("-- reconnected")
+        .expect("back in, logged in");
+    pty.exp_string("+ welcome carol")
+        .expect("a login, not a register");
+    pty.send_control('d').expect("Ctrl-D");
+    assert_eq!(exit_code(&mut pty), 0);
+}
