@@ -189,17 +189,29 @@ fn wholast_table(rows: &[String], style: &Style) -> Vec<String> {
     table(&cells)
 }
 
-/// `= <usage>` rows with each command's description beside it.
+/// The widest usage `help` puts a description beside; a longer one gets
+/// its description on the next line, so one long form does not push every
+/// description off an 80-column screen.
+const HELP_USAGE_WIDTH: usize = 28;
+
+/// `= <usage>` rows with each command's description beside it (or, for a
+/// long usage, below it), all descriptions in one column.
 fn help_table(rows: &[String]) -> Vec<String> {
-    let cells: Vec<Vec<String>> = rows
-        .iter()
-        .map(|usage| {
-            let (word, _) = split_word(usage);
-            let about = command(word).map_or("", |c| c.about);
-            vec![natter_client::display::clean(usage), about.to_string()]
-        })
-        .collect();
-    table(&cells)
+    let column = HELP_USAGE_WIDTH + 2;
+    let mut out = Vec::new();
+    for usage in rows {
+        let (word, _) = split_word(usage);
+        let about = command(word).map_or("", |c| c.about);
+        let usage = natter_client::display::clean(usage);
+        let used = width(&usage);
+        if used > HELP_USAGE_WIDTH {
+            out.push(usage);
+            out.push(format!("{}{about}", " ".repeat(column)));
+        } else {
+            out.push(format!("{usage}{}{about}", " ".repeat(column - used)));
+        }
+    }
+    out.into_iter().map(|l| l.trim_end().to_string()).collect()
 }
 
 /// The `/help` table: every slash command with what it does, then how plain
@@ -316,14 +328,33 @@ mod tests {
 
     #[test]
     fn help_lists_each_command_with_what_it_does() {
+        let long = "broadcast user <user> [<user> ...] message <text>";
         let got = lines(
             "help",
-            &["= whoelse", "= send <user> <text>", "+ 2 commands"],
+            &[
+                "= whoelse",
+                &format!("= {long}"),
+                "= send <user> <text>",
+                "+ commands",
+            ],
         );
-        assert_eq!(got.len(), 3);
-        assert!(got[0].starts_with("whoelse    "), "{got:?}");
-        assert!(got[1].starts_with("send <user> <text>  "), "{got:?}");
-        assert!(got[1].len() > "send <user> <text>  ".len(), "{got:?}");
+        let column = " ".repeat(HELP_USAGE_WIDTH + 2);
+        assert_eq!(got.len(), 5, "{got:?}");
+        assert_eq!(
+            got[0],
+            format!("whoelse{}list the other users online now", &column[7..])
+        );
+        // A long usage gets its description below, in the same column.
+        assert_eq!(got[1], long);
+        assert!(
+            got[2].starts_with(&column) && got[2].len() > column.len(),
+            "{got:?}"
+        );
+        assert!(
+            got[3].starts_with(&format!("send <user> <text>{}", &column[18..])),
+            "{got:?}"
+        );
+        assert_eq!(got[4], "+ commands");
         let help = slash_help();
         assert!(help.iter().any(|l| l.starts_with("/query [<user>]")));
         assert!(help.iter().all(|l| !l.ends_with(' ')));
