@@ -185,17 +185,21 @@ pub fn run(
                 return 1;
             }
         };
-        screen.record(&format!("{prompt}{line}"));
         let action = interpret(&line, query.as_deref());
-        if let Action::Send(command) = &action {
-            // A login, register or passwd line holds a password.
-            let secret = Sent::of(command)
-                .is_some_and(|s| matches!(s.word.as_str(), "login" | "register" | "passwd"));
-            if !secret {
-                let _ = editor.add_history_entry(line.as_str());
+        // A login, register or passwd line holds a password: it is kept
+        // neither for Up nor for a repaint (which shows it masked).
+        let secret = match &action {
+            Action::Send(command) => Sent::of(command).filter(Sent::holds_password),
+            _ => None,
+        };
+        match &secret {
+            Some(sent) => screen.record(&format!("{prompt}{}", sent.shown)),
+            None => {
+                screen.record(&format!("{prompt}{line}"));
+                if !matches!(action, Action::Nothing) {
+                    let _ = editor.add_history_entry(line.as_str());
+                }
             }
-        } else if !matches!(action, Action::Nothing) {
-            let _ = editor.add_history_entry(line.as_str());
         }
         match action {
             Action::Nothing => {}

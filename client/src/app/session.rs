@@ -88,6 +88,11 @@ impl Sent {
         command(&self.word).is_some_and(|c| c.ends_session)
     }
 
+    /// Whether the line held a password (`shown` masks it).
+    pub fn holds_password(&self) -> bool {
+        SECRET_WORDS.contains(&self.word.as_str())
+    }
+
     /// Whether this is a `login` or `register`: its failure is a login error.
     pub fn logs_in(&self) -> bool {
         matches!(self.word.as_str(), "login" | "register")
@@ -662,6 +667,10 @@ mod tests {
         assert_eq!(sent.word, "login");
         assert_eq!(sent.arg.as_deref(), Some("alice"));
         assert_eq!(sent.shown, "login alice ***");
+        assert!(sent.holds_password());
+        assert!(!Sent::of("send bob login x y")
+            .expect("a command")
+            .holds_password());
         let passwd = Sent::of("passwd old-one new-one").expect("a command");
         assert_eq!((passwd.arg, passwd.shown.as_str()), (None, "passwd ***"));
         assert_eq!(Sent::of("  "), None);

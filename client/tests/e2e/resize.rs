@@ -160,3 +160,38 @@ fn resizing_with_a_wrapped_line_and_messages_arriving_keeps_the_screen_intact() 
         "{got}"
     );
 }
+
+#[test]
+fn a_repaint_shows_a_typed_password_masked() {
+    let server = Server::start();
+    server.register("alice", "password-a");
+    let command = format!(
+        "env NO_COLOR=1 XDG_CONFIG_HOME=/nonexistent NATTER_PASSWORD=password-a '{}' --user alice 127.0.0.1 {}",
+        natter_bin().display(),
+        server.port()
+    );
+    let tmux = Tmux::start(&command, 60, 10);
+    tmux.wait_for("the prompt", |s| match s.last() {
+        Some(l) if l == "alice>" => Ok(()),
+        _ => Err("no prompt yet".into()),
+    });
+    // Already logged in: refused, but the line on screen holds the password.
+    tmux.keys("login alice password-a\r");
+    tmux.wait_for("the refusal", |s| {
+        if s.iter().any(|l| l.starts_with("- ALREADY")) {
+            Ok(())
+        } else {
+            Err("no reply yet".into())
+        }
+    });
+    tmux.resize(50);
+    tmux.wait_for("the repaint", |s| {
+        if s.iter().any(|l| l.contains("password-a")) {
+            return Err("the password is still on screen".into());
+        }
+        if !s.iter().any(|l| l == "alice> login alice ***") {
+            return Err("the masked line is missing".into());
+        }
+        Ok(())
+    });
+}
