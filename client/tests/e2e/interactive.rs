@@ -172,6 +172,39 @@ fn being_replaced_at_the_prompt_is_explained_and_fails() {
     assert_eq!(exit_code(&mut pty), 1);
 }
 
+/// Asks natterd's admin socket (what `natterctl` speaks) for `request`.
+fn admin(server: &Server, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut socket =
+        std::os::unix::net::UnixStream::connect(server.data_dir().join("natterd.sock"))
+            .expect("natterd's admin socket");
+    socket
+        .set_read_timeout(Some(TIMEOUT))
+        .expect("read timeout");
+    socket
+        .write_all(format!("{request}\n").as_bytes())
+        .expect("send the request");
+    let mut answer = String::new();
+    socket.read_to_string(&mut answer).expect("the answer");
+    answer
+}
+
+/// A ban is the operator's decision: the client says so and exits without
+/// reconnecting (a reconnect would only be refused again).
+#[test]
+fn being_banned_is_explained_and_not_retried() {
+    let server = two_users();
+    let mut pty = client(&server, "alice", "password-a", false);
+    keys(&mut pty, "ping\r");
+    pty.exp_string("+ pong").expect("logged in");
+    assert!(admin(&server, "ban alice").starts_with("+ "));
+    pty.exp_string("banned").expect("the reason shown");
+    assert_eq!(exit_code(&mut pty), 1);
+    // It never came back: no login for alice reached natterd again.
+    let sessions = admin(&server, "sessions");
+    assert!(!sessions.contains("user=alice"), "{sessions}");
+}
+
 #[test]
 fn tab_completes_commands_and_seen_names() {
     let server = two_users();
