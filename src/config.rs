@@ -194,6 +194,17 @@ pub struct Config {
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<std::net::SocketAddr>,
 
+    /// Serve the chat page and its WebSocket at http://ADDR:PORT/ (off
+    /// unless set): browsers speak the same protocol, with the same limits.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub web: Option<std::net::SocketAddr>,
+
+    /// Origins allowed to open the WebSocket (comma-separated, e.g.
+    /// `https://chat.example.com`); by default only the page's own.
+    /// Needed when a proxy serves the page under another name.
+    #[arg(long, value_name = "ORIGIN", value_delimiter = ',')]
+    pub web_origin: Vec<String>,
+
     /// natterctl's Unix socket (mode 0600); default `<data>/natterd.sock`.
     #[arg(long, value_name = "PATH")]
     pub admin_socket: Option<PathBuf>,
@@ -437,6 +448,8 @@ struct FileConfig {
     admin_socket: Option<PathBuf>,
     no_admin_socket: Option<bool>,
     metrics: Option<std::net::SocketAddr>,
+    web: Option<std::net::SocketAddr>,
+    web_origin: Option<Names>,
 }
 
 /// `log-format`, by the flag's value names (`text`, `json`).
@@ -526,6 +539,12 @@ impl FileConfig {
         }
         if self.metrics.is_some() && !given("metrics") {
             config.metrics = self.metrics;
+        }
+        if self.web.is_some() && !given("web") {
+            config.web = self.web;
+        }
+        if let Some(origins) = self.web_origin.filter(|_| !given("web_origin")) {
+            config.web_origin = origins.into_vec();
         }
         // The certificate's source is one setting: a source given on the
         // command line replaces the file's, whichever kind each is.

@@ -71,5 +71,8 @@ fn start(config: Config, flags: Flags) -> Result<(), String> {
     if let Some(addr) = server.metrics_addr() {
         println!("metrics on http://{addr}/metrics");
     }
+    if let Some(addr) = server.web_addr() {
+        println!("web on http://{addr}/");
+    }
     server.run().map_err(|e| format!("event loop failed: {e}"))
 }

@@ -10,3 +10,5 @@ mod logins;
 mod tls;
 mod unread;
 mod util;
+mod web;
+mod ws;

@@ -39,6 +39,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// The TLS listener and its certificate's SHA-256 fingerprint, if any.
     pub tls: Option<(SocketAddr, String)>,
+    /// The web listener (`--web`), if any.
+    pub web: Option<SocketAddr>,
     pub data: PathBuf,
     /// Keeps the temporary directory alive (and removes it at the end).
     _dir: Option<tempfile::TempDir>,
@@ -158,8 +160,19 @@ impl Server {
                 .unwrap_or_else(|| panic!("unexpected TLS line {line:?}"));
             tls = Some((a.parse().expect("TLS address"), fingerprint.to_string()));
         }
+        let mut web = None;
+        if args.contains(&"--web") {
+            // After the listening lines (and a metrics line, if any).
+            while web.is_none() {
+                let line = next_line("its web address");
+                web = line
+                    .strip_prefix("web on http://")
+                    .and_then(|a| a.trim_end_matches('/').parse().ok());
+            }
+        }
         Server {
             child: Some(child),
+            web,
             // With --no-plaintext nothing listens here; connecting fails fast.
             addr: addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9))),
             tls,
