@@ -2,6 +2,7 @@
 //! to over TCP. One test binary, one module per concern.
 
 mod admin;
+mod browser;
 mod config;
 mod contract;
 mod durability;
@@ -11,4 +12,5 @@ mod tls;
 mod unread;
 mod util;
 mod web;
+mod webdriver;
 mod ws;

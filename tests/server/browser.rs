@@ -1,0 +1,158 @@
+//! The chat page in a real browser: headless Chromium driven through
+//! chromedriver (see `webdriver.rs`), against natterd's `--web` listener.
+//! People log in on the page, talk to each other and to a terminal user,
+//! and markup in a message stays text. These fail, never skip, when the
+//! browser cannot start.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+
+use serde_json::json;
+
+use crate::util::Server;
+use crate::webdriver::{Browser, Driver};
+
+/// One browser test at a time: each runs Chromium processes, heavy for a
+/// 2-core machine running the other tests beside them.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+const ENTER: &str = "\u{E007}";
+
+fn start() -> (Server, SocketAddr) {
+    let server = Server::start(&["--web", "127.0.0.1:0"]);
+    let web = server.web.expect("natterd printed its web address");
+    (server, web)
+}
+
+/// Opens the page and logs in (`login`) or registers (`register`).
+fn sign_in(b: &Browser, web: SocketAddr, verb: &str, name: &str) {
+    b.goto(&format!("http://{web}/"));
+    b.type_into(&b.find("#login-name"), name);
+    b.type_into(&b.find("#login-password"), &format!("password-{name}"));
+    b.click(&b.find(&format!("#{verb}-button")));
+    b.wait_for(
+        &format!("{name} signed in on the page"),
+        "return !document.getElementById('chat-view').hidden",
+        json!([]),
+    );
+}
+
+fn open_conversation(b: &Browser, peer: &str) {
+    b.type_into(&b.find("#open-name"), &format!("{peer}{ENTER}"));
+    b.wait_for(
+        &format!("the conversation with {peer} opened"),
+        "return document.getElementById('peer-name').textContent === arguments[0]",
+        json!([peer]),
+    );
+}
+
+fn click_person(b: &Browser, peer: &str) {
+    b.click(&b.find(&format!("#people li[data-peer=\"{peer}\"] button")));
+    b.wait_for(
+        &format!("the conversation with {peer} opened"),
+        "return document.getElementById('peer-name').textContent === arguments[0]",
+        json!([peer]),
+    );
+}
+
+fn send(b: &Browser, text: &str) {
+    b.type_into(&b.find("#composer-text"), &format!("{text}{ENTER}"));
+    wait_for_message(b, text);
+}
+
+/// Waits until the open conversation shows a message whose text is exactly `text`.
+fn wait_for_message(b: &Browser, text: &str) {
+    b.wait_for(
+        &format!("the message {text:?} on the page"),
+        "return [...document.querySelectorAll('#messages .text')]\
+         .some(e => e.textContent === arguments[0])",
+        json!([text]),
+    );
+}
+
+fn wait_for_unread(b: &Browser, peer: &str, count: u32) {
+    b.wait_for(
+        &format!("{count} unread from {peer}"),
+        "const n = document.querySelector(`#people li[data-peer=\"${arguments[0]}\"] .unread`);\
+         return n !== null && n.textContent === arguments[1]",
+        json!([peer, count.to_string()]),
+    );
+}
+
+#[test]
+fn two_people_talk_in_their_browsers_and_markup_stays_text() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (_server, web) = start();
+    let driver = Driver::start();
+    let alice = driver.browser();
+    let bob = driver.browser();
+    sign_in(&alice, web, "register", "alice");
+    sign_in(&bob, web, "register", "bob");
+
+    open_conversation(&alice, "bob");
+    send(&alice, "Hi Bob, are you there?");
+    wait_for_unread(&bob, "alice", 1);
+    click_person(&bob, "alice");
+    wait_for_message(&bob, "Hi Bob, are you there?");
+    send(&bob, "Yes! Lunch at noon?");
+    wait_for_message(&alice, "Yes! Lunch at noon?");
+
+    let markup = "<img src=x onerror=alert(1)>";
+    send(&alice, markup);
+    wait_for_message(&bob, markup);
+    // Shown as its characters; no element was made of it (and no alert
+    // opened: the driver would refuse every command after one).
+    let images = bob.script(
+        "return document.querySelectorAll('#messages img').length",
+        json!([]),
+    );
+    assert_eq!(images, json!(0));
+    send(&bob, "Ha, nice try: that stays text.");
+    wait_for_message(&alice, "Ha, nice try: that stays text.");
+
+    let png = bob.screenshot();
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("web.png");
+    std::fs::write(&path, png).expect("write the screenshot");
+    eprintln!("screenshot of the page: {}", path.display());
+}
+
+#[test]
+fn a_message_to_someone_offline_waits_for_their_login_on_the_page() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (server, web) = start();
+    // carol has an account and is not logged in anywhere.
+    let mut carol = server.user("carol");
+    assert_eq!(carol.cmd1("quit"), "+ bye");
+    let driver = Driver::start();
+    let dave = driver.browser();
+    sign_in(&dave, web, "register", "dave");
+    open_conversation(&dave, "carol");
+    send(&dave, "While you were away");
+    let page = driver.browser();
+    sign_in(&page, web, "login", "carol");
+    wait_for_unread(&page, "dave", 1);
+    click_person(&page, "dave");
+    wait_for_message(&page, "While you were away");
+}
+
+#[test]
+fn a_terminal_user_and_a_browser_user_talk() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (server, web) = start();
+    let mut terminal = server.user("tom");
+    let driver = Driver::start();
+    let page = driver.browser();
+    sign_in(&page, web, "register", "erin");
+    assert_eq!(
+        terminal.cmd1("send erin hello from a terminal"),
+        "+ delivered"
+    );
+    wait_for_unread(&page, "tom", 1);
+    click_person(&page, "tom");
+    wait_for_message(&page, "hello from a terminal");
+    send(&page, "hello from a browser");
+    let event = terminal.event();
+    assert!(event.starts_with("* msg erin "), "{event}");
+    assert!(event.ends_with(" hello from a browser"), "{event}");
+}
