@@ -136,6 +136,8 @@ impl Decoder {
                     // message; 0xFF (never in UTF-8) would reach the line
                     // framer as a telnet command.
                     if line[from..].iter().any(|&b| b == b'\n' || b == 0xFF) {
+                        // Nothing of it is left for the line framer.
+                        line.truncate(from);
                         return Err(Violation::NotALine(
                             "a message is one line: no line breaks inside",
                         ));
