@@ -133,6 +133,10 @@ fn fragments_make_one_line_and_pings_get_pongs() {
     browser.send_frame(CONTINUATION, true, b"pieces");
     assert_eq!(browser.frame(), Some((PONG, b"are you there".to_vec())));
     assert_eq!(browser.reply(), vec!["+ delivered"]);
+    // Not UTF-8: the same answer as over TCP, and the session goes on.
+    browser.send_frame(TEXT, true, b"send bob \xc3\x28");
+    let reply = browser.reply();
+    assert!(reply[0].starts_with("- BADUTF8 "), "{reply:?}");
     let event = terminal.event();
     assert!(
         event.starts_with("* msg alice ") && event.ends_with(" in pieces"),
@@ -210,6 +214,18 @@ fn goodbyes_arrive_as_close_codes_with_the_reason() {
     let (lines, code, reason) = first.until_close();
     assert_eq!(lines, vec!["* bye replaced"]);
     assert_eq!((code, reason.as_str()), (1000, "replaced"));
+}
+
+#[test]
+fn shutdown_says_goodbye_with_going_away() {
+    let (mut server, web) = start(&[]);
+    let mut browser = Ws::user(web, "alice");
+    assert_eq!(browser.cmd1("ping"), "+ pong");
+    let (status, _) = server.signal(libc::SIGTERM);
+    assert!(status.success(), "{status:?}");
+    let (lines, code, reason) = browser.until_close();
+    assert_eq!(lines, vec!["* bye shutdown"]);
+    assert_eq!((code, reason.as_str()), (1001, "shutdown"));
 }
 
 #[test]
