@@ -14,6 +14,13 @@ use tungstenite::protocol::frame::FrameHeader;
 /// Longest control frame payload (RFC 6455 section 5.5).
 const MAX_CONTROL: u64 = 125;
 
+/// Longest message read at all (or `--max-line`, if that is longer). A
+/// message over the line limit is answered as an overlong TCP line is
+/// (`- TOOLONG`, its bytes past the limit read and dropped); one this long
+/// is no person's typing, and reading it only to drop it is work for
+/// nothing: it closes the connection (1009).
+pub const MAX_MESSAGE: u64 = 1 << 20;
+
 /// A control frame from the client, complete.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Control {
@@ -34,7 +41,7 @@ pub enum Violation {
     Binary,
     /// Text that is not one line of the protocol (1007).
     NotALine(&'static str),
-    /// A message longer than the session's line limit (1009).
+    /// A message over `MAX_MESSAGE` (1009).
     TooLong,
 }
 
@@ -54,7 +61,7 @@ impl Violation {
         match self {
             Violation::Protocol(why) | Violation::NotALine(why) => why,
             Violation::Binary => "binary messages are not accepted: send text lines",
-            Violation::TooLong => "line too long",
+            Violation::TooLong => "message too long",
         }
     }
 }
@@ -82,6 +89,9 @@ pub struct Decoder {
     in_message: bool,
     /// Payload bytes of the current message so far.
     message_len: u64,
+    /// How many of them went into the line: at most `max_line`, enough
+    /// for the line framer to see an overlong line; the rest are dropped.
+    kept: u64,
     /// The control frame's payload so far (at most 125 bytes).
     control: Vec<u8>,
 }
@@ -89,7 +99,9 @@ pub struct Decoder {
 impl Decoder {
     /// Decodes what `raw` holds: message payloads are appended to `line`
     /// while it takes at most `room` more bytes, each message ending with
-    /// LF; a message may be at most `max_line` bytes with its LF. Returns
+    /// LF; of a message over `max_line` (LF included) only the first
+    /// `max_line` bytes are kept, so the line framer refuses it as it
+    /// refuses an overlong TCP line. Returns
     /// the bytes of `raw` used, and stops after a complete control frame
     /// (returned for the caller to act on) or when it needs more bytes or
     /// room.
@@ -116,7 +128,10 @@ impl Decoder {
             };
             let available = (raw.len() - used) as u64;
             let mut n = frame.remaining.min(available) as usize;
-            if frame.control.is_none() {
+            // Bytes of this message still to keep: they need room in the
+            // line; bytes past them are dropped and need none.
+            let keep_up_to = (max_line as u64).saturating_sub(self.kept) as usize;
+            if frame.control.is_none() && keep_up_to > 0 {
                 let taken = line.len() - start_len;
                 n = n.min(room.saturating_sub(taken));
             }
@@ -131,7 +146,9 @@ impl Decoder {
             match frame.control {
                 None => {
                     let from = line.len();
-                    line.extend(unmasked);
+                    let keep = n.min(keep_up_to);
+                    line.extend(unmasked.take(keep));
+                    self.kept += keep as u64;
                     // A line break would smuggle a second command into one
                     // message; 0xFF (never in UTF-8) would reach the line
                     // framer as a telnet command.
@@ -159,6 +176,7 @@ impl Decoder {
                     line.push(b'\n');
                     self.in_message = false;
                     self.message_len = 0;
+                    self.kept = 0;
                 }
                 None => {}
                 Some(op) => {
@@ -199,6 +217,7 @@ impl Decoder {
             OpCode::Data(Data::Text) => {
                 self.in_message = true;
                 self.message_len = 0;
+                self.kept = 0;
                 None
             }
             OpCode::Data(Data::Continue) if !self.in_message => {
@@ -220,8 +239,7 @@ impl Decoder {
         };
         if control.is_none() {
             self.message_len = self.message_len.saturating_add(len);
-            // The line's LF is not in the frame but counts, as over TCP.
-            if self.message_len >= max_line as u64 {
+            if self.message_len > MAX_MESSAGE.max(max_line as u64) {
                 return Err(Violation::TooLong);
             }
         }
@@ -290,6 +308,19 @@ mod tests {
         let mut out = Vec::new();
         header.format(payload.len() as u64, &mut out).unwrap();
         out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+        out
+    }
+
+    /// A client frame's header alone, announcing `len` payload bytes.
+    fn frame_header(opcode: u8, fin: bool, len: u64) -> Vec<u8> {
+        let header = FrameHeader {
+            is_final: fin,
+            opcode: OpCode::from(opcode),
+            mask: Some(MASK),
+            ..FrameHeader::default()
+        };
+        let mut out = Vec::new();
+        header.format(len, &mut out).unwrap();
         out
     }
 
@@ -372,9 +403,14 @@ mod tests {
                 frame(1, true, b"two\nlines"),
                 Violation::NotALine("a message is one line: no line breaks inside"),
             ),
-            (frame(1, true, &[b'a'; 16]), Violation::TooLong),
+            // Announced in the header: nothing of it needs to arrive.
+            (frame_header(1, true, MAX_MESSAGE + 1), Violation::TooLong),
             (
-                [frame(1, false, &[b'a'; 8]), frame(0, true, &[b'a'; 8])].concat(),
+                [
+                    frame(1, false, &[b'a'; 8]),
+                    frame_header(0, true, MAX_MESSAGE),
+                ]
+                .concat(),
                 Violation::TooLong,
             ),
         ];
@@ -393,6 +429,32 @@ mod tests {
         // Fifteen bytes and the LF fit a limit of 16.
         let (line, _, end) = decode_all(&frame(1, true, &[b'a'; 15]), 16);
         assert_eq!((line.len(), end), (16, Ok(())));
+    }
+
+    #[test]
+    fn of_an_overlong_message_only_enough_for_the_framer_to_refuse_is_kept() {
+        let mut raw = frame(1, false, &[b'a'; 10]);
+        raw.extend(frame(9, true, b"p"));
+        raw.extend(frame(0, true, &[b'b'; 30]));
+        raw.extend(frame(1, true, b"ping"));
+        let (line, controls, end) = decode_all(&raw, 16);
+        assert_eq!(end, Ok(()));
+        assert_eq!(controls, vec![Control::Ping(b"p".to_vec())]);
+        let mut want = [b"a".repeat(10), b"b".repeat(6)].concat();
+        want.extend_from_slice(b"\nping\n");
+        assert_eq!(line, want);
+        // The line framer, with the same limit, refuses it as too long.
+        let mut framer = natter_proto::LineFramer::new(16);
+        let (used, first) = framer.next_frame(&line);
+        assert!(
+            matches!(first, Some(natter_proto::Frame::TooLong)),
+            "{first:?}"
+        );
+        let (_, second) = framer.next_frame(&line[used..]);
+        assert!(
+            matches!(second, Some(natter_proto::Frame::Line(ref l)) if &l[..] == b"ping"),
+            "{second:?}"
+        );
     }
 
     #[test]

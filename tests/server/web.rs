@@ -159,15 +159,13 @@ fn frames_a_browser_never_sends_are_answered_with_a_close_code() {
     let (server, web) = start(&["--max-line", "100"]);
     let binary = ws::client_frame(BINARY, true, b"\x00\x01\x02");
     assert_eq!(refused(web, &binary).0, 1003);
-    // Before login a line may be 512 bytes at most (as over TCP).
-    let oversized = ws::client_frame(TEXT, true, &[b'a'; 600]);
-    let (code, reason) = refused(web, &oversized);
-    assert_eq!((code, reason.as_str()), (1009, "line too long"));
-    // The header alone announces it: no payload needs to follow.
+    // Past MAX_MESSAGE (1 MiB), announced in the header alone: no
+    // payload needs to follow.
     let mut huge = ws::client_frame(TEXT, true, b"");
     huge[1] = 0x80 | 127;
     huge.splice(2..2, (1u64 << 40).to_be_bytes());
-    assert_eq!(refused(web, &huge).0, 1009);
+    let (code, reason) = refused(web, &huge);
+    assert_eq!((code, reason.as_str()), (1009, "message too long"));
     let two_lines = ws::client_frame(TEXT, true, b"ping\nping");
     assert_eq!(refused(web, &two_lines).0, 1007);
     let mut unmasked = ws::client_frame(TEXT, true, b"ping");
@@ -176,15 +174,37 @@ fn frames_a_browser_never_sends_are_answered_with_a_close_code() {
     assert_eq!(refused(web, &unmasked).0, 1002);
     let lone_continuation = ws::client_frame(CONTINUATION, true, b"ping");
     assert_eq!(refused(web, &lone_continuation).0, 1002);
-    // Once logged in, --max-line applies: 99 bytes and the LF fit.
+    assert!(server.log().contains("WebSocket"));
+}
+
+#[test]
+fn an_overlong_message_gets_toolong_as_over_tcp_and_the_session_goes_on() {
+    let (server, web) = start(&["--max-line", "100"]);
+    // Before login a line may be 512 bytes at most (as over TCP).
+    let mut stranger = Ws::open(web);
+    stranger.send(&"a".repeat(600));
+    let reply = stranger.reply();
+    assert!(reply[0].starts_with("- TOOLONG "), "{reply:?}");
+    assert_eq!(stranger.cmd1("ping").split(' ').nth(1), Some("NOAUTH"));
+    // Once logged in, --max-line applies: 99 bytes and the LF fit; in
+    // fragments, with a ping between them, the same.
     let mut browser = Ws::user(web, "alice");
-    let _bob = server.user("bob");
+    let mut bob = server.user("bob");
     let fits = format!("send bob {}", "x".repeat(99 - 9));
     assert_eq!(browser.cmd1(&fits), "+ delivered");
+    assert!(bob.event().ends_with(&"x".repeat(90)));
     browser.send(&format!("{fits}x"));
-    let (_, code, _) = browser.until_close();
-    assert_eq!(code, 1009);
-    assert!(server.log().contains("WebSocket"));
+    let reply = browser.reply();
+    assert!(reply[0].starts_with("- TOOLONG "), "{reply:?}");
+    browser.send_frame(TEXT, false, fits.as_bytes());
+    browser.send_frame(PING, true, b"still there?");
+    browser.send_frame(CONTINUATION, true, &[b'y'; 5000]);
+    assert_eq!(browser.frame(), Some((PONG, b"still there?".to_vec())));
+    let reply = browser.reply();
+    assert!(reply[0].starts_with("- TOOLONG "), "{reply:?}");
+    assert_eq!(browser.cmd1("send bob short"), "+ delivered");
+    let event = bob.event();
+    assert!(event.ends_with(" short"), "{event}");
 }
 
 #[test]
@@ -254,7 +274,11 @@ fn a_websocket_reader_that_never_reads_is_dropped_and_others_are_unaffected() {
         .expect("connect");
     let mut slow =
         Ws::upgrade_on(TcpStream::from(socket), &upgrade_request(web, "")).expect("upgraded");
-    slow.send("register slow password-slow");
+    // Its greeting and this reply are the last it reads.
+    assert_eq!(
+        slow.cmd1("register slow password-slow"),
+        "+ registered slow"
+    );
     let text = "z".repeat(4000);
     let baseline = carol.ping_baseline();
     let started = Instant::now();
