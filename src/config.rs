@@ -199,6 +199,12 @@ pub struct Config {
     #[arg(long, value_name = "ADDR:PORT")]
     pub web: Option<std::net::SocketAddr>,
 
+    /// Serve the page and its WebSocket over TLS too, at https://ADDR:PORT/
+    /// (wss:// for the socket), with the TLS listener's certificate (needs
+    /// --tls-cert/--tls-key or --tls-self-signed).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub web_tls: Option<std::net::SocketAddr>,
+
     /// Origins allowed to open the WebSocket (comma-separated, e.g.
     /// `https://chat.example.com`); by default only the page's own.
     /// Needed when a proxy serves the page under another name.
@@ -313,6 +319,9 @@ impl Config {
             if names.is_empty() || names.iter().any(|n| n.trim().is_empty()) {
                 return Err("--tls-self-signed needs host names, none of them empty".into());
             }
+        }
+        if self.web_tls.is_some() && !self.tls_enabled() {
+            return Err("--web-tls needs TLS: --tls-cert/--tls-key or --tls-self-signed".into());
         }
         if self.no_plaintext && !self.tls_enabled() {
             return Err(
@@ -449,6 +458,7 @@ struct FileConfig {
     no_admin_socket: Option<bool>,
     metrics: Option<std::net::SocketAddr>,
     web: Option<std::net::SocketAddr>,
+    web_tls: Option<std::net::SocketAddr>,
     web_origin: Option<Names>,
 }
 
@@ -542,6 +552,9 @@ impl FileConfig {
         }
         if self.web.is_some() && !given("web") {
             config.web = self.web;
+        }
+        if self.web_tls.is_some() && !given("web_tls") {
+            config.web_tls = self.web_tls;
         }
         if let Some(origins) = self.web_origin.filter(|_| !given("web_origin")) {
             config.web_origin = origins.into_vec();
@@ -705,6 +718,22 @@ mod tests {
                 "{long} is not in deploy/natterd.toml"
             );
         }
+    }
+
+    #[test]
+    fn web_tls_needs_a_certificate() {
+        let addr = Some("127.0.0.1:8443".parse().unwrap());
+        let bare = Config {
+            web_tls: addr,
+            ..Config::default()
+        };
+        assert!(bare.validate().unwrap_err().contains("--web-tls needs TLS"));
+        let with_tls = Config {
+            web_tls: addr,
+            tls_self_signed: Some(vec!["localhost".into()]),
+            ..Config::default()
+        };
+        assert_eq!(with_tls.validate(), Ok(()));
     }
 
     #[test]

@@ -74,5 +74,8 @@ fn start(config: Config, flags: Flags) -> Result<(), String> {
     if let Some(addr) = server.web_addr() {
         println!("web on http://{addr}/");
     }
+    if let Some(addr) = server.web_tls_addr() {
+        println!("web on https://{addr}/");
+    }
     server.run().map_err(|e| format!("event loop failed: {e}"))
 }

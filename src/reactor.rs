@@ -53,6 +53,7 @@ const SIGNALS: Token = Token(usize::MAX - 3);
 const ADMIN_LISTENER: Token = Token(usize::MAX - 5);
 const METRICS_LISTENER: Token = Token(usize::MAX - 6);
 const WEB_LISTENER: Token = Token(usize::MAX - 7);
+const WEB_TLS_LISTENER: Token = Token(usize::MAX - 8);
 /// Admin connections' tokens start here: far above any session's slab
 /// index, far below the listeners'.
 const ADMIN_BASE: usize = usize::MAX / 2;
@@ -147,6 +148,9 @@ pub struct Server {
     tls_listener: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
     /// The web listener (`--web`), if any, and what its connections allow.
     web_listener: Option<(TcpListener, Arc<WebPolicy>)>,
+    /// The same inside TLS (`--web-tls`), with the TLS listener's
+    /// configuration (kept in step with it on reload).
+    web_tls_listener: Option<(TcpListener, Arc<WebPolicy>, Arc<rustls::ServerConfig>)>,
     /// Whether the listeners are registered (they are not during shutdown).
     listening: bool,
     /// No accepting before this (file descriptors ran out).
@@ -266,19 +270,31 @@ impl Server {
             Some((l, tls)) => Some((register_listener(&poll, l, TLS_LISTENER)?, tls)),
             None => None,
         };
+        let policy = Arc::new(WebPolicy {
+            origins: config.web_origin.clone(),
+        });
+        let bind_web = |addr: SocketAddr, flag: &str, token: Token| {
+            let listener = startup::listen(addr)
+                .map_err(|e| other_error(format!("cannot listen on {addr} ({flag}): {e}")))?;
+            register_listener(&poll, listener, token)
+        };
         let web_listener = match config.web {
-            Some(addr) => {
-                let listener = startup::listen(addr)
-                    .map_err(|e| other_error(format!("cannot listen on {addr} (--web): {e}")))?;
-                let policy = WebPolicy {
-                    origins: config.web_origin.clone(),
-                };
-                Some((
-                    register_listener(&poll, listener, WEB_LISTENER)?,
-                    Arc::new(policy),
+            Some(addr) => Some((bind_web(addr, "--web", WEB_LISTENER)?, Arc::clone(&policy))),
+            None => None,
+        };
+        let web_tls_listener = match (config.web_tls, &tls_listener) {
+            (Some(addr), Some((_, tls))) => Some((
+                bind_web(addr, "--web-tls", WEB_TLS_LISTENER)?,
+                policy,
+                Arc::clone(tls),
+            )),
+            (Some(_), None) => {
+                return Err(other_error(
+                    "--web-tls serves the TLS listener's certificate: it needs TLS \
+                     (--tls-cert/--tls-key or --tls-self-signed)",
                 ))
             }
-            None => None,
+            (None, _) => None,
         };
 
         Ok(Server {
@@ -286,6 +302,7 @@ impl Server {
             listener,
             tls_listener,
             web_listener,
+            web_tls_listener,
             listening: true,
             accept_paused_until: None,
             conns: Slab::new(),
@@ -337,6 +354,13 @@ impl Server {
         self.web_listener
             .as_ref()
             .and_then(|(l, _)| l.local_addr().ok())
+    }
+
+    /// Where the chat page is served over TLS, if it is (`--web-tls`).
+    pub fn web_tls_addr(&self) -> Option<SocketAddr> {
+        self.web_tls_listener
+            .as_ref()
+            .and_then(|(l, ..)| l.local_addr().ok())
     }
 
     /// The address the TLS listener is bound to.
@@ -391,6 +415,7 @@ impl Server {
                     LISTENER => self.accept_ready(accept::Via::Plain),
                     TLS_LISTENER => self.accept_ready(accept::Via::Tls),
                     WEB_LISTENER => self.accept_ready(accept::Via::Web),
+                    WEB_TLS_LISTENER => self.accept_ready(accept::Via::WebTls),
                     WAKER => {
                         self.drain_completions();
                         self.finish_reload();
@@ -674,6 +699,7 @@ impl Server {
                     self.accept_ready(accept::Via::Plain);
                     self.accept_ready(accept::Via::Tls);
                     self.accept_ready(accept::Via::Web);
+                    self.accept_ready(accept::Via::WebTls);
                 }
             }
         }
@@ -876,6 +902,9 @@ impl Server {
                 let _ = self.poll.registry().deregister(l);
             }
             if let Some((l, _)) = self.web_listener.as_mut() {
+                let _ = self.poll.registry().deregister(l);
+            }
+            if let Some((l, ..)) = self.web_tls_listener.as_mut() {
                 let _ = self.poll.registry().deregister(l);
             }
             self.listening = false;

@@ -22,13 +22,14 @@ pub(super) enum Via {
     Plain,
     Tls,
     Web,
+    WebTls,
 }
 
 /// What a new connection's transport is made from.
 enum Start {
     Plain,
     Tls(Arc<rustls::ServerConfig>),
-    Web(Arc<WebPolicy>),
+    Web(Arc<WebPolicy>, Option<Arc<rustls::ServerConfig>>),
 }
 
 impl Server {
@@ -47,7 +48,14 @@ impl Server {
                 }
                 (Via::Web, _, _, Some((l, policy))) => l
                     .accept()
-                    .map(|(s, a)| (s, a, Start::Web(Arc::clone(policy)))),
+                    .map(|(s, a)| (s, a, Start::Web(Arc::clone(policy), None))),
+                (Via::WebTls, ..) => match &self.web_tls_listener {
+                    Some((l, policy, tls)) => l.accept().map(|(s, a)| {
+                        let start = Start::Web(Arc::clone(policy), Some(Arc::clone(tls)));
+                        (s, a, start)
+                    }),
+                    None => return,
+                },
                 _ => return,
             };
             match accepted {
@@ -100,10 +108,21 @@ impl Server {
                     return;
                 }
             },
-            Start::Web(policy) => (
+            Start::Web(policy, None) => (
                 "web",
-                Transport::Web(Box::new(WebConn::new(policy, self.clock.mono))),
+                Transport::Web(Box::new(WebConn::new(policy, None, self.clock.mono))),
             ),
+            Start::Web(policy, Some(cfg)) => match rustls::ServerConnection::new(cfg) {
+                Ok(tls) => (
+                    "web tls",
+                    Transport::Web(Box::new(WebConn::new(policy, Some(tls), self.clock.mono))),
+                ),
+                Err(e) => {
+                    log::warn!("cannot start TLS for {addr}: {e}");
+                    self.admission.left(addr.ip(), None);
+                    return;
+                }
+            },
         };
         let entry = self.conns.vacant_entry();
         let token = entry.key();
@@ -156,8 +175,8 @@ fn refuse(stream: &mut TcpStream, start: &Start) {
             bye = protocol::bye(ByeReason::Busy);
             &bye
         }
-        Start::Tls(_) => return,
-        Start::Web(_) => crate::web::http::BUSY,
+        Start::Tls(_) | Start::Web(_, Some(_)) => return,
+        Start::Web(_, None) => crate::web::http::BUSY,
     };
     let _ = stream.write(answer);
 }

@@ -97,6 +97,9 @@ impl Transport {
     pub fn failure(&self, e: &io::Error) -> Ending {
         match (self, e.kind()) {
             (Transport::Tls(_), io::ErrorKind::InvalidData) => Ending::TlsError,
+            (Transport::Web(conn), io::ErrorKind::InvalidData) if conn.tls_failed() => {
+                Ending::TlsError
+            }
             (Transport::Web(_), io::ErrorKind::InvalidData) => Ending::WebSocketError,
             _ => Ending::IoError,
         }
@@ -128,9 +131,13 @@ impl Transport {
 
     /// Ends a TLS session politely (close_notify), best effort.
     pub fn close_notify(&mut self, socket: &mut impl Write) {
-        if let Transport::Tls(conn) = self {
-            conn.send_close_notify();
-            let _ = conn.write_tls(socket);
+        match self {
+            Transport::Tls(conn) => {
+                conn.send_close_notify();
+                let _ = conn.write_tls(socket);
+            }
+            Transport::Web(conn) => conn.close_notify(socket),
+            Transport::Plain => {}
         }
     }
 }

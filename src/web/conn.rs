@@ -1,9 +1,10 @@
 //! One browser connection's state between the socket and its session:
 //! first the HTTP request (answered with a file and closed, or upgraded),
 //! then WebSocket frames both ways, keepalive pings, and the close frame
-//! that carries the session's goodbye. Used by the session's transport
-//! exactly as rustls is: bytes in with `read`, bytes out with `write`,
-//! wants derived from state.
+//! that carries the session's goodbye; under all of it, with `--web-tls`,
+//! a rustls connection. Used by the session's transport exactly as rustls
+//! is: bytes in with `read`, bytes out with `write`, wants derived from
+//! state.
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
@@ -24,6 +25,21 @@ pub const KEEPALIVE: Duration = Duration::from_secs(30);
 /// batch is framed only once this one is wholly in the kernel, so a line
 /// counts as sent exactly when its frame is (as TLS records do).
 const FRAME_BATCH: usize = 16 * 1024;
+
+/// Most plaintext in one TLS record: what is handed to rustls at a time,
+/// so that everything handed over is in the kernel once rustls holds no
+/// records (see `transport.rs`, `write_tls`).
+const TLS_RECORD: usize = 16 * 1024;
+
+/// What one read from below (the socket, or rustls) gave.
+enum Fill {
+    /// Bytes were appended to `raw`.
+    Data,
+    /// Nothing more for now.
+    Blocked,
+    /// The peer closed (or sent TLS close_notify).
+    Eof,
+}
 
 /// Where the connection stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,11 +79,20 @@ pub struct WebConn {
     pinged: bool,
     /// The next keepalive check.
     next_check: Instant,
+    /// With `--web-tls`: the TLS connection under everything above.
+    tls: Option<Box<rustls::ServerConnection>>,
+    /// TLS failed (for the log and the counters: not a WebSocket matter).
+    tls_failed: bool,
 }
 
 impl WebConn {
-    /// A connection accepted at `now`, its request not read yet.
-    pub fn new(policy: Arc<WebPolicy>, now: Instant) -> WebConn {
+    /// A connection accepted at `now`, its request not read yet; inside
+    /// TLS if `tls` is given.
+    pub fn new(
+        policy: Arc<WebPolicy>,
+        tls: Option<rustls::ServerConnection>,
+        now: Instant,
+    ) -> WebConn {
         WebConn {
             state: State::Request,
             policy,
@@ -80,7 +105,14 @@ impl WebConn {
             heard: false,
             pinged: false,
             next_check: now + KEEPALIVE,
+            tls: tls.map(Box::new),
+            tls_failed: false,
         }
+    }
+
+    /// Whether its TLS failed (a bad handshake, garbage on the port).
+    pub fn tls_failed(&self) -> bool {
+        self.tls_failed
     }
 
     /// Whether the request was upgraded (the session then speaks frames).
@@ -152,15 +184,59 @@ impl WebConn {
                 // in `inbuf`.
                 return Ok(ReadStatus::Full);
             }
-            match socket.read(&mut chunk[..room.min(READ_CHUNK)]) {
-                Ok(0) => return Ok(ReadStatus::Eof),
+            match self.fill(socket, &mut chunk[..room.min(READ_CHUNK)])? {
+                Fill::Data => {}
+                Fill::Blocked => return Ok(ReadStatus::Drained),
+                Fill::Eof => return Ok(ReadStatus::Eof),
+            }
+        }
+    }
+
+    /// Appends what the socket (through TLS, if any) has, at most
+    /// `chunk.len()` bytes.
+    fn fill(&mut self, socket: &mut (impl Read + Write), chunk: &mut [u8]) -> io::Result<Fill> {
+        let Some(tls) = self.tls.as_mut() else {
+            loop {
+                return match socket.read(chunk) {
+                    Ok(0) => Ok(Fill::Eof),
+                    Ok(n) => {
+                        self.heard = true;
+                        self.raw.extend_from_slice(&chunk[..n]);
+                        Ok(Fill::Data)
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Fill::Blocked),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => Err(e),
+                };
+            }
+        };
+        loop {
+            // Plaintext rustls already holds first; no more records are
+            // read while it holds some, so its buffers stay bounded.
+            match tls.reader().read(chunk) {
+                Ok(0) => return Ok(Fill::Eof),
                 Ok(n) => {
-                    self.heard = true;
                     self.raw.extend_from_slice(&chunk[..n]);
+                    return Ok(Fill::Data);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadStatus::Drained),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            match tls.read_tls(socket) {
+                Ok(0) => return Ok(Fill::Eof),
+                Ok(_) => self.heard = true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Fill::Blocked),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
+            }
+            if let Err(e) = tls.process_new_packets() {
+                // Tell the peer why (the alert is queued), then give up.
+                let _ = tls.write_tls(socket);
+                self.tls_failed = true;
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("TLS: {e}"),
+                ));
             }
         }
     }
@@ -194,15 +270,45 @@ impl WebConn {
         )
     }
 
-    /// Writes `wire` until it is empty (true) or the socket would block.
+    /// Writes `wire` (through TLS, if any) until all of it is in the
+    /// kernel (true) or the socket would block. With TLS, a record's worth
+    /// is handed to rustls only once its records before are written, so
+    /// "rustls holds no records and `wire` is empty" means in the kernel.
     fn flush_wire(&mut self, socket: &mut impl Write) -> io::Result<bool> {
-        while self.sent < self.wire.len() {
-            match socket.write(&self.wire[self.sent..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.sent += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+        loop {
+            if let Some(tls) = self.tls.as_mut() {
+                while tls.wants_write() {
+                    match tls.write_tls(socket) {
+                        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            if self.sent == self.wire.len() {
+                break;
+            }
+            let pending = &self.wire[self.sent..];
+            match self.tls.as_mut() {
+                Some(tls) => {
+                    let taken = tls
+                        .writer()
+                        .write(&pending[..pending.len().min(TLS_RECORD)])?;
+                    if taken == 0 {
+                        // Mid-handshake rustls takes nothing; a read resumes.
+                        return Ok(false);
+                    }
+                    self.sent += taken;
+                }
+                None => match socket.write(pending) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => self.sent += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                },
             }
         }
         self.wire.clear();
@@ -254,12 +360,21 @@ impl WebConn {
     /// the session's output or its close frame.
     pub fn wants_write(&self, out: &Output) -> bool {
         self.sent < self.wire.len()
+            || self.tls.as_ref().is_some_and(|tls| tls.wants_write())
             || match self.state {
                 State::Request | State::Answered => false,
                 State::Open | State::PeerClosed => {
                     !self.close_queued && (out.pending_len() > 0 || self.closing.is_some())
                 }
             }
+    }
+
+    /// Ends TLS politely (close_notify), best effort, before the socket closes.
+    pub fn close_notify(&mut self, socket: &mut impl Write) {
+        if let Some(tls) = self.tls.as_mut() {
+            tls.send_close_notify();
+            let _ = tls.write_tls(socket);
+        }
     }
 
     /// The session started closing: its goodbye goes as the close frame's
@@ -360,7 +475,7 @@ mod tests {
     #[test]
     fn a_silent_socket_is_pinged_then_given_up() {
         let start = Instant::now();
-        let mut conn = WebConn::new(Arc::default(), start);
+        let mut conn = WebConn::new(Arc::default(), None, start);
         conn.state = State::Open;
         assert_eq!(conn.keepalive_at(), Some(start + KEEPALIVE));
         assert!(conn.keepalive(start + KEEPALIVE));

@@ -26,7 +26,11 @@ fn start() -> (Server, SocketAddr) {
 
 /// Opens the page and logs in (`login`) or registers (`register`).
 fn sign_in(b: &Browser, web: SocketAddr, verb: &str, name: &str) {
-    b.goto(&format!("http://{web}/"));
+    sign_in_at(b, &format!("http://{web}/"), verb, name);
+}
+
+fn sign_in_at(b: &Browser, url: &str, verb: &str, name: &str) {
+    b.goto(url);
     b.type_into(&b.find("#login-name"), name);
     b.type_into(&b.find("#login-password"), &format!("password-{name}"));
     b.click(&b.find(&format!("#{verb}-button")));
@@ -155,4 +159,30 @@ fn a_terminal_user_and_a_browser_user_talk() {
     let event = terminal.event();
     assert!(event.starts_with("* msg erin "), "{event}");
     assert!(event.ends_with(" hello from a browser"), "{event}");
+}
+
+#[test]
+fn the_page_over_https_talks_over_wss() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start(&["--tls-self-signed", "localhost", "--web-tls", "127.0.0.1:0"]);
+    let web = server.web_tls.expect("natterd printed its https address");
+    let mut terminal = server.user("tom");
+    let driver = Driver::start();
+    // The certificate is self-signed: this browser is told to accept it.
+    let page = driver.browser_with(&["--ignore-certificate-errors"]);
+    sign_in_at(
+        &page,
+        &format!("https://localhost:{}/", web.port()),
+        "register",
+        "erin",
+    );
+    let scheme = page.script("return location.protocol", json!([]));
+    assert_eq!(scheme, json!("https:"));
+    open_conversation(&page, "tom");
+    send(&page, "hello over wss");
+    let event = terminal.event();
+    assert!(
+        event.starts_with("* msg erin ") && event.ends_with(" hello over wss"),
+        "{event}"
+    );
 }

@@ -249,6 +249,42 @@ fn shutdown_says_goodbye_with_going_away() {
 }
 
 #[test]
+fn the_page_and_the_websocket_are_served_over_tls_with_the_tls_certificate() {
+    let server = Server::start(&["--tls-self-signed", "localhost", "--web-tls", "127.0.0.1:0"]);
+    let (_, fingerprint) = server.tls.clone().expect("a TLS listener");
+    let web = server.web_tls.expect("natterd printed its https address");
+    let mut browser = Ws::open_tls(web, &fingerprint);
+    assert_eq!(
+        browser.cmd1("register alice password-alice"),
+        "+ registered alice"
+    );
+    let mut terminal = server.user("bob");
+    // Long enough that frames span TLS records.
+    let text = "t".repeat(3000);
+    assert_eq!(terminal.cmd1(&format!("send alice {text}")), "+ delivered");
+    let event = browser.event();
+    assert!(
+        event.starts_with("* msg bob ") && event.ends_with(&text),
+        "{event}"
+    );
+    assert_eq!(browser.cmd1("send bob over wss"), "+ delivered");
+    assert!(terminal.event().ends_with(" over wss"));
+    browser.send("quit");
+    let (lines, code, reason) = browser.until_close();
+    assert_eq!(lines, vec!["+ bye"]);
+    assert_eq!((code, reason.as_str()), (1000, "quit"));
+    // Plain HTTP on the TLS port gets a TLS alert, never the page.
+    let mut plain = TcpStream::connect_timeout(&web, TIMEOUT).expect("connect");
+    plain.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    plain
+        .write_all(format!("GET / HTTP/1.1\r\nHost: {web}\r\n\r\n").as_bytes())
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(!answer.starts_with(b"HTTP/"), "{answer:?}");
+}
+
+#[test]
 fn the_per_address_limit_covers_web_connections_too() {
     let (server, web) = start(&["--max-per-ip", "2"]);
     let _a = server.connect();

@@ -68,24 +68,31 @@ impl Driver {
 
     /// A new headless Chromium window.
     pub fn browser(&self) -> Browser {
+        self.browser_with(&[])
+    }
+
+    /// A new headless Chromium window, started with `extra` flags too.
+    pub fn browser_with(&self, extra: &[&str]) -> Browser {
         let profile = tempfile::tempdir().expect("profile dir");
         let binary = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+        let mut args = vec![
+            "--headless=new".to_string(),
+            // The test machines run as root, where Chromium's sandbox
+            // cannot start.
+            "--no-sandbox".into(),
+            "--disable-gpu".into(),
+            "--disable-dev-shm-usage".into(),
+            "--window-size=1100,640".into(),
+            format!("--user-data-dir={}", profile.path().display()),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
         let capabilities = json!({
             "capabilities": {
                 "alwaysMatch": {
                     "browserName": "chrome",
                     "goog:chromeOptions": {
                         "binary": binary,
-                        "args": [
-                            "--headless=new",
-                            // The test machines run as root, where Chromium's
-                            // sandbox cannot start.
-                            "--no-sandbox",
-                            "--disable-gpu",
-                            "--disable-dev-shm-usage",
-                            "--window-size=1100,640",
-                            format!("--user-data-dir={}", profile.path().display()),
-                        ],
+                        "args": args,
                     },
                 },
             },

@@ -50,9 +50,10 @@ pub fn upgrade_request(addr: SocketAddr, extra: &str) -> String {
     )
 }
 
-/// One WebSocket connection.
+/// One WebSocket connection, plain or inside TLS (the natter client's
+/// stream, with its certificate pinning).
 pub struct Ws {
-    pub stream: TcpStream,
+    pub stream: natter_client::Stream,
     /// Bytes read and not yet taken as frames.
     buf: Vec<u8>,
     /// Events that arrived while a reply was awaited.
@@ -62,9 +63,17 @@ pub struct Ws {
 impl Ws {
     /// Opens `/ws` on `stream` with `request`: the 101 response head, or
     /// the refusal's head as the error.
-    pub fn upgrade_on(mut stream: TcpStream, request: &str) -> Result<Ws, String> {
-        stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-        stream.set_nodelay(true).expect("nodelay");
+    pub fn upgrade_on(stream: TcpStream, request: &str) -> Result<Ws, String> {
+        Ws::upgrade_over(natter_client::Stream::plain(stream), request)
+    }
+
+    /// [`Ws::upgrade_on`] over any stream (TLS, say).
+    pub fn upgrade_over(mut stream: natter_client::Stream, request: &str) -> Result<Ws, String> {
+        stream
+            .tcp()
+            .set_read_timeout(Some(TIMEOUT))
+            .expect("timeout");
+        stream.tcp().set_nodelay(true).expect("nodelay");
         stream.write_all(request.as_bytes()).expect("write");
         let mut ws = Ws {
             stream,
@@ -97,15 +106,36 @@ impl Ws {
         Ws::upgrade_on(stream, &upgrade_request(addr, extra))
     }
 
+    /// Opens `/ws` inside TLS, pinned to the certificate's `fingerprint`.
+    pub fn open_tls(addr: SocketAddr, fingerprint: &str) -> Ws {
+        let pin = natter_client::tls::parse_fingerprint(fingerprint).expect("fingerprint");
+        let config =
+            natter_client::TlsConfig::new(natter_client::Trust::Pinned(pin)).expect("TLS config");
+        let tcp = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect");
+        let stream =
+            natter_client::Stream::tls(tcp, &config, "localhost", TIMEOUT).expect("TLS handshake");
+        let origin = format!("Origin: https://{addr}\r\n");
+        let mut ws = Ws::upgrade_over(stream, &upgrade_request(addr, &origin))
+            .unwrap_or_else(|head| panic!("refused: {head}"));
+        ws.skip_greeting();
+        ws
+    }
+
     /// A WebSocket with the greeting read.
     pub fn open(addr: SocketAddr) -> Ws {
         let mut ws = Ws::try_open(addr, "").unwrap_or_else(|head| panic!("refused: {head}"));
+        ws.skip_greeting();
+        ws
+    }
+
+    fn skip_greeting(&mut self) {
+        let ws = self;
         assert_eq!(ws.line(), "* hello natter 1");
         loop {
             let line = ws.line();
             assert!(line.starts_with("* notice "), "greeting line {line:?}");
             if line.contains("help") {
-                return ws;
+                return;
             }
         }
     }
