@@ -47,6 +47,17 @@ fn group_commit(c: &mut Criterion) {
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .expect("cannot create a temporary data directory");
     let mut store = Store::open(dir.path()).expect("cannot open the bench database");
+    // Messages refer to accounts: each insert looks its two names up.
+    let accounts: Vec<StoreRequest> = (0..USERS)
+        .map(|i| StoreRequest::CreateUser {
+            name: format!("u{i}"),
+            hash: "not a real hash".into(),
+            created: 0,
+        })
+        .collect();
+    for result in store.run_batch(&accounts) {
+        result.expect("cannot create the bench accounts");
+    }
 
     let mut group = c.benchmark_group("store_group_commit");
     group

@@ -35,6 +35,10 @@ pub enum AdminCommand {
     Reload,
     /// Delete an account.
     DeleteUser { user: String },
+    /// Make an account (even while registration is closed).
+    AddUser { user: String, password: String },
+    /// Set an account's password, no old one asked for.
+    SetPassword { user: String, password: String },
     /// A consistent copy of the database at this absolute path.
     Backup { path: std::path::PathBuf },
 }
@@ -78,6 +82,24 @@ pub fn parse(line: &str) -> Result<AdminCommand, String> {
         "ban" => one_name("ban").map(|user| AdminCommand::Ban { user, on: true }),
         "unban" => one_name("unban").map(|user| AdminCommand::Ban { user, on: false }),
         "deluser" => one_name("deluser").map(|user| AdminCommand::DeleteUser { user }),
+        "adduser" | "setpasswd" => {
+            // The password is the rest of the line, as in `register`.
+            let (name, password) = protocol::split_word(rest);
+            match protocol::canonical_username(name) {
+                Some(user) if !password.is_empty() => Ok(if word == "adduser" {
+                    AdminCommand::AddUser {
+                        user,
+                        password: password.to_string(),
+                    }
+                } else {
+                    AdminCommand::SetPassword {
+                        user,
+                        password: password.to_string(),
+                    }
+                }),
+                _ => Err(format!("usage: {word} <user> <password>")),
+            }
+        }
         "stats" if rest.is_empty() => Ok(AdminCommand::Stats),
         "backup" if std::path::Path::new(rest).is_absolute() => {
             Ok(AdminCommand::Backup { path: rest.into() })
@@ -86,7 +108,7 @@ pub fn parse(line: &str) -> Result<AdminCommand, String> {
         "reload" if rest.is_empty() => Ok(AdminCommand::Reload),
         _ => Err(format!(
             "unknown request {word:?}; natterd knows: users, sessions, kick, notice, \
-             registration, ban, unban, deluser, stats, reload, backup"
+             registration, ban, unban, deluser, adduser, setpasswd, stats, reload, backup"
         )),
     }
 }
@@ -162,6 +184,17 @@ mod tests {
             .unwrap_err()
             .contains("open|closed"));
         assert!(parse("notice").unwrap_err().contains("usage"));
+        assert_eq!(
+            parse("adduser Carol two words"),
+            Ok(AdminCommand::AddUser {
+                user: "carol".into(),
+                password: "two words".into()
+            })
+        );
+        assert!(parse("setpasswd carol").unwrap_err().contains("usage"));
+        assert!(parse("adduser bad/name secret123")
+            .unwrap_err()
+            .contains("usage"));
         assert!(parse("shutdown").unwrap_err().contains("unknown request"));
     }
 

@@ -98,7 +98,7 @@ impl Background {
         let (done_tx, completions) = mpsc::channel::<Completion>();
         let reader_tx = done_tx.clone();
         let reader_waker = Arc::clone(waker);
-        let reader = store::spawn_reader(store.path(), move |done| {
+        let reader = store.spawn_reader(move |done| {
             for (tag, result) in done {
                 let _ = reader_tx.send(Completion {
                     tag,

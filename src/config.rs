@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::logging::LogFormat;
+pub use crate::store::StoreLocation;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use serde::{Deserialize, Deserializer};
@@ -176,6 +177,13 @@ pub struct Config {
     /// Serve TLS only: no plaintext listener.
     #[arg(long)]
     pub no_plaintext: bool,
+
+    /// Where accounts and messages are kept: `sqlite` (the embedded
+    /// database `<data>/natter.db`, nothing to install) or a PostgreSQL URL
+    /// (`postgres://user[:password]@host[:port]/db`). The data directory
+    /// still holds the lock, the read marks and the admin socket.
+    #[arg(long, value_name = "sqlite|URL", default_value = "sqlite", value_parser = parse_store)]
+    pub store: StoreLocation,
 
     /// Days direct messages are kept once read (0: forever). Older ones are
     /// deleted by the store thread a thousand at a time, between batches;
@@ -452,6 +460,8 @@ struct FileConfig {
     tls_port: Option<u16>,
     no_plaintext: Option<bool>,
     history_retention_days: Option<u32>,
+    #[serde(default, deserialize_with = "store")]
+    store: Option<StoreLocation>,
     #[serde(default, deserialize_with = "log_format")]
     log_format: Option<LogFormat>,
     admin_socket: Option<PathBuf>,
@@ -460,6 +470,25 @@ struct FileConfig {
     web: Option<std::net::SocketAddr>,
     web_tls: Option<std::net::SocketAddr>,
     web_origin: Option<Names>,
+}
+
+/// `--store`: `sqlite`, or a PostgreSQL URL.
+fn parse_store(value: &str) -> Result<StoreLocation, String> {
+    if value == "sqlite" {
+        Ok(StoreLocation::Sqlite)
+    } else if value.starts_with("postgres://") || value.starts_with("postgresql://") {
+        Ok(StoreLocation::Postgres(value.to_string()))
+    } else {
+        Err("expected `sqlite` or a postgres://user@host/db URL".to_string())
+    }
+}
+
+/// `store` in the file, as the flag takes it.
+fn store<'de, D: Deserializer<'de>>(d: D) -> Result<Option<StoreLocation>, D::Error> {
+    let value = String::deserialize(d)?;
+    parse_store(&value)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 /// `log-format`, by the flag's value names (`text`, `json`).
@@ -533,6 +562,7 @@ impl FileConfig {
             tls_port,
             no_plaintext,
             history_retention_days,
+            store,
             log_format,
             no_admin_socket,
         );

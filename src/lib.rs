@@ -16,6 +16,7 @@ pub mod metrics;
 #[cfg(test)]
 mod props;
 pub mod protocol;
+pub mod proxy;
 pub mod reactor;
 pub mod session;
 #[doc(hidden)]

@@ -20,7 +20,8 @@ fn other_error(msg: impl Into<String>) -> io::Error {
 
 /// Opens the store, imports `--users` and loads the chat state from it.
 pub fn open(config: &Config) -> io::Result<(Store, Chat)> {
-    let mut store = Store::open(&config.data).map_err(|e| other_error(e.to_string()))?;
+    let mut store =
+        Store::open_at(&config.data, &config.store).map_err(|e| other_error(e.to_string()))?;
     store.set_fault_file(config.store_fault_file.clone());
     store.set_retention(config.history_retention());
     if let Some(path) = &config.users {
@@ -28,7 +29,7 @@ pub fn open(config: &Config) -> io::Result<(Store, Chat)> {
     }
     let snapshot = store
         .load()
-        .map_err(|e| other_error(format!("cannot load {}: {e}", store.path().display())))?;
+        .map_err(|e| other_error(format!("cannot load {}: {e}", store.describe())))?;
     let mut accounts: HashMap<String, Account> = snapshot
         .users
         .into_iter()
@@ -53,7 +54,7 @@ pub fn open(config: &Config) -> io::Result<(Store, Chat)> {
     log::info!(
         "{} users loaded from {}",
         chat.user_count(),
-        store.path().display()
+        store.describe()
     );
     Ok((store, chat))
 }

@@ -4,7 +4,7 @@
 //! Exits 0 when natterd said `+`, 1 when it refused, 2 when it could not
 //! be reached.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,7 +39,7 @@ enum Command {
     /// Accounts (name, online, last seen, unread, banned), optionally only
     /// those whose name contains PATTERN.
     Users { pattern: Option<String> },
-    /// Ban or unban an account.
+    /// Ban, unban, add or delete an account, or set its password.
     User {
         #[command(subcommand)]
         action: UserAction,
@@ -84,9 +84,42 @@ enum UserAction {
     /// Delete the account: its session ends, its inbox and blocks go, and
     /// its history is detached, so a new account with the name starts clean.
     Del { name: String },
+    /// Make an account, even while registration is closed. The password is
+    /// asked for (twice) on a terminal, or read as one line from stdin.
+    Add { name: String },
+    /// Set an account's password (the old one is not needed); its open
+    /// session is told. The password is read as for `add`.
+    Passwd { name: String },
 }
 
-fn request(command: &Command) -> String {
+/// The password for `user add` / `user passwd`: asked for twice without
+/// echo on a terminal (as passwd(1) does), else the first line of stdin.
+fn read_password(name: &str) -> Result<String, String> {
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password(format!("new password for {name}: "))
+            .map_err(|e| e.to_string())?;
+        let again = rpassword::prompt_password("again: ").map_err(|e| e.to_string())?;
+        if first != again {
+            return Err("the passwords differ; nothing changed".into());
+        }
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        line.trim_end_matches(['\n', '\r']).to_string()
+    };
+    if password.is_empty() {
+        return Err("no password given; nothing changed".into());
+    }
+    if password.contains(['\n', '\r']) {
+        return Err("a password is one line".into());
+    }
+    Ok(password)
+}
+
+fn request(command: &Command, password: Option<&str>) -> String {
     match command {
         Command::Users { pattern } => match pattern {
             Some(p) => format!("users {p}"),
@@ -96,6 +129,8 @@ fn request(command: &Command) -> String {
             UserAction::Lock { name } => format!("ban {name}"),
             UserAction::Unlock { name } => format!("unban {name}"),
             UserAction::Del { name } => format!("deluser {name}"),
+            UserAction::Add { name } => format!("adduser {name} {}", password.unwrap_or("")),
+            UserAction::Passwd { name } => format!("setpasswd {name} {}", password.unwrap_or("")),
         },
         Command::Sessions => "sessions".to_string(),
         Command::Kick { target, reason } => format!("kick {target} {}", reason.join(" ")),
@@ -119,7 +154,19 @@ fn main() -> ExitCode {
         .socket
         .clone()
         .unwrap_or_else(|| args.data.join(ADMIN_SOCKET_FILE));
-    let answer = match ask(&path, &request(&args.command)) {
+    let password = match &args.command {
+        Command::User {
+            action: UserAction::Add { name } | UserAction::Passwd { name },
+        } => match read_password(name) {
+            Ok(password) => Some(password),
+            Err(e) => {
+                eprintln!("natterctl: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        _ => None,
+    };
+    let answer = match ask(&path, &request(&args.command, password.as_deref())) {
         Ok(answer) => answer,
         Err(e) => {
             eprintln!("natterctl: cannot reach natterd at {}: {e}", path.display());

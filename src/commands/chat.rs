@@ -266,7 +266,7 @@ impl Chat {
                 had,
             } => self.block_written(user, other, on, had, result),
             // The reactor answers admin work itself; nothing for the chat.
-            Cont::Background | Cont::Admin { .. } => Step::Done,
+            Cont::Background | Cont::Admin { .. } | Cont::Operator { .. } => Step::Done,
         }
     }
 

@@ -160,6 +160,16 @@ pub enum Cont {
     /// An admin request's work (a backup); the reactor answers the admin
     /// connection `conn` (with its `id`, in case the slot was reused).
     Admin { conn: usize, id: u64 },
+    /// A step of an operator's request that runs through the chat (a new
+    /// account, a password reset): `then` continues it as for a session,
+    /// and its reply (or `done` when there is none) answers the admin
+    /// connection `conn` with its `id`.
+    Operator {
+        conn: usize,
+        id: u64,
+        then: Box<Cont>,
+        done: &'static str,
+    },
     /// A write nobody waits for (last-seen times); failures are only logged.
     Background,
 }

@@ -498,6 +498,12 @@ impl Chat {
                 "registration is closed on this server",
             ));
         }
+        self.create_account(user, password)
+    }
+
+    /// A new account, once registration is allowed (by the setting, or by
+    /// the operator's `natterctl user add`).
+    pub(super) fn create_account(&mut self, user: String, password: String) -> Step {
         if !(MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&password.len()) {
             return Step::Reply(password_length());
         }
@@ -587,7 +593,7 @@ fn locked_reply(secs: u64) -> Vec<u8> {
 }
 
 /// The refusal of a new password of the wrong length.
-fn password_length() -> Vec<u8> {
+pub(super) fn password_length() -> Vec<u8> {
     err(
         ErrorCode::BadArg,
         &format!("a password is {MIN_PASSWORD_LEN} to {MAX_PASSWORD_LEN} bytes"),

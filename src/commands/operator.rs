@@ -1,12 +1,14 @@
 //! What the operator changes from `natterctl` (see `crate::admin`): bans,
-//! registration, and the account list. Changes take effect at once in
+//! registration, accounts and passwords, and the account list. Changes take effect at once in
 //! memory; a ban is also written, so it outlasts a restart.
 
+use crate::auth::HashWork;
 use crate::config::Registration;
-use crate::protocol::ByeReason;
+use crate::protocol::{err, ByeReason, ErrorCode, MAX_PASSWORD_LEN, MIN_PASSWORD_LEN};
 use crate::store::StoreRequest;
 
-use super::job::Effects;
+use super::job::{Cont, Effects, Job, Step, Work};
+use super::login::password_length;
 use super::Chat;
 
 /// One account as the operator sees it.
@@ -58,6 +60,30 @@ impl Chat {
         }
         Some(StoreRequest::DeleteUser {
             user: user.to_string(),
+        })
+    }
+
+    /// `natterctl user add`: an account made as `register` makes one, even
+    /// while registration is closed.
+    pub fn add_user(&mut self, user: String, password: String) -> Step {
+        self.create_account(user, password)
+    }
+
+    /// `natterctl user passwd`: a new password, no old one asked for. The
+    /// user's open session is told, as after a `passwd` elsewhere.
+    pub fn set_password(&mut self, user: String, password: String) -> Step {
+        if !(MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&password.len()) {
+            return Step::Reply(password_length());
+        }
+        if !self.accounts.contains_key(&user) {
+            return Step::Reply(err(ErrorCode::NoUser, &format!("no such user {user}")));
+        }
+        Step::Wait(Job {
+            cont: Cont::PasswdHashed { user },
+            work: Work::Hash(HashWork::Hash {
+                password,
+                cost: self.settings.hash_cost,
+            }),
         })
     }
 

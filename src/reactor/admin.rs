@@ -15,7 +15,7 @@ use mio::{Interest, Token};
 use slab::Slab;
 
 use crate::admin::{self, AdminCommand, Answer};
-use crate::commands::{Cont, Effects, Job, Work, WorkResult};
+use crate::commands::{Cont, Effects, Job, Step, Work, WorkResult};
 use crate::protocol::{self, ByeReason, ErrorCode};
 use crate::store::StoreRequest;
 
@@ -275,6 +275,18 @@ impl Server {
                         self.dispatch(job, None);
                         return;
                     }
+                    Some(Ok(AdminCommand::AddUser { user, password })) => {
+                        log::info!("account {user} being made by the operator");
+                        let step = self.chat.add_user(user, password);
+                        self.operator_step(key, id, step, "account made");
+                        return;
+                    }
+                    Some(Ok(AdminCommand::SetPassword { user, password })) => {
+                        log::info!("password of {user} being set by the operator");
+                        let step = self.chat.set_password(user, password);
+                        self.operator_step(key, id, step, "password set");
+                        return;
+                    }
                     Some(Ok(command)) => Some(self.admin_answer(command)),
                     Some(Err(e)) => Some(admin::refuse(ErrorCode::BadArg, &e)),
                     None => None,
@@ -310,14 +322,48 @@ impl Server {
     /// Admin work done off the loop is back: answer its connection, if it
     /// is still there.
     pub(super) fn admin_finish(&mut self, key: usize, id: u64, result: WorkResult) {
-        let Some(conn) = self.admin.conns.get_mut(key).filter(|c| c.id == id) else {
-            return;
-        };
-        conn.output = match result {
+        let answer = match result {
             WorkResult::Store(Ok(_)) => Answer::default().ok("backup written"),
             WorkResult::Store(Err(e)) => admin::refuse(ErrorCode::Internal, &e.to_string()),
             _ => admin::refuse(ErrorCode::Internal, "unexpected result"),
         };
+        self.admin_reply(key, id, answer);
+    }
+
+    /// Carries an operator's request that runs through the chat one step
+    /// on: its next job goes off the loop tagged for connection `key`, and
+    /// its reply (`done` when the chat has none) answers that connection.
+    pub(super) fn operator_step(&mut self, key: usize, id: u64, step: Step, done: &'static str) {
+        match step {
+            Step::Wait(Job { cont, work }) => {
+                if let Some(conn) = self.admin.conns.get_mut(key) {
+                    conn.working = true;
+                }
+                let job = Job {
+                    cont: Cont::Operator {
+                        conn: key,
+                        id,
+                        then: Box::new(cont),
+                        done,
+                    },
+                    work,
+                };
+                self.dispatch(job, None);
+            }
+            Step::Reply(reply) => self.admin_reply(key, id, reply),
+            Step::Done | Step::Inbox { .. } | Step::More { .. } => {
+                self.admin_reply(key, id, Answer::default().ok(done))
+            }
+        }
+    }
+
+    /// Answers admin connection `key` with `answer` and closes it once
+    /// written, if it is still the one with `id`.
+    fn admin_reply(&mut self, key: usize, id: u64, answer: Vec<u8>) {
+        let Some(conn) = self.admin.conns.get_mut(key).filter(|c| c.id == id) else {
+            return;
+        };
+        conn.output = answer;
         conn.working = false;
         conn.answered = true;
         self.admin_ready(key);
@@ -515,8 +561,10 @@ impl Server {
                 self.background(write);
                 Answer::default().ok(&format!("deleted {user}"))
             }
-            // Handled in `admin_ready`: it is answered later.
-            AdminCommand::Backup { .. } => {
+            // Handled in `admin_ready`: they are answered later.
+            AdminCommand::Backup { .. }
+            | AdminCommand::AddUser { .. }
+            | AdminCommand::SetPassword { .. } => {
                 admin::refuse(ErrorCode::Internal, "backup is answered when done")
             }
             AdminCommand::Reload => match self.start_reload() {

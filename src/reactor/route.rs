@@ -132,11 +132,26 @@ impl Server {
 
     pub(super) fn on_completion(&mut self, c: Completion) {
         let Tag { reply_to, cont, .. } = c.tag;
-        if let Cont::Admin { conn, id } = cont {
-            self.admin_finish(conn, id, c.result);
-            return;
-        }
         let clock = self.clock;
+        match cont {
+            Cont::Admin { conn, id } => {
+                self.admin_finish(conn, id, c.result);
+                return;
+            }
+            Cont::Operator {
+                conn,
+                id,
+                then,
+                done,
+            } => {
+                let mut fx = Effects::default();
+                let step = self.chat.complete(None, *then, c.result, clock, &mut fx);
+                self.apply_effects(fx);
+                self.operator_step(conn, id, step, done);
+                return;
+            }
+            _ => {}
+        }
         // A reply for a session that has gone, or is closing, or whose slot
         // now holds a newer session, must not reach it; the state change
         // still happens.

@@ -1,23 +1,27 @@
 //! The durable store: accounts, messages (inbox and history), blocks and
-//! last-seen times in one SQLite database, and the thread that owns it.
+//! last-seen times, and the threads that own the database.
 //!
 //! The loop thread never touches the database after start-up. It sends
 //! [`StoreRequest`]s with a tag; the store thread takes everything queued,
-//! runs it in one transaction (WAL, `synchronous=FULL`), commits, and only
-//! then hands every result of the batch back at once (group commit). So an
-//! acknowledgement built from a result always follows an fsync'd commit.
-//! Between batches it deletes read messages past `--history-retention-days`.
-//! A second thread, the reader, answers `history` on its own read-only
-//! connection so reads never wait behind writes. `files.rs` owns the data
-//! directory's lock and the database file's mode and identity; `schema.rs`
-//! the migrations; `marks.rs` the read marks that say which messages have
-//! left natterd (the fold at start is here, with the rest of the SQL). This
-//! file is about 750 lines because the request types, the two threads and
-//! the SQL they run belong together.
+//! runs it in one transaction, commits, and only then hands every result of
+//! the batch back at once (group commit). So an acknowledgement built from
+//! a result always follows a durable commit. Between batches it deletes
+//! read messages past `--history-retention-days`. A second thread, the
+//! reader, answers `history` on its own connection so reads never wait
+//! behind writes.
+//!
+//! This file owns the request and result types, the [`Backend`] interface
+//! and the two threads. The SQL is the backends': `sqlite.rs` (the default,
+//! embedded; its migrations in `schema.rs`, its file's mode and identity in
+//! `files.rs` with the data directory's lock) and `postgres.rs`
+//! (`--store postgres://...`). `marks.rs` owns the read marks that say
+//! which messages have left natterd, whichever backend holds them.
 
 mod files;
 pub mod marks;
+mod postgres;
 mod schema;
+mod sqlite;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,10 +31,8 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection, OptionalExtension};
-
+use files::lock_data_dir;
 pub use files::LOCK_FILE;
-use files::{lock_data_dir, make_private, DbFile};
 pub use marks::{Marks, ReadMarks, MARKS_FILE};
 
 pub use schema::SCHEMA_VERSION;
@@ -133,8 +135,8 @@ pub enum StoreRequest {
     /// backup), taken by the reader: writes go on meanwhile.
     Backup { path: PathBuf },
     /// Delete an account: its inbox and blocks go, and its history is
-    /// detached (its name in old messages becomes a tombstone no one can
-    /// register), so a new account with the name starts clean.
+    /// detached (it keeps an account id no one will have again), so a new
+    /// account with the name starts clean.
     DeleteUser { user: String },
 }
 
@@ -237,14 +239,68 @@ impl std::fmt::Display for OpenError {
 
 impl std::error::Error for OpenError {}
 
+/// What a database behind the store does. The store thread owns batching,
+/// group commit, the pruning schedule and fault injection; a backend owns
+/// its connection and its SQL. Every method runs on the store thread (or
+/// at start-up), never on the loop.
+pub trait Backend: Send + 'static {
+    /// Runs every request in one transaction, each in a savepoint of its
+    /// own (a failing request gets its error and the others go on), then
+    /// commits. If the commit fails every request gets
+    /// [`StoreError::Unknown`]: it may or may not be on disk.
+    fn run_batch(&mut self, requests: &[StoreRequest]) -> Vec<Result<StoreOutput, StoreError>>;
+    /// Deletes up to `limit` read messages sent before `cutoff` (Unix
+    /// seconds) whose text no other row shares; returns how many.
+    fn prune(&mut self, cutoff: i64, limit: usize) -> Result<usize, String>;
+    /// Whether the database is still the one opened (checked before each
+    /// batch); the reason to refuse writes if not.
+    fn check(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+    /// What the chat state keeps in memory.
+    fn load(&mut self) -> Result<Snapshot, String>;
+    /// At start, before anything else reads the messages: what the marks
+    /// file recorded beyond the database goes in, and every message handed
+    /// to a session but never written out goes back to its recipient's
+    /// inbox. A mark beyond the newest message is not trusted (a damaged
+    /// file). Returns every account's slot and marks.
+    fn fold_marks(&mut self, marks: &ReadMarks) -> Result<Vec<(u64, Marks)>, String>;
+    /// Whether an account exists (start-up import only).
+    fn user_exists(&mut self, name: &str) -> Result<bool, String>;
+    /// A connection of its own for the reader thread.
+    fn reader(&self) -> Result<Box<dyn Reader>, String>;
+    /// Where the data is, for the log (a path, or a URL without password).
+    fn describe(&self) -> String;
+    /// One number from a query (tests look at what is stored this way).
+    #[doc(hidden)]
+    fn scalar(&mut self, sql: &str) -> Result<i64, String>;
+}
+
+/// The reader thread's connection: answers `history` (and takes backups)
+/// without waiting behind the write batches.
+pub trait Reader: Send + 'static {
+    /// Answers a [`StoreRequest::History`] or [`StoreRequest::Backup`];
+    /// anything else is refused.
+    fn read(&mut self, request: &StoreRequest) -> Result<StoreOutput, StoreError>;
+}
+
+/// Where the data lives: `--store`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// `<data>/natter.db`, embedded (the default).
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database (`postgres://user@host/db`).
+    Postgres(String),
+}
+
 /// An open database, before its thread starts.
 pub struct Store {
-    conn: Connection,
+    backend: Box<dyn Backend>,
     /// The data directory's lock, held as long as the store (and so the
     /// server) lives: two servers on one directory would each keep their
     /// own accounts and blocks in memory and split the brain.
     lock: std::fs::File,
-    path: PathBuf,
     /// While this file exists, batches fail (fault-injection tests).
     fault_file: Option<PathBuf>,
     /// How long read messages are kept; `None`: forever.
@@ -256,9 +312,15 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database in `dir` and brings its
-    /// schema up to date.
+    /// Opens (creating if needed) the embedded database in `dir` and brings
+    /// its schema up to date.
     pub fn open(dir: &Path) -> Result<Store, OpenError> {
+        Store::open_at(dir, &StoreLocation::Sqlite)
+    }
+
+    /// Opens the store `location` says, with the data directory `dir`
+    /// holding the lock and the read marks (and the database, if embedded).
+    pub fn open_at(dir: &Path, location: &StoreLocation) -> Result<Store, OpenError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             OpenError(format!(
                 "cannot create data directory {}: {e}",
@@ -266,32 +328,20 @@ impl Store {
             ))
         })?;
         let lock = lock_data_dir(dir)?;
-        let path = dir.join(DB_FILE);
-        make_private(&path)?;
-        let fail =
-            |e: rusqlite::Error| OpenError(format!("cannot open database {}: {e}", path.display()));
-        let mut conn = Connection::open(&path).map_err(fail)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(fail)?;
-        // FULL: a commit is fsync'd before we acknowledge anything built on it.
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(fail)?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(fail)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(fail)?;
-        schema::migrate(&mut conn)
-            .map_err(|e| OpenError(format!("cannot migrate database {}: {e}", path.display())))?;
+        let mut backend: Box<dyn Backend> = match location {
+            StoreLocation::Sqlite => Box::new(sqlite::SqliteBackend::open(dir)?),
+            StoreLocation::Postgres(url) => Box::new(postgres::PgBackend::connect(url)?),
+        };
         let mut marks = ReadMarks::open(dir).map_err(|e| {
             OpenError(format!(
                 "cannot open read marks {}: {e}",
                 dir.join(MARKS_FILE).display()
             ))
         })?;
-        let folded = fold_marks(&mut conn, &marks).map_err(|e| {
+        let folded = backend.fold_marks(&marks).map_err(|e| {
             OpenError(format!(
                 "cannot apply read marks to {}: {e}",
-                path.display()
+                backend.describe()
             ))
         })?;
         marks.reset_to(&folded).map_err(|e| {
@@ -301,9 +351,8 @@ impl Store {
             ))
         })?;
         Ok(Store {
-            conn,
+            backend,
             lock,
-            path,
             fault_file: None,
             retention: None,
             marks: Some(marks),
@@ -335,62 +384,61 @@ impl Store {
         self.retention = keep;
     }
 
-    /// Where the database file is.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the data is, for the log.
+    pub fn describe(&self) -> String {
+        self.backend.describe()
     }
 
     /// Reads what the chat state keeps in memory.
-    pub fn load(&self) -> rusqlite::Result<Snapshot> {
-        let mut snap = Snapshot::default();
-        let mut stmt = self
-            .conn
-            .prepare("SELECT name, hash, last_seen, rowid, pushed, inboxed, banned FROM users")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                UserRow {
-                    hash: r.get(1)?,
-                    last_seen: r.get(2)?,
-                    slot: r.get::<_, i64>(3)?.max(0) as u64,
-                    marks: Marks {
-                        pushed: r.get(4)?,
-                        inboxed: r.get(5)?,
-                    },
-                    banned: r.get(6)?,
-                },
-            ))
-        })?;
-        for row in rows {
-            let (name, user) = row?;
-            snap.users.insert(name, user);
-        }
-        let mut stmt = self.conn.prepare("SELECT blocker, blocked FROM blocks")?;
-        for row in stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))? {
-            snap.blocks.push(row?);
-        }
-        let mut stmt = self.conn.prepare(
-            "SELECT recipient, count(*) FROM messages WHERE unread = 1 GROUP BY recipient",
-        )?;
-        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?)))? {
-            let (name, n) = row?;
-            snap.unread.insert(name, n);
-        }
-        Ok(snap)
+    pub fn load(&mut self) -> Result<Snapshot, String> {
+        self.backend.load()
     }
 
     /// Whether an account exists (start-up import only).
-    pub fn user_exists(&self, name: &str) -> rusqlite::Result<bool> {
-        self.conn
-            .query_row("SELECT 1 FROM users WHERE name = ?1", [name], |_| Ok(()))
-            .optional()
-            .map(|r| r.is_some())
+    pub fn user_exists(&mut self, name: &str) -> Result<bool, String> {
+        self.backend.user_exists(name)
     }
 
     /// Runs requests in one transaction outside the thread (start-up import,
     /// benches). Returns each request's result.
     pub fn run_batch(&mut self, requests: &[StoreRequest]) -> Vec<Result<StoreOutput, StoreError>> {
-        run_batch(&mut self.conn, requests)
+        self.backend.run_batch(requests)
+    }
+
+    /// One number from a query, for tests that look at what is stored.
+    #[doc(hidden)]
+    pub fn scalar(&mut self, sql: &str) -> Result<i64, String> {
+        self.backend.scalar(sql)
+    }
+
+    /// A connection of its own for reading, as the reader thread has.
+    pub fn reader(&self) -> Result<Box<dyn Reader>, String> {
+        self.backend.reader()
+    }
+
+    /// Starts the reader: a thread with a connection of its own that
+    /// answers `history` (and takes backups), so reads never wait behind
+    /// the write batches. Any other request is refused.
+    pub fn spawn_reader<T, F>(&self, mut on_done: F) -> std::io::Result<StoreHandle<T>>
+    where
+        T: Send + 'static,
+        F: FnMut(Vec<(T, Result<StoreOutput, StoreError>)>) + Send + 'static,
+    {
+        let mut reader = self.reader().map_err(std::io::Error::other)?;
+        let (tx, rx) = mpsc::channel::<(StoreRequest, T)>();
+        let thread = thread::Builder::new()
+            .name("natter-reader".into())
+            .spawn(move || {
+                while let Ok((request, tag)) = rx.recv() {
+                    let result = reader.read(&request);
+                    on_done(vec![(tag, result)]);
+                }
+            })?;
+        Ok(StoreHandle {
+            tx: Some(tx),
+            thread: Some(thread),
+            stop: Arc::new(AtomicBool::new(false)),
+        })
     }
 
     /// Starts the store thread. `on_batch` gets each committed batch's
@@ -409,10 +457,8 @@ impl Store {
             .spawn(move || {
                 // The data directory stays locked until the last commit is done.
                 let _lock = self.lock;
-                let file = DbFile::new(self.path);
                 store_thread(
-                    self.conn,
-                    file,
+                    self.backend,
                     self.fault_file,
                     self.retention,
                     rx,
@@ -427,43 +473,6 @@ impl Store {
             stop,
         })
     }
-}
-
-/// Starts the reader: a thread with its own read-only connection to the
-/// database at `path` that answers `history`, so reads never wait behind
-/// the write batches (WAL lets it read while the writer commits) and never
-/// hold a write transaction open. Any other request is refused.
-pub fn spawn_reader<T, F>(path: &Path, mut on_done: F) -> std::io::Result<StoreHandle<T>>
-where
-    T: Send + 'static,
-    F: FnMut(Vec<(T, Result<StoreOutput, StoreError>)>) + Send + 'static,
-{
-    let flags =
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags).map_err(|e| {
-        std::io::Error::other(format!("cannot open {} to read: {e}", path.display()))
-    })?;
-    let (tx, rx) = mpsc::channel::<(StoreRequest, T)>();
-    let thread = thread::Builder::new()
-        .name("natter-reader".into())
-        .spawn(move || {
-            while let Ok((request, tag)) = rx.recv() {
-                let result = match request {
-                    StoreRequest::History { .. } => apply(&conn, &request).map_err(|e| {
-                        log::error!("store: read failed: {e}");
-                        StoreError::Failed(e.to_string())
-                    }),
-                    StoreRequest::Backup { path } => backup(&conn, &path),
-                    _ => Err(StoreError::Failed("the reader only reads".to_string())),
-                };
-                on_done(vec![(tag, result)]);
-            }
-        })?;
-    Ok(StoreHandle {
-        tx: Some(tx),
-        thread: Some(thread),
-        stop: Arc::new(AtomicBool::new(false)),
-    })
 }
 
 /// The loop thread's end of the store: submit requests, and on drop, let the
@@ -512,8 +521,7 @@ impl<T> Drop for StoreHandle<T> {
 
 #[allow(clippy::too_many_arguments)]
 fn store_thread<T, F>(
-    mut conn: Connection,
-    mut file: DbFile,
+    mut backend: Box<dyn Backend>,
     fault_file: Option<PathBuf>,
     retention: Option<Duration>,
     rx: Receiver<(StoreRequest, T)>,
@@ -535,7 +543,7 @@ fn store_thread<T, F>(
             },
             Some(keep) => {
                 if Instant::now() >= next_prune {
-                    let more = prune(&conn, keep);
+                    let more = prune(backend.as_mut(), keep);
                     // A full batch deleted: more may be due; go on soon,
                     // but let waiting requests go first.
                     next_prune = Instant::now() + if more { PRUNE_AGAIN } else { PRUNE_EVERY };
@@ -569,7 +577,7 @@ fn store_thread<T, F>(
         let fault = fault_file
             .as_deref()
             .and_then(|f| std::fs::read_to_string(f).ok().map(|text| (f, text)));
-        let results = match (fault, file.check()) {
+        let results = match (fault, backend.check()) {
             (_, Err(problem)) => requests
                 .iter()
                 .map(|_| Err(StoreError::Failed(problem.clone())))
@@ -580,7 +588,7 @@ fn store_thread<T, F>(
                     f.display()
                 );
                 FAIL_COMMIT.with(|c| c.set(true));
-                let results = run_batch(&mut conn, &requests);
+                let results = backend.run_batch(&requests);
                 FAIL_COMMIT.with(|c| c.set(false));
                 results
             }
@@ -594,7 +602,7 @@ fn store_thread<T, F>(
                     .map(|_| Err(StoreError::Failed("injected fault".to_string())))
                     .collect()
             }
-            (None, Ok(())) => run_batch(&mut conn, &requests),
+            (None, Ok(())) => backend.run_batch(&requests),
         };
         if let Some(t) = &timings {
             t.store_commit.observe(started.elapsed().as_secs_f64());
@@ -612,23 +620,14 @@ const PRUNE_AGAIN: Duration = Duration::from_millis(100);
 /// queued meanwhile wait milliseconds, not the whole backlog.
 const PRUNE_BATCH: usize = 1000;
 
-/// Deletes up to `PRUNE_BATCH` read messages older than `keep` (a row
-/// handed to a session, unread = 2, was written out long before: sessions
-/// do not live for days with unwritten output, and a restart sorts out the
-/// ones that were not); returns
+/// Deletes up to `PRUNE_BATCH` read messages older than `keep`; returns
 /// whether it deleted a full batch (so more may be due).
-fn prune(conn: &Connection, keep: Duration) -> bool {
+fn prune(backend: &mut dyn Backend, keep: Duration) -> bool {
     let cutoff = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|now| now.saturating_sub(keep).as_secs() as i64)
         .unwrap_or(0);
-    let deleted = conn.execute(
-        "DELETE FROM messages WHERE id IN
-           (SELECT id FROM messages m WHERE unread != 1 AND ts < ?1
-              AND NOT EXISTS (SELECT 1 FROM messages r WHERE r.body_of = m.id) LIMIT ?2)",
-        rusqlite::params![cutoff, PRUNE_BATCH as i64],
-    );
-    match deleted {
+    match backend.prune(cutoff, PRUNE_BATCH) {
         Ok(n) => {
             if n > 0 {
                 log::info!("store: deleted {n} read messages older than the retention period");
@@ -642,329 +641,9 @@ fn prune(conn: &Connection, keep: Duration) -> bool {
     }
 }
 
-/// Runs every request in one transaction and commits. A request that fails
-/// gets its error; if the commit fails, every request does.
-fn run_batch(
-    conn: &mut Connection,
-    requests: &[StoreRequest],
-) -> Vec<Result<StoreOutput, StoreError>> {
-    let tx = match conn.transaction() {
-        Ok(tx) => tx,
-        Err(e) => {
-            log::error!("store: cannot begin transaction: {e}");
-            return requests
-                .iter()
-                .map(|_| Err(StoreError::Failed(e.to_string())))
-                .collect();
-        }
-    };
-    let mut results = Vec::with_capacity(requests.len());
-    for request in requests {
-        // A savepoint per request, so one failure does not leave half of it
-        // applied while the rest of the batch commits.
-        let result = match savepoint_apply(&tx, request) {
-            Ok(out) => Ok(out),
-            Err(e) => {
-                log::error!("store: request failed: {e}");
-                // Some errors (disk full, I/O, out of memory) make SQLite roll
-                // back the whole transaction. Going on would run the rest
-                // outside any transaction, committing piecemeal what we then
-                // report as failed; so the whole batch fails here.
-                if tx.is_autocommit() {
-                    log::error!("store: transaction rolled back; failing the whole batch");
-                    let _ = tx.rollback();
-                    return requests
-                        .iter()
-                        .map(|_| Err(StoreError::Failed(e.to_string())))
-                        .collect();
-                }
-                Err(StoreError::Failed(e.to_string()))
-            }
-        };
-        results.push(result);
-    }
-    if let Err(e) = commit(tx) {
-        // A commit that fails (an fsync error, the disk gone) may have
-        // reached the disk or not: say so rather than "not stored".
-        log::error!("store: commit failed, outcome unknown: {e}");
-        return requests
-            .iter()
-            .map(|_| Err(StoreError::Unknown(e.to_string())))
-            .collect();
-    }
-    results
-}
-
-/// Commits, unless a test asked for a failed commit (see `Fault`).
-fn commit(tx: rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
-    if FAIL_COMMIT.with(|f| f.get()) {
-        tx.rollback()?;
-        return Err(rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
-            Some("injected commit failure".into()),
-        ));
-    }
-    tx.commit()
-}
-
-thread_local! {
-    /// Set on the store thread while a `commit` fault is injected.
-    static FAIL_COMMIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-fn savepoint_apply(
-    tx: &rusqlite::Transaction<'_>,
-    request: &StoreRequest,
-) -> rusqlite::Result<StoreOutput> {
-    // Cached statements: this runs once per request on the hot path.
-    tx.prepare_cached("SAVEPOINT req")?.execute([])?;
-    match apply(tx, request) {
-        Ok(out) => {
-            tx.prepare_cached("RELEASE req")?.execute([])?;
-            Ok(out)
-        }
-        Err(e) => {
-            let _ = tx.execute_batch("ROLLBACK TO req; RELEASE req");
-            Err(e)
-        }
-    }
-}
-
-fn apply(conn: &Connection, request: &StoreRequest) -> rusqlite::Result<StoreOutput> {
-    match request {
-        StoreRequest::CreateUser {
-            name,
-            hash,
-            created,
-        } => {
-            // Anything still naming this name belongs to an account deleted
-            // before (a message to it may have committed just after the
-            // delete): detached, so the new account starts clean.
-            conn.prepare_cached(
-                "UPDATE messages SET recipient = '!deleted', unread = 0 WHERE recipient = ?1",
-            )?
-            .execute([name])?;
-            conn.prepare_cached("UPDATE messages SET sender = '!deleted' WHERE sender = ?1")?
-                .execute([name])?;
-            conn.prepare_cached("DELETE FROM blocks WHERE blocker = ?1 OR blocked = ?1")?
-                .execute([name])?;
-            conn.prepare_cached("INSERT INTO users (name, hash, created) VALUES (?1, ?2, ?3)")?
-                .execute(params![name, hash, created])?;
-            Ok(StoreOutput::Ids(vec![conn.last_insert_rowid()]))
-        }
-        StoreRequest::InsertMessages(messages) => {
-            let mut stmt = conn.prepare_cached(
-                "INSERT INTO messages (ts, sender, recipient, body, unread, body_of)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
-            let mut ids = Vec::with_capacity(messages.len());
-            // The row holding the text these messages share, if any yet.
-            let mut holder: Option<(&Arc<str>, i64)> = None;
-            for m in messages {
-                let state = if m.unread {
-                    UNREAD_INBOX
-                } else {
-                    UNREAD_PUSHED
-                };
-                let shared = holder.filter(|(body, _)| Arc::ptr_eq(body, &m.body));
-                let (body, body_of) = match shared {
-                    Some((_, id)) => ("", Some(id)),
-                    None => (&*m.body, None),
-                };
-                stmt.execute(params![m.ts, &*m.sender, m.recipient, body, state, body_of])?;
-                let id = conn.last_insert_rowid();
-                if shared.is_none() {
-                    holder = Some((&m.body, id));
-                }
-                ids.push(id);
-            }
-            Ok(StoreOutput::Ids(ids))
-        }
-        StoreRequest::MarkUnread { ids } => {
-            let mut stmt = conn.prepare_cached("UPDATE messages SET unread = 1 WHERE id = ?1")?;
-            for id in ids {
-                stmt.execute([id])?;
-            }
-            Ok(StoreOutput::Done)
-        }
-        StoreRequest::TakeInbox { user, after, limit } => {
-            let rows = conn
-                .prepare_cached(&format!(
-                    "SELECT {ROW} FROM messages m
-                     WHERE recipient = ?1 AND unread = 1 AND id > ?2 ORDER BY id LIMIT ?3"
-                ))?
-                .query_map(params![user, after, limit], message_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(StoreOutput::Rows(rows))
-        }
-        StoreRequest::Advance(marks) => {
-            for (user, m) in marks {
-                advance(conn, user, *m)?;
-            }
-            Ok(StoreOutput::Done)
-        }
-        StoreRequest::History {
-            user,
-            with,
-            limit,
-            after,
-            upto,
-            page,
-        } => {
-            // Both directions of a conversation, or everything to or from
-            // `user`; each half walks its own index in id order.
-            let (pick, other) = match with {
-                None => ("sender = ?1", "recipient = ?1"),
-                Some(_) => (
-                    "sender = ?1 AND recipient = ?3",
-                    "sender = ?3 AND recipient = ?1",
-                ),
-            };
-            let with = with.as_deref().unwrap_or("");
-            let (after, upto, total) = match upto {
-                Some(upto) => (*after, *upto, 0),
-                None => {
-                    let mut span = conn.prepare_cached(&format!(
-                        "SELECT coalesce(min(id), 0), coalesce(max(id), 0), count(*) FROM (
-                           SELECT id FROM messages WHERE {pick}
-                           UNION ALL
-                           SELECT id FROM messages WHERE {other}
-                           ORDER BY id DESC LIMIT ?2)"
-                    ))?;
-                    let read = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?, r.get(2)?));
-                    let (first, last, n): (i64, i64, u32) = if with.is_empty() {
-                        span.query_row(params![user, limit], read)?
-                    } else {
-                        span.query_row(params![user, limit, with], read)?
-                    };
-                    (first - 1, last, n)
-                }
-            };
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {ROW} FROM messages m WHERE {pick} AND id > ?2 AND id <= ?4
-                 UNION ALL
-                 SELECT {ROW} FROM messages m WHERE {other} AND id > ?2 AND id <= ?4
-                 ORDER BY 1 LIMIT ?5"
-            ))?;
-            let rows = stmt.query_map(params![user, after, with, upto, page], message_row)?;
-            // At most about HISTORY_PART_BYTES of text too (always one row):
-            // a part of long messages stays small.
-            let mut taken = Vec::new();
-            let mut bytes = 0;
-            for row in rows {
-                let row = row?;
-                if !taken.is_empty() && bytes + row.body.len() > HISTORY_PART_BYTES {
-                    break;
-                }
-                bytes += row.body.len();
-                taken.push(row);
-            }
-            Ok(StoreOutput::History {
-                rows: taken,
-                upto,
-                total,
-            })
-        }
-        StoreRequest::SetBlock {
-            blocker,
-            blocked,
-            on,
-        } => {
-            let sql = if *on {
-                "INSERT OR IGNORE INTO blocks (blocker, blocked) VALUES (?1, ?2)"
-            } else {
-                "DELETE FROM blocks WHERE blocker = ?1 AND blocked = ?2"
-            };
-            conn.prepare_cached(sql)?
-                .execute(params![blocker, blocked])?;
-            Ok(StoreOutput::Done)
-        }
-        StoreRequest::SetLastSeen { user, at } => {
-            conn.prepare_cached("UPDATE users SET last_seen = ?2 WHERE name = ?1")?
-                .execute(params![user, at])?;
-            Ok(StoreOutput::Done)
-        }
-        // Taken by the reader (`spawn_reader`), never in a write batch.
-        StoreRequest::Backup { .. } => Err(rusqlite::Error::InvalidParameterName(
-            "a backup is taken by the reader".into(),
-        )),
-        StoreRequest::DeleteUser { user } => {
-            let rowid: Option<i64> = conn
-                .prepare_cached("SELECT rowid FROM users WHERE name = ?1")?
-                .query_row([user], |r| r.get(0))
-                .optional()?;
-            let Some(rowid) = rowid else {
-                return Ok(StoreOutput::Done);
-            };
-            let tombstone = format!("!deleted-{rowid}");
-            // Its unread messages go, except a row holding a list
-            // broadcast's text for others: that one stays, read, detached.
-            conn.prepare_cached(
-                "DELETE FROM messages WHERE id IN (
-                   SELECT m.id FROM messages m, users u
-                   WHERE m.recipient = ?1 AND u.name = ?1
-                     AND (m.unread = 1 OR (m.unread = 2 AND m.id > u.pushed))
-                     AND NOT EXISTS (SELECT 1 FROM messages r WHERE r.body_of = m.id))",
-            )?
-            .execute([user])?;
-            conn.prepare_cached(
-                "UPDATE messages SET recipient = ?2, unread = 0 WHERE recipient = ?1",
-            )?
-            .execute(params![user, tombstone])?;
-            conn.prepare_cached("UPDATE messages SET sender = ?2 WHERE sender = ?1")?
-                .execute(params![user, tombstone])?;
-            conn.prepare_cached("DELETE FROM blocks WHERE blocker = ?1 OR blocked = ?1")?
-                .execute([user])?;
-            conn.prepare_cached("DELETE FROM users WHERE name = ?1")?
-                .execute([user])?;
-            Ok(StoreOutput::Done)
-        }
-        StoreRequest::SetBanned { user, on } => {
-            conn.prepare_cached("UPDATE users SET banned = ?2 WHERE name = ?1")?
-                .execute(params![user, on])?;
-            Ok(StoreOutput::Done)
-        }
-        StoreRequest::SetPasswordHash { user, hash } => {
-            conn.prepare_cached("UPDATE users SET hash = ?2 WHERE name = ?1")?
-                .execute(params![user, hash])?;
-            Ok(StoreOutput::Done)
-        }
-    }
-}
-
-/// Copies the database to `path` (which must not exist yet) with SQLite's
-/// online backup, a few hundred pages at a time.
-fn backup(conn: &Connection, path: &Path) -> Result<StoreOutput, StoreError> {
-    if path.exists() {
-        return Err(StoreError::Failed(format!(
-            "{} exists; natterd will not overwrite it",
-            path.display()
-        )));
-    }
-    // Created private first: every private message is in the copy too.
-    make_private(path).map_err(|e| StoreError::Failed(e.0))?;
-    let mut target = Connection::open(path)
-        .map_err(|e| StoreError::Failed(format!("cannot create {}: {e}", path.display())))?;
-    let copy = rusqlite::backup::Backup::new(conn, &mut target)
-        .and_then(|b| b.run_to_completion(256, Duration::ZERO, None));
-    match copy {
-        Ok(()) => Ok(StoreOutput::Done),
-        Err(e) => {
-            let _ = std::fs::remove_file(path);
-            Err(StoreError::Failed(format!("backup failed: {e}")))
-        }
-    }
-}
-
 /// Text one part of a `history` reply carries at most (besides its row
 /// limit): a session that never reads then holds one small part.
 pub const HISTORY_PART_BYTES: usize = 64 * 1024;
-
-/// The columns of a [`MessageRow`] from `messages m`, the text taken from
-/// the row that holds it when `m` shares another's.
-const ROW: &str = "m.id, m.ts, m.sender, m.recipient,
-    CASE WHEN m.body_of IS NULL THEN m.body
-         ELSE (SELECT b.body FROM messages b WHERE b.id = m.body_of) END";
 
 /// `unread` of a message waiting in its recipient's inbox.
 const UNREAD_INBOX: i64 = 1;
@@ -972,81 +651,15 @@ const UNREAD_INBOX: i64 = 1;
 /// id is within the recipient's `pushed` mark.
 const UNREAD_PUSHED: i64 = 2;
 
-/// Raises `user`'s marks in the database to `m` and takes the inbox rows
-/// they cover out of the inbox.
-fn advance(conn: &Connection, user: &str, m: Marks) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "UPDATE users SET pushed = max(pushed, ?2), inboxed = max(inboxed, ?3) WHERE name = ?1",
-    )?
-    .execute(params![user, m.pushed, m.inboxed])?;
-    conn.prepare_cached(
-        "UPDATE messages SET unread = 0 WHERE recipient = ?1 AND unread = 1 AND id <= ?2",
-    )?
-    .execute(params![user, m.inboxed])?;
-    Ok(())
+thread_local! {
+    /// Set on the store thread while a `commit` fault is injected.
+    static FAIL_COMMIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// At start, before anything else reads the messages: what the marks file
-/// recorded beyond the database (the last moments before a crash) goes in,
-/// and every message handed to a session but never written out goes back
-/// to its recipient's inbox. A mark beyond the newest message is not
-/// trusted (a damaged file); that can only make more show as unread.
-/// Returns every account's slot and marks, for the file to say the same.
-fn fold_marks(conn: &mut Connection, marks: &ReadMarks) -> rusqlite::Result<Vec<(u64, Marks)>> {
-    let tx = conn.transaction()?;
-    let newest: i64 = tx.query_row("SELECT coalesce(max(id), 0) FROM messages", [], |r| {
-        r.get(0)
-    })?;
-    let users = tx
-        .prepare("SELECT name, rowid, pushed, inboxed FROM users")?
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                Marks {
-                    pushed: r.get(2)?,
-                    inboxed: r.get(3)?,
-                },
-            ))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let (mut returned, mut raised) = (0usize, 0usize);
-    let mut folded = Vec::with_capacity(users.len());
-    for (name, rowid, stored) in users {
-        let file = marks.get(rowid.max(0) as u64);
-        let trusted = |v: i64| if (0..=newest).contains(&v) { v } else { 0 };
-        let m = Marks {
-            pushed: stored.pushed.max(trusted(file.pushed)),
-            inboxed: stored.inboxed.max(trusted(file.inboxed)),
-        };
-        if m != stored {
-            raised += 1;
-            advance(&tx, &name, m)?;
-        }
-        returned += tx
-            .prepare_cached(
-                "UPDATE messages SET unread = 1 WHERE recipient = ?1 AND unread = 2 AND id > ?2",
-            )?
-            .execute(params![name, m.pushed])?;
-        folded.push((rowid.max(0) as u64, m));
-    }
-    tx.commit()?;
-    if returned > 0 || raised > 0 {
-        log::info!(
-            "store: read marks of {raised} users applied; {returned} messages never written out are back in their inboxes"
-        );
-    }
-    Ok(folded)
-}
-
-fn message_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRow> {
-    Ok(MessageRow {
-        id: r.get(0)?,
-        ts: r.get(1)?,
-        sender: r.get(2)?,
-        recipient: r.get(3)?,
-        body: r.get(4)?,
-    })
+/// Whether the backend must fail its commit (a test's injected fault; see
+/// `Store::set_fault_file`).
+fn commit_fault_injected() -> bool {
+    FAIL_COMMIT.with(|f| f.get())
 }
 
 #[cfg(test)]

@@ -43,6 +43,70 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX messages_body_refs ON messages (body_of) WHERE body_of IS NOT NULL;",
     // 4: accounts the operator banned (`natterctl user lock`).
     "ALTER TABLE users ADD COLUMN banned INTEGER NOT NULL DEFAULT 0;",
+    // 5: accounts are identities, not names. Messages and blocks refer to
+    // an account id that is never given out again (AUTOINCREMENT), so
+    // deleting an account detaches its history for good: a new account
+    // with the name gets a new id and sees nothing old. Ids keep the old
+    // rowids, which are the accounts' slots in the marks file. A name in
+    // messages or blocks that is no account (deleted by hand, or a
+    // `!deleted-<n>` tombstone) gets an id of its own that no account has,
+    // so its messages stay detached; its unread rows stop being unread and
+    // its blocks go. A message id keeps its value (the read marks hold
+    // ids). `sender_id`/`recipient_id` are NULL only for a message
+    // committed just after its account was deleted.
+    "CREATE TABLE accounts (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
+        name      TEXT NOT NULL UNIQUE,
+        hash      TEXT NOT NULL,
+        created   INTEGER NOT NULL,
+        last_seen INTEGER,
+        pushed    INTEGER NOT NULL DEFAULT 0,
+        inboxed   INTEGER NOT NULL DEFAULT 0,
+        banned    INTEGER NOT NULL DEFAULT 0
+     );
+     INSERT INTO accounts (id, name, hash, created, last_seen, pushed, inboxed, banned)
+        SELECT rowid, name, hash, created, last_seen, pushed, inboxed, banned FROM users;
+     CREATE TEMP TABLE former_names (name TEXT PRIMARY KEY) WITHOUT ROWID;
+     INSERT INTO former_names
+        SELECT sender FROM messages UNION SELECT recipient FROM messages
+        UNION SELECT blocker FROM blocks UNION SELECT blocked FROM blocks
+        EXCEPT SELECT name FROM users;
+     INSERT INTO accounts (name, hash, created) SELECT name, '', 0 FROM former_names;
+     CREATE TABLE messages_by_id (
+        id           INTEGER PRIMARY KEY,
+        ts           INTEGER NOT NULL,
+        sender_id    INTEGER,
+        recipient_id INTEGER,
+        body         TEXT NOT NULL,
+        unread       INTEGER NOT NULL,
+        body_of      INTEGER
+     );
+     INSERT INTO messages_by_id (id, ts, sender_id, recipient_id, body, unread, body_of)
+        SELECT m.id, m.ts, s.id, r.id, m.body,
+               CASE WHEN r.name IN (SELECT name FROM former_names) THEN 0 ELSE m.unread END,
+               m.body_of
+        FROM messages m JOIN accounts s ON s.name = m.sender JOIN accounts r ON r.name = m.recipient;
+     DROP TABLE messages;
+     ALTER TABLE messages_by_id RENAME TO messages;
+     CREATE INDEX messages_by_sender ON messages (sender_id, id);
+     CREATE INDEX messages_by_recipient ON messages (recipient_id, id);
+     CREATE INDEX messages_unread ON messages (recipient_id, id) WHERE unread = 1;
+     CREATE INDEX messages_body_refs ON messages (body_of) WHERE body_of IS NOT NULL;
+     CREATE TABLE blocks_by_id (
+        blocker_id INTEGER NOT NULL,
+        blocked_id INTEGER NOT NULL,
+        PRIMARY KEY (blocker_id, blocked_id)
+     ) WITHOUT ROWID;
+     INSERT INTO blocks_by_id (blocker_id, blocked_id)
+        SELECT a.id, b.id FROM blocks k
+        JOIN users ua ON ua.name = k.blocker JOIN users ub ON ub.name = k.blocked
+        JOIN accounts a ON a.name = k.blocker JOIN accounts b ON b.name = k.blocked;
+     DROP TABLE blocks;
+     ALTER TABLE blocks_by_id RENAME TO blocks;
+     DELETE FROM accounts WHERE name IN (SELECT name FROM former_names);
+     DROP TABLE former_names;
+     DROP TABLE users;
+     ALTER TABLE accounts RENAME TO users;",
 ];
 
 /// The schema version this build writes.

@@ -1,11 +1,49 @@
-//! The store against a real SQLite file in a temporary directory.
+//! The store against each backend: a real SQLite file in a temporary
+//! directory, and a real PostgreSQL server (started for the tests, see
+//! `tests/support/postgres.rs`). The same tests run against both (the
+//! `both!` list at the end); a few look at one backend's own files.
 
 use super::*;
+use rusqlite::Connection;
 
-fn open() -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    (dir, store)
+#[path = "../../tests/support/postgres.rs"]
+mod pg;
+
+/// Which backend a test runs against.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Sqlite,
+    Postgres,
+}
+
+/// A data directory, and where the backend keeps its data.
+struct Db {
+    dir: tempfile::TempDir,
+    location: StoreLocation,
+}
+
+impl Db {
+    fn new(kind: Kind) -> Db {
+        let location = match kind {
+            Kind::Sqlite => StoreLocation::Sqlite,
+            Kind::Postgres => StoreLocation::Postgres(pg::database()),
+        };
+        Db {
+            dir: tempfile::tempdir().unwrap(),
+            location,
+        }
+    }
+
+    /// Opens the store (again): what a natterd start does.
+    fn open(&self) -> Store {
+        Store::open_at(self.dir.path(), &self.location).unwrap()
+    }
+}
+
+fn open(kind: Kind) -> (Db, Store) {
+    let db = Db::new(kind);
+    let store = db.open();
+    (db, store)
 }
 
 fn msg(sender: &str, recipient: &str, body: &str, unread: bool) -> NewMessage {
@@ -18,6 +56,21 @@ fn msg(sender: &str, recipient: &str, body: &str, unread: bool) -> NewMessage {
     }
 }
 
+/// Makes the accounts that messages and blocks refer to (by id).
+fn accounts(store: &mut Store, names: &[&str]) {
+    let requests: Vec<StoreRequest> = names
+        .iter()
+        .map(|name| StoreRequest::CreateUser {
+            name: name.to_string(),
+            hash: "h".into(),
+            created: 0,
+        })
+        .collect();
+    for out in store.run_batch(&requests) {
+        out.unwrap();
+    }
+}
+
 fn bodies(out: &Result<StoreOutput, StoreError>) -> Vec<String> {
     match out {
         Ok(StoreOutput::Rows(rows)) | Ok(StoreOutput::History { rows, .. }) => {
@@ -27,9 +80,8 @@ fn bodies(out: &Result<StoreOutput, StoreError>) -> Vec<String> {
     }
 }
 
-#[test]
-fn inbox_returns_unread_after_the_cursor_and_keeps_them_until_advanced() {
-    let (_dir, mut store) = open();
+fn inbox_returns_unread_after_the_cursor_and_keeps_them_until_advanced(kind: Kind) {
+    let (_db, mut store) = open(kind);
     store.run_batch(&[
         StoreRequest::CreateUser {
             name: "b".into(),
@@ -66,11 +118,10 @@ fn inbox_returns_unread_after_the_cursor_and_keeps_them_until_advanced() {
 
 /// What a SIGKILL leaves: messages handed to a session (unread = 2) and
 /// inbox rows, with only the marks file knowing how far the writes got.
-#[test]
-fn reopening_folds_the_marks_file_in_and_returns_what_never_left() {
-    let dir = tempfile::tempdir().unwrap();
+fn reopening_folds_the_marks_file_in_and_returns_what_never_left(kind: Kind) {
+    let db = Db::new(kind);
     {
-        let mut store = Store::open(dir.path()).unwrap();
+        let mut store = db.open();
         store.run_batch(&[
             StoreRequest::CreateUser {
                 name: "b".into(),
@@ -98,7 +149,7 @@ fn reopening_folds_the_marks_file_in_and_returns_what_never_left() {
             .unwrap();
         // Dropped without any Advance: as if killed.
     }
-    let mut store = Store::open(dir.path()).unwrap();
+    let mut store = db.open();
     let snap = store.load().unwrap();
     assert_eq!(snap.unread.get("b"), Some(&2), "inbox 2 and pushed 5");
     assert_eq!(
@@ -117,11 +168,10 @@ fn reopening_folds_the_marks_file_in_and_returns_what_never_left() {
 }
 
 /// A damaged marks file can only make more show as unread.
-#[test]
-fn a_mark_beyond_the_newest_message_is_not_trusted() {
-    let dir = tempfile::tempdir().unwrap();
+fn a_mark_beyond_the_newest_message_is_not_trusted(kind: Kind) {
+    let db = Db::new(kind);
     {
-        let mut store = Store::open(dir.path()).unwrap();
+        let mut store = db.open();
         store.run_batch(&[
             StoreRequest::CreateUser {
                 name: "b".into(),
@@ -137,23 +187,22 @@ fn a_mark_beyond_the_newest_message_is_not_trusted() {
         };
         store.take_marks().unwrap().set(slot, bogus).unwrap();
     }
-    let store = Store::open(dir.path()).unwrap();
+    let mut store = db.open();
     assert_eq!(store.load().unwrap().unread.get("b"), Some(&1));
 }
 
 /// A mark not trusted at one start (beyond the newest message) must not
 /// become trusted at a later one, once that many messages exist: they were
 /// never written out.
-#[test]
-fn a_mark_not_trusted_once_stays_untrusted_as_messages_arrive() {
-    let dir = tempfile::tempdir().unwrap();
+fn a_mark_not_trusted_once_stays_untrusted_as_messages_arrive(kind: Kind) {
+    let db = Db::new(kind);
     let create = StoreRequest::CreateUser {
         name: "b".into(),
         hash: "h".into(),
         created: 0,
     };
     {
-        let mut store = Store::open(dir.path()).unwrap();
+        let mut store = db.open();
         store.run_batch(&[create]);
         let slot = store.load().unwrap().users["b"].slot;
         // Left by another database (an older one restored, say).
@@ -164,14 +213,14 @@ fn a_mark_not_trusted_once_stays_untrusted_as_messages_arrive() {
         store.take_marks().unwrap().set(slot, stale).unwrap();
     }
     {
-        let mut store = Store::open(dir.path()).unwrap();
+        let mut store = db.open();
         store.run_batch(&[StoreRequest::InsertMessages(vec![
             msg("a", "b", "one", true),
             msg("a", "b", "two", true),
             msg("a", "b", "three", true),
         ])]);
     }
-    let store = Store::open(dir.path()).unwrap();
+    let mut store = db.open();
     assert_eq!(
         store.load().unwrap().unread.get("b"),
         Some(&3),
@@ -182,16 +231,15 @@ fn a_mark_not_trusted_once_stays_untrusted_as_messages_arrive() {
 /// An account created after the marks file was written (a `--users`
 /// import, after a database was replaced) starts with nothing read,
 /// whatever its slot held.
-#[test]
-fn an_account_created_later_does_not_inherit_a_stale_slot() {
-    let dir = tempfile::tempdir().unwrap();
+fn an_account_created_later_does_not_inherit_a_stale_slot(kind: Kind) {
+    let db = Db::new(kind);
     let create = |name: &str| StoreRequest::CreateUser {
         name: name.into(),
         hash: "h".into(),
         created: 0,
     };
     {
-        let mut store = Store::open(dir.path()).unwrap();
+        let mut store = db.open();
         store.run_batch(&[create("a")]);
         let slot = store.load().unwrap().users["a"].slot;
         // Slot of the next account, left by another database.
@@ -202,14 +250,14 @@ fn an_account_created_later_does_not_inherit_a_stale_slot() {
         store.take_marks().unwrap().set(slot + 1, stale).unwrap();
     }
     {
-        let mut store = Store::open(dir.path()).unwrap();
+        let mut store = db.open();
         store.run_batch(&[create("b")]);
         store.run_batch(&[StoreRequest::InsertMessages(vec![
             msg("a", "b", "one", true),
             msg("a", "b", "two", true),
         ])]);
     }
-    let store = Store::open(dir.path()).unwrap();
+    let mut store = db.open();
     assert_eq!(
         store.load().unwrap().unread.get("b"),
         Some(&2),
@@ -217,9 +265,9 @@ fn an_account_created_later_does_not_inherit_a_stale_slot() {
     );
 }
 
-#[test]
-fn history_is_the_last_n_oldest_first_optionally_with_one_user() {
-    let (_dir, mut store) = open();
+fn history_is_the_last_n_oldest_first_optionally_with_one_user(kind: Kind) {
+    let (_db, mut store) = open(kind);
+    accounts(&mut store, &["a", "b", "c"]);
     store.run_batch(&[StoreRequest::InsertMessages(vec![
         msg("a", "b", "1", false),
         msg("b", "a", "2", false),
@@ -240,9 +288,9 @@ fn history_is_the_last_n_oldest_first_optionally_with_one_user() {
     assert_eq!(bodies(&out[2]), ["1", "2"]);
 }
 
-#[test]
-fn history_comes_a_page_at_a_time_within_the_span_found_first() {
-    let (_dir, mut store) = open();
+fn history_comes_a_page_at_a_time_within_the_span_found_first(kind: Kind) {
+    let (_db, mut store) = open(kind);
+    accounts(&mut store, &["a", "b"]);
     let to_b: Vec<NewMessage> = (1..=7)
         .map(|n| msg("a", "b", &n.to_string(), false))
         .collect();
@@ -272,9 +320,12 @@ fn history_comes_a_page_at_a_time_within_the_span_found_first() {
 
 /// A list broadcast stores its text once; every recipient reads it, and
 /// pruning keeps the row holding it while others refer to it.
-#[test]
-fn a_list_broadcast_stores_its_text_once() {
-    let (_dir, mut store) = open();
+fn a_list_broadcast_stores_its_text_once(kind: Kind) {
+    let (_db, mut store) = open(kind);
+    let names: Vec<String> = (0..300).map(|i| format!("u{i}")).collect();
+    let mut all: Vec<&str> = names.iter().map(String::as_str).collect();
+    all.push("a");
+    accounts(&mut store, &all);
     let text: Arc<str> = "x".repeat(3000).into();
     let sender: Arc<str> = "a".into();
     let to = |r: &str| NewMessage {
@@ -287,9 +338,8 @@ fn a_list_broadcast_stores_its_text_once() {
     store.run_batch(&[StoreRequest::InsertMessages(
         (0..300).map(|i| to(&format!("u{i}"))).collect(),
     )]);
-    let stored: i64 = store
-        .conn
-        .query_row("SELECT sum(length(body)) FROM messages", [], |r| r.get(0))
+    let stored = store
+        .scalar("SELECT CAST(sum(length(body)) AS BIGINT) FROM messages")
         .unwrap();
     assert_eq!(stored, 3000, "the text is stored once");
     let out = store.run_batch(&[StoreRequest::TakeInbox {
@@ -300,9 +350,9 @@ fn a_list_broadcast_stores_its_text_once() {
     assert_eq!(bodies(&out[0]), [&*text]);
 }
 
-#[test]
-fn a_failing_request_does_not_take_its_batch_down() {
-    let (_dir, mut store) = open();
+fn a_failing_request_does_not_take_its_batch_down(kind: Kind) {
+    let (_db, mut store) = open(kind);
+    accounts(&mut store, &["b"]);
     let create = StoreRequest::CreateUser {
         name: "a".into(),
         hash: "h".into(),
@@ -321,15 +371,14 @@ fn a_failing_request_does_not_take_its_batch_down() {
     assert!(out[1].is_err(), "duplicate user must fail");
     assert!(out[2].is_ok());
     let snap = store.load().unwrap();
-    assert_eq!(snap.users.len(), 1);
+    assert_eq!(snap.users.len(), 2);
     assert_eq!(snap.blocks, vec![("a".to_string(), "b".to_string())]);
 }
 
-#[test]
-fn data_and_schema_version_survive_reopening() {
-    let dir = tempfile::tempdir().unwrap();
+fn data_and_schema_version_survive_reopening(kind: Kind) {
+    let db = Db::new(kind);
     {
-        let mut store = Store::open(dir.path()).unwrap();
+        let mut store = db.open();
         store.run_batch(&[
             StoreRequest::CreateUser {
                 name: "a".into(),
@@ -342,31 +391,53 @@ fn data_and_schema_version_survive_reopening() {
             },
         ]);
     }
-    let store = Store::open(dir.path()).unwrap();
+    let mut store = db.open();
     let a = &store.load().unwrap().users["a"];
     assert_eq!((a.hash.as_str(), a.last_seen), ("h", Some(42)));
-    let version: u32 = store
-        .conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .unwrap();
-    assert_eq!(version, SCHEMA_VERSION);
+    let version = match kind {
+        Kind::Sqlite => store.scalar("PRAGMA user_version").unwrap(),
+        Kind::Postgres => store.scalar("SELECT version FROM natter_schema").unwrap(),
+    };
+    let expected = match kind {
+        Kind::Sqlite => i64::from(SCHEMA_VERSION),
+        Kind::Postgres => super::postgres::PG_SCHEMA_VERSION,
+    };
+    assert_eq!(version, expected);
 }
 
 #[test]
 fn a_database_from_a_newer_release_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    drop(Store::open(dir.path()).unwrap());
-    let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let db = Db::new(Kind::Sqlite);
+    drop(db.open());
+    let conn = Connection::open(db.dir.path().join(DB_FILE)).unwrap();
     conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
         .unwrap();
     drop(conn);
-    let err = Store::open(dir.path()).err().expect("must refuse");
+    let err = Store::open(db.dir.path()).err().expect("must refuse");
     assert!(err.0.contains("newer"), "{err}");
 }
 
 #[test]
-fn the_thread_reports_every_request_after_its_commit_in_order() {
-    let (dir, store) = open();
+fn a_postgres_database_from_a_newer_release_is_refused() {
+    let db = Db::new(Kind::Postgres);
+    drop(db.open());
+    let StoreLocation::Postgres(url) = &db.location else {
+        unreachable!()
+    };
+    let mut client = ::postgres::Client::connect(url, ::postgres::NoTls).unwrap();
+    client
+        .execute("UPDATE natter_schema SET version = version + 1", &[])
+        .unwrap();
+    drop(client);
+    let err = Store::open_at(db.dir.path(), &db.location)
+        .err()
+        .expect("must refuse");
+    assert!(err.0.contains("newer"), "{err}");
+}
+
+fn the_thread_reports_every_request_after_its_commit_in_order(kind: Kind) {
+    let (db, mut store) = open(kind);
+    accounts(&mut store, &["a", "b"]);
     let (tx, rx) = mpsc::channel();
     let mut handle = store
         .spawn(move |batch: Vec<(u32, Result<StoreOutput, StoreError>)>| {
@@ -389,13 +460,13 @@ fn the_thread_reports_every_request_after_its_commit_in_order() {
         .collect();
     assert_eq!(tags, (0..200).collect::<Vec<_>>());
     // Everything reported was committed: a fresh connection sees it.
-    let reopened = Store::open(dir.path()).unwrap();
+    let mut reopened = db.open();
     assert_eq!(reopened.load().unwrap().unread.get("b"), Some(&200));
 }
 
-#[test]
-fn retention_deletes_only_old_messages_that_were_read() {
-    let (dir, mut store) = open();
+fn retention_deletes_only_old_messages_that_were_read(kind: Kind) {
+    let (_db, mut store) = open(kind);
+    accounts(&mut store, &["a", "b"]);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -408,31 +479,115 @@ fn retention_deletes_only_old_messages_that_were_read() {
         recent,
     ])]);
     store.set_retention(Some(Duration::from_secs(86_400)));
+    // A second connection, as the reader thread has (the data directory is
+    // locked by the store).
+    let mut reader = store.reader().unwrap();
     // The thread prunes as soon as it starts, with no request to wake it.
     let mut handle = store
         .spawn(|_: Vec<((), Result<StoreOutput, StoreError>)>| {})
         .unwrap();
-    let history = || {
-        // A second connection: the data directory is locked by the store.
-        let mut reader = Connection::open(dir.path().join(DB_FILE)).unwrap();
-        let out = run_batch(
-            &mut reader,
-            &[StoreRequest::History {
-                user: "b".into(),
-                with: None,
-                limit: 10,
-                after: 0,
-                upto: None,
-                page: 100,
-            }],
-        );
-        bodies(&out[0])
+    let history = |reader: &mut Box<dyn Reader>| {
+        let out = reader.read(&StoreRequest::History {
+            user: "b".into(),
+            with: None,
+            limit: 10,
+            after: 0,
+            upto: None,
+            page: 100,
+        });
+        bodies(&out)
     };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while history().len() == 3 {
+    while history(&mut reader).len() == 3 {
         assert!(Instant::now() < deadline, "nothing was pruned");
         thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(history(), vec!["old but unread", "recent"]);
+    assert_eq!(history(&mut reader), vec!["old but unread", "recent"]);
     handle.close();
 }
+
+/// The newest account deleted and its name registered again: the new
+/// account gets a new id (never the old one's), so nothing old is its.
+fn a_name_registered_again_is_a_new_account_even_when_the_old_had_the_newest_id(kind: Kind) {
+    let (_db, mut store) = open(kind);
+    accounts(&mut store, &["a", "b"]);
+    store.run_batch(&[
+        StoreRequest::InsertMessages(vec![
+            msg("a", "b", "read", false),
+            msg("a", "b", "unread", true),
+        ]),
+        StoreRequest::SetBlock {
+            blocker: "b".into(),
+            blocked: "a".into(),
+            on: true,
+        },
+        // "read" was written out to b's session.
+        StoreRequest::Advance(vec![(
+            "b".into(),
+            Marks {
+                pushed: 1,
+                inboxed: 0,
+            },
+        )]),
+    ]);
+    let old_slot = store.load().unwrap().users["b"].slot;
+    for out in store.run_batch(&[StoreRequest::DeleteUser { user: "b".into() }]) {
+        out.unwrap();
+    }
+    accounts(&mut store, &["b"]);
+    let snap = store.load().unwrap();
+    assert_ne!(snap.users["b"].slot, old_slot);
+    assert!(snap.blocks.is_empty());
+    assert_eq!(snap.unread.get("b"), None);
+    let history = |user: &str| StoreRequest::History {
+        user: user.into(),
+        with: None,
+        limit: 10,
+        after: 0,
+        upto: None,
+        page: 100,
+    };
+    let out = store.run_batch(&[history("b"), history("a")]);
+    assert!(bodies(&out[0]).is_empty());
+    // The other side keeps what was read, with the old account detached.
+    let Ok(StoreOutput::History { rows, .. }) = &out[1] else {
+        panic!("{:?}", out[1])
+    };
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].body, "read");
+    assert_eq!(rows[0].recipient, format!("!deleted-{old_slot}"));
+}
+
+/// Each test above, once per backend.
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Kind::Sqlite)
+            })*
+        }
+        mod on_postgres {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Kind::Postgres)
+            })*
+        }
+    };
+}
+
+both!(
+    inbox_returns_unread_after_the_cursor_and_keeps_them_until_advanced,
+    reopening_folds_the_marks_file_in_and_returns_what_never_left,
+    a_mark_beyond_the_newest_message_is_not_trusted,
+    a_mark_not_trusted_once_stays_untrusted_as_messages_arrive,
+    an_account_created_later_does_not_inherit_a_stale_slot,
+    history_is_the_last_n_oldest_first_optionally_with_one_user,
+    history_comes_a_page_at_a_time_within_the_span_found_first,
+    a_list_broadcast_stores_its_text_once,
+    a_failing_request_does_not_take_its_batch_down,
+    data_and_schema_version_survive_reopening,
+    the_thread_reports_every_request_after_its_commit_in_order,
+    retention_deletes_only_old_messages_that_were_read,
+    a_name_registered_again_is_a_new_account_even_when_the_old_had_the_newest_id,
+);

@@ -112,6 +112,67 @@ fn a_banned_user_is_closed_refused_and_stays_banned_after_a_restart() {
     after.login("alice", "password-alice");
 }
 
+/// Runs natterctl with `stdin` as its standard input (not a terminal).
+fn natterctl_with_input(server: &Server, args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_natterctl"))
+        .arg("--data")
+        .arg(&server.data)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run natterctl");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write the password");
+    child.wait_with_output().expect("natterctl output")
+}
+
+#[test]
+fn the_operator_adds_accounts_and_sets_passwords_while_registration_is_closed() {
+    let server = Server::start(&["--registration", "closed"]);
+    let made = natterctl_with_input(&server, &["user", "add", "Carol"], "carol's secret\n");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let mut carol = server.connect();
+    carol.login("carol", "carol's secret");
+
+    // Taken names, short passwords and unknown users are refused, exit 1.
+    let taken = natterctl_with_input(&server, &["user", "add", "carol"], "another one\n");
+    assert_eq!(taken.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&taken.stderr).contains("taken"));
+    let short = natterctl_with_input(&server, &["user", "passwd", "carol"], "ab\n");
+    assert_eq!(short.status.code(), Some(1));
+    let nobody = natterctl_with_input(&server, &["user", "passwd", "nobody"], "long enough\n");
+    assert_eq!(nobody.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&nobody.stderr).contains("no such user"));
+
+    // A reset takes effect at once, and the open session is told.
+    let reset = natterctl_with_input(&server, &["user", "passwd", "carol"], "brand new pass\n");
+    assert!(
+        reset.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reset.stderr)
+    );
+    assert_eq!(carol.event(), "* notice your password was changed");
+    let mut old = server.connect();
+    assert_eq!(
+        old.cmd1("login carol carol's secret").split(' ').nth(1),
+        Some("AUTHFAIL")
+    );
+    // And it is on disk.
+    let server = server.restart();
+    server.connect().login("carol", "brand new pass");
+}
+
 #[test]
 fn registration_can_be_closed_and_opened_while_running() {
     let server = Server::start(&[]);
@@ -317,7 +378,8 @@ fn backup_writes_a_consistent_copy_that_opens_and_holds_the_messages() {
     let db = rusqlite::Connection::open(&copy).expect("the copy opens");
     let n: i64 = db
         .query_row(
-            "SELECT count(*) FROM messages WHERE recipient = 'bob'",
+            "SELECT count(*) FROM messages m JOIN users u ON u.id = m.recipient_id
+             WHERE u.name = 'bob'",
             [],
             |r| r.get(0),
         )

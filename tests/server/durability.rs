@@ -621,7 +621,10 @@ fn sigterm_under_a_list_broadcast_flood_exits_in_time_with_every_commit_answered
     // What is on disk: one row holds each broadcast's text.
     let db = rusqlite::Connection::open(server.data.join("natter.db")).expect("open db");
     let mut stored: Vec<String> = db
-        .prepare("SELECT body FROM messages WHERE body_of IS NULL AND sender LIKE 'f%'")
+        .prepare(
+            "SELECT body FROM messages m JOIN users u ON u.id = m.sender_id
+             WHERE body_of IS NULL AND u.name LIKE 'f%'",
+        )
         .expect("query")
         .query_map([], |r| r.get::<_, String>(0))
         .expect("rows")

@@ -5,12 +5,18 @@ mod admin;
 mod browser;
 mod config;
 mod contract;
+mod deploy;
 mod durability;
 mod hostile;
 mod logins;
+mod migration;
+mod postgres;
 mod tls;
 mod unread;
 mod util;
 mod web;
 mod webdriver;
 mod ws;
+
+#[path = "../support/postgres.rs"]
+mod pg;

@@ -1,4 +1,5 @@
-//! Tab completion, and learning the usernames it offers. Pure functions over
+//! Tab completion (protocol commands, slash commands, usernames), and
+//! learning the usernames it offers. Pure functions over
 //! strings: the line editor glue lives in `interactive`, the set of names in
 //! `session`.
 
@@ -8,6 +9,7 @@ use natter_client::{Event, ServerLine};
 use natter_proto::{command, is_blank, is_valid_username, COMMANDS};
 
 use super::session::Sent;
+use super::slash::{slash_command, SLASH_COMMANDS};
 
 /// Every command word natterd v1 knows, sorted (natter-proto's table is in
 /// `help` order).
@@ -77,9 +79,25 @@ pub fn complete(line: &str, pos: usize, names: &BTreeSet<String>) -> (usize, Vec
             .collect()
     };
     let Some(command) = words.first().map(|w| w.to_ascii_lowercase()) else {
+        if partial.starts_with('/') {
+            let slashed: Vec<String> = SLASH_COMMANDS
+                .iter()
+                .map(|c| format!("/{}", c.name))
+                .collect();
+            return (start, matching(&mut slashed.iter().map(String::as_str)));
+        }
         return (start, matching(&mut command_words().into_iter()));
     };
     let users = || names.iter().map(String::as_str);
+    if let Some(name) = command.strip_prefix('/') {
+        let takes_user = slash_command(name).is_some_and(|c| c.takes_user);
+        let candidates = if takes_user && words.len() == 1 {
+            matching(&mut users())
+        } else {
+            vec![]
+        };
+        return (start, candidates);
+    }
     let candidates = match (command.as_str(), words.len()) {
         (word, 1) if completes_user(word) => matching(&mut users()),
         ("broadcast", 1) => matching(&mut ["message", "user"].into_iter()),
@@ -141,6 +159,22 @@ mod tests {
             complete("send bo hello", 7, &names()),
             (5, vec!["bob".into(), "bobby".into()])
         );
+    }
+
+    #[test]
+    fn slash_commands_and_their_names_complete() {
+        assert_eq!(
+            complete("/q", 2, &names()),
+            (0, vec!["/query".into(), "/quit".into()])
+        );
+        assert_eq!(complete("/ms", 3, &names()), (0, vec!["/msg".into()]));
+        assert_eq!(
+            complete("/query bo", 9, &names()),
+            (7, vec!["bob".into(), "bobby".into()])
+        );
+        assert_eq!(complete("/msg al", 7, &names()), (5, vec!["alice".into()]));
+        assert_eq!(complete("/msg bob he", 11, &names()), (9, vec![]));
+        assert_eq!(complete("/who a", 6, &names()), (5, vec![]));
     }
 
     #[test]

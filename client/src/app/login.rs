@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use natter_client::display::clean;
 use natter_client::{parse, Event, LineReader, LineWriter, ServerLine};
-use natter_proto::ErrorCode;
+use natter_proto::{ByeReason, ErrorCode};
 use nix::sys::signal::{self, SigHandler, Signal};
 
 /// The environment variable a script sets to give the password.
@@ -111,18 +111,38 @@ impl Drop for IgnoreSigint {
     }
 }
 
+/// Why logging in did not work, and whether trying again later may.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginError {
+    /// One line for a person.
+    pub message: String,
+    /// The connection failed or the server was busy or going away: a
+    /// reconnect may try again. A refusal (wrong password, lockout, ban) is
+    /// final: retrying would only count as more failed logins.
+    pub retry: bool,
+}
+
+impl LoginError {
+    fn retry(message: String) -> LoginError {
+        LoginError {
+            message,
+            retry: true,
+        }
+    }
+}
+
 /// Sends `login` or `register` and waits for its completion. Events before it
 /// (the greeting and the notices explaining how to log in by hand) are not
 /// shown: the client is doing that for the person. Returns the server's
-/// success line, or a one-line explanation of the failure.
+/// success line, or why it failed.
 pub fn log_in(
     reader: &mut LineReader<impl Read>,
     writer: &mut LineWriter<impl Write>,
     set_timeout: impl Fn(Option<Duration>) -> io::Result<()>,
     creds: &Credentials,
-) -> Result<ServerLine, String> {
+) -> Result<ServerLine, LoginError> {
     let verb = if creds.register { "register" } else { "login" };
-    let io_err = |e: io::Error| format!("{verb} failed: {e}");
+    let io_err = |e: io::Error| LoginError::retry(format!("{verb} failed: {e}"));
     writer
         .send(&format!("{verb} {} {}", creds.user, creds.password))
         .map_err(io_err)?;
@@ -130,23 +150,36 @@ pub fn log_in(
     let reply = loop {
         let raw = match reader.read_line() {
             Ok(Some(raw)) => raw,
-            Ok(None) => return Err(format!("{verb} failed: the server closed the connection")),
+            Ok(None) => {
+                return Err(LoginError::retry(format!(
+                    "{verb} failed: the server closed the connection"
+                )))
+            }
             Err(e)
                 if matches!(
                     e.kind(),
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                return Err(format!("{verb} failed: no reply from the server"))
+                return Err(LoginError::retry(format!(
+                    "{verb} failed: no reply from the server"
+                )))
             }
             Err(e) => return Err(io_err(e)),
         };
         match parse(&raw) {
             ServerLine::Event(Event::Bye { reason }) => {
-                return Err(format!(
-                    "{verb} failed: the server closed the connection: {}",
-                    natter_client::display::explain_bye(&reason)
-                ))
+                let retry = matches!(
+                    ByeReason::parse(&reason),
+                    Some(ByeReason::Busy | ByeReason::Shutdown)
+                );
+                return Err(LoginError {
+                    message: format!(
+                        "{verb} failed: the server closed the connection: {}",
+                        natter_client::display::explain_bye(&reason)
+                    ),
+                    retry,
+                });
             }
             line if line.is_completion() => break line,
             _ => {}
@@ -154,7 +187,10 @@ pub fn log_in(
     };
     set_timeout(None).map_err(io_err)?;
     match reply {
-        ServerLine::Err { code, text } => Err(explain_failure(verb, &creds.user, &code, &text)),
+        ServerLine::Err { code, text } => Err(LoginError {
+            message: explain_failure(verb, &creds.user, &code, &text),
+            retry: ErrorCode::parse(&code) == Some(ErrorCode::Busy),
+        }),
         ok => Ok(ok),
     }
 }

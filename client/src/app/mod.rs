@@ -1,24 +1,29 @@
 //! The `natter` program behind `main`: connects, logs in when it should, then
 //! runs one of the two modes. Interactive mode (stdin is a terminal) has a
-//! line editor; piped mode reads commands from stdin for scripts. Both run the
-//! same two threads: the caller's thread owns the input and sends commands,
-//! a reader thread owns the socket's read side and shows what arrives.
+//! line editor, slash commands and reconnects; piped mode reads commands from
+//! stdin for scripts. Both run the same two threads: the caller's thread owns
+//! the input and sends commands, a reader thread owns the socket's read side,
+//! shows what arrives and sends keepalives.
 
+mod autolog;
 mod complete;
+pub mod config;
 mod interactive;
+mod link;
 mod login;
+mod notify;
 mod piped;
+mod present;
+mod screen;
 mod session;
+mod slash;
 
 use std::env;
 use std::io::{self, IsTerminal, Write};
 use std::time::Duration;
 
-use natter_client::{open, render, split, Style, TlsConfig};
+use natter_client::{Style, TlsConfig};
 use time::UtcOffset;
-
-/// How long to try to reach the server before saying it is unreachable.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What `main` parsed from the command line.
 pub struct Options {
@@ -32,6 +37,24 @@ pub struct Options {
     pub user: Option<String>,
     /// Register the user instead of logging in.
     pub register: bool,
+    /// Send a `ping` after this long without sending anything (`None`:
+    /// never).
+    pub keepalive: Option<Duration>,
+    /// Interactive mode connects again when the connection drops.
+    pub reconnect: bool,
+    /// Interactive mode rings the bell on a direct message.
+    pub bell: bool,
+    /// Interactive mode runs this on a direct message instead of the bell.
+    pub notify: Option<String>,
+    /// Interactive mode writes each conversation to its own file here.
+    pub log_dir: Option<std::path::PathBuf>,
+    /// Colour is allowed (it is still only used on a terminal, and never
+    /// under `NO_COLOR`).
+    pub colour: bool,
+    /// Piped mode prints one JSON object per reply and event.
+    pub json: bool,
+    /// Piped mode waits for each reply before sending the next command.
+    pub wait: bool,
 }
 
 /// Runs the client; returns the process exit status.
@@ -42,42 +65,62 @@ pub fn run(opts: Options) -> i32 {
     // times an hour off until restarted.
     let offset = UtcOffset::current_local_offset().unwrap_or(UtcOffset::UTC);
     let style = Style {
-        colour: interactive && io::stdout().is_terminal() && !no_color(),
+        colour: opts.colour && interactive && io::stdout().is_terminal() && !no_color(),
         offset,
     };
     if !interactive && opts.register && opts.user.is_none() {
         return fail("--register needs --user NAME when stdin is not a terminal");
     }
-    let stream = match open(&opts.host, opts.port, CONNECT_TIMEOUT, opts.tls.as_ref()) {
-        Ok(stream) => stream,
+    let dialer = link::Dialer {
+        host: opts.host,
+        port: opts.port,
+        tls: opts.tls,
+        keepalive: opts
+            .keepalive
+            .map(|interval| session::Keepalive { interval }),
+    };
+    let mut conn = match dialer.connect() {
+        Ok(conn) => conn,
         Err(e) => return fail(&e.to_string()),
     };
-    // Timeouts are the socket's, so they also bound reads through TLS.
-    let timeouts = match stream.tcp().try_clone() {
-        Ok(s) => s,
-        Err(e) => return fail(&format!("cannot use the connection: {e}")),
-    };
-    let (mut reader, mut writer) = match split(stream) {
-        Ok(halves) => halves,
-        Err(e) => return fail(&format!("cannot use the connection: {e}")),
-    };
-    let mut user = opts.user.clone();
+    let mut login = None;
     if interactive || opts.user.is_some() {
         let creds = match login::credentials(opts.user, opts.register) {
             Ok(creds) => creds,
             Err(e) => return fail(&e),
         };
-        let set_timeout = |t| timeouts.set_read_timeout(t);
-        match login::log_in(&mut reader, &mut writer, set_timeout, &creds) {
-            Ok(welcome) => say(&render(&welcome, &style)),
-            Err(e) => return fail(&e),
+        match conn.log_in(&creds) {
+            Ok(welcome) => login = Some((creds, welcome)),
+            Err(e) => return fail(&e.message),
         }
-        user = Some(creds.user.to_ascii_lowercase());
     }
-    if interactive {
-        interactive::run(reader, writer, style, user.as_deref().unwrap_or("natter"))
-    } else {
-        piped::run(reader, writer, style)
+    if let Err(e) = conn.arm(dialer.keepalive) {
+        return fail(&format!("cannot use the connection: {e}"));
+    }
+    match login {
+        Some((creds, welcome)) if interactive => {
+            let settings = interactive::Settings {
+                reconnect: opts.reconnect,
+                bell: opts.bell,
+                notify: opts.notify,
+                log_dir: opts.log_dir,
+            };
+            interactive::run(conn, dialer, creds, &welcome, style, settings)
+        }
+        _ if interactive => fail("no credentials"),
+        login => {
+            let settings = piped::Settings {
+                json: opts.json,
+                wait: opts.wait,
+                keepalive: dialer.keepalive,
+            };
+            let welcome = login.and_then(|(creds, welcome)| {
+                let verb = if creds.register { "register" } else { "login" };
+                let sent = session::Sent::of(&format!("{verb} {} ***", creds.user))?;
+                Some((sent, welcome))
+            });
+            piped::run(conn, welcome, style, settings)
+        }
     }
 }
 

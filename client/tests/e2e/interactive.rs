@@ -10,12 +10,18 @@ use crate::util::{natter, Raw, Server, TIMEOUT};
 /// `natter --user <user>` on a pty, logged in through NATTER_PASSWORD.
 fn client(server: &Server, user: &str, password: &str, colour: bool) -> PtySession {
     let mut cmd = natter(server);
-    cmd.args(["--user", user])
-        .env("NATTER_PASSWORD", password)
-        .env("TERM", "xterm");
     if !colour {
         cmd.env("NO_COLOR", "1");
     }
+    logged_in(cmd, user, password)
+}
+
+/// `cmd` (a `natter` command) with `--user <user>` on a pty, logged in
+/// through NATTER_PASSWORD, at its first prompt.
+pub fn logged_in(mut cmd: std::process::Command, user: &str, password: &str) -> PtySession {
+    cmd.args(["--user", user])
+        .env("NATTER_PASSWORD", password)
+        .env("TERM", "xterm");
     let timeout = Some(TIMEOUT.as_millis() as u64);
     let mut pty =
         spawn_with_options(cmd, Options::new().timeout_ms(timeout)).expect("spawn natter on a pty");
@@ -24,14 +30,21 @@ fn client(server: &Server, user: &str, password: &str, colour: bool) -> PtySessi
     pty
 }
 
+/// `text` as rexpect reports the pty's output: one char per byte, so
+/// anything beyond ASCII (the `→` of a conversation) must be matched in that
+/// form.
+pub fn on_screen(text: &str) -> String {
+    text.bytes().map(char::from).collect()
+}
+
 /// Types `text` (rexpect buffers until a newline or an explicit flush).
-fn keys(pty: &mut PtySession, text: &str) {
+pub fn keys(pty: &mut PtySession, text: &str) {
     pty.send(text).expect("type into the pty");
     pty.flush().expect("flush the pty");
 }
 
 /// Waits for the client to exit and returns its status code.
-fn exit_code(pty: &mut PtySession) -> i32 {
+pub fn exit_code(pty: &mut PtySession) -> i32 {
     pty.exp_eof().expect("natter to exit");
     match pty.process().wait().expect("natter's exit status") {
         WaitStatus::Exited(_, code) => code,
@@ -77,14 +90,16 @@ fn incoming_message_keeps_the_partly_typed_line() {
     let between = pty
         .exp_string("alice> send bob hel")
         .expect("the prompt and typed text redrawn");
+    // The bell (BEL) rings with a direct message.
     assert_eq!(
-        between, "\r\n",
+        between, "\x07\r\n",
         "output between the message and the redrawn prompt"
     );
 
     // The cursor was left at the end: the rest of the word lands after "hel".
     keys(&mut pty, "lo there\r");
-    pty.exp_string("+ delivered").expect("the send completes");
+    pty.exp_string(&on_screen("alice→bob: hello there"))
+        .expect("the sent message echoed");
     let got = bob.expect_prefix("* msg alice ");
     assert!(got.ends_with(" hello there"), "bob got {got:?}");
 
@@ -108,20 +123,38 @@ fn sender_is_highlighted_only_when_colour_is_allowed() {
             colour,
             "colour {colour}: {before:?}"
         );
-        pty.send_control('c').expect("Ctrl-C");
+        pty.send_control('d').expect("Ctrl-D");
         assert_eq!(exit_code(&mut pty), 0);
     }
 }
 
 #[test]
-fn ctrl_c_logs_out_cleanly() {
+fn ctrl_c_cancels_the_line_and_ctrl_d_logs_out() {
     let server = two_users();
     let mut pty = client(&server, "alice", "password-a", false);
     let mut bob = Raw::login(&server, "bob", "password-b");
+    keys(&mut pty, "send bob never sent");
+    pty.exp_string("never sent").expect("the typed text echoed");
+    pty.send_control('c').expect("Ctrl-C");
+    // A fresh, empty prompt; the cancelled line is not sent.
+    pty.exp_string("alice> ").expect("a new prompt");
+    keys(&mut pty, "send bob this one\r");
+    pty.exp_string(&on_screen("alice→bob: this one"))
+        .expect("the next line sent");
+    let got = bob.expect_prefix("* msg alice ");
+    assert!(got.ends_with(" this one"), "bob got {got:?}");
+    // Ctrl-C on an empty line says how to leave, and stays.
+    pty.send_control('c').expect("Ctrl-C");
+    pty.exp_string("Ctrl-D on an empty line (or /quit) leaves natter")
+        .expect("the hint");
     bob.send("whoelse");
     bob.expect_line("= alice");
-    keys(&mut pty, "whoel");
-    pty.send_control('c').expect("Ctrl-C");
+    // Ctrl-D with text on the line deletes, it does not leave.
+    keys(&mut pty, "x\x1b[D");
+    pty.send_control('d').expect("Ctrl-D on a non-empty line");
+    keys(&mut pty, "ping\r");
+    pty.exp_string("+ pong").expect("still logged in");
+    pty.send_control('d').expect("Ctrl-D");
     pty.exp_string("+ bye").expect("the logout confirmed");
     assert_eq!(exit_code(&mut pty), 0);
     bob.send("whoelse");
@@ -152,7 +185,8 @@ fn tab_completes_commands_and_seen_names() {
     pty.exp_string("send bob")
         .expect("the name learnt from whoelse completed");
     keys(&mut pty, "tab works\r");
-    pty.exp_string("+ delivered").expect("sent");
+    pty.exp_string(&on_screen("alice→bob: tab works"))
+        .expect("sent");
     let got = bob.expect_prefix("* msg alice ");
     assert!(got.ends_with(" tab works"), "bob got {got:?}");
     pty.send_control('d').expect("Ctrl-D");
@@ -215,4 +249,62 @@ fn sigterm_at_the_prompt_leaves_echo_on() {
         .expect("natter ended with a failure status");
     let (_, echo) = pty.exp_regex(" -?echo ").expect("stty's echo flag");
     assert_eq!(echo, " echo ", "the terminal was left without echo");
+}
+
+#[test]
+fn a_query_conversation_with_slash_commands() {
+    let server = two_users();
+    let mut pty = client(&server, "alice", "password-a", false);
+    let mut bob = Raw::login(&server, "bob", "password-b");
+
+    keys(&mut pty, "/query bob\r");
+    pty.exp_string("-- talking to bob")
+        .expect("the query opened");
+    pty.exp_string(&on_screen("alice→bob> "))
+        .expect("the prompt shows the query");
+    keys(&mut pty, "hi bob, plain line\r");
+    let got = bob.expect_prefix("* msg alice ");
+    assert!(got.ends_with(" hi bob, plain line"), "bob got {got:?}");
+    pty.exp_string(&on_screen("alice→bob: hi bob, plain line"))
+        .expect("the message echoed into the conversation");
+
+    bob.send("send alice hello alice");
+    bob.expect_line("+ delivered");
+    pty.exp_string("bob: hello alice")
+        .expect("bob's reply shown");
+
+    // /history in a query is the query's conversation, as chat lines.
+    keys(&mut pty, "/history\r");
+    pty.exp_string(&on_screen("alice→bob: hi bob, plain line"))
+        .expect("history row: alice to bob");
+    pty.exp_string(&on_screen("bob→alice: hello alice"))
+        .expect("history row: bob to alice");
+    pty.exp_string("+ 2 messages").expect("history completes");
+
+    // Slash commands still work, and errors are explained locally.
+    keys(&mut pty, "/who\r");
+    pty.exp_string("+ 1 online").expect("/who answered");
+    keys(&mut pty, "/frobnicate\r");
+    pty.exp_string("-- unknown command /frobnicate (/help lists them)")
+        .expect("an unknown slash command explained");
+    keys(&mut pty, "/help\r");
+    pty.exp_string("/msg <user> <text>")
+        .expect("the help table");
+    pty.exp_string("send one message to <user>")
+        .expect("help describes each command");
+
+    // /close: plain lines are protocol commands again.
+    keys(&mut pty, "/close\r");
+    pty.exp_string("-- no longer talking to bob")
+        .expect("the query closed");
+    pty.exp_string("alice> ").expect("the plain prompt back");
+    keys(&mut pty, "ping\r");
+    pty.exp_string("+ pong").expect("a protocol command");
+    keys(&mut pty, "/msg bob one more\r");
+    let got = bob.expect_prefix("* msg alice ");
+    assert!(got.ends_with(" one more"), "bob got {got:?}");
+
+    keys(&mut pty, "/quit\r");
+    pty.exp_string("+ bye").expect("the logout confirmed");
+    assert_eq!(exit_code(&mut pty), 0);
 }

@@ -5,5 +5,8 @@
 
 mod interactive;
 mod piped;
+mod resize;
+mod settings;
+mod staying;
 mod tls;
 mod util;

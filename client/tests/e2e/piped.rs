@@ -24,8 +24,10 @@ fn script_of_commands_gets_every_reply_in_order() {
     let script =
         "login alice password-a\nwhoelse\n\n   \nsend nobody hi\nPING\nwholast 5\nwholast 0\n";
     let out = run(&mut natter(&server), script);
-    assert!(
-        out.status.success(),
+    // Two commands were refused: every reply came, but the run says so.
+    assert_eq!(
+        out.status.code(),
+        Some(3),
         "exit {:?}, stderr {}",
         out.status,
         out.stderr
@@ -46,7 +48,7 @@ fn script_of_commands_gets_every_reply_in_order() {
     assert!(out
         .stdout
         .starts_with("-- connected to natter (protocol 1)\n"));
-    assert_eq!(out.stderr, "");
+    assert_eq!(out.stderr, "natter: 2 commands failed\n");
 }
 
 #[test]
@@ -230,7 +232,17 @@ fn help_documents_modes_and_environment() {
         "NO_COLOR",
         "Piped use",
         "Ctrl-C",
+        "Ctrl-D",
+        "/query",
+        "--keepalive",
+        "reconnect",
+        "--json",
+        "--wait",
+        "--log-dir",
+        "--notify",
+        "config.toml",
         "Exit status",
+        "3  piped mode",
     ] {
         assert!(out.stdout.contains(needed), "--help lacks {needed}");
     }
@@ -269,8 +281,9 @@ fn a_refused_logout_does_not_end_the_script() {
     server.register("alice", "password-a");
     let script = "logout\nlogin alice password-a\nping\nquit\n";
     let out = run(&mut natter(&server), script);
-    assert!(
-        out.status.success(),
+    assert_eq!(
+        out.status.code(),
+        Some(3),
         "exit {:?}, stderr {}",
         out.status,
         out.stderr
@@ -281,4 +294,165 @@ fn a_refused_logout_does_not_end_the_script() {
         &replies[1..],
         ["+ welcome alice (0 unread messages)", "+ pong", "+ bye"]
     );
+}
+
+#[test]
+fn a_failed_login_line_exits_1_and_refused_commands_exit_3() {
+    let server = Server::start();
+    server.register("alice", "password-a");
+    let out = run(&mut natter(&server), "login alice not-her-password\nping\n");
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", out.stderr);
+    assert!(out.stderr.contains("login"), "stderr: {}", out.stderr);
+    let out = run(
+        natter(&server)
+            .args(["--user", "alice"])
+            .env("NATTER_PASSWORD", "password-a"),
+        "ping\nblock nobody\nping\n",
+    );
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", out.stderr);
+    assert_eq!(out.stderr, "natter: 1 command failed\n");
+    // Every command was still answered.
+    assert_eq!(out.replies().len(), 4, "{}", out.stdout);
+}
+
+#[test]
+fn json_gives_one_object_per_reply_and_event() {
+    let server = Server::start();
+    server.register("alice", "password-a");
+    server.register("bob", "password-b");
+    let mut client = Running::spawn(
+        natter(&server)
+            .args(["--user", "alice", "--json"])
+            .env("NATTER_PASSWORD", "password-a"),
+    );
+    client.write("ping\n");
+    client.expect_stdout("the pong", |l| l.contains("pong"));
+    let mut bob = Raw::login(&server, "bob", "password-b");
+    bob.send("send alice hi from bob");
+    bob.expect_line("+ delivered");
+    client.expect_stdout("bob's message", |l| l.contains("hi from bob"));
+    client.write("whoelse\nsend nobody hi\n");
+    client.close_stdin();
+    let out = client.finish();
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", out.stderr);
+    let objects: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert_eq!(objects.len(), 5, "{}", out.stdout);
+    assert_eq!(objects[0]["command"], "login alice ***");
+    assert_eq!(objects[0]["status"], "ok");
+    assert_eq!(objects[1]["command"], "ping");
+    assert_eq!(objects[1]["text"], "pong");
+    assert_eq!(objects[2]["event"], "msg");
+    assert_eq!(objects[2]["from"], "bob");
+    assert_eq!(objects[2]["text"], "hi from bob");
+    assert_eq!(
+        objects[3],
+        serde_json::json!({
+            "command": "whoelse", "status": "ok", "code": null,
+            "text": "1 online", "data": ["bob"],
+        })
+    );
+    assert_eq!(objects[4]["status"], "error");
+    assert_eq!(objects[4]["code"], "NOUSER");
+    assert!(!out.stdout.contains("password-a"));
+}
+
+#[test]
+fn a_long_script_is_paced_by_the_server_and_every_command_answered() {
+    // A rate limit the script outruns many times over: the server delays
+    // reading, the client keeps sending, nothing is refused or lost.
+    let server = Server::start_with(&["--hash-cost", "low", "--rate", "2500", "--burst", "100"]);
+    server.register("alice", "password-a");
+    server.register("bob", "password-b");
+    let mut bob = Raw::login(&server, "bob", "password-b");
+    let mut script = String::new();
+    for i in 0..5000 {
+        match i % 10 {
+            0 => script.push_str(&format!("send bob line {i}\n")),
+            5 => script.push_str("whoelse\n"),
+            _ => script.push_str("ping\n"),
+        }
+    }
+    let out = crate::util::run_within(
+        natter(&server)
+            .args(["--user", "alice"])
+            .env("NATTER_PASSWORD", "password-a"),
+        &script,
+        std::time::Duration::from_secs(120),
+    );
+    assert!(
+        out.status.success(),
+        "exit {:?}, stderr {}",
+        out.status,
+        out.stderr
+    );
+    let replies = out.replies();
+    let count = |reply: &str| replies.iter().filter(|l| **l == reply).count();
+    assert_eq!(count("+ pong"), 4000);
+    assert_eq!(count("+ 1 online"), 500);
+    assert_eq!(count("+ delivered"), 500);
+    for i in (0..5000).step_by(10) {
+        let got = bob.expect_prefix("* msg alice ");
+        assert!(
+            got.ends_with(&format!(" line {i}")),
+            "expected line {i}, got {got}"
+        );
+    }
+}
+
+#[test]
+fn wait_sends_each_command_after_the_last_answer() {
+    let server = Server::start();
+    server.register("alice", "password-a");
+    let out = run(
+        natter(&server)
+            .args(["--user", "alice", "--wait"])
+            .env("NATTER_PASSWORD", "password-a"),
+        "ping\nwhoelse\nping\n",
+    );
+    assert!(out.status.success(), "stderr: {}", out.stderr);
+    assert_eq!(
+        out.replies(),
+        [
+            "+ welcome alice (0 unread messages)",
+            "+ pong",
+            "+ 0 online",
+            "+ pong"
+        ]
+    );
+}
+
+#[test]
+fn a_connection_lost_mid_script_lists_the_unanswered_commands() {
+    // One command a second: most of the script is still waiting when the
+    // server dies.
+    let server = Server::start_with(&["--hash-cost", "low", "--rate", "1", "--burst", "1"]);
+    server.register("alice", "password-a");
+    let mut client = Running::spawn(&mut natter(&server));
+    client.write("login alice password-a\nping\nwhoelse\nsend bob hi\nblocked\n");
+    client.close_stdin();
+    client.expect_stdout("the login", |l| l.starts_with("+ welcome alice"));
+    drop(server);
+    let out = client.finish();
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", out.stderr);
+    assert!(
+        out.stderr.contains("lost the connection to the server"),
+        "stderr: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(" commands got no answer:"),
+        "stderr: {}",
+        out.stderr
+    );
+    for line in ["  whoelse", "  send bob hi", "  blocked"] {
+        assert!(
+            out.stderr.lines().any(|l| l == line),
+            "{line:?} not listed: {}",
+            out.stderr
+        );
+    }
 }

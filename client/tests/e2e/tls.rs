@@ -146,7 +146,7 @@ fn interactive_session_over_tls_receives_and_logs_out() {
     pty.send_line("send bob and back").expect("type a command");
     let got = bob.expect_prefix("* msg alice ");
     assert!(got.ends_with(" and back"), "{got}");
-    pty.send_control('c').expect("Ctrl-C");
+    pty.send_control('d').expect("Ctrl-D");
     pty.exp_string("+ bye").expect("the logout confirmed");
     pty.exp_eof().expect("natter to exit");
     match pty.process().wait().expect("natter's exit status") {

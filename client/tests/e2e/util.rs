@@ -3,7 +3,7 @@
 //! with a deadline. Every wait here is bounded; nothing sleeps blindly.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -45,6 +45,113 @@ impl Server {
     }
 }
 
+/// A natterd that can be killed and started again on the same port and data
+/// directory, as an operator's restart (or a crash) would: for the
+/// reconnect tests. [`Server`] always takes a fresh port and directory.
+pub struct Restartable {
+    child: Option<Child>,
+    /// Where it listens (the same after a restart).
+    pub addr: SocketAddr,
+    data: tempfile::TempDir,
+    flags: Vec<String>,
+}
+
+impl Restartable {
+    /// Starts natterd on a free port with cheap hashing, no rate limit and
+    /// `flags`.
+    pub fn start(flags: &[&str]) -> Restartable {
+        let mut server = Restartable {
+            child: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data: tempfile::tempdir().expect("temp dir"),
+            flags: flags.iter().map(|f| f.to_string()).collect(),
+        };
+        server.restart();
+        server
+    }
+
+    /// The port, as `natter` takes it.
+    pub fn port(&self) -> String {
+        self.addr.port().to_string()
+    }
+
+    /// Kills natterd with SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL natterd");
+            child.wait().expect("reap natterd");
+        }
+    }
+
+    /// Starts natterd again on the same port (the first time: a free one)
+    /// and data directory; waits, bounded, until it listens.
+    pub fn restart(&mut self) {
+        self.kill();
+        let mut child = Command::new(support::natterd())
+            .arg("--data")
+            .arg(self.data.path())
+            .args(["--hash-cost", "low", "--rate", "0"])
+            .args(&self.flags)
+            .arg(self.addr.port().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start natterd");
+        let mut stdout = BufReader::new(child.stdout.take().expect("natterd stdout"));
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut line = String::new();
+            let _ = stdout.read_line(&mut line);
+            let _ = tx.send(line);
+            // Keep reading so natterd never writes into a closed pipe.
+            let _ = std::io::copy(&mut stdout, &mut std::io::sink());
+        });
+        self.child = Some(child);
+        let line = rx
+            .recv_timeout(TIMEOUT)
+            .expect("natterd to say where it listens");
+        self.addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line from natterd: {line:?}"));
+    }
+
+    /// Kills natterd, empties its data directory (every account gone) and
+    /// starts it again on the same port.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        for entry in std::fs::read_dir(self.data.path()).expect("read the data dir") {
+            let path = entry.expect("a data dir entry").path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).expect("remove from the data dir");
+            } else {
+                std::fs::remove_file(&path).expect("remove from the data dir");
+            }
+        }
+        self.restart();
+    }
+
+    /// Registers `user` over a raw connection and logs it out again.
+    pub fn register(&self, user: &str, password: &str) {
+        let mut c = Raw::connect_to(self.addr);
+        c.send(&format!("register {user} {password}"));
+        c.expect_line(&format!("+ registered {user}"));
+        c.send("quit");
+        c.expect_line("+ bye");
+    }
+}
+
+impl Drop for Restartable {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// A plain protocol connection, as netcat would use: the other person in a
 /// conversation with the client under test.
 pub struct Raw {
@@ -57,7 +164,12 @@ pub struct Raw {
 impl Raw {
     /// Connects; lines are read on a thread so waits can have deadlines.
     pub fn connect(server: &Server) -> Raw {
-        let writer = TcpStream::connect(server.addr).expect("connect to natterd");
+        Raw::connect_to(server.addr)
+    }
+
+    /// Connects to natterd at `addr`.
+    pub fn connect_to(addr: SocketAddr) -> Raw {
+        let writer = TcpStream::connect(addr).expect("connect to natterd");
         let reader = writer.try_clone().expect("clone stream");
         let (tx, lines) = mpsc::channel();
         thread::spawn(move || {
@@ -77,7 +189,12 @@ impl Raw {
 
     /// Connects and logs in.
     pub fn login(server: &Server, user: &str, password: &str) -> Raw {
-        let mut c = Raw::connect(server);
+        Raw::login_to(server.addr, user, password)
+    }
+
+    /// Connects to natterd at `addr` and logs in.
+    pub fn login_to(addr: SocketAddr, user: &str, password: &str) -> Raw {
+        let mut c = Raw::connect_to(addr);
         c.send(&format!("login {user} {password}"));
         c.expect_prefix(&format!("+ welcome {user}"));
         c
@@ -133,13 +250,18 @@ impl Run {
     }
 }
 
-/// A `natter` command for `server`, with colour and password unset so the
-/// caller's environment cannot change the output.
+/// Where the tests point natter's config directory: nowhere, so a config
+/// file of the person running the tests cannot change what natter does.
+pub const NO_CONFIG_HOME: &str = "/nonexistent/natter-tests";
+
+/// A `natter` command for `server`, with colour, password and config file
+/// unset so the caller's environment cannot change the output.
 pub fn natter(server: &Server) -> Command {
     let mut cmd = Command::new(natter_bin());
     cmd.args(["127.0.0.1", &server.port()])
         .env_remove("NATTER_PASSWORD")
-        .env_remove("NO_COLOR");
+        .env_remove("NO_COLOR")
+        .env("XDG_CONFIG_HOME", NO_CONFIG_HOME);
     cmd
 }
 
@@ -151,13 +273,19 @@ pub fn natter_tls(server: &Server, host: &str, trust: &[&str]) -> Command {
         .args(trust)
         .args([host, &server.tls().addr.port().to_string()])
         .env_remove("NATTER_PASSWORD")
-        .env_remove("NO_COLOR");
+        .env_remove("NO_COLOR")
+        .env("XDG_CONFIG_HOME", NO_CONFIG_HOME);
     cmd
 }
 
 /// Runs `cmd` with `input` on stdin to the end, within [`TIMEOUT`]; kills it
 /// and panics if it does not finish.
 pub fn run(cmd: &mut Command, input: &str) -> Run {
+    run_within(cmd, input, TIMEOUT)
+}
+
+/// [`run`] with a longer bound, for long scripts.
+pub fn run_within(cmd: &mut Command, input: &str, limit: Duration) -> Run {
     let child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -170,7 +298,7 @@ pub fn run(cmd: &mut Command, input: &str) -> Run {
         let _ = stdin.write_all(input.as_bytes());
     }
     running.close_stdin();
-    running.finish()
+    running.finish_within(limit)
 }
 
 /// A `natter` still running, with its output collected on threads so the
@@ -252,8 +380,13 @@ impl Running {
 
     /// Waits for the process to exit within [`TIMEOUT`] and collects the rest
     /// of its output; kills it and panics if it does not exit.
-    pub fn finish(mut self) -> Run {
-        let deadline = Instant::now() + TIMEOUT;
+    pub fn finish(self) -> Run {
+        self.finish_within(TIMEOUT)
+    }
+
+    /// [`Running::finish`] with another bound.
+    pub fn finish_within(mut self, limit: Duration) -> Run {
+        let deadline = Instant::now() + limit;
         let status = loop {
             match self.child.try_wait().expect("wait for natter") {
                 Some(status) => break status,
@@ -261,7 +394,7 @@ impl Running {
                     let _ = self.child.kill();
                     let _ = self.child.wait();
                     panic!(
-                        "natter did not exit within {TIMEOUT:?}; stdout: {:#?}",
+                        "natter did not exit within {limit:?}; stdout: {:#?}",
                         self.out_lines
                     );
                 }
