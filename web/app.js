@@ -175,11 +175,23 @@ async function logIn(verb) {
 }
 
 // Unread messages go into their conversations (and count as unread there).
+// natterd may show a message twice rather than lose it (pushed while the
+// inbox was read, say): one already here is not added again.
 async function loadInbox() {
+  const key = (m) => `${m.from}\n${m.time}\n${m.text}`;
+  const shown = new Map();
+  for (const convo of chat.conversations.values()) {
+    for (const m of convo.messages) shown.set(key(m), (shown.get(key(m)) || 0) + 1);
+  }
   for (;;) {
     const { rows, done } = await command("inbox");
     for (const row of rows) {
       const m = parseInboxRow(row);
+      const seen = shown.get(key(m)) || 0;
+      if (seen > 0) {
+        shown.set(key(m), seen - 1);
+        continue;
+      }
       addMessage(m.from, { from: m.from, time: m.time, text: m.text }, true);
     }
     if (!done.ok || !done.text.includes("more waiting")) return;

@@ -75,12 +75,26 @@ fn wait_for_message(b: &Browser, text: &str) {
 }
 
 fn wait_for_unread(b: &Browser, peer: &str, count: u32) {
-    b.wait_for(
-        &format!("{count} unread from {peer}"),
-        "const n = document.querySelector(`#people li[data-peer=\"${arguments[0]}\"] .unread`);\
-         return n !== null && n.textContent === arguments[1]",
-        json!([peer, count.to_string()]),
-    );
+    wait_for_unread_within(b, peer, count, crate::util::TIMEOUT);
+}
+
+fn wait_for_unread_within(b: &Browser, peer: &str, count: u32, within: std::time::Duration) {
+    let until = std::time::Instant::now() + within;
+    loop {
+        let shown = b.script(
+            "const n = document.querySelector(`#people li[data-peer=\"${arguments[0]}\"] .unread`);\
+             return n === null ? null : n.textContent",
+            json!([peer]),
+        );
+        if shown == json!(count.to_string()) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "{count} unread from {peer}: the page shows {shown}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -185,4 +199,63 @@ fn the_page_over_https_talks_over_wss() {
         event.starts_with("* msg erin ") && event.ends_with(" hello over wss"),
         "{event}"
     );
+}
+
+#[test]
+fn the_page_logs_in_again_after_a_restart_loads_older_history_and_blocks() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // A fixed web port, so the restarted server is where the page left it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let web_arg = format!("127.0.0.1:{port}");
+    let server = Server::start(&["--web", &web_arg]);
+    let web = server.web.expect("natterd printed its web address");
+    let driver = Driver::start();
+    let page = driver.browser();
+    sign_in(&page, web, "register", "erin");
+    // The page loses its socket (`* bye shutdown`, close 1001) and, with
+    // the password it kept in memory, logs in again once the server is back.
+    let server = server.restart();
+    let mut terminal = server.user("tom");
+    // Sixty messages: more than the 50 history rows a conversation opens with.
+    for n in 0..60 {
+        let text = if n == 0 {
+            "after the restart".to_string()
+        } else {
+            format!("message {n}")
+        };
+        let sent = terminal.cmd1(&format!("send erin {text}"));
+        assert!(sent == "+ delivered" || sent == "+ stored", "{sent}");
+    }
+    // The page retries after 1, 2, 4, 8 s (and a little more): a restart
+    // slowed down by a busy machine can take it past the usual wait.
+    wait_for_unread_within(&page, "tom", 60, std::time::Duration::from_secs(30));
+    page.wait_for(
+        "the page back online",
+        "return document.getElementById('connection').textContent === 'online'",
+        json!([]),
+    );
+    click_person(&page, "tom");
+    wait_for_message(&page, "message 59");
+    let shown = page.script(
+        "return document.querySelectorAll('#messages .text').length",
+        json!([]),
+    );
+    assert_eq!(shown, json!(50));
+    // Scrolling to the top loads the older ones.
+    page.script(
+        "document.getElementById('messages').scrollTop = 0",
+        json!([]),
+    );
+    wait_for_message(&page, "after the restart");
+    page.click(&page.find("#block-button"));
+    page.wait_for(
+        "the block done",
+        "return document.getElementById('block-button').textContent === 'Unblock'",
+        json!([]),
+    );
+    let refused = terminal.cmd1("send erin are you there?");
+    assert!(refused.starts_with("- BLOCKED"), "{refused}");
 }
