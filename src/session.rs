@@ -21,7 +21,8 @@
 //! once.
 //!
 //! Submodules: `buffers` (output, reply order, rate bucket), `transport`
-//! (plain or TLS bytes to and from the socket); framing is natter-proto's.
+//! (plain, TLS or WebSocket bytes to and from the socket; the WebSocket
+//! side lives in `crate::web`); framing is natter-proto's.
 //! This file stays one piece (about 700 lines, a third of them docs)
 //! because its rules share one state: splitting it would put the fields
 //! that decide "may the next line run" in several places again.
@@ -363,11 +364,6 @@ impl Session {
         matches!(self.transport, Transport::Tls(_))
     }
 
-    /// Whether it came in through the web listener.
-    pub fn is_web(&self) -> bool {
-        matches!(self.transport, Transport::Web(_))
-    }
-
     /// Whether it is serving (not closing).
     pub fn is_open(&self) -> bool {
         self.close == CloseState::Open
@@ -389,7 +385,8 @@ impl Session {
 
     /// When `on_deadline` should next be called: when its rate allows its
     /// next line, and the login deadline until it logs in, then the idle
-    /// deadline; while closing, the linger limit.
+    /// deadline; while closing, the linger limit; over a WebSocket, the
+    /// next keepalive check too.
     pub fn deadline(&self) -> Option<Instant> {
         let due = match (self.timeout_at(), self.rate_wait.filter(|_| self.is_open())) {
             (Some(timeout), Some(rate)) => Some(timeout.min(rate)),

@@ -80,7 +80,7 @@ pub struct WebConn {
     /// The next keepalive check.
     next_check: Instant,
     /// With `--web-tls`: the TLS connection under everything above.
-    tls: Option<Box<rustls::ServerConnection>>,
+    tls: Option<rustls::ServerConnection>,
     /// TLS failed (for the log and the counters: not a WebSocket matter).
     tls_failed: bool,
 }
@@ -105,7 +105,7 @@ impl WebConn {
             heard: false,
             pinged: false,
             next_check: now + KEEPALIVE,
-            tls: tls.map(Box::new),
+            tls,
             tls_failed: false,
         }
     }
@@ -115,13 +115,9 @@ impl WebConn {
         self.tls_failed
     }
 
-    /// Whether the request was upgraded (the session then speaks frames).
-    pub fn is_websocket(&self) -> bool {
-        matches!(self.state, State::Open | State::PeerClosed)
-    }
-
-    /// Reads until `WouldBlock`, EOF, or `inbuf` holds `limit` bytes;
-    /// a message may be at most `max_line` bytes with its LF. A frame
+    /// Reads until `WouldBlock`, EOF, or `inbuf` holds `limit` bytes; of
+    /// a message over `max_line` (LF included) only enough is kept for the
+    /// line framer to refuse it, as over TCP (see `frames.rs`). A frame
     /// against the rules is answered with a close frame (written at once,
     /// best effort) and returned as `InvalidData`.
     pub fn read(
