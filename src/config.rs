@@ -231,6 +231,11 @@ pub struct Config {
     /// fails as a full disk would make it fail.
     #[arg(long, hide = true)]
     pub store_fault_file: Option<PathBuf>,
+
+    /// For tests: seconds of silence before a WebSocket gets a ping (and
+    /// as long again before it is given up).
+    #[arg(long, hide = true, default_value_t = 30)]
+    pub web_keepalive: u64,
 }
 
 impl Default for Config {

@@ -272,6 +272,7 @@ impl Server {
         };
         let policy = Arc::new(WebPolicy {
             origins: config.web_origin.clone(),
+            keepalive: Duration::from_secs(config.web_keepalive.max(1)),
         });
         let bind_web = |addr: SocketAddr, flag: &str, token: Token| {
             let listener = startup::listen(addr)

@@ -18,7 +18,8 @@ use crate::session::{Ending, Output, ReadStatus, KEEP_BUFFER_CAPACITY, READ_CHUN
 
 /// A socket silent this long gets a ping; silent as long again after it,
 /// it is taken for dead. Under the minute after which many proxies and
-/// NAT boxes forget an idle connection.
+/// NAT boxes forget an idle connection. (Tests shorten it with the hidden
+/// `--web-keepalive`.)
 pub const KEEPALIVE: Duration = Duration::from_secs(30);
 
 /// Line bytes framed per write: about one TCP send buffer's worth. The next
@@ -95,6 +96,7 @@ impl WebConn {
     ) -> WebConn {
         WebConn {
             state: State::Request,
+            next_check: now + policy.keepalive,
             policy,
             raw: Vec::new(),
             decoder: Decoder::default(),
@@ -104,7 +106,6 @@ impl WebConn {
             close_queued: false,
             heard: false,
             pinged: false,
-            next_check: now + KEEPALIVE,
             tls,
             tls_failed: false,
         }
@@ -390,7 +391,7 @@ impl WebConn {
         if self.state != State::Open || now < self.next_check {
             return true;
         }
-        self.next_check = now + KEEPALIVE;
+        self.next_check = now + self.policy.keepalive;
         if std::mem::take(&mut self.heard) {
             self.pinged = false;
             return true;

@@ -273,6 +273,7 @@ mod tests {
         assert!(!origin_allowed("http://chat.example:8080", None, &own));
         let listed = WebPolicy {
             origins: vec!["https://chat.example/".into()],
+            ..WebPolicy::default()
         };
         assert!(origin_allowed("https://chat.example", host, &listed));
         assert!(!origin_allowed("http://chat.example:8080", host, &listed));

@@ -18,10 +18,23 @@ pub mod http;
 
 pub use conn::WebConn;
 
+use std::time::Duration;
+
 /// What the web listener allows, shared by its connections.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct WebPolicy {
     /// Origins (`scheme://host[:port]`) allowed to open `/ws`, from
     /// `--web-origin`. Empty: only the page's own (the request's `Host`).
     pub origins: Vec<String>,
+    /// Silence before a ping, and again before the socket is given up.
+    pub keepalive: Duration,
+}
+
+impl Default for WebPolicy {
+    fn default() -> Self {
+        WebPolicy {
+            origins: Vec::new(),
+            keepalive: conn::KEEPALIVE,
+        }
+    }
 }

@@ -346,3 +346,31 @@ fn a_websocket_reader_that_never_reads_is_dropped_and_others_are_unaffected() {
     let mut rest = Vec::new();
     let _ = slow.stream.read_to_end(&mut rest);
 }
+
+#[test]
+fn a_silent_socket_is_pinged_and_one_that_never_answers_is_closed() {
+    // Pings after 1 s of silence here (30 s by default).
+    let (server, web) = start(&["--web-keepalive", "1"]);
+    let mut answering = Ws::user(web, "alice");
+    let mut silent = Ws::user(web, "bob");
+    let started = Instant::now();
+    // One that answers its pings stays, well past two silent periods.
+    let mut pongs = 0;
+    while started.elapsed() < Duration::from_secs(4) {
+        match answering.frame() {
+            Some((PING, payload)) => {
+                answering.send_frame(PONG, true, &payload);
+                pongs += 1;
+            }
+            other => panic!("expected pings, got {other:?}"),
+        }
+    }
+    assert!(pongs >= 2, "{pongs} pings in 4 s");
+    assert_eq!(answering.cmd1("ping"), "+ pong");
+    // One that never answers got its ping and was closed after another
+    // silent second (no close frame: it is not listening).
+    assert_eq!(silent.frame().map(|(op, _)| op), Some(PING));
+    assert!(silent.frame().is_none(), "still open");
+    let log = server.log();
+    assert!(log.contains("no answer to ping"), "{log}");
+}
