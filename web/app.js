@@ -346,12 +346,16 @@ function start() {
     e.preventDefault();
     send();
   });
-  $("composer-text").addEventListener("paste", () => {
-    setTimeout(() => {
-      if (oneLine($("composer-text").value).changed) {
-        view.setNote("Line breaks will be sent as spaces: a message is one line.");
-      }
-    });
+  // A text input would drop pasted line breaks and glue the lines
+  // together; they become spaces instead, and the page says so.
+  $("composer-text").addEventListener("paste", (e) => {
+    const pasted = e.clipboardData ? e.clipboardData.getData("text/plain") : "";
+    const { line, changed } = oneLine(pasted);
+    if (!changed) return;
+    e.preventDefault();
+    const input = e.target;
+    input.setRangeText(line, input.selectionStart, input.selectionEnd, "end");
+    view.setNote("Line breaks in what you pasted became spaces: a message is one line.");
   });
   $("open-form").addEventListener("submit", (e) => {
     e.preventDefault();

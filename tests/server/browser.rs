@@ -173,6 +173,27 @@ fn a_terminal_user_and_a_browser_user_talk() {
     let event = terminal.event();
     assert!(event.starts_with("* msg erin "), "{event}");
     assert!(event.ends_with(" hello from a browser"), "{event}");
+    // Pasted lines become one line, and the page says so.
+    page.script(
+        "const input = document.getElementById('composer-text');\
+         const data = new DataTransfer();\
+         data.setData('text/plain', 'first line\\nsecond line');\
+         input.focus();\
+         input.dispatchEvent(new ClipboardEvent('paste', \
+             { clipboardData: data, bubbles: true, cancelable: true }));",
+        json!([]),
+    );
+    let value = page.script(
+        "return document.getElementById('composer-text').value",
+        json!([]),
+    );
+    assert_eq!(value, json!("first line second line"));
+    let note = page.text(&page.find("#composer-note"));
+    assert!(note.contains("became spaces"), "{note}");
+    page.type_into(&page.find("#composer-text"), ENTER);
+    wait_for_message(&page, "first line second line");
+    let event = terminal.event();
+    assert!(event.ends_with(" first line second line"), "{event}");
 }
 
 #[test]
