@@ -202,6 +202,23 @@ pub struct Config {
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<std::net::SocketAddr>,
 
+    /// Serve the chat page and its WebSocket at http://ADDR:PORT/ (off
+    /// unless set): browsers speak the same protocol, with the same limits.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub web: Option<std::net::SocketAddr>,
+
+    /// Serve the page and its WebSocket over TLS too, at https://ADDR:PORT/
+    /// (wss:// for the socket), with the TLS listener's certificate (needs
+    /// --tls-cert/--tls-key or --tls-self-signed).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub web_tls: Option<std::net::SocketAddr>,
+
+    /// Origins allowed to open the WebSocket (comma-separated, e.g.
+    /// `https://chat.example.com`); by default only the page's own.
+    /// Needed when a proxy serves the page under another name.
+    #[arg(long, value_name = "ORIGIN", value_delimiter = ',')]
+    pub web_origin: Vec<String>,
+
     /// natterctl's Unix socket (mode 0600); default `<data>/natterd.sock`.
     #[arg(long, value_name = "PATH")]
     pub admin_socket: Option<PathBuf>,
@@ -214,6 +231,11 @@ pub struct Config {
     /// fails as a full disk would make it fail.
     #[arg(long, hide = true)]
     pub store_fault_file: Option<PathBuf>,
+
+    /// For tests: seconds of silence before a WebSocket gets a ping (and
+    /// as long again before it is given up).
+    #[arg(long, hide = true, default_value_t = 30)]
+    pub web_keepalive: u64,
 }
 
 impl Default for Config {
@@ -310,6 +332,9 @@ impl Config {
             if names.is_empty() || names.iter().any(|n| n.trim().is_empty()) {
                 return Err("--tls-self-signed needs host names, none of them empty".into());
             }
+        }
+        if self.web_tls.is_some() && !self.tls_enabled() {
+            return Err("--web-tls needs TLS: --tls-cert/--tls-key or --tls-self-signed".into());
         }
         if self.no_plaintext && !self.tls_enabled() {
             return Err(
@@ -447,6 +472,9 @@ struct FileConfig {
     admin_socket: Option<PathBuf>,
     no_admin_socket: Option<bool>,
     metrics: Option<std::net::SocketAddr>,
+    web: Option<std::net::SocketAddr>,
+    web_tls: Option<std::net::SocketAddr>,
+    web_origin: Option<Names>,
 }
 
 /// `--store`: `sqlite`, or a PostgreSQL URL.
@@ -556,6 +584,15 @@ impl FileConfig {
         }
         if self.metrics.is_some() && !given("metrics") {
             config.metrics = self.metrics;
+        }
+        if self.web.is_some() && !given("web") {
+            config.web = self.web;
+        }
+        if self.web_tls.is_some() && !given("web_tls") {
+            config.web_tls = self.web_tls;
+        }
+        if let Some(origins) = self.web_origin.filter(|_| !given("web_origin")) {
+            config.web_origin = origins.into_vec();
         }
         // The certificate's source is one setting: a source given on the
         // command line replaces the file's, whichever kind each is.
@@ -716,6 +753,22 @@ mod tests {
                 "{long} is not in deploy/natterd.toml"
             );
         }
+    }
+
+    #[test]
+    fn web_tls_needs_a_certificate() {
+        let addr = Some("127.0.0.1:8443".parse().unwrap());
+        let bare = Config {
+            web_tls: addr,
+            ..Config::default()
+        };
+        assert!(bare.validate().unwrap_err().contains("--web-tls needs TLS"));
+        let with_tls = Config {
+            web_tls: addr,
+            tls_self_signed: Some(vec!["localhost".into()]),
+            ..Config::default()
+        };
+        assert_eq!(with_tls.validate(), Ok(()));
     }
 
     #[test]

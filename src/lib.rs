@@ -26,6 +26,7 @@ pub mod stats;
 pub mod store;
 mod storequeue;
 pub mod tls;
+pub mod web;
 
 pub use config::Config;
 pub use reactor::{Listeners, Server, ShutdownHandle};

@@ -71,5 +71,11 @@ fn start(config: Config, flags: Flags) -> Result<(), String> {
     if let Some(addr) = server.metrics_addr() {
         println!("metrics on http://{addr}/metrics");
     }
+    if let Some(addr) = server.web_addr() {
+        println!("web on http://{addr}/");
+    }
+    if let Some(addr) = server.web_tls_addr() {
+        println!("web on https://{addr}/");
+    }
     server.run().map_err(|e| format!("event loop failed: {e}"))
 }

@@ -39,6 +39,7 @@ use crate::session::{Ending, Limits, Outbox, ReadStatus, Session};
 use crate::startup;
 use crate::stats::{Departing, LogThrottle, Stats};
 use crate::store::{Marks, ReadMarks};
+use crate::web::WebPolicy;
 
 mod accept;
 mod admin;
@@ -51,6 +52,8 @@ const WAKER: Token = Token(usize::MAX - 2);
 const SIGNALS: Token = Token(usize::MAX - 3);
 const ADMIN_LISTENER: Token = Token(usize::MAX - 5);
 const METRICS_LISTENER: Token = Token(usize::MAX - 6);
+const WEB_LISTENER: Token = Token(usize::MAX - 7);
+const WEB_TLS_LISTENER: Token = Token(usize::MAX - 8);
 /// Admin connections' tokens start here: far above any session's slab
 /// index, far below the listeners'.
 const ADMIN_BASE: usize = usize::MAX / 2;
@@ -143,6 +146,11 @@ pub struct Server {
     listener: Option<TcpListener>,
     /// The TLS listener and its configuration, if any.
     tls_listener: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
+    /// The web listener (`--web`), if any, and what its connections allow.
+    web_listener: Option<(TcpListener, Arc<WebPolicy>)>,
+    /// The same inside TLS (`--web-tls`), with the TLS listener's
+    /// configuration (kept in step with it on reload).
+    web_tls_listener: Option<(TcpListener, Arc<WebPolicy>, Arc<rustls::ServerConfig>)>,
     /// Whether the listeners are registered (they are not during shutdown).
     listening: bool,
     /// No accepting before this (file descriptors ran out).
@@ -262,11 +270,40 @@ impl Server {
             Some((l, tls)) => Some((register_listener(&poll, l, TLS_LISTENER)?, tls)),
             None => None,
         };
+        let policy = Arc::new(WebPolicy {
+            origins: config.web_origin.clone(),
+            keepalive: Duration::from_secs(config.web_keepalive.max(1)),
+        });
+        let bind_web = |addr: SocketAddr, flag: &str, token: Token| {
+            let listener = startup::listen(addr)
+                .map_err(|e| other_error(format!("cannot listen on {addr} ({flag}): {e}")))?;
+            register_listener(&poll, listener, token)
+        };
+        let web_listener = match config.web {
+            Some(addr) => Some((bind_web(addr, "--web", WEB_LISTENER)?, Arc::clone(&policy))),
+            None => None,
+        };
+        let web_tls_listener = match (config.web_tls, &tls_listener) {
+            (Some(addr), Some((_, tls))) => Some((
+                bind_web(addr, "--web-tls", WEB_TLS_LISTENER)?,
+                policy,
+                Arc::clone(tls),
+            )),
+            (Some(_), None) => {
+                return Err(other_error(
+                    "--web-tls serves the TLS listener's certificate: it needs TLS \
+                     (--tls-cert/--tls-key or --tls-self-signed)",
+                ))
+            }
+            (None, _) => None,
+        };
 
         Ok(Server {
             poll,
             listener,
             tls_listener,
+            web_listener,
+            web_tls_listener,
             listening: true,
             accept_paused_until: None,
             conns: Slab::new(),
@@ -311,6 +348,20 @@ impl Server {
     /// Where `/metrics` is served, if it is (`--metrics`).
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.admin.metrics_addr()
+    }
+
+    /// Where the chat page is served, if it is (`--web`).
+    pub fn web_addr(&self) -> Option<SocketAddr> {
+        self.web_listener
+            .as_ref()
+            .and_then(|(l, _)| l.local_addr().ok())
+    }
+
+    /// Where the chat page is served over TLS, if it is (`--web-tls`).
+    pub fn web_tls_addr(&self) -> Option<SocketAddr> {
+        self.web_tls_listener
+            .as_ref()
+            .and_then(|(l, ..)| l.local_addr().ok())
     }
 
     /// The address the TLS listener is bound to.
@@ -362,8 +413,10 @@ impl Server {
             let resumes = std::mem::take(&mut self.resume);
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept_ready(false),
-                    TLS_LISTENER => self.accept_ready(true),
+                    LISTENER => self.accept_ready(accept::Via::Plain),
+                    TLS_LISTENER => self.accept_ready(accept::Via::Tls),
+                    WEB_LISTENER => self.accept_ready(accept::Via::Web),
+                    WEB_TLS_LISTENER => self.accept_ready(accept::Via::WebTls),
                     WAKER => {
                         self.drain_completions();
                         self.finish_reload();
@@ -644,8 +697,10 @@ impl Server {
                 Timer::Lock(key) => self.chat.expire_lock(&key, now),
                 Timer::AcceptRetry => {
                     self.accept_paused_until = None;
-                    self.accept_ready(false);
-                    self.accept_ready(true);
+                    self.accept_ready(accept::Via::Plain);
+                    self.accept_ready(accept::Via::Tls);
+                    self.accept_ready(accept::Via::Web);
+                    self.accept_ready(accept::Via::WebTls);
                 }
             }
         }
@@ -845,6 +900,12 @@ impl Server {
                 let _ = self.poll.registry().deregister(l);
             }
             if let Some((l, _)) = self.tls_listener.as_mut() {
+                let _ = self.poll.registry().deregister(l);
+            }
+            if let Some((l, _)) = self.web_listener.as_mut() {
+                let _ = self.poll.registry().deregister(l);
+            }
+            if let Some((l, ..)) = self.web_tls_listener.as_mut() {
                 let _ = self.poll.registry().deregister(l);
             }
             self.listening = false;

@@ -21,7 +21,8 @@
 //! once.
 //!
 //! Submodules: `buffers` (output, reply order, rate bucket), `transport`
-//! (plain or TLS bytes to and from the socket); framing is natter-proto's.
+//! (plain, TLS or WebSocket bytes to and from the socket; the WebSocket
+//! side lives in `crate::web`); framing is natter-proto's.
 //! This file stays one piece (about 700 lines, a third of them docs)
 //! because its rules share one state: splitting it would put the fields
 //! that decide "may the next line run" in several places again.
@@ -158,6 +159,9 @@ pub enum Ending {
     IoError,
     /// TLS failed (bad handshake, garbage on the TLS port).
     TlsError,
+    /// A browser's frames broke the WebSocket rules, or it stopped
+    /// answering pings.
+    WebSocketError,
     /// `* bye <reason>` from the server.
     Bye(ByeReason),
     /// Its output did not drain within `CLOSE_LINGER` while closing.
@@ -175,6 +179,7 @@ impl Ending {
             Ending::PeerClosed => "peer_closed",
             Ending::IoError => "io_error",
             Ending::TlsError => "tls_error",
+            Ending::WebSocketError => "websocket_error",
             Ending::Bye(reason) => reason.as_str(),
             Ending::Linger => "linger",
             Ending::OverBudget => "output_budget",
@@ -188,6 +193,7 @@ impl Ending {
             Ending::PeerClosed => "the client closed the connection".into(),
             Ending::IoError => "read or write failed".into(),
             Ending::TlsError => "TLS failed".into(),
+            Ending::WebSocketError => "WebSocket rules broken, or no answer to ping".into(),
             Ending::Bye(reason) => format!("bye {reason}"),
             Ending::Linger => "output not drained in time".into(),
             Ending::OverBudget => "closed to bring all output under --max-output-total".into(),
@@ -371,18 +377,24 @@ impl Session {
         self.is_open() && self.input == InputState::Open && self.inbuf.len() < self.inbuf_limit()
     }
 
-    /// Whether output is waiting: in the buffer, or as TLS records.
+    /// Whether output is waiting: in the buffer, or as TLS records or
+    /// WebSocket frames.
     pub fn wants_write(&self) -> bool {
-        self.output.pending_len() > 0 || self.transport.has_records()
+        self.transport.wants_write(&self.output)
     }
 
     /// When `on_deadline` should next be called: when its rate allows its
     /// next line, and the login deadline until it logs in, then the idle
-    /// deadline; while closing, the linger limit.
+    /// deadline; while closing, the linger limit; over a WebSocket, the
+    /// next keepalive check too.
     pub fn deadline(&self) -> Option<Instant> {
-        match (self.timeout_at(), self.rate_wait.filter(|_| self.is_open())) {
+        let due = match (self.timeout_at(), self.rate_wait.filter(|_| self.is_open())) {
             (Some(timeout), Some(rate)) => Some(timeout.min(rate)),
             (timeout, rate) => timeout.or(rate),
+        };
+        match self.transport.keepalive_at().filter(|_| self.is_open()) {
+            Some(keepalive) => Some(due.map_or(keepalive, |d| d.min(keepalive))),
+            None => due,
         }
     }
 
@@ -515,7 +527,11 @@ impl Session {
     /// session at once (and is returned for the log).
     pub fn read_from(&mut self, socket: &mut (impl Read + Write)) -> io::Result<ReadStatus> {
         let limit = self.inbuf_limit();
-        match self.transport.read(socket, &mut self.inbuf, limit) {
+        let max_line = self.framer.max_line();
+        match self
+            .transport
+            .read(socket, &mut self.inbuf, limit, max_line)
+        {
             Ok(ReadStatus::Eof) => {
                 if self.input == InputState::Open {
                     self.input = InputState::PeerClosed;
@@ -524,12 +540,7 @@ impl Session {
             }
             Ok(status) => Ok(status),
             Err(e) => {
-                let why = if e.kind() == io::ErrorKind::InvalidData {
-                    Ending::TlsError
-                } else {
-                    Ending::IoError
-                };
-                self.close_now(why);
+                self.close_now(self.transport.failure(&e));
                 Err(e)
             }
         }
@@ -818,6 +829,10 @@ impl Session {
     /// Its deadline came (or an earlier one it had): closes it if it really
     /// is due, by what it is now.
     pub fn on_deadline(&mut self, now: Instant) {
+        if self.is_open() && !self.transport.keepalive(now) {
+            self.close_now(Ending::WebSocketError);
+            return;
+        }
         if self.rate_wait.is_some_and(|at| at <= now) {
             self.rate_wait = None;
         }
@@ -861,6 +876,7 @@ impl Session {
 
     fn close_after_flush(&mut self, why: Ending, now: Instant) {
         if self.is_open() {
+            self.transport.closing(why);
             self.close = CloseState::CloseAfterFlush {
                 until: now + CLOSE_LINGER,
             };

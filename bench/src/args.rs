@@ -100,6 +100,14 @@ checked as the natter client does it: the built-in web roots, --ca FILE, or
           --tls-self-signed localhost 4000
   natter-bench --tls --fingerprint <the sha256 natterd printed> fanout
 
+WebSocket: --ws PORT runs fanout's receivers, or idle's sessions, through
+natterd's --web listener (one line per text frame), so its framing cost
+shows beside a TCP run:
+
+  natterd --rate 0 --hash-cost low --max-per-ip 0 --data /tmp/bench-data \
+          --web 127.0.0.1:8080 4000
+  natter-bench --ws 8080 fanout idle
+
 Exit status: 0 when every scenario ran, 1 when one failed, 2 for bad
 arguments.";
 
@@ -122,6 +130,12 @@ pub struct Args {
     /// Connect with TLS (natterd's TLS listener)
     #[arg(long)]
     pub tls: bool,
+
+    /// fanout and idle: the receivers (fanout) or the idle sessions connect
+    /// over a WebSocket to natterd's --web listener on this port, at /ws
+    /// (the fanout sender and ping client stay on TCP)
+    #[arg(long, value_name = "PORT", conflicts_with = "tls")]
+    pub ws: Option<u16>,
 
     /// With --tls: trust the certificates in this PEM file (a CA, or the
     /// server's own certificate) instead of the built-in roots
@@ -285,6 +299,14 @@ impl Args {
         }
         if self.max_seconds > 86_400 {
             return Err("--max-seconds must be at most 86400".into());
+        }
+        if self.ws.is_some()
+            && self
+                .scenarios()
+                .iter()
+                .any(|s| !matches!(s, Scenario::Fanout | Scenario::Idle))
+        {
+            return Err("--ws drives the fanout and idle scenarios only: name them".into());
         }
         if self.broadcasts > MAX_BROADCASTS {
             return Err(format!("--broadcasts must be at most {MAX_BROADCASTS}"));

@@ -26,6 +26,7 @@ use crate::setup::{
 };
 use crate::stats::{per_sec, secs, Latency};
 use crate::sys::CpuWatch;
+use crate::ws::{self, WsTarget};
 
 /// How long receivers may keep draining after the measurement cap, so that
 /// broadcasts already sent are still counted.
@@ -97,11 +98,27 @@ pub fn run(a: &Args, target: Target) -> Result<Report, BenchError> {
         expect_ok(pinger, setup_deadline, "block (ping client)")?;
     }
     let names: Vec<String> = (0..a.receivers).map(|i| format!("{p}f{i}")).collect();
-    let sessions = open_sessions(target, &names, setup_deadline, "receivers")?;
+    let conns: Vec<Conn> = match a.ws {
+        None => open_sessions(target, &names, setup_deadline, "receivers")?
+            .into_iter()
+            .map(Conn::from_reader)
+            .collect::<Result<_, _>>()?,
+        Some(port) => {
+            let ws_target = WsTarget {
+                host: target.host,
+                port,
+                password: target.password,
+            };
+            ws::open_sessions(ws_target, &names, setup_deadline, "receivers")?
+                .into_iter()
+                .map(|s| s.into_conn())
+                .collect::<Result<_, _>>()?
+        }
+    };
     let threads = a.threads.min(a.receivers);
     let mut groups: Vec<Vec<Conn>> = (0..threads).map(|_| Vec::new()).collect();
-    for (i, s) in sessions.into_iter().enumerate() {
-        groups[i % threads].push(Conn::from_reader(s)?);
+    for (i, conn) in conns.into_iter().enumerate() {
+        groups[i % threads].push(conn);
     }
 
     let shared = Shared {
@@ -184,8 +201,16 @@ pub fn run(a: &Args, target: Target) -> Result<Report, BenchError> {
     let mut report = Report::new(
         "fanout",
         format!(
-            "1 sender, {} receivers, {}-byte text, window {}, {} receiving threads",
-            a.receivers, a.payload, a.window, threads
+            "1 sender, {} receivers{}, {}-byte text, window {}, {} receiving threads",
+            a.receivers,
+            if a.ws.is_some() {
+                " over WebSocket"
+            } else {
+                ""
+            },
+            a.payload,
+            a.window,
+            threads
         ),
     );
     report.field("receivers", "receivers", Value::Int(a.receivers as u64));

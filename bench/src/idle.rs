@@ -13,6 +13,7 @@ use crate::report::{Report, Value};
 use crate::setup::{expect_ok, open_sessions, send, Target};
 use crate::stats::{per_sec, secs};
 use crate::sys::vm_rss_kib;
+use crate::ws::{self, WsTarget};
 
 /// Wait after the last login before reading memory, so replies still being
 /// freed or written do not count.
@@ -32,24 +33,54 @@ pub fn run(a: &Args, target: Target) -> Result<Report, BenchError> {
         .collect();
     let start = Instant::now();
     let deadline = start + Duration::from_secs(a.max_seconds);
-    let mut sessions = open_sessions(target, &names, deadline, "idle")?;
-    let opened = start.elapsed();
-    thread::sleep(SETTLE);
-    let after = a.server_pid.map(rss).transpose()?;
+    let (opened, after, checked) = match a.ws {
+        None => {
+            let mut sessions = open_sessions(target, &names, deadline, "idle")?;
+            let opened = start.elapsed();
+            thread::sleep(SETTLE);
+            let after = a.server_pid.map(rss).transpose()?;
+            // Pipelined pings on a spread of sessions: they must all still be there.
+            let checked = spread(sessions.len());
+            for &i in &checked {
+                send(&sessions[i], "ping")?;
+            }
+            let check_deadline = Instant::now() + Duration::from_secs(a.max_seconds);
+            for &i in &checked {
+                expect_ok(&mut sessions[i], check_deadline, "ping (idle session)")?;
+            }
+            (opened, after, checked.len())
+        }
+        Some(port) => {
+            let ws_target = WsTarget {
+                host: target.host,
+                port,
+                password: target.password,
+            };
+            let mut sessions = ws::open_sessions(ws_target, &names, deadline, "idle")?;
+            let opened = start.elapsed();
+            thread::sleep(SETTLE);
+            let after = a.server_pid.map(rss).transpose()?;
+            let checked = spread(sessions.len());
+            for &i in &checked {
+                sessions[i].send("ping")?;
+            }
+            let check_deadline = Instant::now() + Duration::from_secs(a.max_seconds);
+            for &i in &checked {
+                sessions[i].expect_ok(check_deadline, "ping (idle session)")?;
+            }
+            (opened, after, checked.len())
+        }
+    };
 
-    // Pipelined pings on a spread of sessions: they must all still be there.
-    let step = (sessions.len() / CHECKED).max(1);
-    let checked: Vec<usize> = (0..sessions.len()).step_by(step).collect();
-    for &i in &checked {
-        send(&sessions[i], "ping")?;
-    }
-    let check_deadline = Instant::now() + Duration::from_secs(a.max_seconds);
-    for &i in &checked {
-        expect_ok(&mut sessions[i], check_deadline, "ping (idle session)")?;
-    }
-    drop(sessions);
-
-    let mut report = Report::new("idle", format!("{} logged-in idle sessions", a.sessions));
+    let over = if a.ws.is_some() {
+        " over WebSocket"
+    } else {
+        ""
+    };
+    let mut report = Report::new(
+        "idle",
+        format!("{} logged-in idle sessions{over}", a.sessions),
+    );
     report.field("sessions", "sessions", Value::Int(a.sessions as u64));
     report.field("setup_seconds", "setup secs", secs(opened));
     report.field(
@@ -67,11 +98,7 @@ pub fn run(a: &Args, target: Target) -> Result<Report, BenchError> {
         _ => Value::Missing,
     };
     report.field("bytes_per_session", "bytes/session", per_session);
-    report.field(
-        "checked_alive",
-        "checked alive",
-        Value::Int(checked.len() as u64),
-    );
+    report.field("checked_alive", "checked alive", Value::Int(checked as u64));
     if a.server_pid.is_none() {
         report
             .notes
@@ -83,4 +110,10 @@ pub fn run(a: &Args, target: Target) -> Result<Report, BenchError> {
         );
     }
     Ok(report)
+}
+
+/// About `CHECKED` sessions spread over `n`.
+fn spread(n: usize) -> Vec<usize> {
+    let step = (n / CHECKED).max(1);
+    (0..n).step_by(step).collect()
 }

@@ -59,6 +59,9 @@ pub struct Conn {
     /// go in, plaintext lines come out; lines to send go in, records for the
     /// socket come out.
     tls: Option<ClientConnection>,
+    /// With --ws, frames received and not yet decoded: each text frame's
+    /// payload goes to `inbuf` as a line. `None` over TCP and TLS.
+    ws: Option<Vec<u8>>,
     /// Received plaintext; `start..end` is not yet handled (a partial line
     /// after each pump).
     inbuf: Box<[u8]>,
@@ -85,10 +88,28 @@ impl Conn {
         Ok(Conn {
             stream: mio::net::TcpStream::from_std(tcp),
             tls,
+            ws: None,
             inbuf,
             start: 0,
             end: rest.len(),
             unscanned: !rest.is_empty(),
+            out: Vec::new(),
+            out_pos: 0,
+        })
+    }
+
+    /// Takes over a logged-in WebSocket session (`--ws`), with the bytes
+    /// setup received beyond the login reply (frames, maybe a partial one).
+    pub fn from_websocket(tcp: std::net::TcpStream, raw: Vec<u8>) -> io::Result<Conn> {
+        tcp.set_nonblocking(true)?;
+        Ok(Conn {
+            stream: mio::net::TcpStream::from_std(tcp),
+            tls: None,
+            unscanned: !raw.is_empty(),
+            ws: Some(raw),
+            inbuf: vec![0u8; BUF].into_boxed_slice(),
+            start: 0,
+            end: 0,
             out: Vec::new(),
             out_pos: 0,
         })
@@ -134,6 +155,9 @@ impl Conn {
         &mut self,
         mut f: impl FnMut(&[u8]) -> Result<(), BenchError>,
     ) -> Result<bool, BenchError> {
+        if self.ws.is_some() {
+            return self.pump_ws(f);
+        }
         if self.unscanned {
             self.unscanned = false;
             self.start += each_line(&self.inbuf[self.start..self.end], &mut f)?;
@@ -198,6 +222,81 @@ impl Conn {
                 return Err(BenchError::new(format!("TLS: {e}")));
             }
         }
+    }
+
+    /// [`Conn::pump`] over a WebSocket: reads frames until `WouldBlock`,
+    /// handing each text frame to `f` as a line; pings are answered.
+    fn pump_ws(
+        &mut self,
+        mut f: impl FnMut(&[u8]) -> Result<(), BenchError>,
+    ) -> Result<bool, BenchError> {
+        let mut chunk = [0u8; BUF];
+        loop {
+            if !self.decode_frames(&mut f)? {
+                return Ok(false);
+            }
+            let n = match self.stream.read(&mut chunk) {
+                Ok(0) => return Ok(false),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(raw) = self.ws.as_mut() {
+                raw.extend_from_slice(&chunk[..n]);
+            }
+        }
+    }
+
+    /// Decodes the complete frames received; false after a close frame.
+    fn decode_frames(
+        &mut self,
+        f: &mut impl FnMut(&[u8]) -> Result<(), BenchError>,
+    ) -> Result<bool, BenchError> {
+        use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+        let Some(mut raw) = self.ws.take() else {
+            return Ok(true);
+        };
+        let mut used = 0;
+        let mut open = true;
+        while let Some((opcode, payload)) = crate::ws::server_frame(&raw[used..])? {
+            let (start, end) = (used + payload.start, used + payload.end);
+            used = end;
+            match opcode {
+                OpCode::Data(Data::Text) => {
+                    self.make_room()?;
+                    let len = end - start;
+                    if self.inbuf.len() - self.end < len + 1 {
+                        self.ws = Some(raw);
+                        return Err(BenchError::new(format!(
+                            "the server sent a line longer than {} bytes",
+                            self.inbuf.len()
+                        )));
+                    }
+                    self.inbuf[self.end..self.end + len].copy_from_slice(&raw[start..end]);
+                    self.inbuf[self.end + len] = b'\n';
+                    self.scan(len + 1, f)?;
+                }
+                OpCode::Control(Control::Ping) => {
+                    crate::ws::push_frame(
+                        &mut self.out,
+                        OpCode::Control(Control::Pong),
+                        &raw[start..end],
+                    );
+                }
+                OpCode::Control(Control::Close) => {
+                    open = false;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        raw.drain(..used);
+        self.ws = Some(raw);
+        if self.has_output() {
+            self.flush()?;
+        }
+        Ok(open)
     }
 
     /// The buffer that [`Conn::flush`] sends; append whole lines to it.

@@ -22,6 +22,7 @@ mod report;
 mod setup;
 mod stats;
 mod sys;
+mod ws;
 
 use std::process::ExitCode;
 use std::thread;

@@ -12,11 +12,28 @@ use mio::{Interest, Token};
 use crate::commands::{Effects, SessionRef};
 use crate::protocol::{self, ByeReason};
 use crate::session::{Session, Transport};
+use crate::web::{WebConn, WebPolicy};
 
 use super::{Conn, Server, Timer, ACCEPT_BACKOFF};
 
+/// Which listener a connection came in through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Via {
+    Plain,
+    Tls,
+    Web,
+    WebTls,
+}
+
+/// What a new connection's transport is made from.
+enum Start {
+    Plain,
+    Tls(Arc<rustls::ServerConfig>),
+    Web(Arc<WebPolicy>, Option<Arc<rustls::ServerConfig>>),
+}
+
 impl Server {
-    pub(super) fn accept_ready(&mut self, tls: bool) {
+    pub(super) fn accept_ready(&mut self, via: Via) {
         while self.listening {
             if self
                 .accept_paused_until
@@ -24,13 +41,25 @@ impl Server {
             {
                 return;
             }
-            let accepted = match (tls, &self.listener, &self.tls_listener) {
-                (false, Some(l), _) => l.accept().map(|(s, a)| (s, a, None)),
-                (true, _, Some((l, cfg))) => l.accept().map(|(s, a)| (s, a, Some(Arc::clone(cfg)))),
+            let accepted = match (via, &self.listener, &self.tls_listener, &self.web_listener) {
+                (Via::Plain, Some(l), _, _) => l.accept().map(|(s, a)| (s, a, Start::Plain)),
+                (Via::Tls, _, Some((l, cfg)), _) => {
+                    l.accept().map(|(s, a)| (s, a, Start::Tls(Arc::clone(cfg))))
+                }
+                (Via::Web, _, _, Some((l, policy))) => l
+                    .accept()
+                    .map(|(s, a)| (s, a, Start::Web(Arc::clone(policy), None))),
+                (Via::WebTls, ..) => match &self.web_tls_listener {
+                    Some((l, policy, tls)) => l.accept().map(|(s, a)| {
+                        let start = Start::Web(Arc::clone(policy), Some(Arc::clone(tls)));
+                        (s, a, start)
+                    }),
+                    None => return,
+                },
                 _ => return,
             };
             match accepted {
-                Ok((stream, addr, tls)) => self.admit(stream, addr, tls),
+                Ok((stream, addr, start)) => self.admit(stream, addr, start),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if is_resource_exhaustion(&e) => {
@@ -52,14 +81,9 @@ impl Server {
         }
     }
 
-    pub(super) fn admit(
-        &mut self,
-        mut stream: TcpStream,
-        addr: SocketAddr,
-        tls: Option<Arc<rustls::ServerConfig>>,
-    ) {
+    fn admit(&mut self, mut stream: TcpStream, addr: SocketAddr, start: Start) {
         let Ok(admitted) = self.admission.admit(addr, self.clock.mono, &mut self.stats) else {
-            refuse(&mut stream, tls.is_some());
+            refuse(&mut stream, &start);
             return;
         };
         if let Some(oldest) = admitted.displaces {
@@ -74,11 +98,25 @@ impl Server {
         if let Err(e) = stream.set_nodelay(true) {
             log::debug!("cannot set TCP_NODELAY for {addr}: {e}");
         }
-        let kind = if tls.is_some() { "tls" } else { "plain" };
-        let transport = match tls {
-            None => Transport::Plain,
-            Some(cfg) => match rustls::ServerConnection::new(cfg) {
-                Ok(conn) => Transport::Tls(Box::new(conn)),
+        let (kind, transport) = match start {
+            Start::Plain => ("plain", Transport::Plain),
+            Start::Tls(cfg) => match rustls::ServerConnection::new(cfg) {
+                Ok(conn) => ("tls", Transport::Tls(Box::new(conn))),
+                Err(e) => {
+                    log::warn!("cannot start TLS for {addr}: {e}");
+                    self.admission.left(addr.ip(), None);
+                    return;
+                }
+            },
+            Start::Web(policy, None) => (
+                "web",
+                Transport::Web(Box::new(WebConn::new(policy, None, self.clock.mono))),
+            ),
+            Start::Web(policy, Some(cfg)) => match rustls::ServerConnection::new(cfg) {
+                Ok(tls) => (
+                    "web tls",
+                    Transport::Web(Box::new(WebConn::new(policy, Some(tls), self.clock.mono))),
+                ),
                 Err(e) => {
                     log::warn!("cannot start TLS for {addr}: {e}");
                     self.admission.left(addr.ip(), None);
@@ -128,11 +166,19 @@ impl Server {
 
 /// Turns a connection away. Plaintext clients get `* bye busy` (a few
 /// bytes always fit a fresh socket's buffer); on the TLS port plaintext would
-/// only garble the handshake, so the connection is just closed.
-fn refuse(stream: &mut TcpStream, tls: bool) {
-    if !tls {
-        let _ = stream.write(&protocol::bye(ByeReason::Busy));
-    }
+/// only garble the handshake, so the connection is just closed; a browser
+/// gets 503 (its request is not read: a response may come first).
+fn refuse(stream: &mut TcpStream, start: &Start) {
+    let bye;
+    let answer: &[u8] = match start {
+        Start::Plain => {
+            bye = protocol::bye(ByeReason::Busy);
+            &bye
+        }
+        Start::Tls(_) | Start::Web(_, Some(_)) => return,
+        Start::Web(_, None) => crate::web::http::BUSY,
+    };
+    let _ = stream.write(answer);
 }
 
 /// Running out of descriptors or memory: a reason to pause accepting, not

@@ -109,6 +109,9 @@ impl Server {
         match (tls, self.tls_listener.as_mut()) {
             (Some(setup), Some((_, current))) => {
                 // New connections get it; open ones keep theirs.
+                if let Some((_, _, web)) = self.web_tls_listener.as_mut() {
+                    *web = Arc::clone(&setup.config);
+                }
                 *current = setup.config;
                 applied.push(format!(
                     "TLS certificate sha256 {} for new connections",

@@ -1,11 +1,15 @@
 //! What sits between the socket and a session's line buffers: nothing
-//! (plaintext), or a rustls connection. Both move bytes between any
+//! (plaintext), a rustls connection, or a browser's HTTP request and
+//! WebSocket frames (`crate::web`). Each moves bytes between any
 //! `io::Read`/`io::Write` (the socket in the server, a scripted stream in
 //! tests) and the session's buffers; neither knows what a line means.
 
 use std::io::{self, Read, Write};
+use std::time::Instant;
 
 use super::buffers::Output;
+use super::Ending;
+use crate::web::WebConn;
 
 /// Bytes read from the socket per `read` call. Large enough that a burst of
 /// pipelined commands arrives in a few calls, small enough to live on the stack.
@@ -33,6 +37,8 @@ pub enum Transport {
     /// TLS: rustls turns records into plaintext and back. Boxed because a
     /// connection is large and most sessions may be plain.
     Tls(Box<rustls::ServerConnection>),
+    /// A browser: an HTTP request, then WebSocket frames carrying lines.
+    Web(Box<WebConn>),
 }
 
 impl std::fmt::Debug for Transport {
@@ -40,22 +46,27 @@ impl std::fmt::Debug for Transport {
         match self {
             Transport::Plain => f.write_str("Plain"),
             Transport::Tls(_) => f.write_str("Tls"),
+            Transport::Web(_) => f.write_str("Web"),
         }
     }
 }
 
 impl Transport {
     /// Reads until `WouldBlock`, EOF, or `inbuf` holds `limit` bytes.
-    /// The socket is also written to: a TLS failure sends its alert.
+    /// The socket is also written to: a TLS failure sends its alert, a
+    /// WebSocket violation its close frame. `max_line` bounds a WebSocket
+    /// message (the line framer bounds the others).
     pub fn read(
         &mut self,
         socket: &mut (impl Read + Write),
         inbuf: &mut Vec<u8>,
         limit: usize,
+        max_line: usize,
     ) -> io::Result<ReadStatus> {
         match self {
             Transport::Plain => read_plain(socket, inbuf, limit),
             Transport::Tls(conn) => read_tls(conn, socket, inbuf, limit),
+            Transport::Web(conn) => conn.read(socket, inbuf, limit, max_line),
         }
     }
 
@@ -65,21 +76,68 @@ impl Transport {
         match self {
             Transport::Plain => write_plain(socket, out)?,
             Transport::Tls(conn) => write_tls(conn, socket, out)?,
+            Transport::Web(conn) => conn.write(socket, out)?,
         }
         out.compact();
         Ok(())
     }
 
-    /// Whether rustls holds records not yet written.
-    pub fn has_records(&self) -> bool {
-        matches!(self, Transport::Tls(conn) if conn.wants_write())
+    /// Whether anything waits to be written: `out`, or what the transport
+    /// holds itself (TLS records, WebSocket frames).
+    pub fn wants_write(&self, out: &Output) -> bool {
+        match self {
+            Transport::Plain => out.pending_len() > 0,
+            Transport::Tls(conn) => out.pending_len() > 0 || conn.wants_write(),
+            Transport::Web(conn) => conn.wants_write(out),
+        }
+    }
+
+    /// Why a failed read ended the session (`InvalidData` errors are the
+    /// transport's own: a TLS failure, or frames against the rules).
+    pub fn failure(&self, e: &io::Error) -> Ending {
+        match (self, e.kind()) {
+            (Transport::Tls(_), io::ErrorKind::InvalidData) => Ending::TlsError,
+            (Transport::Web(conn), io::ErrorKind::InvalidData) if conn.tls_failed() => {
+                Ending::TlsError
+            }
+            (Transport::Web(_), io::ErrorKind::InvalidData) => Ending::WebSocketError,
+            _ => Ending::IoError,
+        }
+    }
+
+    /// The session started closing for `why` (a WebSocket says so in its
+    /// close frame).
+    pub fn closing(&mut self, why: Ending) {
+        if let Transport::Web(conn) = self {
+            conn.closing(why);
+        }
+    }
+
+    /// When the transport's keepalive next wants a look (WebSocket only).
+    pub fn keepalive_at(&self) -> Option<Instant> {
+        match self {
+            Transport::Web(conn) => conn.keepalive_at(),
+            _ => None,
+        }
+    }
+
+    /// At `keepalive_at`: false if the peer is taken for gone.
+    pub fn keepalive(&mut self, now: Instant) -> bool {
+        match self {
+            Transport::Web(conn) => conn.keepalive(now),
+            _ => true,
+        }
     }
 
     /// Ends a TLS session politely (close_notify), best effort.
     pub fn close_notify(&mut self, socket: &mut impl Write) {
-        if let Transport::Tls(conn) = self {
-            conn.send_close_notify();
-            let _ = conn.write_tls(socket);
+        match self {
+            Transport::Tls(conn) => {
+                conn.send_close_notify();
+                let _ = conn.write_tls(socket);
+            }
+            Transport::Web(conn) => conn.close_notify(socket),
+            Transport::Plain => {}
         }
     }
 }

@@ -2,6 +2,7 @@
 //! to over TCP. One test binary, one module per concern.
 
 mod admin;
+mod browser;
 mod config;
 mod contract;
 mod deploy;
@@ -13,6 +14,9 @@ mod postgres;
 mod tls;
 mod unread;
 mod util;
+mod web;
+mod webdriver;
+mod ws;
 
 #[path = "../support/postgres.rs"]
 mod pg;

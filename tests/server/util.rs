@@ -39,6 +39,10 @@ pub struct Server {
     pub addr: SocketAddr,
     /// The TLS listener and its certificate's SHA-256 fingerprint, if any.
     pub tls: Option<(SocketAddr, String)>,
+    /// The web listener (`--web`), if any.
+    pub web: Option<SocketAddr>,
+    /// The web listener inside TLS (`--web-tls`), if any.
+    pub web_tls: Option<SocketAddr>,
     pub data: PathBuf,
     /// Keeps the temporary directory alive (and removes it at the end).
     _dir: Option<tempfile::TempDir>,
@@ -158,8 +162,22 @@ impl Server {
                 .unwrap_or_else(|| panic!("unexpected TLS line {line:?}"));
             tls = Some((a.parse().expect("TLS address"), fingerprint.to_string()));
         }
+        let (mut web, mut web_tls) = (None, None);
+        let (want_web, want_web_tls) = (args.contains(&"--web"), args.contains(&"--web-tls"));
+        // After the listening lines (and a metrics line, if any).
+        while (want_web && web.is_none()) || (want_web_tls && web_tls.is_none()) {
+            let line = next_line("its web address");
+            let parse = |a: &str| a.trim_end_matches('/').parse().ok();
+            if let Some(a) = line.strip_prefix("web on http://") {
+                web = parse(a);
+            } else if let Some(a) = line.strip_prefix("web on https://") {
+                web_tls = parse(a);
+            }
+        }
         Server {
             child: Some(child),
+            web,
+            web_tls,
             // With --no-plaintext nothing listens here; connecting fails fast.
             addr: addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9))),
             tls,

@@ -89,6 +89,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// The TLS listener, when started with a TLS flag.
     pub tls: Option<TlsListener>,
+    /// The web listener, when started with `--web`.
+    pub web: Option<SocketAddr>,
     /// Removed after the process is gone.
     data: tempfile::TempDir,
 }
@@ -113,6 +115,7 @@ impl Server {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             tls: None,
+            web: None,
             data,
         };
         // The server is dropped (killed) by the panics below.
@@ -132,6 +135,17 @@ impl Server {
             server.tls = Some(
                 parse_tls_line(&line)
                     .unwrap_or_else(|| panic!("unexpected TLS line from natterd: {line:?}")),
+            );
+        }
+        if flags.contains(&"--web") {
+            let line = next("where it serves the web page");
+            server.web = line
+                .trim()
+                .strip_prefix("web on http://")
+                .and_then(|a| a.trim_end_matches('/').parse().ok());
+            assert!(
+                server.web.is_some(),
+                "unexpected web line from natterd: {line:?}"
             );
         }
         server

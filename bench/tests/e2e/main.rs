@@ -328,6 +328,53 @@ fn help_documents_every_flag_and_bad_arguments_exit_2() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--window"));
 }
 
+#[test]
+fn fanout_and_idle_over_websocket_count_every_message_and_session() {
+    let mut flags = BENCH_SERVER.to_vec();
+    flags.extend(["--web", "127.0.0.1:0"]);
+    let server = Server::start_with(&flags);
+    let web = server.web.expect("natterd printed its web address");
+    let pid = server.pid().to_string();
+    let r = bench(
+        &server,
+        &[
+            "fanout",
+            "idle",
+            "--ws",
+            &web.port().to_string(),
+            "--json",
+            "--receivers",
+            "5",
+            "--broadcasts",
+            "300",
+            "--window",
+            "4",
+            // Lines of about 2 KB: frames split across reads.
+            "--payload",
+            "2000",
+            "--threads",
+            "2",
+            "--sessions",
+            "300",
+            "--server-pid",
+            &pid,
+        ],
+    );
+    let v = reports(&r);
+    assert_eq!(v.len(), 2, "stdout: {}", r.stdout);
+    assert_eq!(v[0]["scenario"], "fanout");
+    assert_eq!(int(&v[0], "deliveries"), 5 * 300);
+    ordered(&v[0], "");
+    assert_eq!(v[0]["notes"], serde_json::json!([]));
+    assert_eq!(v[1]["scenario"], "idle");
+    assert_eq!(int(&v[1], "sessions"), 300);
+    assert!(int(&v[1], "checked_alive") > 0);
+    assert!(num(&v[1], "bytes_per_session") > 0.0, "{}", v[1]);
+    // WebSocket sessions are refused for the scenarios it does not drive.
+    let r = bench(&server, &["dm", "--ws", &web.port().to_string()]);
+    assert_eq!(r.status.code(), Some(2), "{}", r.stderr);
+}
+
 /// natter-bench through natterd's TLS listener, pinned to its certificate.
 fn bench_tls(server: &Server, args: &[&str]) -> Run {
     let tls = server.tls();
