@@ -178,6 +178,14 @@ pub struct Config {
     #[arg(long)]
     pub no_plaintext: bool,
 
+    /// Behind a load balancer: every connection to the plaintext and TLS
+    /// listeners starts with a PROXY protocol header (v1 or v2, as HAProxy's
+    /// send-proxy sends), whose client address natterd uses for its
+    /// per-address limits and logs; a connection without one is closed. Only
+    /// for listeners nobody but the proxy can reach.
+    #[arg(long)]
+    pub proxy_protocol: bool,
+
     /// Where accounts and messages are kept: `sqlite` (the embedded
     /// database `<data>/natter.db`, nothing to install) or a PostgreSQL URL
     /// (`postgres://user[:password]@host[:port]/db`). The data directory
@@ -464,6 +472,7 @@ struct FileConfig {
     tls_self_signed: Option<Names>,
     tls_port: Option<u16>,
     no_plaintext: Option<bool>,
+    proxy_protocol: Option<bool>,
     history_retention_days: Option<u32>,
     #[serde(default, deserialize_with = "store")]
     store: Option<StoreLocation>,
@@ -566,6 +575,7 @@ impl FileConfig {
             hash_cost,
             tls_port,
             no_plaintext,
+            proxy_protocol,
             history_retention_days,
             store,
             log_format,

@@ -4,7 +4,7 @@
 //! client could pick the address natterd's per-address limits count it by.
 //! ppp parses; this file decides what each outcome means for a connection.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use ppp::v1;
 use ppp::v2;
@@ -23,7 +23,10 @@ pub enum ProxyHeader {
     /// A header of `len` bytes (the protocol's bytes follow it). `client`
     /// is the address it gives, or `None` for a connection the proxy made
     /// itself (a v2 LOCAL health check, v1 UNKNOWN): counted as the proxy's.
-    Complete { client: Option<IpAddr>, len: usize },
+    Complete {
+        client: Option<SocketAddr>,
+        len: usize,
+    },
     /// Not a PROXY header, or a malformed one: the connection is closed.
     Invalid(String),
 }
@@ -58,14 +61,17 @@ pub fn parse(bytes: &[u8]) -> ProxyHeader {
                 v1::Addresses::Tcp4(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
                 v1::Addresses::Tcp6(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
                 v1::Addresses::Unknown => None,
-            }
-            .map(|a| a.ip()),
+            },
             len: header.header.len(),
         },
         HeaderResult::V2(Ok(header)) => ProxyHeader::Complete {
             client: match (header.command, header.addresses) {
-                (v2::Command::Proxy, v2::Addresses::IPv4(a)) => Some(IpAddr::V4(a.source_address)),
-                (v2::Command::Proxy, v2::Addresses::IPv6(a)) => Some(IpAddr::V6(a.source_address)),
+                (v2::Command::Proxy, v2::Addresses::IPv4(a)) => {
+                    Some(SocketAddr::from((a.source_address, a.source_port)))
+                }
+                (v2::Command::Proxy, v2::Addresses::IPv6(a)) => {
+                    Some(SocketAddr::from((a.source_address, a.source_port)))
+                }
                 _ => None,
             },
             len: header.len(),
@@ -85,7 +91,7 @@ mod tests {
         assert_eq!(
             parse(line),
             ProxyHeader::Complete {
-                client: Some("203.0.113.7".parse().unwrap()),
+                client: Some("203.0.113.7:51234".parse().unwrap()),
                 len: 44,
             }
         );
@@ -93,7 +99,7 @@ mod tests {
         assert!(matches!(
             parse(v6),
             ProxyHeader::Complete {
-                client: Some(IpAddr::V6(_)),
+                client: Some(SocketAddr::V6(_)),
                 len: 40
             }
         ));
@@ -123,7 +129,7 @@ mod tests {
         assert_eq!(
             parse(&v2),
             ProxyHeader::Complete {
-                client: Some("198.51.100.9".parse().unwrap()),
+                client: Some("198.51.100.9:51228".parse().unwrap()),
                 len: 28,
             }
         );

@@ -43,6 +43,7 @@ use crate::web::WebPolicy;
 
 mod accept;
 mod admin;
+mod proxied;
 mod reload;
 mod route;
 
@@ -54,6 +55,9 @@ const ADMIN_LISTENER: Token = Token(usize::MAX - 5);
 const METRICS_LISTENER: Token = Token(usize::MAX - 6);
 const WEB_LISTENER: Token = Token(usize::MAX - 7);
 const WEB_TLS_LISTENER: Token = Token(usize::MAX - 8);
+/// Tokens of connections waiting for their PROXY header start here: far
+/// above any session's slab index.
+const PROXY_BASE: usize = usize::MAX / 4;
 /// Admin connections' tokens start here: far above any session's slab
 /// index, far below the listeners'.
 const ADMIN_BASE: usize = usize::MAX / 2;
@@ -90,6 +94,8 @@ enum Timer {
     Lock(LockKey),
     /// Accepting was paused for lack of file descriptors.
     AcceptRetry,
+    /// A connection on a `--proxy-protocol` listener whose header is late.
+    ProxyHeader { key: usize, id: u64 },
 }
 
 /// Asks a running server to shut down as on SIGTERM (for in-process use).
@@ -155,6 +161,8 @@ pub struct Server {
     listening: bool,
     /// No accepting before this (file descriptors ran out).
     accept_paused_until: Option<Instant>,
+    /// Connections on a `--proxy-protocol` listener, before their header.
+    awaiting: proxied::AwaitingHeaders,
     conns: Slab<Conn>,
     /// The connection limits and what counts against them.
     admission: Admission,
@@ -306,6 +314,7 @@ impl Server {
             web_tls_listener,
             listening: true,
             accept_paused_until: None,
+            awaiting: proxied::AwaitingHeaders::default(),
             conns: Slab::new(),
             admission: Admission::new(&config),
             next_id: 1,
@@ -426,6 +435,9 @@ impl Server {
                     METRICS_LISTENER => self.admin_accept(true),
                     Token(token) if (ADMIN_BASE..LISTENER_TOKENS).contains(&token) => {
                         self.admin_ready(token - ADMIN_BASE)
+                    }
+                    Token(token) if (PROXY_BASE..ADMIN_BASE).contains(&token) => {
+                        self.header_ready(token - PROXY_BASE)
                     }
                     Token(token) => {
                         let input =
@@ -702,6 +714,7 @@ impl Server {
                     self.accept_ready(accept::Via::Web);
                     self.accept_ready(accept::Via::WebTls);
                 }
+                Timer::ProxyHeader { key, id } => self.header_timeout(key, id),
             }
         }
     }

@@ -364,6 +364,16 @@ impl Session {
         matches!(self.transport, Transport::Tls(_))
     }
 
+    /// How it came in, as `natterctl sessions` shows it.
+    pub fn transport_name(&self) -> &'static str {
+        match &self.transport {
+            Transport::Plain => "plain",
+            Transport::Tls(_) => "tls",
+            Transport::Web(conn) if conn.is_tls() => "web-tls",
+            Transport::Web(_) => "web",
+        }
+    }
+
     /// Whether it is serving (not closing).
     pub fn is_open(&self) -> bool {
         self.close == CloseState::Open

@@ -26,7 +26,7 @@ pub(super) enum Via {
 }
 
 /// What a new connection's transport is made from.
-enum Start {
+pub(super) enum Start {
     Plain,
     Tls(Arc<rustls::ServerConfig>),
     Web(Arc<WebPolicy>, Option<Arc<rustls::ServerConfig>>),
@@ -59,6 +59,12 @@ impl Server {
                 _ => return,
             };
             match accepted {
+                // Behind a proxy, who it is comes first (see proxied.rs).
+                Ok((stream, addr, start))
+                    if self.config.proxy_protocol && matches!(via, Via::Plain | Via::Tls) =>
+                {
+                    self.await_header(stream, addr, start)
+                }
                 Ok((stream, addr, start)) => self.admit(stream, addr, start),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -81,7 +87,7 @@ impl Server {
         }
     }
 
-    fn admit(&mut self, mut stream: TcpStream, addr: SocketAddr, start: Start) {
+    pub(super) fn admit(&mut self, mut stream: TcpStream, addr: SocketAddr, start: Start) {
         let Ok(admitted) = self.admission.admit(addr, self.clock.mono, &mut self.stats) else {
             refuse(&mut stream, &start);
             return;

@@ -459,7 +459,7 @@ impl Server {
                         ("id", &s.id().to_string()),
                         ("user", user),
                         ("address", &s.caller().ip.to_string()),
-                        ("transport", if s.is_tls() { "tls" } else { "plain" }),
+                        ("transport", s.transport_name()),
                         (
                             "connected_secs",
                             &now.saturating_duration_since(s.connected_at())

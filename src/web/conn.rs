@@ -87,6 +87,11 @@ pub struct WebConn {
 }
 
 impl WebConn {
+    /// Whether it came in on the `--web-tls` listener.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// A connection accepted at `now`, its request not read yet; inside
     /// TLS if `tls` is given.
     pub fn new(

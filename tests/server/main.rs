@@ -11,6 +11,7 @@ mod hostile;
 mod logins;
 mod migration;
 mod postgres;
+mod proxy;
 mod tls;
 mod unread;
 mod util;
