@@ -645,6 +645,43 @@ fn prune(backend: &mut dyn Backend, keep: Duration) -> bool {
 /// limit): a session that never reads then holds one small part.
 pub const HISTORY_PART_BYTES: usize = 64 * 1024;
 
+/// The first rows of a history page that fit in one part: at most about
+/// [`HISTORY_PART_BYTES`] of text (always one row), so a part of long
+/// messages stays small. Reading stops at the first row that does not fit.
+fn within_part<E>(
+    rows: impl IntoIterator<Item = Result<MessageRow, E>>,
+) -> Result<Vec<MessageRow>, E> {
+    let mut taken = Vec::new();
+    let mut bytes = 0;
+    for row in rows {
+        let row = row?;
+        if !taken.is_empty() && bytes + row.body.len() > HISTORY_PART_BYTES {
+            break;
+        }
+        bytes += row.body.len();
+        taken.push(row);
+    }
+    Ok(taken)
+}
+
+/// For each message of an insert, the earlier message of the same request
+/// whose row holds its text (a list broadcast shares one `Arc`), if any:
+/// that row's id goes in `body_of` and its own text is stored empty.
+fn text_holders(messages: &[NewMessage]) -> Vec<Option<usize>> {
+    let mut holder: Option<usize> = None;
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| match holder {
+            Some(h) if Arc::ptr_eq(&messages[h].body, &m.body) => Some(h),
+            _ => {
+                holder = Some(i);
+                None
+            }
+        })
+        .collect()
+}
+
 /// `unread` of a message waiting in its recipient's inbox.
 const UNREAD_INBOX: i64 = 1;
 /// `unread` of a message handed to its recipient's session: read once its

@@ -14,8 +14,8 @@ use ::postgres::{Client, GenericClient, NoTls, Row};
 
 use super::marks::{Marks, ReadMarks};
 use super::{
-    Backend, MessageRow, OpenError, Reader, Snapshot, StoreError, StoreOutput, StoreRequest,
-    UserRow, HISTORY_PART_BYTES, UNREAD_INBOX, UNREAD_PUSHED,
+    text_holders, within_part, Backend, MessageRow, OpenError, Reader, Snapshot, StoreError,
+    StoreOutput, StoreRequest, UserRow, UNREAD_INBOX, UNREAD_PUSHED,
 };
 
 /// Migrations in order; entry `i` takes a database from version `i` to
@@ -385,18 +385,15 @@ fn apply(client: &mut impl GenericClient, request: &StoreRequest) -> Result<Stor
                          (SELECT id FROM users WHERE name = $3), $4, $5, $6)
                  RETURNING id",
             )?;
-            let mut ids = Vec::with_capacity(messages.len());
-            // The row holding the text these messages share, if any yet.
-            let mut holder: Option<(&std::sync::Arc<str>, i64)> = None;
-            for m in messages {
+            let mut ids: Vec<i64> = Vec::with_capacity(messages.len());
+            for (m, holder) in messages.iter().zip(text_holders(messages)) {
                 let state = if m.unread {
                     UNREAD_INBOX
                 } else {
                     UNREAD_PUSHED
                 };
-                let shared = holder.filter(|(body, _)| std::sync::Arc::ptr_eq(body, &m.body));
-                let (body, body_of) = match shared {
-                    Some((_, id)) => ("", Some(id)),
+                let (body, body_of) = match holder {
+                    Some(h) => ("", Some(ids[h])),
                     None => (&*m.body, None),
                 };
                 let sender: &str = &m.sender;
@@ -404,11 +401,7 @@ fn apply(client: &mut impl GenericClient, request: &StoreRequest) -> Result<Stor
                     &insert,
                     &[&m.ts, &sender, &m.recipient, &body, &state, &body_of],
                 )?;
-                let id: i64 = row.get(0);
-                if shared.is_none() {
-                    holder = Some((&m.body, id));
-                }
-                ids.push(id);
+                ids.push(row.get(0));
             }
             Ok(StoreOutput::Ids(ids))
         }
@@ -486,19 +479,9 @@ fn apply(client: &mut impl GenericClient, request: &StoreRequest) -> Result<Stor
                 ),
                 &[&user, &after, &with, &upto, &i64::from(*page)],
             )?;
-            // At most about HISTORY_PART_BYTES of text too (always one row).
-            let mut taken = Vec::new();
-            let mut bytes = 0;
-            for row in &rows {
-                let row = message_row(row);
-                if !taken.is_empty() && bytes + row.body.len() > HISTORY_PART_BYTES {
-                    break;
-                }
-                bytes += row.body.len();
-                taken.push(row);
-            }
+            let rows = rows.iter().map(|r| Ok::<_, Failure>(message_row(r)));
             Ok(StoreOutput::History {
-                rows: taken,
+                rows: within_part(rows)?,
                 upto,
                 total,
             })

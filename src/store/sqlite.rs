@@ -14,8 +14,8 @@ use super::files::{make_private, DbFile};
 use super::marks::{Marks, ReadMarks};
 use super::schema;
 use super::{
-    Backend, MessageRow, OpenError, Reader, Snapshot, StoreError, StoreOutput, StoreRequest,
-    UserRow, DB_FILE, HISTORY_PART_BYTES, UNREAD_INBOX, UNREAD_PUSHED,
+    text_holders, within_part, Backend, MessageRow, OpenError, Reader, Snapshot, StoreError,
+    StoreOutput, StoreRequest, UserRow, DB_FILE, UNREAD_INBOX, UNREAD_PUSHED,
 };
 
 /// The database file and the writer's connection to it.
@@ -281,26 +281,19 @@ fn apply(conn: &Connection, request: &StoreRequest) -> rusqlite::Result<StoreOut
                  VALUES (?1, (SELECT id FROM users WHERE name = ?2),
                          (SELECT id FROM users WHERE name = ?3), ?4, ?5, ?6)",
             )?;
-            let mut ids = Vec::with_capacity(messages.len());
-            // The row holding the text these messages share, if any yet.
-            let mut holder: Option<(&Arc<str>, i64)> = None;
-            for m in messages {
+            let mut ids: Vec<i64> = Vec::with_capacity(messages.len());
+            for (m, holder) in messages.iter().zip(text_holders(messages)) {
                 let state = if m.unread {
                     UNREAD_INBOX
                 } else {
                     UNREAD_PUSHED
                 };
-                let shared = holder.filter(|(body, _)| Arc::ptr_eq(body, &m.body));
-                let (body, body_of) = match shared {
-                    Some((_, id)) => ("", Some(id)),
+                let (body, body_of) = match holder {
+                    Some(h) => ("", Some(ids[h])),
                     None => (&*m.body, None),
                 };
                 stmt.execute(params![m.ts, &*m.sender, m.recipient, body, state, body_of])?;
-                let id = conn.last_insert_rowid();
-                if shared.is_none() {
-                    holder = Some((&m.body, id));
-                }
-                ids.push(id);
+                ids.push(conn.last_insert_rowid());
             }
             Ok(StoreOutput::Ids(ids))
         }
@@ -384,20 +377,8 @@ fn apply(conn: &Connection, request: &StoreRequest) -> rusqlite::Result<StoreOut
             ))?;
             let with = with.unwrap_or(-1);
             let rows = stmt.query_map(params![user, after, with, upto, page], message_row)?;
-            // At most about HISTORY_PART_BYTES of text too (always one row):
-            // a part of long messages stays small.
-            let mut taken = Vec::new();
-            let mut bytes = 0;
-            for row in rows {
-                let row = row?;
-                if !taken.is_empty() && bytes + row.body.len() > HISTORY_PART_BYTES {
-                    break;
-                }
-                bytes += row.body.len();
-                taken.push(row);
-            }
             Ok(StoreOutput::History {
-                rows: taken,
+                rows: within_part(rows)?,
                 upto,
                 total,
             })
