@@ -5,7 +5,6 @@
 //! holds its migrations, `files.rs` the file's mode and identity.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
