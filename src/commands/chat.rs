@@ -137,6 +137,11 @@ pub struct Chat {
     pub(super) hash_params: HashMap<String, usize>,
     /// Guessing budgets per account across addresses.
     pub(super) budgets: Budgets,
+    /// Who blocks each user (the reverse of every `Account::blocks`), so a
+    /// broadcast looks its sender up once instead of looking up every
+    /// recipient's account: most senders are blocked by nobody, and then a
+    /// recipient costs no hashing at all.
+    pub(super) blocked_by: HashMap<String, HashSet<String>>,
 }
 
 impl Chat {
@@ -149,7 +154,17 @@ impl Chat {
     ) -> Self {
         let current_params = crate::auth::stand_in(&current_hash).unwrap_or(current_hash);
         let budgets = Budgets::new(settings.account_guesses_per_hour);
+        let mut blocked_by: HashMap<String, HashSet<String>> = HashMap::new();
+        for (blocker, account) in &accounts {
+            for blocked in &account.blocks {
+                blocked_by
+                    .entry(blocked.clone())
+                    .or_default()
+                    .insert(blocker.clone());
+            }
+        }
         let mut chat = Chat {
+            blocked_by,
             budgets,
             settings,
             accounts,

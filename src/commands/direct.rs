@@ -241,13 +241,12 @@ impl Chat {
         let mut line: Option<Rc<[u8]>> = None;
         let mut n = 0;
         fx.deliveries.reserve(self.online.len());
+        // Looked up once: per recipient only a session compare, and a name
+        // lookup only if someone blocks the sender at all.
+        let mine = self.online.get(me).copied();
+        let blockers = self.blocked_by.get(me).filter(|b| !b.is_empty());
         for (name, session) in &self.online {
-            if name == me
-                || self
-                    .accounts
-                    .get(name)
-                    .is_some_and(|a| a.blocks.contains(me))
-            {
+            if Some(*session) == mine || blockers.is_some_and(|b| b.contains(name)) {
                 continue;
             }
             let line = line.get_or_insert_with(|| {
