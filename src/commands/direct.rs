@@ -240,6 +240,9 @@ impl Chat {
     ) -> Vec<u8> {
         let mut line: Option<Rc<[u8]>> = None;
         let mut n = 0;
+        if fx.deliveries.is_empty() && fx.deliveries.capacity() < self.online.len() {
+            fx.deliveries = std::mem::take(&mut self.spare_deliveries);
+        }
         fx.deliveries.reserve(self.online.len());
         // Looked up once: per recipient only a session compare, and a name
         // lookup only if someone blocks the sender at all.
