@@ -8,6 +8,9 @@
 # runs for each receiver count and divide.
 #
 #   benches/fanout-sweep.sh [RUNS] [RECEIVERS...]     (default: 3 runs of 100 1000 4000 8000)
+#
+# NATTERD=<path> runs that natterd binary instead of the one just built
+# (a copy of an older build, for a before/after sweep).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
@@ -18,6 +21,7 @@ sizes=("$@")
 cargo build --release -p natter --bin natterd -p natter-bench --bin natter-bench >&2
 mkdir -p target/release
 cc -O2 -o target/release/relay benches/relay.c
+natterd=${NATTERD:-target/release/natterd}
 pin_server=() pin_bench=()
 if command -v taskset >/dev/null; then
     pin_server=(taskset -c 0) pin_bench=(taskset -c 1)
@@ -27,7 +31,7 @@ run() { # run natterd|relay <receivers>
     local which=$1 receivers=$2 data pid port status=0
     data=$(mktemp -d)
     if [ "$which" = natterd ]; then
-        "${pin_server[@]}" target/release/natterd --rate 0 --max-per-ip 0 --max-clients 20000 \
+        "${pin_server[@]}" "$natterd" --rate 0 --max-per-ip 0 --max-clients 20000 \
             --hash-cost low --data "$data" 0 >"$data/out" 2>"$data/log" &
     else
         "${pin_server[@]}" target/release/relay 0 >"$data/out" 2>"$data/log" &
