@@ -10,7 +10,8 @@
 #   benches/fanout-sweep.sh [RUNS] [RECEIVERS...]     (default: 3 runs of 100 1000 4000 8000)
 #
 # NATTERD=<path> runs that natterd binary instead of the one just built
-# (a copy of an older build, for a before/after sweep).
+# (a copy of an older build, for a before/after sweep). BENCH_FLAGS adds
+# fanout flags (e.g. "--payload 2000").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
@@ -43,7 +44,7 @@ run() { # run natterd|relay <receivers>
     [ "$broadcasts" -le 20000 ] || broadcasts=20000
     "${pin_bench[@]}" target/release/natter-bench -p "$port" --server-pid "$pid" --json \
         --max-seconds 120 fanout --receivers "$receivers" --broadcasts "$broadcasts" \
-        --window 32 >"$data/json" || status=$?
+        --window 32 ${BENCH_FLAGS:-} >"$data/json" || status=$?
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     if [ "$status" -ne 0 ]; then

@@ -218,7 +218,13 @@ fn write_plain(socket: &mut impl Write, out: &mut Output) -> io::Result<()> {
     while out.pending_len() > 0 {
         let mut pieces = [IoSlice::new(&[]); MAX_WRITE_PIECES];
         let filled = out.pending_pieces(&mut pieces);
-        match socket.write_vectored(&pieces[..filled]) {
+        // One piece (no shared line queued, the usual case) goes out with a
+        // plain `send`, as before shared lines: the same syscall path.
+        let result = match &pieces[..filled] {
+            [one] => socket.write(one),
+            all => socket.write_vectored(all),
+        };
+        match result {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => {
                 out.advance(n);
