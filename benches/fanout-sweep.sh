@@ -8,6 +8,10 @@
 # runs for each receiver count and divide.
 #
 #   benches/fanout-sweep.sh [RUNS] [RECEIVERS...]     (default: 3 runs of 100 1000 4000 8000)
+#
+# NATTERD=<path> runs that natterd binary instead of the one just built
+# (a copy of an older build, for a before/after sweep). BENCH_FLAGS adds
+# fanout flags (e.g. "--payload 2000").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
@@ -18,6 +22,7 @@ sizes=("$@")
 cargo build --release -p natter --bin natterd -p natter-bench --bin natter-bench >&2
 mkdir -p target/release
 cc -O2 -o target/release/relay benches/relay.c
+natterd=${NATTERD:-target/release/natterd}
 pin_server=() pin_bench=()
 if command -v taskset >/dev/null; then
     pin_server=(taskset -c 0) pin_bench=(taskset -c 1)
@@ -27,7 +32,7 @@ run() { # run natterd|relay <receivers>
     local which=$1 receivers=$2 data pid port status=0
     data=$(mktemp -d)
     if [ "$which" = natterd ]; then
-        "${pin_server[@]}" target/release/natterd --rate 0 --max-per-ip 0 --max-clients 20000 \
+        "${pin_server[@]}" "$natterd" --rate 0 --max-per-ip 0 --max-clients 20000 \
             --hash-cost low --data "$data" 0 >"$data/out" 2>"$data/log" &
     else
         "${pin_server[@]}" target/release/relay 0 >"$data/out" 2>"$data/log" &
@@ -39,7 +44,7 @@ run() { # run natterd|relay <receivers>
     [ "$broadcasts" -le 20000 ] || broadcasts=20000
     "${pin_bench[@]}" target/release/natter-bench -p "$port" --server-pid "$pid" --json \
         --max-seconds 120 fanout --receivers "$receivers" --broadcasts "$broadcasts" \
-        --window 32 >"$data/json" || status=$?
+        --window 32 ${BENCH_FLAGS:-} >"$data/json" || status=$?
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     if [ "$status" -ne 0 ]; then

@@ -119,13 +119,21 @@ impl TestServer {
             ..Config::default()
         };
         let listener = TcpListener::bind("127.0.0.1:0").expect("cannot bind 127.0.0.1:0");
-        let server = Server::new(listener, config).expect("cannot start the server");
-        let addr = server.local_addr().expect("server has no local address");
-        let shutdown = server.shutdown_handle();
+        let addr = listener
+            .local_addr()
+            .expect("listener has no local address");
+        // The server is built on the thread that runs it: its sessions share
+        // broadcast lines by `Rc`, so it never moves between threads.
+        let (ready, started) = std::sync::mpsc::channel();
         let thread = thread::Builder::new()
             .name("natter-loop".into())
-            .spawn(move || server.run())
+            .spawn(move || {
+                let server = Server::new(listener, config)?;
+                let _ = ready.send(server.shutdown_handle());
+                server.run()
+            })
             .expect("cannot spawn the server thread");
+        let shutdown = started.recv().expect("cannot start the server");
         TestServer {
             addr,
             shutdown,

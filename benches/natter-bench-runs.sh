@@ -7,6 +7,7 @@
 #
 #   benches/natter-bench-runs.sh [RUNS] [extra natter-bench flags...]
 #   TLS=1 benches/natter-bench-runs.sh [RUNS]    # the same through the TLS listener
+#   NATTERD=<path> benches/natter-bench-runs.sh   # another natterd binary (A/B runs)
 #
 # natterd and natter-bench are pinned to different cores when taskset exists,
 # so the two processes do not take turns on one core (not for logins, where
@@ -18,6 +19,7 @@ shift || true
 extra=("$@")
 
 cargo build --release -p natter --bin natterd -p natter-bench --bin natter-bench >&2
+natterd=${NATTERD:-target/release/natterd}
 pin_server=() pin_bench=()
 if command -v taskset >/dev/null; then
     pin_server=(taskset -c 0) pin_bench=(taskset -c 1)
@@ -32,7 +34,7 @@ run() { # run [nopin] <natterd flags...> -- <natter-bench args...>
     data=$(mktemp -d)
     local tls_flags=()
     if [ "${TLS:-0}" = 1 ]; then tls_flags=(--tls-self-signed localhost --tls-port 0); fi
-    "${ps[@]}" target/release/natterd --rate 0 --max-per-ip 0 --max-clients 20000 \
+    "${ps[@]}" "$natterd" --rate 0 --max-per-ip 0 --max-clients 20000 \
         --data "$data" "${tls_flags[@]}" "${server_flags[@]}" 0 >"$data/out" 2>"$data/log" &
     local pid=$!
     for _ in $(seq 100); do grep -q '^listening on' "$data/out" 2>/dev/null && break; sleep 0.05; done

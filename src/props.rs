@@ -5,13 +5,15 @@
 //! the normal test suite; `fuzz/` drives the same machine with
 //! coverage-guided fuzzers.
 
+use std::io::IoSlice;
+use std::rc::Rc;
 use std::time::Duration;
 
 use proptest::prelude::*;
 
 use crate::commands;
 use crate::protocol;
-use crate::session::{MAX_IN_FLIGHT, MAX_LINES_PER_TURN};
+use crate::session::{Output, MAX_IN_FLIGHT, MAX_LINES_PER_TURN, MAX_WRITE_PIECES};
 use crate::sim::{Sim, PASSWORD};
 
 /// Splits `bytes` at the given (unsorted, possibly repeated) points.
@@ -403,6 +405,134 @@ proptest! {
                     );
                 }
             }
+        }
+    }
+}
+
+/// The model's events held behind a reply in parts: bytes, (end, id) each.
+type ModelHeld = (Vec<u8>, Vec<(usize, i64)>);
+
+/// What is done to an [`Output`] in `shared_lines_go_out_in_order_and_marks_follow_the_kernel`.
+#[derive(Clone, Debug)]
+enum OutOp {
+    /// An event copied in (a stored message's if `Some`).
+    Own(u8, Option<()>),
+    /// A shared line queued by reference (a stored message's if `Some`).
+    Shared(u8, Option<()>),
+    /// A whole reply.
+    Reply(u8),
+    /// A part of a reply whose completion comes later.
+    Part(u8),
+    /// That completion.
+    Completion(u8),
+    /// A vectored write of at most this many pieces and bytes.
+    Write(usize, usize),
+    Compact,
+}
+
+fn out_ops() -> impl Strategy<Value = Vec<OutOp>> {
+    let len = 1u8..40;
+    let id = prop::option::of(Just(()));
+    prop::collection::vec(
+        prop_oneof![
+            3 => (len.clone(), id.clone()).prop_map(|(n, id)| OutOp::Own(n, id)),
+            4 => (len.clone(), id).prop_map(|(n, id)| OutOp::Shared(n, id)),
+            1 => len.clone().prop_map(OutOp::Reply),
+            1 => len.clone().prop_map(OutOp::Part),
+            1 => len.prop_map(OutOp::Completion),
+            3 => (1..MAX_WRITE_PIECES + 1, 0usize..200).prop_map(|(p, n)| OutOp::Write(p, n)),
+            1 => Just(OutOp::Compact),
+        ],
+        0..80,
+    )
+}
+
+proptest! {
+    #[test]
+    fn shared_lines_go_out_in_order_and_marks_follow_the_kernel(ops in out_ops()) {
+        let mut out = Output::default();
+        // The stream a client must see, and what is held behind a reply in parts.
+        let mut model: Vec<u8> = Vec::new();
+        let mut held: Option<ModelHeld> = None;
+        // (end in `model`, id) of each stored message.
+        let mut ends: Vec<(usize, i64)> = Vec::new();
+        let mut written: Vec<u8> = Vec::new();
+        let mut next_id = 0i64;
+        let mut marked = 0i64;
+        let mut fill = 0u8;
+        let mut line = |n: u8| {
+            fill = fill.wrapping_add(1);
+            let mut l = vec![b'a' + fill % 26; usize::from(n)];
+            l.push(b'\n');
+            l
+        };
+        for op in ops {
+            match op {
+                OutOp::Own(n, id) | OutOp::Shared(n, id) => {
+                    let bytes = line(n);
+                    let id = id.map(|()| { next_id += 1; next_id });
+                    if matches!(op, OutOp::Shared(..)) {
+                        out.push_event_shared(&Rc::from(bytes.clone()), id);
+                    } else {
+                        out.push_event(&bytes, id);
+                    }
+                    match held.as_mut() {
+                        Some((h, ids)) => {
+                            h.extend_from_slice(&bytes);
+                            ids.extend(id.map(|id| (h.len(), id)));
+                        }
+                        None => {
+                            model.extend_from_slice(&bytes);
+                            ends.extend(id.map(|id| (model.len(), id)));
+                        }
+                    }
+                }
+                OutOp::Reply(n) => {
+                    let bytes = line(n);
+                    out.push_reply(&bytes);
+                    model.extend_from_slice(&bytes);
+                }
+                OutOp::Part(n) => {
+                    let bytes = line(n);
+                    out.push_reply_part(&bytes);
+                    model.extend_from_slice(&bytes);
+                    held.get_or_insert_with(Default::default);
+                }
+                OutOp::Completion(n) => {
+                    let bytes = line(n);
+                    out.push_reply_rows(&bytes, &[]);
+                    model.extend_from_slice(&bytes);
+                    if let Some((h, ids)) = held.take() {
+                        let base = model.len();
+                        model.extend_from_slice(&h);
+                        ends.extend(ids.into_iter().map(|(end, id)| (base + end, id)));
+                    }
+                }
+                OutOp::Write(pieces, max) => {
+                    let mut slots = [IoSlice::new(&[]); MAX_WRITE_PIECES];
+                    let filled = out.pending_pieces(&mut slots[..pieces]);
+                    let mut taken = 0;
+                    for piece in &slots[..filled] {
+                        let n = piece.len().min(max - taken);
+                        written.extend_from_slice(&piece[..n]);
+                        taken += n;
+                    }
+                    out.advance(taken);
+                    out.reached_kernel();
+                    if let Some((pushed, _)) = out.take_left() {
+                        marked = marked.max(pushed);
+                    }
+                }
+                OutOp::Compact => out.compact(),
+            }
+            prop_assert_eq!(&written[..], &model[..written.len()]);
+            prop_assert_eq!(out.pending_len(), model.len() - written.len());
+            let first = out.pending();
+            prop_assert_eq!(first, &model[written.len()..written.len() + first.len()]);
+            prop_assert_eq!(first.is_empty(), out.pending_len() == 0);
+            // A stored message counts as read exactly once all of its line is out.
+            let expected = ends.iter().filter(|(end, _)| *end <= written.len()).map(|(_, id)| *id).max().unwrap_or(0);
+            prop_assert_eq!(marked, expected);
         }
     }
 }

@@ -65,6 +65,25 @@ impl Write for ScriptedSocket {
         Ok(n)
     }
 
+    /// Takes across pieces up to `accept`, as `writev` does, so the
+    /// sessions' vectored writes are exercised whole and cut short.
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        if self.accept == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let mut total = 0;
+        for buf in bufs {
+            let n = buf.len().min(self.accept);
+            self.accept -= n;
+            self.written.extend_from_slice(&buf[..n]);
+            total += n;
+            if self.accept == 0 {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }

@@ -12,7 +12,7 @@ use crate::protocol::{ok, ByeReason};
 use crate::store::StoreRequest;
 
 use super::budget::Budgets;
-use super::job::{write_failed, Cont, Effects, Step, WorkResult};
+use super::job::{write_failed, Cont, Delivery, Effects, Step, WorkResult};
 use super::login::Failures;
 use super::parse::{Command, MemberCommand};
 use super::read_marks::ReadState;
@@ -137,6 +137,15 @@ pub struct Chat {
     pub(super) hash_params: HashMap<String, usize>,
     /// Guessing budgets per account across addresses.
     pub(super) budgets: Budgets,
+    /// Who blocks each user (the reverse of every `Account::blocks`), so a
+    /// broadcast looks its sender up once instead of looking up every
+    /// recipient's account: most senders are blocked by nobody, and then a
+    /// recipient costs no hashing at all.
+    pub(super) blocked_by: HashMap<String, HashSet<String>>,
+    /// The emptied delivery list of the last fan-out, reused by the next
+    /// so a broadcast allocates nothing in proportion to its audience. As
+    /// large as the largest audience so far (40 bytes a recipient).
+    pub(super) spare_deliveries: Vec<Delivery>,
 }
 
 impl Chat {
@@ -149,7 +158,18 @@ impl Chat {
     ) -> Self {
         let current_params = crate::auth::stand_in(&current_hash).unwrap_or(current_hash);
         let budgets = Budgets::new(settings.account_guesses_per_hour);
+        let mut blocked_by: HashMap<String, HashSet<String>> = HashMap::new();
+        for (blocker, account) in &accounts {
+            for blocked in &account.blocks {
+                blocked_by
+                    .entry(blocked.clone())
+                    .or_default()
+                    .insert(blocker.clone());
+            }
+        }
         let mut chat = Chat {
+            blocked_by,
+            spare_deliveries: Vec::new(),
             budgets,
             settings,
             accounts,
@@ -165,6 +185,15 @@ impl Chat {
         };
         chat.count_stored_hashes();
         chat
+    }
+
+    /// Takes back a delivery list the reactor has emptied (see
+    /// `spare_deliveries`).
+    pub fn give_back(&mut self, mut deliveries: Vec<Delivery>) {
+        deliveries.clear();
+        if deliveries.capacity() > self.spare_deliveries.capacity() {
+            self.spare_deliveries = deliveries;
+        }
     }
 
     /// Number of registered users.

@@ -12,7 +12,7 @@ use crate::store::{NewMessage, StoreOutput, StoreRequest};
 use super::job::{
     write_failed, Cont, Delivery, Effects, Job, Step, StoredMessage, Work, WorkResult,
 };
-use super::{Chat, Clock};
+use super::{Chat, Clock, SessionRef};
 
 /// What a direct message did for one recipient.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -240,13 +240,23 @@ impl Chat {
     ) -> Vec<u8> {
         let mut line: Option<Rc<[u8]>> = None;
         let mut n = 0;
+        if fx.deliveries.is_empty() && fx.deliveries.capacity() < self.online.len() {
+            fx.deliveries = std::mem::take(&mut self.spare_deliveries);
+        }
         fx.deliveries.reserve(self.online.len());
-        for (name, session) in &self.online {
-            if name == me
-                || self
-                    .accounts
-                    .get(name)
-                    .is_some_and(|a| a.blocks.contains(me))
+        // Who not to send to, looked up once per broadcast: the sender's
+        // session and those of the online users who block the sender (one
+        // name lookup per blocker, not per recipient), sorted so that a
+        // recipient costs a comparison or a binary search, never a hash.
+        let mine = self.online.get(me).copied();
+        let mut blocking: Vec<SessionRef> = Vec::new();
+        if let Some(blockers) = self.blocked_by.get(me) {
+            blocking.extend(blockers.iter().filter_map(|u| self.online.get(u)));
+            blocking.sort_unstable();
+        }
+        for session in self.online.values() {
+            if Some(*session) == mine
+                || (!blocking.is_empty() && blocking.binary_search(session).is_ok())
             {
                 continue;
             }

@@ -51,12 +51,22 @@ impl Chat {
     /// its inbox and blocks and detaches its history, or `None` if there is
     /// no such user.
     pub fn delete_user(&mut self, user: &str, fx: &mut Effects) -> Option<StoreRequest> {
-        self.accounts.remove(user)?;
+        let gone = self.accounts.remove(user)?;
         if let Some(session) = self.online.remove(user) {
             fx.closes.push((session, ByeReason::Kicked));
         }
-        for account in self.accounts.values_mut() {
-            account.blocks.remove(user);
+        for blocker in self.blocked_by.remove(user).unwrap_or_default() {
+            if let Some(account) = self.accounts.get_mut(&blocker) {
+                account.blocks.remove(user);
+            }
+        }
+        for blocked in &gone.blocks {
+            if let Some(blockers) = self.blocked_by.get_mut(blocked) {
+                blockers.remove(user);
+                if blockers.is_empty() {
+                    self.blocked_by.remove(blocked);
+                }
+            }
         }
         Some(StoreRequest::DeleteUser {
             user: user.to_string(),

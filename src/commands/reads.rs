@@ -280,8 +280,18 @@ impl Chat {
         let had = account.blocks.contains(other);
         if on {
             account.blocks.insert(other.to_string());
+            self.blocked_by
+                .entry(other.to_string())
+                .or_default()
+                .insert(user.to_string());
         } else {
             account.blocks.remove(other);
+            if let Some(blockers) = self.blocked_by.get_mut(other) {
+                blockers.remove(user);
+                if blockers.is_empty() {
+                    self.blocked_by.remove(other);
+                }
+            }
         }
         had
     }

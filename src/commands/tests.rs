@@ -491,6 +491,63 @@ fn broadcast_skips_the_sender_and_those_who_block_them() {
 }
 
 #[test]
+fn broadcast_honours_blocks_loaded_at_startup_until_lifted_or_the_blocker_is_deleted() {
+    let t0 = Instant::now();
+    let mut accounts: std::collections::HashMap<String, Account> = ["alice", "bob", "carol"]
+        .iter()
+        .enumerate()
+        .map(|(i, u)| (u.to_string(), Account::new("hash".into(), i as u64 + 1)))
+        .collect();
+    accounts
+        .get_mut("carol")
+        .unwrap()
+        .blocks
+        .insert("alice".into());
+    let mut chat = Chat::new(settings(), accounts, "dummy".into());
+    let mut cs: Vec<Caller> = (0..3).map(|i| caller(i, None)).collect();
+    for (c, name) in cs.iter_mut().zip(["alice", "bob", "carol"]) {
+        log_in(&mut chat, c, name, clock(t0, 0));
+    }
+    let yo = || member("alice", MemberCommand::Broadcast { text: "yo".into() });
+    let mut fx = Effects::default();
+    let step = chat.execute(&cs[0], yo(), clock(t0, 1), &mut fx);
+    assert_eq!(
+        reply_text(step),
+        "+ sent to 1\n",
+        "carol's stored block holds"
+    );
+    assert_eq!(recipients(&fx), vec![cs[1].session]);
+
+    let unblock = member(
+        "carol",
+        MemberCommand::Unblock {
+            user: "alice".into(),
+        },
+    );
+    chat.execute(&cs[2], unblock, clock(t0, 2), &mut Effects::default());
+    let mut fx = Effects::default();
+    let step = chat.execute(&cs[0], yo(), clock(t0, 3), &mut fx);
+    assert_eq!(reply_text(step), "+ sent to 2\n", "the block is lifted");
+
+    // Blocked again, then deleted: a new account of that name blocks nobody.
+    let block = member(
+        "carol",
+        MemberCommand::Block {
+            user: "alice".into(),
+        },
+    );
+    chat.execute(&cs[2], block, clock(t0, 4), &mut Effects::default());
+    assert!(chat.delete_user("carol", &mut Effects::default()).is_some());
+    chat.accounts.insert("carol".into(), account());
+    let mut carol = caller(5, None);
+    log_in(&mut chat, &mut carol, "carol", clock(t0, 5));
+    let mut fx = Effects::default();
+    let step = chat.execute(&cs[0], yo(), clock(t0, 6), &mut fx);
+    assert_eq!(reply_text(step), "+ sent to 2\n");
+    assert_eq!(recipients(&fx).len(), 2);
+}
+
+#[test]
 fn inbox_reports_what_is_still_waiting() {
     let t0 = Instant::now();
     let mut chat = chat_with(&["bob"]);

@@ -20,10 +20,12 @@ impl Server {
         self.apply_effects(outbox.effects);
     }
 
-    pub(super) fn apply_effects(&mut self, fx: Effects) {
-        for delivery in fx.deliveries {
+    pub(super) fn apply_effects(&mut self, mut fx: Effects) {
+        let mut deliveries = std::mem::take(&mut fx.deliveries);
+        for delivery in deliveries.drain(..) {
             self.deliver(delivery);
         }
+        self.chat.give_back(deliveries);
         let now = self.clock.mono;
         for (sref, reason) in fx.closes {
             if let Some(conn) = self.live_conn(sref) {
@@ -46,13 +48,26 @@ impl Server {
     /// bound. A stored message that no session took goes back to the inbox.
     pub(super) fn deliver(&mut self, delivery: Delivery) {
         let stored_id = delivery.stored.as_ref().map(|s| s.id);
-        let taken = match self.live_conn(delivery.to) {
+        let token = delivery.to.token;
+        let conn = self
+            .conns
+            .get_mut(token)
+            .filter(|c| c.session.id() == delivery.to.id);
+        let taken = match conn {
             None => false,
             Some(conn) => match conn.session.push_event(&delivery.line, stored_id) {
                 Pushed::Refused => false,
                 Pushed::Taken => {
-                    self.count_output(delivery.to.token);
-                    self.write_soon(delivery.to.token);
+                    // `count_output` and `write_soon` on the connection at
+                    // hand: this runs once per recipient of every fan-out.
+                    // Taken means open, so everything pending counts.
+                    let now = conn.session.pending_output();
+                    self.output_total = self.output_total - conn.counted_output + now;
+                    conn.counted_output = now;
+                    if !conn.in_events {
+                        conn.in_events = true;
+                        self.events.push_back(token);
+                    }
                     true
                 }
                 Pushed::OverLimit => {
@@ -65,8 +80,8 @@ impl Server {
                     if conn.session.is_open() && conn.session.over_backlog() {
                         conn.session.drop_slow();
                     }
-                    self.settle(delivery.to.token);
-                    self.write_soon(delivery.to.token);
+                    self.settle(token);
+                    self.write_soon(token);
                     true
                 }
             },

@@ -1,9 +1,12 @@
 //! The small pure parts of a session: its output buffer with the counters
 //! that tell replies from events and written from queued (and the stored
-//! messages in it, until they reach the kernel), the reply order
-//! that releases completions in command order, and the rate bucket.
+//! messages in it, until they reach the kernel), the lines it shares with
+//! other sessions' outputs, the reply order that releases completions in
+//! command order, and the rate bucket.
 
 use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// Buffer capacity an emptied buffer may keep. Enough for the typical
@@ -11,11 +14,27 @@ use std::time::{Duration, Instant};
 /// small enough that ten thousand idle sessions cost little.
 pub const KEEP_BUFFER_CAPACITY: usize = 4096;
 
+/// Shared lines an emptied queue may keep room for: a fan-out burst leaves
+/// a few dozen behind at most, and idle sessions keep none (see `compact`).
+const KEEP_SHARED_CAPACITY: usize = 64;
+
+/// Most pieces handed to one vectored write. The kernel takes up to
+/// `IOV_MAX` (1024); 64 lines already fill a socket's send buffer in one
+/// call, and the array lives on the stack of every write.
+pub const MAX_WRITE_PIECES: usize = 64;
+
 /// Bytes waiting to be written, and what they are.
 #[derive(Debug, Default)]
 pub struct Output {
-    /// `buf[sent..]` is still unsent.
+    /// The session's own bytes: `buf[sent..]` is still unsent. Shared
+    /// lines (`shared`) sit between them in the stream.
     buf: Vec<u8>,
+    /// Lines queued by reference instead of copied (a broadcast's line,
+    /// formatted once for all its recipients), each with the stream
+    /// position (`pushed_total` before it) where it starts. Removed once
+    /// wholly written. They count in every total like own bytes, so budgets
+    /// and marks see one stream.
+    shared: VecDeque<(u64, Rc<[u8]>)>,
     /// How much of `buf` the socket (or rustls) has taken.
     sent: usize,
     /// Bytes ever queued.
@@ -24,16 +43,16 @@ pub struct Output {
     written_total: u64,
     /// `pushed_total` right after the latest reply was queued.
     replies_end: u64,
-    /// Bytes known to have reached the kernel: with TLS, taken by rustls
-    /// is not enough, its records must be written too.
-    kernel_total: u64,
     /// Stored messages queued but not yet in the kernel, as (`pushed_total`
     /// at the end of the line, which). If the session dies with some
     /// there, they are still unread.
     unsent: VecDeque<(u64, Unsent)>,
     /// Inbox rows of replies never queued (see `never_sent`). Boxed, like
-    /// `held`: rare, and ten thousand idle sessions would carry them.
-    never_sent: Option<Box<[i64]>>,
+    /// `held`: rare, and ten thousand idle sessions would carry them. A
+    /// boxed `Vec` rather than a boxed slice: one word instead of two,
+    /// which the shared-line queue needed (see `an_idle_session_stays_small`).
+    #[allow(clippy::box_collection)]
+    never_sent: Option<Box<Vec<i64>>>,
     /// Events that arrived while a reply goes out in parts (`Some` from
     /// its first part to its completion): queued after it, so that none
     /// lands inside it. With each stored message's (end in `held`, id).
@@ -67,6 +86,16 @@ impl Output {
         self.pushed_total += bytes.len() as u64;
     }
 
+    /// Appends a line by reference: the stream carries `line` here without
+    /// copying it.
+    pub fn push_shared(&mut self, line: &Rc<[u8]>) {
+        if line.is_empty() {
+            return;
+        }
+        self.shared.push_back((self.pushed_total, Rc::clone(line)));
+        self.pushed_total += line.len() as u64;
+    }
+
     /// Appends a reply: the client asked for these bytes, so they never
     /// count as a backlog of events (see `event_backlog`).
     pub fn push_reply(&mut self, bytes: &[u8]) {
@@ -91,6 +120,19 @@ impl Output {
             }
             (None, Some(id)) => self.push_direct(bytes, id),
             (None, None) => self.push(bytes),
+        }
+    }
+
+    /// [`Output::push_event`] for a line shared with other outputs: queued
+    /// by reference, unless held behind a reply in parts (rare: then it is
+    /// copied into the held bytes).
+    pub fn push_event_shared(&mut self, line: &Rc<[u8]>, id: Option<i64>) {
+        if self.held.is_some() {
+            return self.push_event(line, id);
+        }
+        self.push_shared(line);
+        if let Some(id) = id {
+            self.unsent.push_back((self.pushed_total, Unsent::Push(id)));
         }
     }
 
@@ -134,19 +176,67 @@ impl Output {
     /// Inbox rows that were never queued (their session was closing):
     /// tracked as unsent until `take_unsent`.
     pub fn never_sent(&mut self, rows: &[(usize, i64)]) {
-        let mut ids = self.never_sent.take().map(Vec::from).unwrap_or_default();
-        ids.extend(rows.iter().map(|(_, id)| *id));
-        self.never_sent = Some(ids.into_boxed_slice());
+        self.never_sent
+            .get_or_insert_with(Box::default)
+            .extend(rows.iter().map(|(_, id)| *id));
     }
 
-    /// Unsent bytes.
+    /// The first unsent piece: own bytes up to the next shared line, or
+    /// what is left of that line. Empty only when nothing is pending.
     pub fn pending(&self) -> &[u8] {
-        &self.buf[self.sent..]
+        match self.shared.front() {
+            Some((start, line)) if *start <= self.written_total => {
+                &line[(self.written_total - start) as usize..]
+            }
+            Some((start, _)) => {
+                let own = (start - self.written_total) as usize;
+                &self.buf[self.sent..self.sent + own]
+            }
+            None => &self.buf[self.sent..],
+        }
     }
 
-    /// Bytes buffered and not yet written.
+    /// Fills `pieces` with the unsent bytes in stream order (own bytes and
+    /// shared lines, as many as fit) for a vectored write; returns how many
+    /// it filled.
+    pub fn pending_pieces<'a>(&'a self, pieces: &mut [IoSlice<'a>]) -> usize {
+        let mut filled = 0;
+        let mut put = |piece: &'a [u8]| {
+            if piece.is_empty() {
+                return true;
+            }
+            match pieces.get_mut(filled) {
+                Some(slot) => {
+                    *slot = IoSlice::new(piece);
+                    filled += 1;
+                    true
+                }
+                None => false,
+            }
+        };
+        let mut pos = self.written_total;
+        let mut own = self.sent;
+        for (start, line) in &self.shared {
+            if *start > pos {
+                let n = (start - pos) as usize;
+                if !put(&self.buf[own..own + n]) {
+                    return filled;
+                }
+                own += n;
+                pos = *start;
+            }
+            if !put(&line[(pos - start) as usize..]) {
+                return filled;
+            }
+            pos = start + line.len() as u64;
+        }
+        put(&self.buf[own..]);
+        filled
+    }
+
+    /// Bytes queued and not yet written (own and shared).
     pub fn pending_len(&self) -> usize {
-        self.buf.len() - self.sent
+        (self.pushed_total - self.written_total) as usize
     }
 
     /// Unsent bytes queued after the last reply: what the client has not
@@ -158,17 +248,36 @@ impl Output {
 
     /// The first `n` pending bytes were written.
     pub fn advance(&mut self, n: usize) {
-        let n = n.min(self.pending_len());
-        self.sent += n;
-        self.written_total += n as u64;
+        let mut n = n.min(self.pending_len()) as u64;
+        while n > 0 {
+            let taken = match self.shared.front() {
+                Some((start, line)) if *start <= self.written_total => {
+                    let left = start + line.len() as u64 - self.written_total;
+                    if n >= left {
+                        self.shared.pop_front();
+                    }
+                    n.min(left)
+                }
+                Some((start, _)) => {
+                    let own = n.min(start - self.written_total);
+                    self.sent += own as usize;
+                    own
+                }
+                None => {
+                    self.sent += n as usize;
+                    n
+                }
+            };
+            self.written_total += taken;
+            n -= taken;
+        }
     }
 
     /// Everything taken so far is in the kernel: the stored messages it
     /// holds count as read.
     pub fn reached_kernel(&mut self) {
-        self.kernel_total = self.written_total;
         while let Some(&(end, which)) = self.unsent.front() {
-            if end > self.kernel_total {
+            if end > self.written_total {
                 break;
             }
             match which {
@@ -199,6 +308,9 @@ impl Output {
             if self.buf.capacity() > KEEP_BUFFER_CAPACITY {
                 self.buf = Vec::new();
             }
+            if self.shared.is_empty() && self.shared.capacity() > KEEP_SHARED_CAPACITY {
+                self.shared = VecDeque::new();
+            }
         } else if self.sent > self.buf.len() / 2 {
             self.buf.drain(..self.sent);
             self.sent = 0;
@@ -208,7 +320,7 @@ impl Output {
     /// Ids of the pushed messages and inbox rows queued that never reached
     /// the kernel (for a closing session); from here on, none is tracked.
     pub fn take_unsent(&mut self) -> (Vec<i64>, Vec<i64>) {
-        let mut inbox = self.never_sent.take().map(Vec::from).unwrap_or_default();
+        let mut inbox = self.never_sent.take().map(|ids| *ids).unwrap_or_default();
         let mut pushes = Vec::new();
         if let Some(held) = self.held.take() {
             pushes.extend(held.1.into_iter().map(|(_, id)| id));

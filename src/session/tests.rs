@@ -675,3 +675,44 @@ fn a_replaced_session_gets_no_event_inside_a_reply_in_parts() {
         }
     }
 }
+
+#[test]
+fn a_long_broadcast_shared_by_several_sessions_reaches_each_whole_through_short_writes() {
+    let mut sim = Sim::new(&["alice", "bob", "carol"], Sim::limits(4096, 1 << 20));
+    let alice = logged_in(&mut sim, "alice");
+    let bob = logged_in(&mut sim, "bob");
+    let carol = logged_in(&mut sim, "carol");
+    for reader in [bob, carol] {
+        sim.conns[reader].socket.accept = 0;
+    }
+    // Long enough to be queued by reference; bob asks something in between,
+    // so his reply sits between two shared lines in his output.
+    let text = "x".repeat(2 * SHARE_MIN_LINE);
+    sim.send(alice, format!("broadcast 1{text}\n").as_bytes());
+    sim.send(bob, b"ping\n");
+    sim.send(alice, format!("broadcast 2{text}\n").as_bytes());
+    assert!(
+        sim.conns[bob].session.pending_output() > 4 * SHARE_MIN_LINE,
+        "the lines never reached bob's output"
+    );
+    // Each socket takes a different odd number of bytes per write.
+    for cut in [7, 13, 101, 997] {
+        sim.drain(bob, cut);
+        sim.drain(carol, cut + 3);
+    }
+    sim.drain(bob, usize::MAX);
+    sim.drain(carol, usize::MAX);
+    for (who, want_pong) in [(bob, true), (carol, false)] {
+        let out = sim.output(who);
+        let lines: Vec<&str> = out.lines().collect();
+        let events: Vec<&&str> = lines
+            .iter()
+            .filter(|l| l.starts_with("* broadcast"))
+            .collect();
+        assert_eq!(events.len(), 2, "{out}");
+        assert!(events[0].ends_with(&format!(" 1{text}")), "{out}");
+        assert!(events[1].ends_with(&format!(" 2{text}")), "{out}");
+        assert_eq!(lines.contains(&"+ pong"), want_pong, "{out}");
+        assert_eq!(lines.len(), 2 + usize::from(want_pong), "{out}");
+    }
+}

@@ -4,10 +4,10 @@
 //! `io::Read`/`io::Write` (the socket in the server, a scripted stream in
 //! tests) and the session's buffers; neither knows what a line means.
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::time::Instant;
 
-use super::buffers::Output;
+use super::buffers::{Output, MAX_WRITE_PIECES};
 use super::Ending;
 use crate::web::WebConn;
 
@@ -72,6 +72,8 @@ impl Transport {
 
     /// Writes until `out` is empty or the socket would block, draining
     /// exactly what was written. A short write is normal, not an error.
+    /// Only the plain path writes shared lines in place; the others put
+    /// bytes into records or frames of their own (see `shares_lines`).
     pub fn write(&mut self, socket: &mut impl Write, out: &mut Output) -> io::Result<()> {
         match self {
             Transport::Plain => write_plain(socket, out)?,
@@ -80,6 +82,14 @@ impl Transport {
         }
         out.compact();
         Ok(())
+    }
+
+    /// Whether broadcast lines may be queued by reference: only where the
+    /// socket takes them as they are. TLS records and WebSocket frames are
+    /// built from a copy anyway, and their paths read `out` one contiguous
+    /// piece at a time.
+    pub fn shares_lines(&self) -> bool {
+        matches!(self, Transport::Plain)
     }
 
     /// Whether anything waits to be written: `out`, or what the transport
@@ -202,9 +212,19 @@ fn read_tls(
     }
 }
 
+/// One vectored write takes the session's own bytes and the shared lines
+/// between them together: a broadcast line is never copied per recipient.
 fn write_plain(socket: &mut impl Write, out: &mut Output) -> io::Result<()> {
     while out.pending_len() > 0 {
-        match socket.write(out.pending()) {
+        let mut pieces = [IoSlice::new(&[]); MAX_WRITE_PIECES];
+        let filled = out.pending_pieces(&mut pieces);
+        // One piece (no shared line queued, the usual case) goes out with a
+        // plain `send`, as before shared lines: the same syscall path.
+        let result = match &pieces[..filled] {
+            [one] => socket.write(one),
+            all => socket.write_vectored(all),
+        };
+        match result {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => {
                 out.advance(n);
@@ -253,8 +273,10 @@ fn write_tls(
         // under a slow reader would never be empty, and nothing it sent
         // would count as written.) The rest waits in `out`, where the
         // --max-outbuf check sees it.
-        let chunk = out.pending_len().min(TLS_RECORD);
-        let accepted = conn.writer().write(&out.pending()[..chunk])?;
+        let pending = out.pending();
+        let accepted = conn
+            .writer()
+            .write(&pending[..pending.len().min(TLS_RECORD)])?;
         out.advance(accepted);
         // Stop when nothing moved at all (mid-handshake rustls holds
         // plaintext until it has keys; the next read resumes). Draining
