@@ -193,6 +193,17 @@ pub struct Config {
     #[arg(long, value_name = "sqlite|URL", default_value = "sqlite", value_parser = parse_store)]
     pub store: StoreLocation,
 
+    /// Join a cluster: the nodes sharing this Redis (7 or later, for
+    /// presence and routing over pub/sub) and the same PostgreSQL
+    /// `--store` serve one chat together. Needs a PostgreSQL store.
+    #[arg(long, value_name = "redis://HOST:PORT")]
+    pub cluster: Option<String>,
+
+    /// This node's name in the cluster, unique among its nodes; by default
+    /// `<hostname>:<port>`.
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
+
     /// Days direct messages are kept once read (0: forever). Older ones are
     /// deleted by the store thread a thousand at a time, between batches;
     /// unread messages are never deleted (--max-inbox bounds those).
@@ -294,6 +305,23 @@ impl Config {
         self.tls_cert.is_some() || self.tls_self_signed.is_some()
     }
 
+    /// This node's id in a cluster: `--node-id`, or `<hostname>:<port>`.
+    pub fn node_name(&self) -> String {
+        if let Some(id) = &self.node_id {
+            return id.clone();
+        }
+        let mut buf = [0u8; 256];
+        // SAFETY: gethostname writes at most buf.len() bytes into buf.
+        let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+        let host = if rc == 0 {
+            let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+            String::from_utf8_lossy(&buf[..end]).into_owned()
+        } else {
+            "natterd".to_string()
+        };
+        format!("{host}:{}", self.port)
+    }
+
     /// `--block-time` as a duration.
     pub fn block_time(&self) -> Duration {
         Duration::from_secs(self.block_time)
@@ -348,6 +376,24 @@ impl Config {
             return Err(
                 "--no-plaintext needs TLS: --tls-cert/--tls-key or --tls-self-signed".into(),
             );
+        }
+        if let Some(url) = &self.cluster {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err("--cluster expects a redis://host:port URL".into());
+            }
+            // Every node must see every account and message: a node's own
+            // SQLite file would split the chat.
+            if !matches!(self.store, StoreLocation::Postgres(_)) {
+                return Err("--cluster needs --store postgres://... shared by every node".into());
+            }
+        }
+        if let Some(id) = &self.node_id {
+            if id.is_empty()
+                || id.len() > 64
+                || id.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err("--node-id must be 1 to 64 characters without spaces".into());
+            }
         }
         // Far beyond any sensible setting, and small enough that adding it
         // to a monotonic clock reading can never overflow.
@@ -476,6 +522,8 @@ struct FileConfig {
     history_retention_days: Option<u32>,
     #[serde(default, deserialize_with = "store")]
     store: Option<StoreLocation>,
+    cluster: Option<String>,
+    node_id: Option<String>,
     #[serde(default, deserialize_with = "log_format")]
     log_format: Option<LogFormat>,
     admin_socket: Option<PathBuf>,
@@ -591,6 +639,12 @@ impl FileConfig {
         }
         if self.admin_socket.is_some() && !given("admin_socket") {
             config.admin_socket = self.admin_socket;
+        }
+        if self.cluster.is_some() && !given("cluster") {
+            config.cluster = self.cluster;
+        }
+        if self.node_id.is_some() && !given("node_id") {
+            config.node_id = self.node_id;
         }
         if self.metrics.is_some() && !given("metrics") {
             config.metrics = self.metrics;

@@ -8,6 +8,7 @@ pub mod admin;
 mod admission;
 pub mod auth;
 mod background;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 mod hashqueue;

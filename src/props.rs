@@ -519,7 +519,7 @@ proptest! {
                     }
                     out.advance(taken);
                     out.reached_kernel();
-                    if let Some((pushed, _)) = out.take_left() {
+                    if let Some((pushed, _)) = out.take_left(&mut Vec::new()) {
                         marked = marked.max(pushed);
                     }
                 }

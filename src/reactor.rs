@@ -217,6 +217,10 @@ pub struct Server {
     /// Failed TLS handshakes are logged at most once a second.
     tls_error_log: LogThrottle,
     stats: Stats,
+    /// Ids of stored messages one write took; kept to be reused.
+    written_ids: Vec<i64>,
+    /// The other nodes, in cluster mode.
+    cluster: Option<crate::cluster::ClusterLink>,
 }
 
 fn other_error(msg: impl Into<String>) -> io::Error {
@@ -246,11 +250,38 @@ impl Server {
     /// Like [`Server::new`], with any combination of plaintext and TLS listeners.
     pub fn with_listeners(listeners: Listeners, config: Config) -> io::Result<Server> {
         config.validate().map_err(other_error)?;
-        let (mut store, chat) = startup::open(&config)?;
+        let (mut store, mut chat) = startup::open(&config)?;
         let marks = store.take_marks();
 
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let cluster = match &config.cluster {
+            Some(url) => {
+                // By default named after the port actually bound (port 0
+                // in tests picks one).
+                let port = listeners
+                    .plain
+                    .as_ref()
+                    .or(listeners.tls.as_ref().map(|(l, _)| l))
+                    .and_then(|l| l.local_addr().ok())
+                    .map_or(config.port, |a| a.port());
+                let node = match &config.node_id {
+                    Some(id) => id.clone(),
+                    None => {
+                        let mut named = config.clone();
+                        named.port = port;
+                        named.node_name()
+                    }
+                };
+                let link =
+                    crate::cluster::ClusterLink::start(url, node.clone(), Arc::clone(&waker))
+                        .map_err(other_error)?;
+                log::info!("cluster: this is node {node}, on {url}");
+                chat.join_cluster(node);
+                Some(link)
+            }
+            None => None,
+        };
         let mut admin = admin::AdminSocket::default();
         match config.admin_socket_path() {
             // Asked for by name: failing to serve it fails the start.
@@ -339,6 +370,8 @@ impl Server {
             to_close: Vec::new(),
             shutting_down: None,
             draining_until: None,
+            written_ids: Vec::new(),
+            cluster,
             clock: Clock::now(),
             pass: 0,
             tls_error_log: LogThrottle::default(),
@@ -428,6 +461,7 @@ impl Server {
                     WEB_TLS_LISTENER => self.accept_ready(accept::Via::WebTls),
                     WAKER => {
                         self.drain_completions();
+                        self.drain_cluster();
                         self.finish_reload();
                     }
                     SIGNALS => self.on_signals(),
@@ -470,6 +504,7 @@ impl Server {
             if let Some(job) = self.chat.take_advance() {
                 self.dispatch(job, None);
             }
+            self.flush_cluster();
             self.timings
                 .loop_pass
                 .observe(self.clock.mono.elapsed().as_secs_f64());
@@ -838,8 +873,8 @@ impl Server {
         let Some(user) = caller.user else {
             return;
         };
-        if let Some((pushed, inboxed)) = left {
-            let update = self.chat.written(&user, pushed, inboxed);
+        if let Some((pushed, inboxed, ids)) = left {
+            let update = self.chat.written(&user, pushed, inboxed, &ids);
             self.record_marks(update);
         }
         if !pushes.is_empty() || !inbox.is_empty() {
@@ -857,18 +892,44 @@ impl Server {
         self.apply_effects(fx);
     }
 
+    /// Applies what the other nodes said (see `commands/cluster.rs`).
+    fn drain_cluster(&mut self) {
+        let Some(link) = self.cluster.as_ref() else {
+            return;
+        };
+        let inbound = link.take();
+        for item in inbound {
+            let mut fx = Effects::default();
+            self.chat.on_cluster(item, self.clock, &mut fx);
+            self.apply_effects(fx);
+        }
+    }
+
+    /// Sends the other nodes what this pass has for them.
+    fn flush_cluster(&mut self) {
+        let Some(link) = self.cluster.as_ref() else {
+            return;
+        };
+        for (to, msg) in self.chat.take_outgoing() {
+            link.publish(to, msg);
+        }
+    }
+
     /// Records what a connection's last writes took of its user's messages.
     fn record_left(&mut self, token: usize) {
         let Some(conn) = self.conns.get_mut(token) else {
             return;
         };
-        let Some((pushed, inboxed)) = conn.session.take_left() else {
-            return;
-        };
-        let Some(user) = conn.session.caller().user.as_deref() else {
-            return;
-        };
-        let update = self.chat.written(user, pushed, inboxed);
+        let mut ids = std::mem::take(&mut self.written_ids);
+        ids.clear();
+        let mut update = None;
+        if let (Some((pushed, inboxed)), Some(user)) = (
+            conn.session.take_left(&mut ids),
+            conn.session.caller().user.as_deref(),
+        ) {
+            update = self.chat.written(user, pushed, inboxed, &ids);
+        }
+        self.written_ids = ids;
         self.record_marks(update);
     }
 
@@ -958,6 +1019,16 @@ impl Server {
     }
 
     fn finish(mut self) {
+        // What left in the last writes is read (cluster mode), and the
+        // other nodes hear that this node's users are gone now rather than
+        // when its heartbeat goes silent.
+        if let Some(request) = self.chat.take_read() {
+            self.background(request);
+        }
+        self.flush_cluster();
+        if let Some(link) = self.cluster.take() {
+            link.shutdown();
+        }
         // Commits whatever is still queued (last-seen times, messages back
         // to the inbox) before exiting.
         self.background.close();
@@ -976,7 +1047,7 @@ struct Leftovers {
     caller: crate::commands::Caller,
     lasted: Duration,
     /// Its last writes' marks.
-    left: Option<(i64, i64)>,
+    left: Option<(i64, i64, Vec<i64>)>,
     /// Pushed messages and inbox rows it never wrote out.
     pushes: Vec<i64>,
     inbox: Vec<i64>,
@@ -984,7 +1055,10 @@ struct Leftovers {
 
 impl Leftovers {
     fn take(session: &mut Session, ending: Ending, now: Instant) -> Leftovers {
-        let left = session.take_left();
+        let mut ids = Vec::new();
+        let left = session
+            .take_left(&mut ids)
+            .map(|(pushed, inboxed)| (pushed, inboxed, ids));
         let (pushes, inbox) = session.take_unsent();
         Leftovers {
             ending,

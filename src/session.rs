@@ -484,8 +484,9 @@ impl Session {
 
     /// The highest (pushed, inbox) message ids whose lines reached the
     /// kernel since the last call, if any did: they now count as read.
-    pub fn take_left(&mut self) -> Option<(i64, i64)> {
-        self.output.take_left()
+    /// Every one of their ids is added to `ids`.
+    pub fn take_left(&mut self, ids: &mut Vec<i64>) -> Option<(i64, i64)> {
+        self.output.take_left(ids)
     }
 
     /// How much unprocessed input it may hold: one maximal line plus some

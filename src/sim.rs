@@ -170,6 +170,7 @@ impl Sim {
             now: Clock {
                 mono: Instant::now(),
                 wall: 1_800_000_000,
+                wall_ms: 1_800_000_000_000,
             },
             pass: 1,
             limits: Arc::new(limits),
@@ -266,6 +267,7 @@ impl Sim {
     pub fn advance(&mut self, by: Duration) {
         self.now.mono += by;
         self.now.wall += by.as_secs() as i64;
+        self.now.wall_ms += by.as_millis() as i64;
         let now = self.now.mono;
         for token in 0..self.conns.len() {
             if let Some(conn) = self.live(token) {
@@ -330,11 +332,12 @@ impl Sim {
         let Some(conn) = self.conns.get_mut(token).filter(|c| !c.reaped) else {
             return;
         };
+        let mut ids = Vec::new();
         if let (Some((pushed, inboxed)), Some(user)) = (
-            conn.session.take_left(),
+            conn.session.take_left(&mut ids),
             conn.session.caller().user.as_deref(),
         ) {
-            let update = self.chat.written(user, pushed, inboxed);
+            let update = self.chat.written(user, pushed, inboxed, &ids);
             self.marks.extend(update);
         }
         // As in the reactor: once it stops being open, it is not online and

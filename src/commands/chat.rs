@@ -146,6 +146,8 @@ pub struct Chat {
     /// so a broadcast allocates nothing in proportion to its audience. As
     /// large as the largest audience so far (40 bytes a recipient).
     pub(super) spare_deliveries: Vec<Delivery>,
+    /// The other nodes, in cluster mode (see `cluster.rs`).
+    pub(super) cluster: Option<super::cluster::ClusterState>,
 }
 
 impl Chat {
@@ -170,6 +172,7 @@ impl Chat {
         let mut chat = Chat {
             blocked_by,
             spare_deliveries: Vec::new(),
+            cluster: None,
             budgets,
             settings,
             accounts,
@@ -270,8 +273,9 @@ impl Chat {
             Cont::PasswdHashed { user } => self.passwd_hashed(user, result),
             Cont::PasswdStored { user, hash } => self.passwd_stored(caller, user, hash, result, fx),
             Cont::RegisterStored { user, hash } => {
-                self.register_stored(caller, user, hash, result, fx)
+                self.register_stored(caller, user, hash, result, now, fx)
             }
+            Cont::Welcome { user } => self.welcomed(user, result),
             Cont::Direct {
                 kind,
                 from,
@@ -300,7 +304,8 @@ impl Chat {
     }
 
     /// Logs `caller` in as `user`, taking over any older session.
-    pub(super) fn enter(&mut self, caller: &Caller, user: &str, fx: &mut Effects) {
+    pub(super) fn enter(&mut self, caller: &Caller, user: &str, now: Clock, fx: &mut Effects) {
+        self.announce_login(user, now);
         if let Some(old) = self.online.insert(user.to_string(), caller.session) {
             if old != caller.session {
                 fx.closes.push((old, ByeReason::Replaced));
@@ -328,6 +333,7 @@ impl Chat {
         if let Some(a) = self.accounts.get_mut(user) {
             a.last_seen = Some(now.wall);
         }
+        self.announce_logout(user, now.wall);
         Some(StoreRequest::SetLastSeen {
             user: user.clone(),
             at: now.wall,

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use crate::cluster::Bus;
 use crate::protocol::{self, err, ok, ErrorCode, Reply};
 use crate::store::{NewMessage, StoreOutput, StoreRequest};
 
@@ -110,7 +111,7 @@ impl Chat {
         match self.accounts.get(to) {
             None => DirectStatus::NoUser,
             Some(a) if a.blocks.contains(from) => DirectStatus::Blocked,
-            Some(_) if self.online.contains_key(to) => DirectStatus::Delivered,
+            Some(_) if self.is_online(to) => DirectStatus::Delivered,
             Some(a) if self.settings.max_inbox > 0 && a.unread >= self.settings.max_inbox => {
                 DirectStatus::Full
             }
@@ -128,6 +129,9 @@ impl Chat {
         now: Clock,
     ) -> Step {
         let (sender, body): (Arc<str>, Arc<str>) = (from.as_str().into(), text.as_str().into());
+        // In a cluster every message starts in the inbox and leaves it by
+        // id once written out (see `cluster.rs`).
+        let clustered = self.is_clustered();
         let messages: Vec<NewMessage> = targets
             .iter()
             .filter(|t| t.status.is_sent())
@@ -136,7 +140,7 @@ impl Chat {
                 sender: Arc::clone(&sender),
                 recipient: t.user.clone(),
                 body: Arc::clone(&body),
-                unread: t.status == DirectStatus::Stored,
+                unread: clustered || t.status == DirectStatus::Stored,
             })
             .collect();
         if messages.is_empty() {
@@ -183,6 +187,21 @@ impl Chat {
             match t.status {
                 DirectStatus::Delivered => {
                     let id = ids.next();
+                    if let (Some(node), Some(id)) = (self.remote_node(&t.user), id) {
+                        let line = line.get_or_insert_with(|| {
+                            protocol::chat_event(event_kind, &from, ts, &text).into()
+                        });
+                        let line = String::from_utf8_lossy(line).into_owned();
+                        self.tell(
+                            Some(node.to_string()),
+                            Bus::Deliver {
+                                user: t.user.clone(),
+                                id,
+                                line,
+                            },
+                        );
+                        continue;
+                    }
                     match (self.online.get(&t.user), id) {
                         (Some(session), Some(id)) => {
                             let line = line.get_or_insert_with(|| {
@@ -238,7 +257,33 @@ impl Chat {
         now: Clock,
         fx: &mut Effects,
     ) -> Vec<u8> {
-        let mut line: Option<Rc<[u8]>> = None;
+        let line: Rc<[u8]> = protocol::chat_event("broadcast", me, now.wall, text).into();
+        let mut n = self.fan_out(me, &line, fx);
+        if let Some(c) = self.cluster.as_ref() {
+            // The other nodes fan out to their own users; counted here from
+            // what this node knows of them.
+            let blockers = self.blocked_by.get(me);
+            n += c
+                .remote
+                .keys()
+                .filter(|u| *u != me && blockers.is_none_or(|b| !b.contains(*u)))
+                .count();
+            self.tell(
+                None,
+                Bus::Broadcast {
+                    from: me.to_string(),
+                    ts: now.wall,
+                    text: text.to_string(),
+                },
+            );
+        }
+        self.counters.broadcast_deliveries += n as u64;
+        ok(&format!("sent to {n}"))
+    }
+
+    /// Queues `line` from `me` to every local session but its own and
+    /// those of users blocking `me`; returns how many.
+    pub(super) fn fan_out(&mut self, me: &str, line: &Rc<[u8]>, fx: &mut Effects) -> usize {
         let mut n = 0;
         if fx.deliveries.is_empty() && fx.deliveries.capacity() < self.online.len() {
             fx.deliveries = std::mem::take(&mut self.spare_deliveries);
@@ -260,9 +305,6 @@ impl Chat {
             {
                 continue;
             }
-            let line = line.get_or_insert_with(|| {
-                protocol::chat_event("broadcast", me, now.wall, text).into()
-            });
             fx.deliveries.push(Delivery {
                 to: *session,
                 line: Rc::clone(line),
@@ -270,8 +312,7 @@ impl Chat {
             });
             n += 1;
         }
-        self.counters.broadcast_deliveries += n as u64;
-        ok(&format!("sent to {n}"))
+        n
     }
 }
 

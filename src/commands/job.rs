@@ -130,6 +130,8 @@ pub enum Cont {
         text: String,
         targets: Vec<DirectTarget>,
     },
+    /// Logged in (cluster mode): the inbox count for the welcome.
+    Welcome { user: String },
     /// Inbox rows read (they stay unread until written out).
     Inbox { user: String },
     /// A page of history read; where the reply stands.
@@ -204,6 +206,7 @@ impl Cont {
         matches!(
             self,
             Cont::Login { .. }
+                | Cont::Welcome { .. }
                 | Cont::RegisterHashed { .. }
                 | Cont::RegisterStored { .. }
                 | Cont::Inbox { .. }

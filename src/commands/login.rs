@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use crate::addr::AddrGroup;
 use crate::auth::{self, HashOutcome, HashWork};
+use crate::cluster::Bus;
 use crate::config::Registration;
 use crate::protocol::{err, event, ok, ErrorCode, MAX_PASSWORD_LEN, MIN_PASSWORD_LEN};
 use crate::store::{Marks, StoreOutput, StoreRequest};
@@ -273,6 +274,13 @@ impl Chat {
             .is_some_and(|a| auth::stand_in(&a.hash).is_some_and(|p| p != self.current_params));
         if let (Some(hash), true) = (upgraded, outdated) {
             self.set_hash(&user, hash.clone());
+            self.tell(
+                None,
+                Bus::Hash {
+                    user: user.clone(),
+                    hash: hash.clone(),
+                },
+            );
             fx.background.push(StoreRequest::SetPasswordHash {
                 user: user.clone(),
                 hash,
@@ -287,19 +295,15 @@ impl Chat {
             caller.session.id,
             caller.ip
         );
-        self.enter(caller, &user, fx);
-        let unread = self.accounts.get(&user).map_or(0, |a| a.unread);
-        let plural = if unread == 1 { "" } else { "s" };
-        Step::Reply(ok(&format!(
-            "welcome {user} ({unread} unread message{plural})"
-        )))
+        self.enter(caller, &user, now, fx);
+        self.welcome_step(user)
     }
 
     /// Replaces `user`'s password hash in memory. A re-hash at login is
     /// written in the background (a crash before that write keeps the old
     /// hash, which still verifies the same password); a `passwd` only gets
     /// here once its write has committed.
-    fn set_hash(&mut self, user: &str, hash: String) {
+    pub(super) fn set_hash(&mut self, user: &str, hash: String) {
         let Some(account) = self.accounts.get_mut(user) else {
             return;
         };
@@ -408,7 +412,14 @@ impl Chat {
         let WorkResult::Store(Ok(_)) = result else {
             return Step::Reply(write_failed(&result, "password not changed; try again"));
         };
-        self.set_hash(&user, hash);
+        self.set_hash(&user, hash.clone());
+        self.tell(
+            None,
+            Bus::Hash {
+                user: user.clone(),
+                hash,
+            },
+        );
         // Any other session of this user hears of it.
         if let Some(&session) = self.online.get(&user) {
             if caller.map(|c| c.session) != Some(session) {
@@ -543,6 +554,7 @@ impl Chat {
         user: String,
         hash: String,
         result: WorkResult,
+        now: Clock,
         fx: &mut Effects,
     ) -> Step {
         let WorkResult::Store(Ok(out)) = result else {
@@ -557,6 +569,14 @@ impl Chat {
         // A new account's marks start at zero, whatever its slot held.
         fx.marks.push((slot, Marks::default()));
         self.hash_changed(None, &hash);
+        self.tell(
+            None,
+            Bus::Account {
+                user: user.clone(),
+                id: slot,
+                hash: hash.clone(),
+            },
+        );
         self.accounts.insert(user.clone(), Account::new(hash, slot));
         match caller {
             Some(caller) if caller.user.is_none() => {
@@ -568,7 +588,7 @@ impl Chat {
                     caller.session.id,
                     caller.ip
                 );
-                self.enter(caller, &user, fx);
+                self.enter(caller, &user, now, fx);
                 Step::Reply(ok(&format!("registered {user}")))
             }
             _ => Step::Done,

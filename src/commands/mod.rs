@@ -18,6 +18,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 mod budget;
 mod chat;
+mod cluster;
 mod direct;
 pub mod job;
 mod login;
@@ -29,6 +30,7 @@ mod reads;
 pub use reads::{HistoryCursor, WhoCursor};
 
 pub use chat::{Account, Chat, ChatSettings, Counters};
+pub use cluster::ClusterState;
 pub use direct::{DirectKind, DirectStatus, DirectTarget};
 pub use job::{Cont, Delivery, Effects, Job, LockKey, Step, StoredMessage, Work, WorkResult};
 pub use operator::UserSummary;
@@ -81,18 +83,20 @@ pub struct Clock {
     pub mono: Instant,
     /// Unix seconds, for timestamps shown to users and stored.
     pub wall: i64,
+    /// Unix milliseconds: orders logins across the nodes of a cluster.
+    pub wall_ms: i64,
 }
 
 impl Clock {
     /// The time now.
     pub fn now() -> Clock {
-        let wall = SystemTime::now()
+        let since_epoch = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+            .unwrap_or_default();
         Clock {
             mono: Instant::now(),
-            wall,
+            wall: since_epoch.as_secs() as i64,
+            wall_ms: since_epoch.as_millis() as i64,
         }
     }
 }

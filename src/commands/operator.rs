@@ -3,6 +3,7 @@
 //! memory; a ban is also written, so it outlasts a restart.
 
 use crate::auth::HashWork;
+use crate::cluster::Bus;
 use crate::config::Registration;
 use crate::protocol::{err, ByeReason, ErrorCode, MAX_PASSWORD_LEN, MIN_PASSWORD_LEN};
 use crate::store::StoreRequest;
@@ -32,6 +33,24 @@ impl Chat {
     /// `* bye banned`. Returns the write that keeps it, or `None` if there
     /// is no such user.
     pub fn set_banned(&mut self, user: &str, on: bool, fx: &mut Effects) -> Option<StoreRequest> {
+        let write = self.ban_here(user, on, fx)?;
+        self.tell(
+            None,
+            Bus::Banned {
+                user: user.to_string(),
+                on,
+            },
+        );
+        Some(write)
+    }
+
+    /// [`Chat::set_banned`] on this node only.
+    pub(super) fn ban_here(
+        &mut self,
+        user: &str,
+        on: bool,
+        fx: &mut Effects,
+    ) -> Option<StoreRequest> {
         let account = self.accounts.get_mut(user)?;
         account.banned = on;
         if on {
@@ -51,6 +70,18 @@ impl Chat {
     /// its inbox and blocks and detaches its history, or `None` if there is
     /// no such user.
     pub fn delete_user(&mut self, user: &str, fx: &mut Effects) -> Option<StoreRequest> {
+        let write = self.delete_here(user, fx)?;
+        self.tell(
+            None,
+            Bus::Deleted {
+                user: user.to_string(),
+            },
+        );
+        Some(write)
+    }
+
+    /// [`Chat::delete_user`] on this node only.
+    pub(super) fn delete_here(&mut self, user: &str, fx: &mut Effects) -> Option<StoreRequest> {
         let gone = self.accounts.remove(user)?;
         if let Some(session) = self.online.remove(user) {
             fx.closes.push((session, ByeReason::Kicked));
@@ -115,7 +146,7 @@ impl Chat {
             .filter(|(name, _)| pattern.is_none_or(|p| name.contains(p)))
             .map(|(name, a)| UserSummary {
                 name: name.clone(),
-                online: self.online.contains_key(name),
+                online: self.is_online(name),
                 last_seen: a.last_seen,
                 unread: a.unread,
                 banned: a.banned,

@@ -58,7 +58,20 @@ impl Chat {
     /// Bytes of `user`'s messages left natterd: the highest pushed and
     /// inbox ids among them (0: none). Returns the marks to record, unless
     /// they are held back or did not move.
-    pub fn written(&mut self, user: &str, pushed: i64, inboxed: i64) -> Option<(u64, Marks)> {
+    ///
+    /// In a cluster, `ids` (every one of those messages) are marked read
+    /// instead, and no marks are recorded (see `cluster.rs`).
+    pub fn written(
+        &mut self,
+        user: &str,
+        pushed: i64,
+        inboxed: i64,
+        ids: &[i64],
+    ) -> Option<(u64, Marks)> {
+        if self.is_clustered() {
+            self.written_ids(ids);
+            return None;
+        }
         let account = self.accounts.get_mut(user)?;
         let read = &mut account.read;
         read.written.pushed = read.written.pushed.max(pushed);
@@ -183,6 +196,12 @@ impl Chat {
     /// none is being written now (the marks file already has them; this
     /// keeps the database's copy close, so a restart has little to fold).
     pub fn take_advance(&mut self) -> Option<Job> {
+        if let Some(request) = self.take_read() {
+            return Some(Job {
+                cont: Cont::Background,
+                work: Work::Store(request),
+            });
+        }
         if self.advance_in_flight || self.marks_dirty.is_empty() {
             return None;
         }

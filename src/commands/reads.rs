@@ -4,6 +4,7 @@
 use std::collections::BinaryHeap;
 use std::ops::Bound;
 
+use crate::cluster::Bus;
 use crate::protocol::{self, err, ok, ErrorCode, Reply};
 use crate::store::{StoreOutput, StoreRequest};
 
@@ -75,12 +76,26 @@ impl Chat {
                     Some(a) => Bound::Excluded(a),
                     None => Bound::Unbounded,
                 };
-                self.online
+                let mut names: Vec<&str> = self
+                    .online
                     .range::<str, _>((from, Bound::Unbounded))
                     .map(|(name, _)| name.as_str())
                     .filter(others)
                     .take(WHO_PAGE + 1)
-                    .collect()
+                    .collect();
+                if let Some(c) = self.cluster.as_ref() {
+                    // Both maps are ordered: the first page of each, merged.
+                    names.extend(
+                        c.remote
+                            .range::<str, _>((from, Bound::Unbounded))
+                            .map(|(name, _)| name.as_str())
+                            .filter(others)
+                            .take(WHO_PAGE + 1),
+                    );
+                    names.sort_unstable();
+                    names.dedup();
+                }
+                names
             }
             Some(since) => {
                 // The smallest WHO_PAGE + 1 names after the cursor: a bounded
@@ -88,7 +103,7 @@ impl Chat {
                 // and memory for one page, however many match.
                 let mut smallest: BinaryHeap<&str> = BinaryHeap::with_capacity(WHO_PAGE + 2);
                 let recent = self.accounts.iter().filter(|(name, account)| {
-                    self.online.contains_key(*name) || account.last_seen.is_some_and(|t| t >= since)
+                    self.is_online(name) || account.last_seen.is_some_and(|t| t >= since)
                 });
                 for name in recent.map(|(name, _)| name.as_str()).filter(others) {
                     if smallest.len() <= WHO_PAGE {
@@ -112,7 +127,7 @@ impl Chat {
         for name in names {
             match cursor.since {
                 None => reply.data(name),
-                Some(_) if self.online.contains_key(*name) => reply.data(&format!("{name} online")),
+                Some(_) if self.is_online(name) => reply.data(&format!("{name} online")),
                 Some(_) => {
                     let seen = self
                         .accounts
@@ -265,6 +280,14 @@ impl Chat {
         result: WorkResult,
     ) -> Step {
         if let WorkResult::Store(Ok(_)) = result {
+            self.tell(
+                None,
+                Bus::Block {
+                    user: user.clone(),
+                    other: other.clone(),
+                    on,
+                },
+            );
             let verb = if on { "blocked" } else { "unblocked" };
             return Step::Reply(ok(&format!("{verb} {other}")));
         }
@@ -273,7 +296,7 @@ impl Chat {
     }
 
     /// Sets whether `user` blocks `other`; returns whether it did before.
-    fn apply_block(&mut self, user: &str, other: &str, on: bool) -> bool {
+    pub(super) fn apply_block(&mut self, user: &str, other: &str, on: bool) -> bool {
         let Some(account) = self.accounts.get_mut(user) else {
             return false;
         };

@@ -195,6 +195,7 @@ fn clock(t0: Instant, secs: u64) -> Clock {
     Clock {
         mono: t0 + Duration::from_secs(secs),
         wall: 1_800_000_000 + secs as i64,
+        wall_ms: (1_800_000_000 + secs as i64) * 1000,
     }
 }
 
@@ -745,7 +746,7 @@ fn read_marks_wait_while_a_message_goes_back_to_the_inbox() {
     log_in(&mut chat, &mut bob, "bob", clock(t0, 0));
     let slot = chat.accounts["bob"].read.slot;
 
-    let recorded = chat.written("bob", 5, 0);
+    let recorded = chat.written("bob", 5, 0, &[]);
     assert_eq!(
         recorded,
         Some((
@@ -756,7 +757,7 @@ fn read_marks_wait_while_a_message_goes_back_to_the_inbox() {
             }
         ))
     );
-    assert_eq!(chat.written("bob", 5, 0), None, "nothing moved");
+    assert_eq!(chat.written("bob", 5, 0, &[]), None, "nothing moved");
 
     // bob's session stops being open with message 6 unwritten; a newer
     // session then writes 7 before 6 is back in the inbox.
@@ -767,7 +768,7 @@ fn read_marks_wait_while_a_message_goes_back_to_the_inbox() {
         .expect("message 6 goes back to the inbox");
     assert!(fx.marks.is_empty(), "nothing new to record");
     assert_eq!(
-        chat.written("bob", 7, 0),
+        chat.written("bob", 7, 0, &[]),
         None,
         "held until 6 is back in the inbox"
     );
@@ -841,7 +842,7 @@ fn inbox_rows_never_written_out_are_offered_again() {
     };
     assert_eq!(rows.iter().map(|r| r.1).collect::<Vec<_>>(), [10, 11, 12]);
     // Only row 10 left natterd before the session closed.
-    chat.written("bob", 0, 10);
+    chat.written("bob", 0, 10, &[]);
     chat.disconnect(&bob, clock(t0, 2));
     assert!(chat.left_over("bob", &[], &[11, 12], &mut fx).is_none());
     let Step::Wait(job) = chat.execute(
@@ -1209,7 +1210,7 @@ fn inbox_rows_a_replaced_session_never_wrote_out_are_not_covered_by_a_newer_mark
         "the next inbox starts after {after}, past rows 10 to 12"
     );
     inbox(&mut chat, &second, 10..15, clock(t0, 3));
-    marks.extend(chat.written("bob", 0, 9).into_iter().map(|m| m.1));
+    marks.extend(chat.written("bob", 0, 9, &[]).into_iter().map(|m| m.1));
     if let Some(advance) = chat.take_advance() {
         if let Work::Store(StoreRequest::Advance(m)) = advance.work {
             marks.extend(m.iter().map(|m| m.1));
@@ -1283,4 +1284,209 @@ fn a_push_an_idle_session_never_wrote_out_is_not_covered_by_a_newer_inbox_mark()
         "message 5 never left natterd, yet the next inbox starts after {after} \
          and the recorded marks are {marks:?}"
     );
+}
+
+// Cluster mode: what a node does with what the others say, without Redis.
+
+mod clustered {
+    use super::*;
+    use crate::cluster::{Bus, Envelope, Inbound};
+
+    fn node(users: &[&str]) -> Chat {
+        let mut chat = chat_with(users);
+        chat.join_cluster("n1".into());
+        chat
+    }
+
+    fn from(node: &str, msg: Bus) -> Inbound {
+        Inbound::Message(Envelope {
+            from: node.into(),
+            msg,
+        })
+    }
+
+    /// Logs in on a clustered node: the welcome waits for the inbox count.
+    fn log_in_here(chat: &mut Chat, c: &mut Caller, user: &str, now: Clock) -> Effects {
+        let mut fx = Effects::default();
+        let cmd = Command::Login {
+            user: user.into(),
+            password: "pw".into(),
+        };
+        let Step::Wait(job) = chat.execute(c, cmd, now, &mut fx) else {
+            panic!("login must wait for the hasher")
+        };
+        let verified = WorkResult::Hash(HashOutcome::Verified(true));
+        let Step::Wait(count) = chat.complete(Some(&*c), job.cont, verified, now, &mut fx) else {
+            panic!("a clustered login counts the inbox in the database")
+        };
+        assert!(matches!(
+            count.work,
+            Work::Store(StoreRequest::CountInbox { .. })
+        ));
+        let counted = WorkResult::Store(Ok(StoreOutput::Count(3)));
+        let step = chat.complete(Some(&*c), count.cont, counted, now, &mut fx);
+        assert_eq!(
+            reply_text(step),
+            format!("+ welcome {user} (3 unread messages)\n")
+        );
+        c.user = fx.logged_in.clone();
+        fx
+    }
+
+    fn who(chat: &mut Chat, me: &Caller, now: Clock) -> String {
+        let mut fx = Effects::default();
+        let me_name = me.user.clone().unwrap();
+        reply_text(chat.execute(me, member(&me_name, MemberCommand::Whoelse), now, &mut fx))
+    }
+
+    #[test]
+    fn the_newer_login_of_a_user_wins_on_whichever_node_it_is() {
+        let t0 = Instant::now();
+        let mut chat = node(&["alice", "bob"]);
+        let mut alice = caller(1, None);
+        let fx = log_in_here(&mut chat, &mut alice, "alice", clock(t0, 10));
+        assert!(fx.closes.is_empty());
+        let announced = chat.take_outgoing();
+        assert!(
+            matches!(&announced[..], [(None, Bus::Online { user, .. })] if user == "alice"),
+            "{announced:?}"
+        );
+        let here = clock(t0, 10).wall_ms;
+        // An older login elsewhere (it crossed ours in flight) loses.
+        let mut fx = Effects::default();
+        let older = Bus::Online {
+            user: "alice".into(),
+            since: here - 1,
+        };
+        chat.on_cluster(from("n2", older), clock(t0, 11), &mut fx);
+        assert!(fx.closes.is_empty());
+        assert_eq!(chat.remote_count(), 0);
+        // A newer one replaces ours.
+        let newer = Bus::Online {
+            user: "alice".into(),
+            since: here + 1,
+        };
+        chat.on_cluster(from("n2", newer), clock(t0, 11), &mut fx);
+        assert_eq!(fx.closes, vec![(alice.session, ByeReason::Replaced)]);
+        assert_eq!(chat.remote_count(), 1);
+    }
+
+    #[test]
+    fn a_message_for_another_node_is_committed_unread_and_routed_there() {
+        let t0 = Instant::now();
+        let mut chat = node(&["alice", "bob"]);
+        let mut alice = caller(1, None);
+        log_in_here(&mut chat, &mut alice, "alice", clock(t0, 0));
+        let mut fx = Effects::default();
+        let presence = Bus::Presence {
+            users: vec![("bob".into(), 5)],
+        };
+        chat.on_cluster(from("n2", presence), clock(t0, 0), &mut fx);
+        chat.take_outgoing();
+        let send = member(
+            "alice",
+            MemberCommand::Send {
+                to: "bob".into(),
+                text: "hi".into(),
+            },
+        );
+        let Step::Wait(job) = chat.execute(&alice, send, clock(t0, 1), &mut fx) else {
+            panic!("send must wait for the store")
+        };
+        let Work::Store(StoreRequest::InsertMessages(msgs)) = &job.work else {
+            panic!("{job:?}")
+        };
+        assert!(msgs[0].unread, "in a cluster a message starts in the inbox");
+        let committed = WorkResult::Store(Ok(StoreOutput::Ids(vec![7])));
+        let step = chat.complete(Some(&alice), job.cont, committed, clock(t0, 1), &mut fx);
+        assert_eq!(reply_text(step), "+ delivered\n");
+        assert!(fx.deliveries.is_empty(), "bob is not on this node");
+        let out = chat.take_outgoing();
+        assert!(
+            matches!(&out[..], [(Some(n), Bus::Deliver { user, id: 7, line })]
+                if n == "n2" && user == "bob" && line.ends_with(" hi\n")),
+            "{out:?}"
+        );
+        // On n2, the same Deliver reaches bob's session with its id, so
+        // that writing it out marks it read.
+        let mut n2 = chat_with(&["alice", "bob"]);
+        n2.join_cluster("n2".into());
+        let mut bob = caller(2, None);
+        log_in_here(&mut n2, &mut bob, "bob", clock(t0, 0));
+        let Some((_, deliver)) = out.into_iter().next() else {
+            unreachable!()
+        };
+        let mut fx = Effects::default();
+        n2.on_cluster(from("n1", deliver), clock(t0, 1), &mut fx);
+        assert_eq!(recipients(&fx), vec![bob.session]);
+        assert_eq!(fx.deliveries[0].stored.as_ref().map(|s| s.id), Some(7));
+        assert_eq!(n2.written("bob", 7, 0, &[7]), None, "no marks in a cluster");
+        let Some(Job {
+            work: Work::Store(StoreRequest::MarkRead { ids }),
+            ..
+        }) = n2.take_advance()
+        else {
+            panic!("the written line must be marked read")
+        };
+        assert_eq!(ids, vec![7]);
+    }
+
+    #[test]
+    fn a_silent_node_or_lost_redis_takes_their_users_offline_here() {
+        let t0 = Instant::now();
+        let mut chat = node(&["alice", "bob", "carol"]);
+        let mut alice = caller(1, None);
+        log_in_here(&mut chat, &mut alice, "alice", clock(t0, 0));
+        let mut fx = Effects::default();
+        for (n, u) in [("n2", "bob"), ("n3", "carol")] {
+            let p = Bus::Presence {
+                users: vec![(u.into(), 1)],
+            };
+            chat.on_cluster(from(n, p), clock(t0, 0), &mut fx);
+        }
+        assert_eq!(
+            who(&mut chat, &alice, clock(t0, 1)),
+            "= bob\n= carol\n+ 2 online\n"
+        );
+        chat.on_cluster(Inbound::NodeDown("n2".into()), clock(t0, 2), &mut fx);
+        assert_eq!(
+            who(&mut chat, &alice, clock(t0, 2)),
+            "= carol\n+ 1 online\n"
+        );
+        chat.on_cluster(Inbound::Lost, clock(t0, 3), &mut fx);
+        assert_eq!(who(&mut chat, &alice, clock(t0, 3)), "+ 0 online\n");
+        // Back on Redis: this node announces itself and asks the others.
+        chat.take_outgoing();
+        chat.on_cluster(Inbound::Connected, clock(t0, 4), &mut fx);
+        let out = chat.take_outgoing();
+        assert!(
+            matches!(&out[..], [(None, Bus::Presence { users }), (None, Bus::Sync)]
+                if users.len() == 1 && users[0].0 == "alice"),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn a_broadcast_from_another_node_skips_those_who_block_its_sender() {
+        let t0 = Instant::now();
+        let mut chat = node(&["alice", "bob", "carol"]);
+        let mut bob = caller(2, None);
+        let mut carol = caller(3, None);
+        log_in_here(&mut chat, &mut bob, "bob", clock(t0, 0));
+        log_in_here(&mut chat, &mut carol, "carol", clock(t0, 0));
+        let mut fx = Effects::default();
+        let block = Bus::Block {
+            user: "carol".into(),
+            other: "alice".into(),
+            on: true,
+        };
+        chat.on_cluster(from("n2", block), clock(t0, 0), &mut fx);
+        let b = Bus::Broadcast {
+            from: "alice".into(),
+            ts: 1_800_000_000,
+            text: "hello all".into(),
+        };
+        chat.on_cluster(from("n2", b), clock(t0, 1), &mut fx);
+        assert_eq!(recipients(&fx), vec![bob.session]);
+    }
 }

@@ -57,9 +57,13 @@ pub struct Output {
     /// its first part to its completion): queued after it, so that none
     /// lands inside it. With each stored message's (end in `held`, id).
     held: Option<Box<Held>>,
-    /// Highest pushed and inbox ids that reached the kernel since
-    /// `take_left` last looked (0: none).
-    left: (i64, i64),
+    /// Stored messages that reached the kernel since `take_left` last
+    /// looked. Every id, not only the highest: a cluster marks them read
+    /// one by one (see `commands/cluster.rs`). Cleared, not freed, so a
+    /// session receiving messages allocates this once. Boxed, like
+    /// `never_sent`: idle sessions carry one word.
+    #[allow(clippy::box_collection)]
+    left: Option<Box<Vec<Unsent>>>,
 }
 
 /// Events held behind a reply in parts: their bytes, and each stored
@@ -73,6 +77,14 @@ enum Unsent {
     Push(i64),
     /// A row of an `inbox` reply.
     Inbox(i64),
+}
+
+impl Unsent {
+    fn id(self) -> i64 {
+        match self {
+            Unsent::Push(id) | Unsent::Inbox(id) => id,
+        }
+    }
 }
 
 impl Output {
@@ -280,21 +292,24 @@ impl Output {
             if end > self.written_total {
                 break;
             }
-            match which {
-                Unsent::Push(id) => self.left.0 = self.left.0.max(id),
-                Unsent::Inbox(id) => self.left.1 = self.left.1.max(id),
-            }
+            self.left.get_or_insert_default().push(which);
             self.unsent.pop_front();
         }
     }
 
     /// The highest (pushed, inbox) ids that reached the kernel since the
-    /// last call, if any did.
-    pub fn take_left(&mut self) -> Option<(i64, i64)> {
-        match std::mem::take(&mut self.left) {
-            (0, 0) => None,
-            left => Some(left),
+    /// last call, if any did; every one of them is added to `ids`.
+    pub fn take_left(&mut self, ids: &mut Vec<i64>) -> Option<(i64, i64)> {
+        let left = self.left.as_deref_mut().filter(|l| !l.is_empty())?;
+        let mut highest = (0, 0);
+        for which in left.drain(..) {
+            match which {
+                Unsent::Push(id) => highest.0 = highest.0.max(id),
+                Unsent::Inbox(id) => highest.1 = highest.1.max(id),
+            }
+            ids.push(which.id());
         }
+        Some(highest)
     }
 
     /// Gives memory back after writing: an emptied buffer keeps at most

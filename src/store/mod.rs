@@ -97,6 +97,12 @@ pub enum StoreRequest {
     InsertMessages(Vec<NewMessage>),
     /// Put already stored messages back into their recipients' inboxes.
     MarkUnread { ids: Vec<i64> },
+    /// Take messages out of the inbox: their lines left natterd (cluster
+    /// mode, where read state goes by id).
+    MarkRead { ids: Vec<i64> },
+    /// How many messages wait in `user`'s inbox (cluster mode: any node
+    /// may have stored them).
+    CountInbox { user: String },
     /// Read up to `limit` inbox messages with ids above `after`, oldest
     /// first. They stay unread until their rows are written out (`Advance`).
     TakeInbox {
@@ -147,6 +153,7 @@ impl StoreRequest {
         matches!(
             self,
             StoreRequest::MarkUnread { .. }
+                | StoreRequest::MarkRead { .. }
                 | StoreRequest::Advance(_)
                 | StoreRequest::SetLastSeen { .. }
                 | StoreRequest::DeleteUser { .. }
@@ -157,7 +164,7 @@ impl StoreRequest {
     pub fn rows(&self) -> usize {
         match self {
             StoreRequest::InsertMessages(messages) => messages.len(),
-            StoreRequest::MarkUnread { ids } => ids.len(),
+            StoreRequest::MarkUnread { ids } | StoreRequest::MarkRead { ids } => ids.len(),
             StoreRequest::Advance(marks) => marks.len(),
             _ => 1,
         }
@@ -172,6 +179,8 @@ pub enum StoreOutput {
     Done,
     /// Ids of inserted messages.
     Ids(Vec<i64>),
+    /// A count.
+    Count(u64),
     /// Messages read.
     Rows(Vec<MessageRow>),
     /// A page of history, the last id of its span, and how many rows the

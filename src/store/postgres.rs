@@ -409,6 +409,19 @@ fn apply(client: &mut impl GenericClient, request: &StoreRequest) -> Result<Stor
             client.execute("UPDATE messages SET unread = 1 WHERE id = ANY($1)", &[ids])?;
             Ok(StoreOutput::Done)
         }
+        StoreRequest::MarkRead { ids } => {
+            client.execute("UPDATE messages SET unread = 0 WHERE id = ANY($1)", &[ids])?;
+            Ok(StoreOutput::Done)
+        }
+        StoreRequest::CountInbox { user } => {
+            let row = client.query_one(
+                "SELECT COUNT(*) FROM messages
+                 WHERE recipient_id = (SELECT id FROM users WHERE name = $1) AND unread = 1",
+                &[user],
+            )?;
+            let n: i64 = row.get(0);
+            Ok(StoreOutput::Count(n.max(0) as u64))
+        }
         StoreRequest::TakeInbox { user, after, limit } => {
             let rows = client.query(
                 &format!(

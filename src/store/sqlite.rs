@@ -303,6 +303,22 @@ fn apply(conn: &Connection, request: &StoreRequest) -> rusqlite::Result<StoreOut
             }
             Ok(StoreOutput::Done)
         }
+        StoreRequest::MarkRead { ids } => {
+            let mut stmt = conn.prepare_cached("UPDATE messages SET unread = 0 WHERE id = ?1")?;
+            for id in ids {
+                stmt.execute([id])?;
+            }
+            Ok(StoreOutput::Done)
+        }
+        StoreRequest::CountInbox { user } => {
+            let n: i64 = conn
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM messages
+                     WHERE recipient_id = (SELECT id FROM users WHERE name = ?1) AND unread = 1",
+                )?
+                .query_row([user], |r| r.get(0))?;
+            Ok(StoreOutput::Count(n.max(0) as u64))
+        }
         StoreRequest::TakeInbox { user, after, limit } => {
             let rows = conn
                 .prepare_cached(&format!(

@@ -3,6 +3,7 @@
 
 mod admin;
 mod browser;
+mod cluster;
 mod config;
 mod contract;
 mod deploy;
@@ -21,3 +22,5 @@ mod ws;
 
 #[path = "../support/postgres.rs"]
 mod pg;
+#[path = "../support/redis.rs"]
+mod redis;
