@@ -47,6 +47,49 @@ pub struct Server {
     /// Keeps the temporary directory alive (and removes it at the end).
     _dir: Option<tempfile::TempDir>,
     args: Vec<String>,
+    /// With `NATTER_TEST_CLUSTER` set: the Redis and the second node of
+    /// the two-node cluster this server is a node of.
+    peer: Option<Box<Peer>>,
+}
+
+/// The rest of a two-node cluster (see [`Server::start`]).
+struct Peer {
+    /// The other node. Dropped (killed) before Redis.
+    _sibling: Server,
+    _redis: crate::redis::Redis,
+    /// The flags that make a node of this cluster.
+    flags: Vec<String>,
+}
+
+impl Peer {
+    /// With `NATTER_TEST_CLUSTER=1` in the environment, a server started
+    /// without a `--store` of its own becomes a node of a two-node cluster
+    /// (a fresh PostgreSQL database, a Redis, and a second node running
+    /// beside it), so every test written against one server runs against
+    /// a cluster node unchanged: `NATTER_TEST_CLUSTER=1 cargo test --test
+    /// server contract::` (as `.ci/run` does).
+    fn wanted(args: &[&str]) -> Option<Peer> {
+        std::env::var_os("NATTER_TEST_CLUSTER")?;
+        if args.iter().any(|a| *a == "--store" || *a == "--cluster") {
+            return None;
+        }
+        let redis = crate::redis::Redis::start();
+        let db = crate::pg::database();
+        let flags = |id: &str| -> Vec<String> {
+            ["--store", &db, "--cluster", &redis.url(), "--node-id", id]
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        };
+        let sibling_flags = flags("sibling");
+        let sibling_args: Vec<&str> = sibling_flags.iter().map(String::as_str).collect();
+        let sibling = Server::start(&sibling_args);
+        Some(Peer {
+            _sibling: sibling,
+            flags: flags("tested"),
+            _redis: redis,
+        })
+    }
 }
 
 impl Server {
@@ -55,8 +98,14 @@ impl Server {
     pub fn start(args: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().join("data");
-        let mut s = Server::launch(&data, args, None);
+        let peer = Peer::wanted(args).map(Box::new);
+        let mut full: Vec<&str> = args.to_vec();
+        if let Some(p) = &peer {
+            full.extend(p.flags.iter().map(String::as_str));
+        }
+        let mut s = Server::launch(&data, &full, None);
         s._dir = Some(dir);
+        s.peer = peer;
         s
     }
 
@@ -184,6 +233,7 @@ impl Server {
             data: data.to_path_buf(),
             _dir: None,
             args: args.iter().map(|a| a.to_string()).collect(),
+            peer: None,
         }
     }
 
@@ -272,6 +322,9 @@ impl Server {
         let (status, _) = self.signal(libc::SIGTERM);
         assert!(status.success(), "{status:?}");
         self.args = args.iter().map(|a| a.to_string()).collect();
+        if let Some(p) = &self.peer {
+            self.args.extend(p.flags.iter().cloned());
+        }
         self.start_again()
     }
 
@@ -279,6 +332,7 @@ impl Server {
         let args: Vec<&str> = self.args.iter().map(|s| s.as_str()).collect();
         let mut next = Server::start_at(&self.data, &args);
         next._dir = self._dir.take();
+        next.peer = self.peer.take();
         next
     }
 }
