@@ -13,6 +13,7 @@ mod migration;
 mod postgres;
 mod proxy;
 mod tls;
+mod to_postgres;
 mod unread;
 mod util;
 mod web;
