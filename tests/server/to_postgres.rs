@@ -421,3 +421,48 @@ fn messages_a_killed_node_never_wrote_out_are_in_the_inbox_after_the_move_once()
         kept.len()
     );
 }
+
+#[test]
+fn a_schema_4_directory_moves_with_deleted_accounts_history_left_detached() {
+    // The committed fixture (see tests/server/migration.rs): migrate
+    // brings it to the current schema first, as natterd would.
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v4");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("data dir");
+    for file in ["natter.db", "natter.marks"] {
+        std::fs::copy(fixture.join(file), data.join(file)).expect("copy the fixture");
+    }
+    let url = pg::database();
+    let said = migrate_ok(&data, &url);
+    assert!(said.contains("migrated "), "{said}");
+
+    // What the node itself shows (upgraded by migrate) ...
+    let node = Server::start_at(&data, &[]);
+    let mut alice = node.connect();
+    alice.login("alice", "password-alice");
+    let history = alice.cmd("history 100");
+    assert_eq!(history.last().map(String::as_str), Some("+ 8 messages"));
+    drop(alice);
+    stop(node);
+
+    // ... PostgreSQL shows, and the names of accounts deleted before the
+    // move lead nowhere there either.
+    let server = Server::start(&["--store", &url]);
+    let mut alice = server.connect();
+    alice.login("alice", "password-alice");
+    assert_eq!(alice.cmd("history 100"), history);
+    let mut carol = server.connect();
+    assert_eq!(
+        carol.cmd1("login carol password-carol"),
+        "+ welcome carol (2 unread messages)"
+    );
+    let mut bob = server.connect();
+    bob.login("bob", "password-bob");
+    assert_eq!(bob.cmd("blocked"), ["= carol", "+ 1 blocked"]);
+    for name in ["dave", "erin"] {
+        let mut again = server.user(name);
+        assert_eq!(again.cmd("history"), ["+ 0 messages"], "{name}");
+    }
+    assert_eq!(alice.cmd("history 100"), history, "still detached");
+}
