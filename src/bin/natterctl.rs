@@ -239,7 +239,7 @@ fn main() -> ExitCode {
 
 /// `natterctl migrate`: exits 0 when the data is in PostgreSQL (copied now
 /// or before), 1 when it refused, 2 when the copy failed (nothing of it was
-/// committed).
+/// committed, or the commit itself failed: the message says which).
 fn migrate(from: &Path, to: &str, json: bool) -> ExitCode {
     use natter::store::copy::{sqlite_to_postgres, CopyError, Migrated};
     let (outcome, counts) = match sqlite_to_postgres(from, to) {
@@ -251,6 +251,13 @@ fn migrate(from: &Path, to: &str, json: bool) -> ExitCode {
         }
         Err(CopyError::Failed(why)) => {
             eprintln!("natterctl: migrate failed, nothing was committed: {why}");
+            return ExitCode::from(2);
+        }
+        Err(CopyError::Unknown(why)) => {
+            eprintln!(
+                "natterctl: migrate failed while committing, so it may or may not be done: \
+                 {why}; run it again: it finishes the copy or finds it done"
+            );
             return ExitCode::from(2);
         }
     };

@@ -42,22 +42,26 @@ pub enum Migrated {
     AlreadyThere(Counts),
 }
 
-/// Why a migration did not happen. Either way nothing was committed to the
-/// target.
+/// Why a migration did not (surely) happen.
 #[derive(Debug, PartialEq, Eq)]
 pub enum CopyError {
-    /// Not attempted: natterd runs on the directory, there is no database
-    /// in it, or the target holds other data.
+    /// Not attempted, nothing written: natterd runs on the directory,
+    /// there is no database in it, or the target holds other data.
     Refused(String),
-    /// Attempted and failed (a file or the database could not be read or
-    /// written).
+    /// Attempted and failed before the commit (a file or the database
+    /// could not be read or written): nothing of it was committed.
     Failed(String),
+    /// The commit itself failed: the copy may or may not be in the target.
+    /// Running it again finishes it or finds it done.
+    Unknown(String),
 }
 
 impl std::fmt::Display for CopyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CopyError::Refused(why) | CopyError::Failed(why) => f.write_str(why),
+            CopyError::Refused(why) | CopyError::Failed(why) | CopyError::Unknown(why) => {
+                f.write_str(why)
+            }
         }
     }
 }
@@ -132,11 +136,8 @@ pub fn sqlite_to_postgres(dir: &Path, url: &str) -> Result<Migrated, CopyError> 
     let held = target_counts(&mut tx).map_err(fail)?;
     let outcome = if held == Counts::default() {
         let counts = copy(&from, &mut tx)?;
-        tx.commit().map_err(|e| {
-            CopyError::Failed(format!(
-                "{shown}: the commit failed ({e}); run migrate again to finish"
-            ))
-        })?;
+        tx.commit()
+            .map_err(|e| CopyError::Unknown(format!("{shown}: {e}")))?;
         Migrated::Copied(counts)
     } else {
         match compare(&from, &mut tx, held)? {
