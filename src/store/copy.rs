@@ -224,13 +224,20 @@ impl Source {
         read().map_err(|e| self.fail(e))
     }
 
-    /// Up to [`PAGE`] messages with ids above `after`, in id order.
+    /// Up to [`PAGE`] messages with ids above `after`, in id order. A row
+    /// handed to a session (unread = 2) and within its recipient's `pushed`
+    /// mark is read: it goes across as plainly read (0), so the copy says
+    /// so by itself, whatever marks file the next node has.
     fn messages(&self, after: i64) -> Result<Vec<Message>, CopyError> {
         let read = || -> rusqlite::Result<Vec<Message>> {
             self.conn
                 .prepare_cached(
-                    "SELECT id, ts, sender_id, recipient_id, body, unread, body_of
-                     FROM messages WHERE id > ?1 ORDER BY id LIMIT ?2",
+                    "SELECT m.id, m.ts, m.sender_id, m.recipient_id, m.body,
+                            CASE WHEN m.unread = 2 AND m.id <= u.pushed THEN 0
+                                 ELSE m.unread END,
+                            m.body_of
+                     FROM messages m LEFT JOIN users u ON u.id = m.recipient_id
+                     WHERE m.id > ?1 ORDER BY m.id LIMIT ?2",
                 )?
                 .query_map(rusqlite::params![after, PAGE as i64], |r| {
                     Ok(Message {

@@ -177,6 +177,16 @@ fn a_migrated_node_serves_the_same_accounts_inboxes_history_and_blocks_from_post
     let said = migrate_ok(&data, &url);
     assert!(said.contains("already migrated"), "{said}");
     assert_eq!(count(&url, "SELECT count(*) FROM messages"), 8);
+    // Read state says itself: pushed and written out is plainly read.
+    assert_eq!(
+        count(&url, "SELECT count(*) FROM messages WHERE unread = 2"),
+        0
+    );
+    assert_eq!(
+        count(&url, "SELECT count(*) FROM messages WHERE unread = 1"),
+        2,
+        "bob's two"
+    );
 
     // A new node on a fresh data directory (no marks file of its own):
     // everything it knows comes from PostgreSQL.
