@@ -2,11 +2,12 @@
 //! Unix socket (`<data>/natterd.sock`) and prints the answer, as text or,
 //! with `--json`, as a JSON array of objects (one per row) for scripts.
 //! Exits 0 when natterd said `+`, 1 when it refused, 2 when it could not
-//! be reached.
+//! be reached. One subcommand works offline instead: `migrate` copies a
+//! stopped node's data directory into PostgreSQL (`natter::store::copy`).
 
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -36,6 +37,29 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Admin(AdminCommand),
+    /// Copy a stopped node's data directory into PostgreSQL (offline).
+    ///
+    /// Accounts, password hashes, messages, blocks and read state go into
+    /// an empty PostgreSQL database with their ids, in one transaction.
+    /// Running it again is harmless; it refuses while natterd runs on the
+    /// directory or if the database holds other data. It works on the
+    /// files, not through the admin socket (--data and --socket are not
+    /// used).
+    Migrate {
+        /// The data directory natterd ran on (with natter.db).
+        #[arg(long, value_name = "DATA_DIR")]
+        from: PathBuf,
+        /// The PostgreSQL database, as natterd's --store takes it.
+        #[arg(long, value_name = "postgres://user@host/db")]
+        to: String,
+    },
+}
+
+/// The requests that go to a running natterd over its admin socket.
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
     /// Accounts (name, online, last seen, unread, banned), optionally only
     /// those whose name contains PATTERN.
     Users { pattern: Option<String> },
@@ -119,27 +143,27 @@ fn read_password(name: &str) -> Result<String, String> {
     Ok(password)
 }
 
-fn request(command: &Command, password: Option<&str>) -> String {
+fn request(command: &AdminCommand, password: Option<&str>) -> String {
     match command {
-        Command::Users { pattern } => match pattern {
+        AdminCommand::Users { pattern } => match pattern {
             Some(p) => format!("users {p}"),
             None => "users".to_string(),
         },
-        Command::User { action } => match action {
+        AdminCommand::User { action } => match action {
             UserAction::Lock { name } => format!("ban {name}"),
             UserAction::Unlock { name } => format!("unban {name}"),
             UserAction::Del { name } => format!("deluser {name}"),
             UserAction::Add { name } => format!("adduser {name} {}", password.unwrap_or("")),
             UserAction::Passwd { name } => format!("setpasswd {name} {}", password.unwrap_or("")),
         },
-        Command::Sessions => "sessions".to_string(),
-        Command::Kick { target, reason } => format!("kick {target} {}", reason.join(" ")),
-        Command::Notice { text } => format!("notice {}", text.join(" ")),
-        Command::Registration { state } => format!("registration {state}"),
-        Command::Stats => "stats".to_string(),
-        Command::Reload => "reload".to_string(),
+        AdminCommand::Sessions => "sessions".to_string(),
+        AdminCommand::Kick { target, reason } => format!("kick {target} {}", reason.join(" ")),
+        AdminCommand::Notice { text } => format!("notice {}", text.join(" ")),
+        AdminCommand::Registration { state } => format!("registration {state}"),
+        AdminCommand::Stats => "stats".to_string(),
+        AdminCommand::Reload => "reload".to_string(),
         // natterd runs elsewhere: it needs the path from the root.
-        Command::Backup { file } => {
+        AdminCommand::Backup { file } => {
             let absolute = std::env::current_dir()
                 .map(|dir| dir.join(file))
                 .unwrap_or_else(|_| file.clone());
@@ -150,12 +174,16 @@ fn request(command: &Command, password: Option<&str>) -> String {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let command = match &args.command {
+        Command::Admin(command) => command,
+        Command::Migrate { from, to } => return migrate(from, to, args.json),
+    };
     let path = args
         .socket
         .clone()
         .unwrap_or_else(|| args.data.join(ADMIN_SOCKET_FILE));
-    let password = match &args.command {
-        Command::User {
+    let password = match command {
+        AdminCommand::User {
             action: UserAction::Add { name } | UserAction::Passwd { name },
         } => match read_password(name) {
             Ok(password) => Some(password),
@@ -166,7 +194,7 @@ fn main() -> ExitCode {
         },
         _ => None,
     };
-    let answer = match ask(&path, &request(&args.command, password.as_deref())) {
+    let answer = match ask(&path, &request(command, password.as_deref())) {
         Ok(answer) => answer,
         Err(e) => {
             eprintln!("natterctl: cannot reach natterd at {}: {e}", path.display());
@@ -205,6 +233,58 @@ fn main() -> ExitCode {
             println!("{row}");
         }
         eprintln!("{done}");
+    }
+    ExitCode::SUCCESS
+}
+
+/// `natterctl migrate`: exits 0 when the data is in PostgreSQL (copied now
+/// or before), 1 when it refused, 2 when the copy failed (nothing of it was
+/// committed, or the commit itself failed: the message says which).
+fn migrate(from: &Path, to: &str, json: bool) -> ExitCode {
+    use natter::store::copy::{sqlite_to_postgres, CopyError, Migrated};
+    let (outcome, counts) = match sqlite_to_postgres(from, to) {
+        Ok(Migrated::Copied(counts)) => ("copied", counts),
+        Ok(Migrated::AlreadyThere(counts)) => ("already there", counts),
+        Err(CopyError::Refused(why)) => {
+            eprintln!("natterctl: migrate refused: {why}");
+            return ExitCode::from(1);
+        }
+        Err(CopyError::Failed(why)) => {
+            eprintln!("natterctl: migrate failed, nothing was committed: {why}");
+            return ExitCode::from(2);
+        }
+        Err(CopyError::Unknown(why)) => {
+            eprintln!(
+                "natterctl: migrate failed while committing, so it may or may not be done: \
+                 {why}; run it again: it finishes the copy or finds it done"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    if json {
+        let object = serde_json::json!([{
+            "outcome": outcome,
+            "users": counts.users.to_string(),
+            "messages": counts.messages.to_string(),
+            "blocks": counts.blocks.to_string(),
+        }]);
+        println!("{object:#}");
+    } else if outcome == "copied" {
+        println!(
+            "migrated {} accounts, {} messages and {} blocks from {}",
+            counts.users,
+            counts.messages,
+            counts.blocks,
+            from.display()
+        );
+    } else {
+        println!(
+            "already migrated: the database holds exactly the {} accounts, {} messages and {} blocks of {}; nothing to do",
+            counts.users,
+            counts.messages,
+            counts.blocks,
+            from.display()
+        );
     }
     ExitCode::SUCCESS
 }

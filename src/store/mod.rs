@@ -17,6 +17,7 @@
 //! (`--store postgres://...`). `marks.rs` owns the read marks that say
 //! which messages have left natterd, whichever backend holds them.
 
+pub mod copy;
 mod files;
 pub mod marks;
 mod postgres;

@@ -14,6 +14,7 @@ mod migration;
 mod postgres;
 mod proxy;
 mod tls;
+mod to_postgres;
 mod unread;
 mod util;
 mod web;
