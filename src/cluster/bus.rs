@@ -52,6 +52,12 @@ pub enum Bus {
     Banned { user: String, on: bool },
     /// The operator deleted `user`.
     Deleted { user: String },
+    /// A wrong password for `user` from `ip`: it counts towards lockouts
+    /// and the account's guessing budget on every node.
+    LoginFailed { user: String, ip: std::net::IpAddr },
+    /// `user` logged in from `ip`: that address group's failures for it
+    /// are forgotten, and it is trusted for the account's budget.
+    LoginOk { user: String, ip: std::net::IpAddr },
 }
 
 /// A [`Bus`] message with its sender (and addressee, for one node only).
@@ -126,6 +132,14 @@ mod tests {
                 on: false,
             },
             Bus::Deleted { user: "a".into() },
+            Bus::LoginFailed {
+                user: "a".into(),
+                ip: "2001:db8::1".parse().unwrap(),
+            },
+            Bus::LoginOk {
+                user: "a".into(),
+                ip: "192.0.2.1".parse().unwrap(),
+            },
         ];
         for msg in all {
             let env = Envelope {

@@ -136,7 +136,11 @@ impl ClusterLink {
         match outbox.try_send((to, msg)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                if self.dropped.fetch_add(1, Ordering::Relaxed).is_multiple_of(10_000) {
+                if self
+                    .dropped
+                    .fetch_add(1, Ordering::Relaxed)
+                    .is_multiple_of(10_000)
+                {
                     log::warn!("cluster: publisher behind; messages to other nodes dropped");
                 }
             }

@@ -224,7 +224,7 @@ impl Chat {
                 if env.from == me {
                     return;
                 }
-                self.on_bus(env.from, env.msg, fx);
+                self.on_bus(env.from, env.msg, now, fx);
             }
         }
     }
@@ -264,7 +264,7 @@ impl Chat {
         c.remote.insert(user, (Rc::from(node), since));
     }
 
-    fn on_bus(&mut self, from: String, msg: Bus, fx: &mut Effects) {
+    fn on_bus(&mut self, from: String, msg: Bus, now: Clock, fx: &mut Effects) {
         match msg {
             Bus::Heartbeat => {}
             Bus::Online { user, since } => self.remote_login(&from, user, since, fx),
@@ -327,6 +327,12 @@ impl Chat {
             }
             Bus::Deleted { user } => {
                 let _ = self.delete_here(&user, fx);
+            }
+            Bus::LoginFailed { user, ip } => self.remote_failure(user, ip, now, fx),
+            Bus::LoginOk { user, ip } => {
+                self.forget_failures(&user, ip);
+                let group = crate::addr::AddrGroup::of(ip, self.settings.ipv6_prefix);
+                self.budgets.trust(&user, group);
             }
         }
     }

@@ -251,6 +251,13 @@ impl Chat {
             return Step::Reply(err(ErrorCode::AuthFail, "wrong username or password"));
         }
         self.forget_failures(&user, ip);
+        self.tell(
+            None,
+            Bus::LoginOk {
+                user: user.clone(),
+                ip,
+            },
+        );
         if charged {
             self.budgets.refund(&user, now.mono);
         }
@@ -435,7 +442,7 @@ impl Chat {
 
     /// A successful login resets the count; the record stays only while
     /// other verifications for it are in flight.
-    fn forget_failures(&mut self, user: &str, ip: IpAddr) {
+    pub(super) fn forget_failures(&mut self, user: &str, ip: IpAddr) {
         let key = self.lock_key(user, ip);
         match self.failures.get_mut(&key) {
             Some(f) if f.in_flight > 0 => {
@@ -450,6 +457,40 @@ impl Chat {
     }
 
     fn record_failure(
+        &mut self,
+        user: String,
+        known: bool,
+        ip: IpAddr,
+        now: Clock,
+        fx: &mut Effects,
+    ) {
+        // Every node counts it, so moving to another node resets nothing.
+        self.tell(
+            None,
+            Bus::LoginFailed {
+                user: user.clone(),
+                ip,
+            },
+        );
+        self.count_failure(user, known, ip, now, fx);
+    }
+
+    /// A failed login on another node: counted here as if it were ours,
+    /// its guess taken from the account's budget here too.
+    pub(super) fn remote_failure(
+        &mut self,
+        user: String,
+        ip: IpAddr,
+        now: Clock,
+        fx: &mut Effects,
+    ) {
+        let group = AddrGroup::of(ip, self.settings.ipv6_prefix);
+        let _ = self.budgets.charge(&user, group, now.mono);
+        let known = self.accounts.contains_key(&user);
+        self.count_failure(user, known, ip, now, fx);
+    }
+
+    fn count_failure(
         &mut self,
         user: String,
         known: bool,

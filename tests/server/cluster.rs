@@ -271,3 +271,82 @@ fn a_redis_restart_stores_meanwhile_and_then_routes_again() {
         "{inbox:?}"
     );
 }
+
+#[test]
+fn lockouts_and_bans_follow_a_user_to_every_node() {
+    let redis = Redis::start();
+    let db = pg::database();
+    let n1 = node(&redis, &db, "n1");
+    let n2 = node(&redis, &db, "n2");
+    let mut bob = n2.user("bob");
+    let mut alice = n1.user("alice");
+    eventually(SPREAD, "n1 sees bob", || sees(&mut alice, &["bob"]));
+
+    // Three wrong passwords on n1 (--max-login-failures 3) lock bob's
+    // name for this address on n2 too: changing node resets nothing.
+    let mut guesser = n1.connect();
+    for _ in 0..3 {
+        let reply = guesser.cmd1("login bob wrong-guess");
+        assert!(reply.starts_with("- AUTHFAIL"), "{reply}");
+    }
+    let mut elsewhere = n2.connect();
+    eventually(SPREAD, "the lockout reaches n2", || {
+        elsewhere
+            .cmd1("login bob password-bob")
+            .starts_with("- LOCKED")
+    });
+
+    // The operator bans alice through n2's natterctl: her session on n1
+    // ends, and no node lets her in.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_natterctl"))
+        .arg("--data")
+        .arg(&n2.data)
+        .args(["user", "lock", "alice"])
+        .output()
+        .expect("run natterctl");
+    assert!(out.status.success(), "{out:?}");
+    let lines = alice.until_closed();
+    assert!(lines.iter().any(|l| l == "* bye banned"), "{lines:?}");
+    let mut again = n1.connect();
+    let reply = again.cmd1("login alice password-alice");
+    assert!(reply.starts_with("- BANNED"), "{reply}");
+}
+
+#[test]
+fn while_postgres_is_away_durable_commands_fail_honestly_on_every_node() {
+    let redis = Redis::start();
+    let db = pg::database();
+    let n1 = node(&redis, &db, "n1");
+    let n2 = node(&redis, &db, "n2");
+    let mut alice = n1.user("alice");
+    let mut bob = n2.user("bob");
+    eventually(SPREAD, "n1 sees bob", || sees(&mut alice, &["bob"]));
+
+    let name = crate::postgres::database_name(&db).to_string();
+    crate::postgres::as_superuser(
+        &db,
+        &format!(
+            "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = '{name}' AND pid <> pg_backend_pid();"
+        ),
+    );
+    for i in 0..3 {
+        let reply = alice.cmd1(&format!("send bob lost {i}"));
+        assert!(reply.starts_with("- INTERNAL"), "{reply}");
+    }
+    // What needs no database goes on, across nodes too.
+    assert_eq!(alice.cmd1("broadcast still here"), "+ sent to 1");
+    let e = bob.event();
+    assert!(e.ends_with(" still here"), "{e}");
+    let leaked = bob.lines_within(Duration::from_millis(300));
+    assert!(leaked.is_empty(), "a refused message arrived: {leaked:?}");
+
+    crate::postgres::as_superuser(
+        &db,
+        &format!("ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true;"),
+    );
+    assert_eq!(alice.cmd1("send bob back again"), "+ delivered");
+    let e = bob.event();
+    assert!(e.ends_with(" back again"), "{e}");
+}

@@ -7,13 +7,13 @@ use crate::pg;
 use crate::util::Server;
 
 /// The database name at the end of a test database's URL.
-fn database_name(url: &str) -> &str {
+pub fn database_name(url: &str) -> &str {
     url.rsplit('/').next().unwrap_or_default()
 }
 
 /// Runs SQL as the superuser on the server's maintenance database (so it
 /// works while the test's own database refuses connections).
-fn as_superuser(url: &str, sql: &str) {
+pub fn as_superuser(url: &str, sql: &str) {
     let base = url.rsplit_once('/').map_or(url, |(base, _)| base);
     let mut admin = postgres::Client::connect(&format!("{base}/postgres"), postgres::NoTls)
         .expect("connect to the maintenance database");
