@@ -278,7 +278,7 @@ fn lockouts_and_bans_follow_a_user_to_every_node() {
     let db = pg::database();
     let n1 = node(&redis, &db, "n1");
     let n2 = node(&redis, &db, "n2");
-    let mut bob = n2.user("bob");
+    let _bob = n2.user("bob");
     let mut alice = n1.user("alice");
     eventually(SPREAD, "n1 sees bob", || sees(&mut alice, &["bob"]));
 
