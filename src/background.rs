@@ -164,7 +164,11 @@ impl Background {
             // Reads never queue behind writes; a few at a time, so the
             // pages read ahead of the loop stay a few, however many
             // sessions ask (each page is up to ~400 KB of rows).
-            Work::Store(request @ (StoreRequest::History { .. } | StoreRequest::Backup { .. })) => {
+            Work::Store(
+                request @ (StoreRequest::History { .. }
+                | StoreRequest::Backup { .. }
+                | StoreRequest::LoadAccounts),
+            ) => {
                 tag.read = true;
                 self.reads_waiting.push_back((request, tag));
                 self.start_reads();

@@ -900,8 +900,11 @@ impl Server {
         let inbound = link.take();
         for item in inbound {
             let mut fx = Effects::default();
-            self.chat.on_cluster(item, self.clock, &mut fx);
+            let job = self.chat.on_cluster(item, self.clock, &mut fx);
             self.apply_effects(fx);
+            if let Some(job) = job {
+                self.dispatch(job, None);
+            }
         }
     }
 

@@ -31,7 +31,10 @@ pub enum Bus {
     Presence { users: Vec<(String, i64)> },
     /// "Tell me who you have": sent on every (re)connection, after which
     /// the sender's picture of the others is rebuilt from their answers.
-    Sync,
+    /// With `reload`, the sender was cut off from the others for a while:
+    /// what any node announced meanwhile may be lost both ways, so every
+    /// node reloads the accounts from the database.
+    Sync { reload: bool },
     /// A committed direct message for `user`, online on the addressed node:
     /// `line` is its complete event line; `id` is its row, marked read
     /// once the line has left that node.
@@ -102,7 +105,7 @@ mod tests {
             Bus::Presence {
                 users: vec![("bob".into(), 3)],
             },
-            Bus::Sync,
+            Bus::Sync { reload: true },
             Bus::Deliver {
                 user: "bob".into(),
                 id: 7,

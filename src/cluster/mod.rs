@@ -56,8 +56,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// What the subscriber hands the loop.
 #[derive(Debug)]
 pub enum Inbound {
-    /// Subscribed (first time or again): announce our users, ask for theirs.
+    /// The publisher (re)connected: announce our users, ask for theirs.
     Connected,
+    /// The subscriber (re)subscribed: the same, and after a [`Inbound::Lost`]
+    /// catch up with what was announced meanwhile.
+    Subscribed,
     /// The subscription broke: nothing is known of the other nodes now.
     Lost,
     /// A message from another node.
@@ -339,7 +342,7 @@ fn subscribe_loop(client: redis::Client, node: String, feed: Feed, stop: Arc<Ato
             }
         );
         was_connected = true;
-        if !feed.send(Inbound::Connected) {
+        if !feed.send(Inbound::Subscribed) {
             return;
         }
         let mut heard: HashMap<String, Instant> = HashMap::new();

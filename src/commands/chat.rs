@@ -276,6 +276,7 @@ impl Chat {
                 self.register_stored(caller, user, hash, result, now, fx)
             }
             Cont::Welcome { user } => self.welcomed(user, result),
+            Cont::Reloaded => self.reloaded(result, fx),
             Cont::Direct {
                 kind,
                 from,

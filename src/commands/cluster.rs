@@ -46,6 +46,9 @@ pub struct ClusterState {
     /// Messages for the other nodes: (`Some(node)` for one, `None` for
     /// all), sent by the reactor after each pass.
     pub outgoing: Vec<(Option<String>, Bus)>,
+    /// Cut off from Redis since the last subscription: once subscribed
+    /// again, every node reloads the accounts.
+    pub cut_off: bool,
 }
 
 impl ClusterState {
@@ -197,19 +200,27 @@ impl Chat {
         })
     }
 
-    /// Applies what the link to the other nodes brought.
-    pub fn on_cluster(&mut self, inbound: Inbound, now: Clock, fx: &mut Effects) {
-        let Some(me) = self.cluster.as_ref().map(|c| c.node.clone()) else {
-            return;
-        };
+    /// Applies what the link to the other nodes brought; returns the
+    /// reload of the accounts when this node may have missed changes.
+    pub fn on_cluster(&mut self, inbound: Inbound, now: Clock, fx: &mut Effects) -> Option<Job> {
+        let me = self.cluster.as_ref()?.node.clone();
         match inbound {
-            Inbound::Connected => {
+            Inbound::Connected | Inbound::Subscribed => {
+                let reload = matches!(inbound, Inbound::Subscribed)
+                    && self
+                        .cluster
+                        .as_mut()
+                        .is_some_and(|c| std::mem::take(&mut c.cut_off));
                 let users = self.local_presence();
                 self.tell(None, Bus::Presence { users });
-                self.tell(None, Bus::Sync);
+                self.tell(None, Bus::Sync { reload });
+                if reload {
+                    return Some(reload_accounts());
+                }
             }
             Inbound::Lost => {
                 if let Some(c) = self.cluster.as_mut() {
+                    c.cut_off = true;
                     let gone: Vec<String> = std::mem::take(&mut c.remote).into_keys().collect();
                     self.seen_leaving(&gone, now.wall);
                 }
@@ -222,11 +233,76 @@ impl Chat {
             }
             Inbound::Message(env) => {
                 if env.from == me {
-                    return;
+                    return None;
                 }
-                self.on_bus(env.from, env.msg, now, fx);
+                return self.on_bus(env.from, env.msg, now, fx);
             }
         }
+        None
+    }
+
+    /// The accounts as the database has them now are back: whatever was
+    /// announced while this node could not hear (or be heard) is applied.
+    /// Accounts newer than the snapshot's newest stay (registered here
+    /// since it was read); others missing from it were deleted.
+    pub(super) fn reloaded(&mut self, result: WorkResult, fx: &mut Effects) -> Step {
+        let WorkResult::Store(Ok(StoreOutput::Accounts(snap))) = result else {
+            log::error!("cluster: accounts not reloaded after the outage: {result:?}");
+            return Step::Done;
+        };
+        let newest = snap.users.values().map(|u| u.slot).max().unwrap_or(0);
+        let gone: Vec<String> = self
+            .accounts
+            .iter()
+            .filter(|(name, a)| a.read.slot <= newest && !snap.users.contains_key(*name))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            let _ = self.delete_here(&name, fx);
+        }
+        for (name, row) in &snap.users {
+            match self.accounts.get_mut(name) {
+                Some(a) => {
+                    a.banned = row.banned;
+                    a.last_seen = a.last_seen.max(row.last_seen);
+                    if a.hash != row.hash {
+                        self.set_hash(name, row.hash.clone());
+                    }
+                }
+                None => {
+                    self.hash_changed(None, &row.hash);
+                    let mut a = Account::new(row.hash.clone(), row.slot);
+                    a.banned = row.banned;
+                    a.last_seen = row.last_seen;
+                    self.accounts.insert(name.clone(), a);
+                }
+            }
+            if row.banned {
+                if let Some(&session) = self.online.get(name) {
+                    fx.closes.push((session, ByeReason::Banned));
+                }
+            }
+        }
+        for (name, a) in self.accounts.iter_mut() {
+            a.unread = snap.unread.get(name).copied().unwrap_or(0);
+        }
+        // Blocks: exactly the database's.
+        let blocks: Vec<(String, String)> = self
+            .accounts
+            .iter()
+            .flat_map(|(u, a)| a.blocks.iter().map(move |o| (u.clone(), o.clone())))
+            .collect();
+        for (user, other) in blocks {
+            self.apply_block(&user, &other, false);
+        }
+        for (user, other) in &snap.blocks {
+            self.apply_block(user, other, true);
+        }
+        log::info!(
+            "cluster: accounts reloaded after the outage ({} accounts)",
+            self.accounts.len()
+        );
+        Step::Done
     }
 
     fn local_presence(&self) -> Vec<(String, i64)> {
@@ -264,7 +340,7 @@ impl Chat {
         c.remote.insert(user, (Rc::from(node), since));
     }
 
-    fn on_bus(&mut self, from: String, msg: Bus, now: Clock, fx: &mut Effects) {
+    fn on_bus(&mut self, from: String, msg: Bus, now: Clock, fx: &mut Effects) -> Option<Job> {
         match msg {
             Bus::Heartbeat => {}
             Bus::Online { user, since } => self.remote_login(&from, user, since, fx),
@@ -286,9 +362,12 @@ impl Chat {
                     self.remote_login(&from, user, since, fx);
                 }
             }
-            Bus::Sync => {
+            Bus::Sync { reload } => {
                 let users = self.local_presence();
                 self.tell(Some(from), Bus::Presence { users });
+                if reload {
+                    return Some(reload_accounts());
+                }
             }
             Bus::Deliver { user, id, line } => {
                 // Not here any more: the row is in the inbox already.
@@ -335,6 +414,15 @@ impl Chat {
                 self.budgets.trust(&user, group);
             }
         }
+        None
+    }
+}
+
+/// Reads every account again (see [`Chat::reloaded`]).
+fn reload_accounts() -> Job {
+    Job {
+        cont: Cont::Reloaded,
+        work: Work::Store(StoreRequest::LoadAccounts),
     }
 }
 

@@ -130,6 +130,8 @@ pub enum Cont {
         text: String,
         targets: Vec<DirectTarget>,
     },
+    /// The accounts read again after a cluster outage.
+    Reloaded,
     /// Logged in (cluster mode): the inbox count for the welcome.
     Welcome { user: String },
     /// Inbox rows read (they stay unread until written out).

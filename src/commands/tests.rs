@@ -1348,7 +1348,8 @@ mod clustered {
         assert!(fx.closes.is_empty());
         let announced = chat.take_outgoing();
         assert!(
-            matches!(&announced[..], [(None, Bus::Online { user, .. })] if user == "alice"),
+            matches!(&announced[..], [(None, Bus::LoginOk { .. }), (None, Bus::Online { user, .. })]
+                if user == "alice"),
             "{announced:?}"
         );
         let here = clock(t0, 10).wall_ms;
@@ -1455,15 +1456,36 @@ mod clustered {
         );
         chat.on_cluster(Inbound::Lost, clock(t0, 3), &mut fx);
         assert_eq!(who(&mut chat, &alice, clock(t0, 3)), "+ 0 online\n");
-        // Back on Redis: this node announces itself and asks the others.
+        // Back on Redis: this node announces itself and asks the others;
+        // once subscribed again it reloads the accounts, and so does
+        // everyone (it may have missed their changes, they its).
         chat.take_outgoing();
-        chat.on_cluster(Inbound::Connected, clock(t0, 4), &mut fx);
+        assert!(chat
+            .on_cluster(Inbound::Connected, clock(t0, 4), &mut fx)
+            .is_none());
         let out = chat.take_outgoing();
         assert!(
-            matches!(&out[..], [(None, Bus::Presence { users }), (None, Bus::Sync)]
+            matches!(&out[..], [(None, Bus::Presence { users }), (None, Bus::Sync { reload: false })]
                 if users.len() == 1 && users[0].0 == "alice"),
             "{out:?}"
         );
+        let reload = chat.on_cluster(Inbound::Subscribed, clock(t0, 4), &mut fx);
+        assert!(matches!(
+            reload,
+            Some(Job {
+                work: Work::Store(StoreRequest::LoadAccounts),
+                ..
+            })
+        ));
+        let out = chat.take_outgoing();
+        assert!(
+            matches!(&out[1..], [(None, Bus::Sync { reload: true })]),
+            "{out:?}"
+        );
+        // Only once per outage.
+        assert!(chat
+            .on_cluster(Inbound::Subscribed, clock(t0, 5), &mut fx)
+            .is_none());
     }
 
     #[test]
@@ -1489,4 +1511,42 @@ mod clustered {
         chat.on_cluster(from("n2", b), clock(t0, 1), &mut fx);
         assert_eq!(recipients(&fx), vec![bob.session]);
     }
+}
+
+#[test]
+fn a_reload_after_an_outage_brings_in_what_was_missed_and_keeps_what_is_newer() {
+    use crate::store::{Snapshot, UserRow};
+    let t0 = Instant::now();
+    // Accounts 1 (alice), 2 (bob), 3 (carol) loaded; carol blocks bob.
+    let mut chat = chat_with(&["alice", "bob", "carol"]);
+    chat.join_cluster("n1".into());
+    let mut fx = Effects::default();
+    chat.apply_block("carol", "bob", true);
+    // While cut off, elsewhere: bob was deleted, dave (4) registered,
+    // carol unblocked bob and blocked alice, alice was banned. Meanwhile
+    // here erin (5) registered after the snapshot was read.
+    chat.accounts
+        .insert("erin".into(), Account::new("hash".into(), 5));
+    let row = |slot: u64, banned: bool| UserRow {
+        hash: "hash".into(),
+        last_seen: None,
+        slot,
+        marks: Marks::default(),
+        banned,
+    };
+    let mut snap = Snapshot::default();
+    snap.users.insert("alice".into(), row(1, true));
+    snap.users.insert("carol".into(), row(3, false));
+    snap.users.insert("dave".into(), row(4, false));
+    snap.blocks.push(("carol".into(), "alice".into()));
+    snap.unread.insert("dave".into(), 2);
+    let result = WorkResult::Store(Ok(StoreOutput::Accounts(Box::new(snap))));
+    chat.complete(None, Cont::Reloaded, result, clock(t0, 1), &mut fx);
+    let mut names: Vec<&String> = chat.accounts.keys().collect();
+    names.sort();
+    assert_eq!(names, ["alice", "carol", "dave", "erin"]);
+    assert!(chat.accounts["alice"].banned);
+    assert_eq!(chat.accounts["dave"].unread, 2);
+    let blocks: Vec<&String> = chat.accounts["carol"].blocks.iter().collect();
+    assert_eq!(blocks, ["alice"]);
 }

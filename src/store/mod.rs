@@ -141,6 +141,10 @@ pub enum StoreRequest {
     /// A consistent copy of the database at `path` (SQLite's online
     /// backup), taken by the reader: writes go on meanwhile.
     Backup { path: PathBuf },
+    /// Every account, block and inbox count, as at start-up: a cluster
+    /// node catching up with changes announced while it could not hear
+    /// them. Answered by the reader.
+    LoadAccounts,
     /// Delete an account: its inbox and blocks go, and its history is
     /// detached (it keeps an account id no one will have again), so a new
     /// account with the name starts clean.
@@ -184,6 +188,8 @@ pub enum StoreOutput {
     Count(u64),
     /// Messages read.
     Rows(Vec<MessageRow>),
+    /// The accounts (for [`StoreRequest::LoadAccounts`]).
+    Accounts(Box<Snapshot>),
     /// A page of history, the last id of its span, and how many rows the
     /// whole span has (0 after the first page).
     History {
@@ -227,7 +233,7 @@ pub struct UserRow {
 }
 
 /// What the chat state needs at start-up; message bodies stay on disk.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     /// name → account
     pub users: HashMap<String, UserRow>,

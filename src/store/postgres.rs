@@ -281,7 +281,10 @@ impl Reader for PgReader {
         if let StoreRequest::Backup { .. } = request {
             return Err(StoreError::Failed(NO_BACKUP.to_string()));
         }
-        if !matches!(request, StoreRequest::History { .. }) {
+        if !matches!(
+            request,
+            StoreRequest::History { .. } | StoreRequest::LoadAccounts
+        ) {
             return Err(StoreError::Failed("the reader only reads".to_string()));
         }
         if self.client.as_ref().is_none_or(Client::is_closed) {
@@ -290,7 +293,13 @@ impl Reader for PgReader {
         let Some(client) = self.client.as_mut() else {
             return Err(StoreError::Failed("PostgreSQL is unreachable".to_string()));
         };
-        apply(client, request).map_err(|e| {
+        let result = match request {
+            StoreRequest::LoadAccounts => load(client)
+                .map(|snap| StoreOutput::Accounts(Box::new(snap)))
+                .map_err(Failure::Db),
+            _ => apply(client, request),
+        };
+        result.map_err(|e| {
             log::error!("store: read failed: {e}");
             StoreError::Failed(e.to_string())
         })
@@ -558,6 +567,7 @@ fn apply(client: &mut impl GenericClient, request: &StoreRequest) -> Result<Stor
             Ok(StoreOutput::Done)
         }
         StoreRequest::Backup { .. } => Err(Failure::Refused(NO_BACKUP)),
+        StoreRequest::LoadAccounts => Err(Failure::Refused("accounts are loaded by the reader")),
     }
 }
 

@@ -111,6 +111,9 @@ impl Reader for SqliteReader {
                 StoreError::Failed(e.to_string())
             }),
             StoreRequest::Backup { path } => backup(&self.conn, path),
+            StoreRequest::LoadAccounts => load(&self.conn)
+                .map(|snap| StoreOutput::Accounts(Box::new(snap)))
+                .map_err(|e| StoreError::Failed(e.to_string())),
             _ => Err(StoreError::Failed("the reader only reads".to_string())),
         }
     }
@@ -421,9 +424,9 @@ fn apply(conn: &Connection, request: &StoreRequest) -> rusqlite::Result<StoreOut
             Ok(StoreOutput::Done)
         }
         // Taken by the reader (`spawn_reader`), never in a write batch.
-        StoreRequest::Backup { .. } => Err(rusqlite::Error::InvalidParameterName(
-            "a backup is taken by the reader".into(),
-        )),
+        StoreRequest::Backup { .. } | StoreRequest::LoadAccounts => Err(
+            rusqlite::Error::InvalidParameterName("the reader answers this".into()),
+        ),
         StoreRequest::DeleteUser { user } => {
             let id: Option<i64> = conn
                 .prepare_cached("SELECT id FROM users WHERE name = ?1")?

@@ -249,6 +249,8 @@ fn a_redis_restart_stores_meanwhile_and_then_routes_again() {
     let n2 = node(&redis, &db, "n2");
     let mut alice = n1.user("alice");
     let mut bob = n2.user("bob");
+    let mut carol = n1.user("carol");
+    eventually(SPREAD, "n2 sees carol", || sees(&mut bob, &["carol"]));
     eventually(SPREAD, "n1 sees bob", || sees(&mut alice, &["bob"]));
 
     redis.kill();
@@ -259,9 +261,20 @@ fn a_redis_restart_stores_meanwhile_and_then_routes_again() {
     });
     assert_eq!(alice.cmd1("send bob during the outage"), "+ stored");
     assert_eq!(alice.cmd1("ping"), "+ pong");
+    // Changes announced during the outage are lost on the way: dave
+    // registers on n2 and bob blocks carol there; n1 hears of neither.
+    let _dave = n2.user("dave");
+    assert_eq!(bob.cmd1("block carol"), "+ blocked carol");
+    assert_eq!(alice.cmd1("send dave hello?"), "- NOUSER no such user dave");
 
     redis.restart();
     eventually(SPREAD, "n1 sees bob again", || sees(&mut alice, &["bob"]));
+    // Caught up from the database once Redis is back.
+    eventually(SPREAD, "n1 knows dave", || {
+        alice.cmd1("send dave welcome aboard") == "+ delivered"
+    });
+    let reply = carol.cmd1("send bob hi");
+    assert!(reply.starts_with("- BLOCKED"), "{reply}");
     assert_eq!(alice.cmd1("send bob after the outage"), "+ delivered");
     let e = bob.event();
     assert!(e.ends_with(" after the outage"), "{e}");
