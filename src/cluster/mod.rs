@@ -67,6 +67,10 @@ pub enum Inbound {
     Message(Envelope),
     /// A node silent for [`NODE_EXPIRY`].
     NodeDown(String),
+    /// A node heard from for the first time since this node subscribed,
+    /// or again after it fell silent: ask it who it has (its users were
+    /// dropped when it went silent, and its heartbeats do not list them).
+    NodeUp(String),
 }
 
 /// The loop's end of the link.
@@ -354,7 +358,10 @@ fn subscribe_loop(client: redis::Client, node: String, feed: Feed, stop: Arc<Ato
                 Ok(msg) => {
                     if let Some(env) = Envelope::decode(msg.get_payload_bytes()) {
                         if env.from != node {
-                            heard.insert(env.from.clone(), Instant::now());
+                            let new = heard.insert(env.from.clone(), Instant::now()).is_none();
+                            if new && !feed.send(Inbound::NodeUp(env.from.clone())) {
+                                return;
+                            }
                             if env.msg != Bus::Heartbeat && !feed.send(Inbound::Message(env)) {
                                 return;
                             }

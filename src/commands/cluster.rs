@@ -225,6 +225,9 @@ impl Chat {
                     self.seen_leaving(&gone, now.wall);
                 }
             }
+            Inbound::NodeUp(node) => {
+                self.tell(Some(node), Bus::Sync { reload: false });
+            }
             Inbound::NodeDown(node) => {
                 if let Some(c) = self.cluster.as_mut() {
                     let gone = c.drop_node(&node);

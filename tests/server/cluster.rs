@@ -363,3 +363,29 @@ fn while_postgres_is_away_durable_commands_fail_honestly_on_every_node() {
     let e = bob.event();
     assert!(e.ends_with(" back again"), "{e}");
 }
+
+#[test]
+fn a_node_that_falls_silent_and_comes_back_is_seen_again() {
+    let redis = Redis::start();
+    let db = pg::database();
+    let n1 = node(&redis, &db, "n1");
+    let n2 = node(&redis, &db, "n2");
+    let mut alice = n1.user("alice");
+    let mut bob = n2.user("bob");
+    eventually(SPREAD, "n1 sees bob", || sees(&mut alice, &["bob"]));
+    // Frozen past the expiry (an overloaded host, a paused VM): n1 takes
+    // its users for gone...
+    // SAFETY: signalling a child process this test started.
+    unsafe { libc::kill(n2.pid() as i32, libc::SIGSTOP) };
+    eventually(NODE_GONE, "bob leaves n1's whoelse", || {
+        !sees(&mut alice, &["bob"])
+    });
+    assert_eq!(alice.cmd1("send bob while frozen"), "+ stored");
+    // ...and sees them again once it speaks again.
+    // SAFETY: as above.
+    unsafe { libc::kill(n2.pid() as i32, libc::SIGCONT) };
+    eventually(SPREAD, "n1 sees bob again", || sees(&mut alice, &["bob"]));
+    assert_eq!(alice.cmd1("send bob thawed"), "+ delivered");
+    let e = bob.event();
+    assert!(e.ends_with(" thawed"), "{e}");
+}
