@@ -534,6 +534,21 @@ struct FileConfig {
     web_origin: Option<Names>,
 }
 
+/// `url` (a `--store` or `--cluster` URL) without its password, for logs
+/// and errors.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
 /// `--store`: `sqlite`, or a PostgreSQL URL.
 fn parse_store(value: &str) -> Result<StoreLocation, String> {
     if value == "sqlite" {

@@ -276,7 +276,10 @@ impl Server {
                 let link =
                     crate::cluster::ClusterLink::start(url, node.clone(), Arc::clone(&waker))
                         .map_err(other_error)?;
-                log::info!("cluster: this is node {node}, on {url}");
+                log::info!(
+                    "cluster: this is node {node}, on {}",
+                    crate::config::redacted(url)
+                );
                 chat.join_cluster(node);
                 Some(link)
             }

@@ -92,7 +92,8 @@ impl ClusterLink {
     /// `url`. Fails only if the URL is malformed: an unreachable Redis is
     /// retried in the background while the node serves its own users.
     pub fn start(url: &str, node: String, waker: Arc<Waker>) -> Result<ClusterLink, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("--cluster {url}: {e}"))?;
+        let client = redis::Client::open(url)
+            .map_err(|e| format!("--cluster {}: {e}", crate::config::redacted(url)))?;
         let (out_tx, out_rx) = mpsc::sync_channel(OUTBOX);
         let (in_tx, in_rx) = mpsc::sync_channel(INBOX);
         let stop = Arc::new(AtomicBool::new(false));

@@ -10,6 +10,7 @@
 //! before the next batch; while the server is unreachable every request
 //! fails (`- INTERNAL`, never a false `+`).
 
+use crate::config::redacted;
 use ::postgres::{Client, GenericClient, NoTls, Row};
 
 use super::marks::{Marks, ReadMarks};
@@ -101,20 +102,6 @@ impl PgBackend {
         self.client
             .as_mut()
             .ok_or_else(|| "no PostgreSQL connection".to_string())
-    }
-}
-
-/// `url` without its password, for logs and errors.
-fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
     }
 }
 
