@@ -85,6 +85,13 @@ const DISCARD_ON_CLOSE: usize = 1 << 20;
 /// fan-out to 1000 in one go would hold the loop for milliseconds; in slices
 /// of this size, input (a ping) waits at most one slice.
 const MAX_EVENT_FLUSHES_PER_PASS: usize = 128;
+
+/// Messages from other nodes applied per pass. A broadcast from another
+/// node queues a line to every local session, as a local one does; taking
+/// a burst of them whole would hold the loop for as many fan-outs, so at
+/// most this many go per pass (at most 16 lines queued per session), the
+/// rest the next pass, with input and timers served in between.
+const CLUSTER_MESSAGES_PER_PASS: usize = 16;
 /// What a deadline is for.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
@@ -464,7 +471,6 @@ impl Server {
                     WEB_TLS_LISTENER => self.accept_ready(accept::Via::WebTls),
                     WAKER => {
                         self.drain_completions();
-                        self.drain_cluster();
                         self.finish_reload();
                     }
                     SIGNALS => self.on_signals(),
@@ -487,6 +493,7 @@ impl Server {
                 }
             }
             self.drain_completions();
+            self.drain_cluster();
             for sref in resumes {
                 if self.is_live(sref) {
                     self.mark_ready(sref.token);
@@ -543,6 +550,7 @@ impl Server {
 
     fn poll_timeout(&self) -> Option<Duration> {
         if self.background.has_ready()
+            || self.cluster.as_ref().is_some_and(|c| c.has_pending())
             || !self.resume.is_empty()
             || !self.events.is_empty()
             || !self.ready.is_empty()
@@ -900,7 +908,7 @@ impl Server {
         let Some(link) = self.cluster.as_ref() else {
             return;
         };
-        let inbound = link.take();
+        let inbound = link.take(CLUSTER_MESSAGES_PER_PASS);
         for item in inbound {
             let mut fx = Effects::default();
             let job = self.chat.on_cluster(item, self.clock, &mut fx);

@@ -155,10 +155,22 @@ impl ClusterLink {
         }
     }
 
-    /// Everything the subscriber has queued.
-    pub fn take(&self) -> Vec<Inbound> {
+    /// Up to `max` of what the subscriber has queued. Whether more is
+    /// left is what [`ClusterLink::has_pending`] says; the loop comes back
+    /// for it next pass rather than applying a burst of broadcasts at once.
+    pub fn take(&self, max: usize) -> Vec<Inbound> {
         self.woken.store(false, Ordering::SeqCst);
-        self.inbox.try_iter().collect()
+        let taken: Vec<Inbound> = self.inbox.try_iter().take(max).collect();
+        if taken.len() == max {
+            // Possibly more: make sure the loop does not sleep on it.
+            self.woken.store(true, Ordering::SeqCst);
+        }
+        taken
+    }
+
+    /// Whether [`ClusterLink::take`] left something (or may have).
+    pub fn has_pending(&self) -> bool {
+        self.woken.load(Ordering::SeqCst)
     }
 
     /// Stops both threads: the publisher sends what is queued (it is told
