@@ -108,6 +108,21 @@ shows beside a TCP run:
           --web 127.0.0.1:8080 4000
   natter-bench --ws 8080 fanout idle
 
+Clusters: --nodes lists the nodes of one cluster (natterd --cluster; with
+--tls, their TLS ports), each started as above, with its own --data, plus
+--store postgres://... --cluster redis://... --node-id ID. The first node is where fanout's sender and ping client and
+dm's senders connect; fanout's receivers go round-robin over all the nodes
+(with 2, half of them on the other node), dm's receivers over the nodes
+after the first (every message crosses nodes; --history-readers and
+--list-flooders stay on the first), idle's sessions and login's
+connections round-robin over all. Before measuring, fanout and dm wait
+(within --max-seconds) until the first node lists every receiver in
+`whoelse`, as a user registered on one node reaches the others a moment
+later. --server-pid is then the first node's natterd; idle's memory per
+session counts that node's sessions only. --ws takes one node.
+
+  natter-bench --nodes 127.0.0.1:4000,127.0.0.1:4001 fanout dm
+
 Exit status: 0 when every scenario ran, 1 when one failed, 2 for bad
 arguments.";
 
@@ -126,6 +141,19 @@ pub struct Args {
     /// natterd's port [default: 4000, or 4443 with --tls]
     #[arg(short, long)]
     pub port: Option<u16>,
+
+    /// A cluster's nodes, instead of --host and --port (see "Clusters"
+    /// below): fanout's receivers, idle's sessions and login's connections
+    /// go round-robin over them; dm's senders use the first, their
+    /// receivers the others
+    #[arg(
+        long,
+        value_name = "HOST:PORT,...",
+        value_delimiter = ',',
+        value_parser = parse_node,
+        conflicts_with_all = ["host", "port"]
+    )]
+    pub nodes: Vec<Node>,
 
     /// Connect with TLS (natterd's TLS listener)
     #[arg(long)]
@@ -244,7 +272,50 @@ pub struct Args {
     pub json: bool,
 }
 
+/// One node of a cluster: where to connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub host: String,
+    pub port: u16,
+}
+
+/// `HOST:PORT`, or `[V6ADDR]:PORT`.
+fn parse_node(s: &str) -> Result<Node, String> {
+    let bad = || format!("{s:?}: expected HOST:PORT");
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    // A bare IPv6 address would split at its last colon into nonsense.
+    if host.is_empty() || (host.contains(':') && !s.starts_with('[')) {
+        return Err(bad());
+    }
+    let port = port
+        .parse::<u16>()
+        .ok()
+        .filter(|&p| p > 0)
+        .ok_or_else(bad)?;
+    Ok(Node {
+        host: host.to_string(),
+        port,
+    })
+}
+
 impl Args {
+    /// Where to connect: the --nodes, else the one node --host and --port
+    /// name.
+    pub fn nodes(&self) -> Vec<Node> {
+        if self.nodes.is_empty() {
+            vec![Node {
+                host: self.host.clone(),
+                port: self.port(),
+            }]
+        } else {
+            self.nodes.clone()
+        }
+    }
+
     /// The port to connect to: --port, else natterd's default for the
     /// listener chosen.
     pub fn port(&self) -> u16 {
@@ -307,6 +378,12 @@ impl Args {
                 .any(|s| !matches!(s, Scenario::Fanout | Scenario::Idle))
         {
             return Err("--ws drives the fanout and idle scenarios only: name them".into());
+        }
+        if self.ws.is_some() && self.nodes.len() > 1 {
+            return Err("--ws takes one node: leave out --nodes, or --ws".into());
+        }
+        if self.nodes.len() > 64 {
+            return Err("--nodes takes at most 64 nodes".into());
         }
         if self.broadcasts > MAX_BROADCASTS {
             return Err(format!("--broadcasts must be at most {MAX_BROADCASTS}"));
@@ -441,6 +518,54 @@ mod tests {
         for bad in ["short", " leading-blank", "trailing-blank ", "tab\there"] {
             assert!(args(&["--password", bad]).validate().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn nodes_parse_as_a_comma_separated_list() {
+        let node = |host: &str, port| Node {
+            host: host.to_string(),
+            port,
+        };
+        assert_eq!(args(&[]).nodes(), [node(DEFAULT_HOST, 4000)]);
+        assert_eq!(args(&["-H", "h", "-p", "7"]).nodes(), [node("h", 7)]);
+        let a = args(&["--nodes", "127.0.0.1:4000,[::1]:4001,chat-2:9"]);
+        assert_eq!(
+            a.nodes(),
+            [
+                node("127.0.0.1", 4000),
+                node("::1", 4001),
+                node("chat-2", 9)
+            ]
+        );
+        assert_eq!(a.validate(), Ok(()));
+        assert_eq!(
+            args(&["--nodes", "a:1", "--nodes", "b:2"]).nodes(),
+            [node("a", 1), node("b", 2)]
+        );
+        for bad in ["a", "a:", ":4000", "a:0", "a:65536", "::1:4000", "a:1,b"] {
+            assert!(
+                Args::try_parse_from(["natter-bench", "--nodes", bad]).is_err(),
+                "{bad:?}"
+            );
+        }
+        // Two ways to say where: refused rather than one silently ignored.
+        for other in [["--port", "1"], ["--host", "h"]] {
+            let mut argv = vec!["natter-bench", "--nodes", "a:1,b:2"];
+            argv.extend(other);
+            assert!(Args::try_parse_from(argv).is_err(), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn websocket_and_too_many_nodes_are_refused() {
+        let two = args(&["--nodes", "a:1,b:2", "--ws", "8080", "fanout"]);
+        assert!(two.validate().expect_err("ws").contains("--ws"));
+        assert!(args(&["--nodes", "a:1", "--ws", "8080", "fanout"])
+            .validate()
+            .is_ok());
+        let many: Vec<String> = (1..=65).map(|p| format!("h:{p}")).collect();
+        let many = many.join(",");
+        assert!(args(&["--nodes", &many]).validate().is_err());
     }
 
     #[test]

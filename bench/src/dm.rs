@@ -5,7 +5,9 @@
 //! its pairs, so it can tell alone when its pairs are done. With
 //! `--rate-limit` each sender follows a fixed schedule and latency counts
 //! from when a message was due, not when it left: a server that falls behind
-//! shows as latency instead of silently slowing the sender.
+//! shows as latency instead of silently slowing the sender. With `--nodes`,
+//! the senders are on the first node and their receivers on the others, so
+//! every acknowledgement is of a message that crossed nodes.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,7 +23,10 @@ use crate::fanout::{nanos, GRACE, POLL_WAIT};
 use crate::lines::{event, push_text, stamp, Conn};
 use crate::progress::join_with_progress;
 use crate::report::{Report, Value};
-use crate::setup::{completion, expect_ok, open_sessions, send, Session, Target, STOPPED};
+use crate::setup::{
+    completion, expect_ok, first, open_sessions, open_spread, send, wait_until_listed, Session,
+    Target, STOPPED,
+};
 use crate::stats::{per_sec, secs, Latency};
 use crate::sys::CpuWatch;
 
@@ -56,15 +61,21 @@ struct Measured {
 }
 
 /// Runs the scenario.
-pub fn run(a: &Args, target: Target) -> Result<Report, BenchError> {
+pub fn run(a: &Args, targets: &[Target]) -> Result<Report, BenchError> {
+    let target = first(targets)?;
+    let nodes = targets.len();
     let p = &a.users_prefix;
     let setup_deadline = Instant::now() + Duration::from_secs(a.max_seconds);
-    let mut names = Vec::with_capacity(2 * a.pairs);
-    for i in 0..a.pairs {
-        names.push(format!("{p}ds{i}"));
-        names.push(format!("{p}dr{i}"));
-    }
-    let sessions = open_sessions(target, &names, setup_deadline, "pairs")?;
+    let sessions = if nodes == 1 {
+        let mut names = Vec::with_capacity(2 * a.pairs);
+        for i in 0..a.pairs {
+            names.push(format!("{p}ds{i}"));
+            names.push(format!("{p}dr{i}"));
+        }
+        open_sessions(target, &names, setup_deadline, "pairs")?
+    } else {
+        cross_node_pairs(a, targets, setup_deadline)?
+    };
     let threads = a.threads.min(a.pairs);
     let mut groups: Vec<Vec<(Sender, Conn)>> = (0..threads).map(|_| Vec::new()).collect();
     // Without a rate limit `due` stays 0 (always due); with one, pair i
@@ -194,6 +205,7 @@ pub fn run(a: &Args, target: Target) -> Result<Report, BenchError> {
             a.pairs, a.payload, a.window
         ),
     );
+    report.nodes(nodes);
     report.field("pairs", "pairs", Value::Int(a.pairs as u64));
     report.field("acked", "acked", Value::Int(all.acked));
     report.field("delivered", "delivered", Value::Int(all.delivered));
@@ -385,6 +397,32 @@ fn drive(mut pairs: Vec<(Sender, Conn)>, ctx: &Ctx) -> Result<Measured, BenchErr
         ready.clear();
         ready.extend(events.iter().map(|e| e.token().0));
     }
+}
+
+/// The pairs' sessions in the order a single node's setup gives them
+/// (sender 0, receiver 0, sender 1, ...), with every sender on the first
+/// node and the receivers round-robin over the others, so every message
+/// crosses nodes. Returns once the first node lists every receiver.
+fn cross_node_pairs(
+    a: &Args,
+    targets: &[Target],
+    deadline: Instant,
+) -> Result<Vec<Session>, BenchError> {
+    let p = &a.users_prefix;
+    let (sending, others) = (first(targets)?, &targets[1..]);
+    let senders: Vec<String> = (0..a.pairs).map(|i| format!("{p}ds{i}")).collect();
+    let receivers: Vec<String> = (0..a.pairs).map(|i| format!("{p}dr{i}")).collect();
+    let mut senders = open_sessions(sending, &senders, deadline, "senders")?;
+    let receiving = open_spread(others, &receivers, deadline, "receivers")?;
+    let watcher = senders
+        .first_mut()
+        .ok_or_else(|| BenchError::new("no sender session"))?;
+    wait_until_listed(watcher, &receivers, deadline)?;
+    Ok(senders
+        .into_iter()
+        .zip(receiving)
+        .flat_map(|(s, r)| [s, r])
+        .collect())
 }
 
 /// Reads a sender's replies: each `+` acknowledges its oldest message.

@@ -5,7 +5,9 @@
 //! keeps at most `--window` broadcasts that some receiver has not yet got:
 //! the last receiver to get a broadcast counts it complete and wakes the
 //! sender. An extra idle client pings meanwhile, to show whether the
-//! server's loop stalls under the load.
+//! server's loop stalls under the load. With `--nodes`, the sender and
+//! the pinger are on the first node and the receivers round-robin over all,
+//! so the report also counts the deliveries that crossed nodes.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -22,7 +24,8 @@ use crate::lines::{event, push_text, stamp, Conn};
 use crate::progress::{Progress, TICK};
 use crate::report::{Report, Value};
 use crate::setup::{
-    self, completion, expect_ok, open_sessions, read_or_quiet, send, Read, Session, Target, STOPPED,
+    self, completion, expect_ok, first, home, open_sessions, open_spread, read_or_quiet, send,
+    wait_until_listed, Read, Session, Target, STOPPED,
 };
 use crate::stats::{per_sec, secs, Latency};
 use crate::sys::CpuWatch;
@@ -65,6 +68,8 @@ struct Received {
     /// When its last broadcast arrived.
     last: Option<Instant>,
     deliveries: u64,
+    /// Broadcasts each of its connections got, in the order given.
+    got: Vec<u64>,
 }
 
 /// Nanoseconds in `d`, saturating (a run never nears 584 years).
@@ -73,7 +78,9 @@ pub fn nanos(d: Duration) -> u64 {
 }
 
 /// Runs the scenario.
-pub fn run(a: &Args, target: Target) -> Result<Report, BenchError> {
+pub fn run(a: &Args, targets: &[Target]) -> Result<Report, BenchError> {
+    let target = first(targets)?;
+    let nodes = targets.len();
     let p = &a.users_prefix;
     let setup_deadline = Instant::now() + Duration::from_secs(a.max_seconds);
     let sender_name = format!("{p}fs");
@@ -85,7 +92,7 @@ pub fn run(a: &Args, target: Target) -> Result<Report, BenchError> {
         "setup",
     )?;
     let mut pinger = both.pop();
-    let sender = both
+    let mut sender = both
         .pop()
         .ok_or_else(|| BenchError::new("no sender session"))?;
     if a.ping_interval_us == 0 {
@@ -99,7 +106,7 @@ pub fn run(a: &Args, target: Target) -> Result<Report, BenchError> {
     }
     let names: Vec<String> = (0..a.receivers).map(|i| format!("{p}f{i}")).collect();
     let conns: Vec<Conn> = match a.ws {
-        None => open_sessions(target, &names, setup_deadline, "receivers")?
+        None => open_spread(targets, &names, setup_deadline, "receivers")?
             .into_iter()
             .map(Conn::from_reader)
             .collect::<Result<_, _>>()?,
@@ -115,10 +122,16 @@ pub fn run(a: &Args, target: Target) -> Result<Report, BenchError> {
                 .collect::<Result<_, _>>()?
         }
     };
+    if nodes > 1 {
+        wait_until_listed(&mut sender, &names, setup_deadline)?;
+    }
     let threads = a.threads.min(a.receivers);
     let mut groups: Vec<Vec<Conn>> = (0..threads).map(|_| Vec::new()).collect();
+    // Per group, each receiver's node, to count what crossed nodes.
+    let mut homes: Vec<Vec<usize>> = (0..threads).map(|_| Vec::new()).collect();
     for (i, conn) in conns.into_iter().enumerate() {
         groups[i % threads].push(conn);
+        homes[i % threads].push(home(i, nodes));
     }
 
     let shared = Shared {
@@ -190,11 +203,19 @@ pub fn run(a: &Args, target: Target) -> Result<Report, BenchError> {
     let mut latency = Latency::new();
     let mut deliveries = 0;
     let mut last = None;
-    for r in received {
+    let mut remote_deliveries = 0;
+    for (r, homes) in received.into_iter().zip(&homes) {
         let r = r?;
         latency.merge(&r.latency);
         deliveries += r.deliveries;
         last = last.max(r.last);
+        remote_deliveries += r
+            .got
+            .iter()
+            .zip(homes)
+            .filter(|&(_, &node)| node != 0)
+            .map(|(got, _)| got)
+            .sum::<u64>();
     }
     let elapsed = last.map_or(Duration::ZERO, |l| l.duration_since(shared.epoch));
 
@@ -213,9 +234,25 @@ pub fn run(a: &Args, target: Target) -> Result<Report, BenchError> {
             threads
         ),
     );
+    report.nodes(nodes);
     report.field("receivers", "receivers", Value::Int(a.receivers as u64));
+    if nodes > 1 {
+        let remote = (0..a.receivers).filter(|&i| home(i, nodes) != 0).count();
+        report.field(
+            "remote_receivers",
+            "remote receivers",
+            Value::Int(remote as u64),
+        );
+    }
     report.field("broadcasts", "broadcasts", Value::Int(sent));
     report.field("deliveries", "deliveries", Value::Int(deliveries));
+    if nodes > 1 {
+        report.field(
+            "remote_deliveries",
+            "remote deliveries",
+            Value::Int(remote_deliveries),
+        );
+    }
     report.field("seconds", "secs", secs(elapsed));
     report.field(
         "deliveries_per_sec",
@@ -412,11 +449,11 @@ fn receive(
             .register(&mut c.stream, Token(i), Interest::READABLE)?;
     }
     let mut events = Events::with_capacity(1024);
-    let mut got = vec![0u64; conns.len()];
     let mut out = Received {
         latency: Latency::new(),
         last: None,
         deliveries: 0,
+        got: vec![0u64; conns.len()],
     };
     // Lines setup already buffered get no readiness event: read each once.
     let mut ready: Vec<usize> = (0..conns.len()).collect();
@@ -452,7 +489,7 @@ fn receive(
                 Ok(())
             })?;
             if n > 0 {
-                got[i] += n;
+                out.got[i] += n;
                 out.deliveries += n;
                 out.last = Some(Instant::now());
                 sh.delivered.fetch_add(n, Ordering::Relaxed);
@@ -465,7 +502,7 @@ fn receive(
             }
         }
         let target = sh.target.load(Ordering::SeqCst);
-        if got.iter().all(|&g| g >= target) || Instant::now() > hard {
+        if out.got.iter().all(|&g| g >= target) || Instant::now() > hard {
             return Ok(out);
         }
         match poll.poll(&mut events, Some(POLL_WAIT)) {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::args::Args;
 use crate::error::BenchError;
 use crate::report::{Report, Value};
-use crate::setup::{expect_ok, open_sessions, send, Target};
+use crate::setup::{expect_ok, first, home, open_spread, send, Target};
 use crate::stats::{per_sec, secs};
 use crate::sys::vm_rss_kib;
 use crate::ws::{self, WsTarget};
@@ -23,7 +23,9 @@ const SETTLE: Duration = Duration::from_millis(500);
 const CHECKED: usize = 100;
 
 /// Runs the scenario.
-pub fn run(a: &Args, target: Target) -> Result<Report, BenchError> {
+pub fn run(a: &Args, targets: &[Target]) -> Result<Report, BenchError> {
+    let target = first(targets)?;
+    let nodes = targets.len();
     let rss = |pid: u32| {
         vm_rss_kib(pid).map_err(|e| BenchError::new(format!("reading /proc/{pid}/status: {e}")))
     };
@@ -35,7 +37,7 @@ pub fn run(a: &Args, target: Target) -> Result<Report, BenchError> {
     let deadline = start + Duration::from_secs(a.max_seconds);
     let (opened, after, checked) = match a.ws {
         None => {
-            let mut sessions = open_sessions(target, &names, deadline, "idle")?;
+            let mut sessions = open_spread(targets, &names, deadline, "idle")?;
             let opened = start.elapsed();
             thread::sleep(SETTLE);
             let after = a.server_pid.map(rss).transpose()?;
@@ -81,6 +83,7 @@ pub fn run(a: &Args, target: Target) -> Result<Report, BenchError> {
         "idle",
         format!("{} logged-in idle sessions{over}", a.sessions),
     );
+    report.nodes(nodes);
     report.field("sessions", "sessions", Value::Int(a.sessions as u64));
     report.field("setup_seconds", "setup secs", secs(opened));
     report.field(
@@ -91,9 +94,11 @@ pub fn run(a: &Args, target: Target) -> Result<Report, BenchError> {
     let kib = |v: Option<u64>| v.map_or(Value::Missing, Value::Int);
     report.field("rss_before_kib", "rss before KiB", kib(before));
     report.field("rss_after_kib", "rss after KiB", kib(after));
+    // --server-pid is one process: the first node's, holding its share.
+    let measured = (0..a.sessions).filter(|&i| home(i, nodes) == 0).count();
     let per_session = match (before, after) {
-        (Some(b), Some(f)) => {
-            Value::Float(f.saturating_sub(b) as f64 * 1024.0 / a.sessions as f64, 0)
+        (Some(b), Some(f)) if measured > 0 => {
+            Value::Float(f.saturating_sub(b) as f64 * 1024.0 / measured as f64, 0)
         }
         _ => Value::Missing,
     };
@@ -108,6 +113,11 @@ pub fn run(a: &Args, target: Target) -> Result<Report, BenchError> {
             "per-session memory includes account creation and hashing left-overs: an upper bound"
                 .into(),
         );
+        if nodes > 1 {
+            report.notes.push(format!(
+                "memory is the first node's (--server-pid), per its {measured} sessions"
+            ));
+        }
     }
     Ok(report)
 }

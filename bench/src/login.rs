@@ -12,17 +12,19 @@ use crate::args::Args;
 use crate::error::BenchError;
 use crate::progress::join_with_progress;
 use crate::report::{Report, Value};
-use crate::setup::{dial, expect_ok, open_sessions, send, Target, STOPPED};
+use crate::setup::{dial, expect_ok, home, open_spread, send, Target, STOPPED};
 use crate::stats::{per_sec, secs, Latency};
 use crate::sys::CpuWatch;
 
 /// Runs the scenario.
-pub fn run(a: &Args, target: Target) -> Result<Report, BenchError> {
+pub fn run(a: &Args, targets: &[Target]) -> Result<Report, BenchError> {
     let names: Vec<String> = (0..a.concurrency)
         .map(|i| format!("{}l{i}", a.users_prefix))
         .collect();
     let setup_deadline = Instant::now() + Duration::from_secs(a.max_seconds);
-    let mut users = open_sessions(target, &names, setup_deadline, "setup")?;
+    // Each user logs in on the node it was set up on, where it is known
+    // from the start.
+    let mut users = open_spread(targets, &names, setup_deadline, "setup")?;
     for s in &users {
         send(s, "quit")?;
     }
@@ -40,8 +42,10 @@ pub fn run(a: &Args, target: Target) -> Result<Report, BenchError> {
     let results: Vec<Result<(Latency, Option<Instant>), BenchError>> = thread::scope(|s| {
         let workers: Vec<_> = names
             .iter()
-            .map(|name| {
+            .enumerate()
+            .map(|(i, name)| {
                 let (tickets, done, abort) = (&tickets, &done, &abort);
+                let target = targets[home(i, targets.len())];
                 s.spawn(move || {
                     let mut latency = Latency::new();
                     let mut last = None;
@@ -96,6 +100,7 @@ pub fn run(a: &Args, target: Target) -> Result<Report, BenchError> {
             a.concurrency
         ),
     );
+    report.nodes(targets.len());
     report.field(
         "concurrency",
         "concurrency",

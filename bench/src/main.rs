@@ -73,21 +73,25 @@ fn main() -> ExitCode {
         Ok(_) => {}
         Err(e) => eprintln!("natter-bench: warning: cannot raise the open-file limit: {e}"),
     }
-    let target = Target {
-        host: &args.host,
-        port: args.port(),
-        password: &args.password,
-        tls: tls.as_ref(),
-    };
+    let nodes = args.nodes();
+    let targets: Vec<Target> = nodes
+        .iter()
+        .map(|node| Target {
+            host: &node.host,
+            port: node.port,
+            password: &args.password,
+            tls: tls.as_ref(),
+        })
+        .collect();
     for (i, scenario) in scenarios.iter().enumerate() {
         if i > 0 {
             thread::sleep(BETWEEN);
         }
         let result = match scenario {
-            Scenario::Fanout => fanout::run(&args, target),
-            Scenario::Dm => dm::run(&args, target),
-            Scenario::Idle => idle::run(&args, target),
-            Scenario::Login => login::run(&args, target),
+            Scenario::Fanout => fanout::run(&args, &targets),
+            Scenario::Dm => dm::run(&args, &targets),
+            Scenario::Idle => idle::run(&args, &targets),
+            Scenario::Login => login::run(&args, &targets),
         };
         let shown = result.and_then(|report| {
             if args.json {

@@ -47,6 +47,15 @@ impl Report {
         self.fields.push((key, heading, value));
     }
 
+    /// Says how many nodes the run used, when more than one: a
+    /// single-node report stays as it always was.
+    pub fn nodes(&mut self, nodes: usize) {
+        if nodes > 1 {
+            self.title.push_str(&format!(", over {nodes} nodes"));
+            self.field("nodes", "nodes", Value::Int(nodes as u64));
+        }
+    }
+
     /// The value under `key`, for tests and cross-checks.
     #[cfg(test)]
     pub fn get(&self, key: &str) -> Option<&Value> {
@@ -170,6 +179,20 @@ mod tests {
              \"p99_ms\":1.23456,\"ping_p99_ms\":null,\"notes\":[\"say \\\"why\\\"\"]}"
         );
         assert_eq!(sample().get("deliveries"), Some(&Value::Int(1234567)));
+    }
+
+    #[test]
+    fn nodes_show_only_for_a_cluster() {
+        let mut one = Report::new("dm", "x".to_string());
+        one.nodes(1);
+        assert_eq!(
+            one.json().expect("serialises"),
+            "{\"scenario\":\"dm\",\"notes\":[]}"
+        );
+        let mut two = Report::new("dm", "x".to_string());
+        two.nodes(2);
+        assert!(two.table().starts_with("== dm: x, over 2 nodes\n"));
+        assert_eq!(two.get("nodes"), Some(&Value::Int(2)));
     }
 
     #[test]

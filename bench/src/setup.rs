@@ -5,6 +5,7 @@
 //! threads always have work queued. A name that already EXISTS is logged in
 //! instead, so repeated runs reuse their users.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -99,6 +100,16 @@ pub fn completion(
     deadline: Instant,
     what: &str,
 ) -> Result<ServerLine, BenchError> {
+    completion_with(session, deadline, what, |_| {})
+}
+
+/// [`completion`], handing each data line (`= ...`) of the reply to `data`.
+fn completion_with(
+    session: &mut Session,
+    deadline: Instant,
+    what: &str,
+    mut data: impl FnMut(String),
+) -> Result<ServerLine, BenchError> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -121,6 +132,7 @@ pub fn completion(
         match parse(&line) {
             ServerLine::Event(Event::Bye { reason }) => return Err(BenchError::bye(what, &reason)),
             done @ (ServerLine::Ok(_) | ServerLine::Err { .. }) => return Ok(done),
+            ServerLine::Data(fields) => data(fields),
             _ => {}
         }
     }
@@ -212,6 +224,110 @@ pub fn open_sessions(
     })
 }
 
+/// The node (an index into the targets) that the `i`th of a scenario's
+/// spread sessions uses: round-robin, so with 2 nodes every other one is on
+/// the second.
+pub fn home(i: usize, nodes: usize) -> usize {
+    i % nodes.max(1)
+}
+
+/// `items` dealt out over `nodes` as [`home`] says: part k holds the items
+/// whose home is node k, in order.
+fn deal<T: Clone>(items: &[T], nodes: usize) -> Vec<Vec<T>> {
+    let mut parts = vec![Vec::new(); nodes.max(1)];
+    for (i, item) in items.iter().enumerate() {
+        parts[home(i, nodes)].push(item.clone());
+    }
+    parts
+}
+
+/// The inverse of [`deal`]: the items back in their first order.
+fn gather<T>(parts: Vec<Vec<T>>) -> Vec<T> {
+    let total = parts.iter().map(Vec::len).sum();
+    let mut parts: Vec<_> = parts.into_iter().map(Vec::into_iter).collect();
+    let mut out = Vec::with_capacity(total);
+    while out.len() < total {
+        for part in &mut parts {
+            out.extend(part.next());
+        }
+    }
+    out
+}
+
+const NO_NODE: &str = "no node to connect to";
+
+/// The first node: where the sending side of a scenario connects.
+pub fn first<'a>(targets: &[Target<'a>]) -> Result<Target<'a>, BenchError> {
+    targets
+        .first()
+        .copied()
+        .ok_or_else(|| BenchError::new(NO_NODE))
+}
+
+/// [`open_sessions`] with the names spread round-robin over `targets` (see
+/// [`home`]); the sessions come back in the order of `names`. With one
+/// target it is exactly `open_sessions`.
+pub fn open_spread(
+    targets: &[Target],
+    names: &[String],
+    deadline: Instant,
+    label: &str,
+) -> Result<Vec<Session>, BenchError> {
+    match targets {
+        [] => Err(BenchError::new(NO_NODE)),
+        [target] => open_sessions(*target, names, deadline, label),
+        _ => {
+            let mut parts = Vec::with_capacity(targets.len());
+            for (k, (target, names)) in targets.iter().zip(deal(names, targets.len())).enumerate() {
+                let label = format!("{label} (node {})", k + 1);
+                parts.push(open_sessions(*target, &names, deadline, &label)?);
+            }
+            Ok(gather(parts))
+        }
+    }
+}
+
+/// Pause between `whoelse`s while waiting for users on other nodes to be
+/// listed.
+const LISTED_POLL: Duration = Duration::from_millis(100);
+
+/// Waits until `session`'s node lists every one of `names` in `whoelse`.
+/// A user who logs in on one node reaches the others a pub/sub hop later;
+/// a measurement started before would count against users the sender's
+/// node does not know yet. Bounded by `deadline`.
+pub fn wait_until_listed(
+    session: &mut Session,
+    names: &[String],
+    deadline: Instant,
+) -> Result<(), BenchError> {
+    loop {
+        send(session, "whoelse")?;
+        let mut online = HashSet::new();
+        match completion_with(session, deadline, "whoelse", |name| {
+            online.insert(name);
+        })? {
+            ServerLine::Ok(_) => {}
+            ServerLine::Err { code, text } => {
+                return Err(BenchError::refused("whoelse", &code, &text))
+            }
+            _ => return Err(BenchError::new("whoelse: unexpected reply")),
+        }
+        let missing = names.iter().filter(|n| !online.contains(*n)).count();
+        if missing == 0 {
+            return Ok(());
+        }
+        if Instant::now() + LISTED_POLL >= deadline {
+            return Err(BenchError::new(format!(
+                "{missing} of {} users logged in on the other nodes were still not in the \
+                 first node's whoelse at the --max-seconds deadline: are the nodes in one \
+                 cluster (the same --cluster Redis and --store)?",
+                names.len()
+            )));
+        }
+        thread::sleep(LISTED_POLL);
+    }
+}
+
 /// Pause before sending again what the server answered `- BUSY` (its queue
 /// for password hashing was full): a few hashes' time.
 const BUSY_PAUSE: Duration = Duration::from_millis(50);
@@ -294,4 +410,28 @@ fn open_batch(
         }
     }
     Ok(sessions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_go_round_robin_over_the_nodes() {
+        assert_eq!(
+            (0..5).map(|i| home(i, 2)).collect::<Vec<_>>(),
+            [0, 1, 0, 1, 0]
+        );
+        assert!((0..7).all(|i| home(i, 1) == 0));
+        let names: Vec<u32> = (0..7).collect();
+        assert_eq!(deal(&names, 3), [vec![0, 3, 6], vec![1, 4], vec![2, 5]]);
+        assert_eq!(deal(&names, 1), [&names[..]]);
+        // Fewer items than nodes: the last nodes get none.
+        assert_eq!(deal(&names[..1], 3), [vec![0], vec![], vec![]]);
+        for nodes in 1..5 {
+            for n in 0..=names.len() {
+                assert_eq!(gather(deal(&names[..n], nodes)), &names[..n], "{nodes} {n}");
+            }
+        }
+    }
 }

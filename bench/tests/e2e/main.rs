@@ -1,7 +1,9 @@
 //! natter-bench against a real natterd, each scenario with tiny counts: the
 //! reports have their fields, the counts add up (every broadcast reaches
 //! every receiver, every message is acknowledged and delivered), and the
-//! server settings that would spoil a benchmark are named when met. One test
+//! server settings that would spoil a benchmark are named when met; with
+//! `--nodes`, against a two-node cluster (its own PostgreSQL and Redis),
+//! every scenario runs and fan-out and messages cross nodes. One test
 //! binary; its fixtures (natterd built from this workspace, started on free
 //! ports) are in `util`.
 
@@ -11,7 +13,8 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use util::{bench_bin, run, Run, Server, TLS_FLAGS};
+use util::redis::Redis;
+use util::{bench_bin, pg, run, Run, Server, TLS_FLAGS};
 
 /// The flags the bench's own tests start natterd with, as its help says.
 const BENCH_SERVER: &[&str] = &["--hash-cost", "low", "--rate", "0", "--max-per-ip", "0"];
@@ -96,6 +99,8 @@ fn fanout_delivers_every_broadcast_to_every_receiver() {
     assert!(v["server_cpu_pct"].is_number(), "{v}");
     assert!(v["bench_cpu_pct"].is_number(), "{v}");
     assert_eq!(v["notes"], serde_json::json!([]));
+    // One node: the report is what it was before clusters.
+    assert!(v.get("nodes").is_none(), "{v}");
 }
 
 #[test]
@@ -310,6 +315,7 @@ fn help_documents_every_flag_and_bad_arguments_exit_2() {
         "--password",
         "--json",
         "--tls",
+        "--nodes",
         "--ca",
         "--fingerprint",
         "fanout",
@@ -441,6 +447,104 @@ fn login_over_tls_and_an_untrusted_certificate() {
     assert_eq!(r.status.code(), Some(1), "stderr: {}", r.stderr);
     assert!(
         r.stderr.contains("TLS: certificate not trusted"),
+        "stderr: {}",
+        r.stderr
+    );
+}
+
+/// natter-bench with `--nodes` (and no `--port`).
+fn bench_nodes(nodes: &[&Server], args: &[&str]) -> Run {
+    let nodes: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
+    let mut cmd = Command::new(bench_bin());
+    cmd.args(["--nodes", &nodes.join(",")]).args(args);
+    run(&mut cmd)
+}
+
+#[test]
+fn every_scenario_runs_across_a_two_node_cluster() {
+    // Panics (fails, never skips) when redis-server or PostgreSQL is missing.
+    let redis = Redis::start();
+    let (db, url) = (pg::database(), redis.url());
+    let node = |id: &str| {
+        let mut flags = BENCH_SERVER.to_vec();
+        flags.extend(["--store", &db, "--cluster", &url, "--node-id", id]);
+        Server::start_with(&flags)
+    };
+    let (n1, n2) = (node("n1"), node("n2"));
+    let r = bench_nodes(
+        &[&n1, &n2],
+        &[
+            "fanout",
+            "dm",
+            "idle",
+            "login",
+            "--json",
+            // Generous: setup on a loaded machine includes the pub/sub wait.
+            "--max-seconds",
+            "20",
+            "--receivers",
+            "6",
+            "--broadcasts",
+            "100",
+            "--window",
+            "4",
+            "--pairs",
+            "3",
+            "--messages",
+            "50",
+            "--sessions",
+            "10",
+            "--logins",
+            "8",
+            "--concurrency",
+            "2",
+        ],
+    );
+    let v = reports(&r);
+    assert_eq!(v.len(), 4, "stdout: {}", r.stdout);
+    for report in &v {
+        assert_eq!(int(report, "nodes"), 2, "{report}");
+    }
+
+    let fanout = &v[0];
+    assert_eq!(fanout["scenario"], "fanout");
+    // Round-robin: receivers 1, 3 and 5 are on the second node.
+    assert_eq!(int(fanout, "remote_receivers"), 3, "{fanout}");
+    assert_eq!(int(fanout, "deliveries"), 6 * 100, "{fanout}");
+    assert_eq!(int(fanout, "remote_deliveries"), 3 * 100, "{fanout}");
+    ordered(fanout, "");
+    // No note: in particular every `+ sent to` counted all six receivers,
+    // so the sender's node knew them all before the first broadcast.
+    assert_eq!(fanout["notes"], serde_json::json!([]), "{fanout}");
+
+    let dm = &v[1];
+    assert_eq!(dm["scenario"], "dm");
+    assert_eq!(int(dm, "acked"), 150, "{dm}");
+    assert_eq!(int(dm, "delivered"), 150, "{dm}");
+    assert!(num(dm, "acked_per_sec") > 0.0, "{dm}");
+    ordered(dm, "ack_");
+    // None stored: every receiver was known online across the nodes.
+    assert_eq!(dm["notes"], serde_json::json!([]), "{dm}");
+
+    assert_eq!(int(&v[2], "sessions"), 10, "{}", v[2]);
+    assert_eq!(int(&v[2], "checked_alive"), 10, "{}", v[2]);
+    assert_eq!(int(&v[3], "logins"), 8, "{}", v[3]);
+}
+
+#[test]
+fn nodes_that_are_not_one_cluster_are_named_as_the_problem() {
+    // Two separate servers: the second's users never reach the first.
+    let (a, b) = (
+        Server::start_with(BENCH_SERVER),
+        Server::start_with(BENCH_SERVER),
+    );
+    let r = bench_nodes(
+        &[&a, &b],
+        &["fanout", "--receivers", "2", "--max-seconds", "2"],
+    );
+    assert_eq!(r.status.code(), Some(1), "stdout: {}", r.stdout);
+    assert!(
+        r.stderr.contains("whoelse") && r.stderr.contains("one cluster"),
         "stderr: {}",
         r.stderr
     );

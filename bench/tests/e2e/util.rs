@@ -1,7 +1,8 @@
 //! Fixtures for natter-bench's end-to-end tests: the natterd of this
 //! workspace, built once and found through cargo's own report of what it
 //! built (never a stale binary that happens to lie in a target directory),
-//! started on free ports; and running natter-bench with a deadline.
+//! started on free ports; a PostgreSQL and a Redis of the tests' own for
+//! cluster nodes; and running natter-bench with a deadline.
 
 use std::io::Read;
 use std::process::{Command, ExitStatus, Stdio};
@@ -15,6 +16,11 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 #[path = "../../../tests/support/natterd.rs"]
 mod support;
 pub use support::{Server, TLS_FLAGS};
+
+#[path = "../../../tests/support/postgres.rs"]
+pub mod pg;
+#[path = "../../../tests/support/redis.rs"]
+pub mod redis;
 
 /// The natter-bench binary under test.
 pub fn bench_bin() -> &'static str {
