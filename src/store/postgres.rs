@@ -11,7 +11,9 @@
 //! fails (`- INTERNAL`, never a false `+`).
 
 use crate::config::redacted;
-use ::postgres::{Client, GenericClient, NoTls, Row};
+use std::collections::HashMap;
+
+use ::postgres::{Client, GenericClient, NoTls, Row, Statement};
 
 use super::marks::{Marks, ReadMarks};
 use super::{
@@ -66,6 +68,29 @@ const MIGRATION_LOCK: i64 = 0x6e61_7474_6572;
 pub struct PgBackend {
     url: String,
     client: Option<Client>,
+    /// The hot statements, prepared on `client` (forgotten with it).
+    prepared: Prepared,
+}
+
+/// Statements prepared on one connection, by their SQL: a request then
+/// costs one round trip (bind and execute) instead of two (parse first).
+/// Only the few statements every message runs are kept.
+#[derive(Default)]
+struct Prepared(HashMap<&'static str, Statement>);
+
+impl Prepared {
+    fn get(
+        &mut self,
+        client: &mut impl GenericClient,
+        sql: &'static str,
+    ) -> Result<Statement, ::postgres::Error> {
+        if let Some(statement) = self.0.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = client.prepare(sql)?;
+        self.0.insert(sql, statement.clone());
+        Ok(statement)
+    }
 }
 
 impl PgBackend {
@@ -79,6 +104,7 @@ impl PgBackend {
         Ok(PgBackend {
             url: url.to_string(),
             client: Some(client),
+            prepared: Prepared::default(),
         })
     }
 
@@ -86,6 +112,7 @@ impl PgBackend {
     fn client(&mut self) -> Result<&mut Client, String> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = None;
+            self.prepared = Prepared::default();
             match Client::connect(&self.url, NoTls) {
                 Ok(client) => {
                     log::info!("store: connected to PostgreSQL again");
@@ -142,48 +169,40 @@ fn migrate_tx(client: &mut Client) -> Result<(), Failure> {
 impl Backend for PgBackend {
     fn run_batch(&mut self, requests: &[StoreRequest]) -> Vec<Result<StoreOutput, StoreError>> {
         let all = |e: StoreError| requests.iter().map(|_| Err(e.clone())).collect();
-        let client = match self.client() {
-            Ok(client) => client,
-            Err(e) => {
-                log::error!("store: {e}");
-                return all(StoreError::Failed(e));
-            }
+        if let Err(e) = self.client() {
+            log::error!("store: {e}");
+            return all(StoreError::Failed(e));
+        }
+        let Some(client) = self.client.as_mut() else {
+            return all(StoreError::Failed("no PostgreSQL connection".to_string()));
         };
-        let mut tx = match client.transaction() {
+        let prepared = &mut self.prepared;
+        // First without savepoints: nearly every batch has no failing
+        // request, and a savepoint and its release are two more round
+        // trips per request. If one fails, the batch is rolled back whole
+        // and run again with a savepoint per request.
+        let mut tx = match begin(client) {
             Ok(tx) => tx,
-            Err(e) => {
-                log::error!("store: cannot begin transaction: {e}");
-                return all(StoreError::Failed(e.to_string()));
-            }
+            Err(e) => return all(e),
         };
-        let mut results = Vec::with_capacity(requests.len());
-        for request in requests {
-            // A savepoint per request: a failing one is rolled back alone
-            // (PostgreSQL refuses everything after an error until then).
-            let result = match tx.savepoint("req") {
-                Ok(mut sp) => match apply(&mut sp, request) {
-                    Ok(out) => sp.commit().map(|()| out).map_err(Failure::Db),
-                    Err(e) => {
-                        let _ = sp.rollback();
-                        Err(e)
-                    }
-                },
-                Err(e) => Err(Failure::Db(e)),
-            };
-            match result {
-                Ok(out) => results.push(Ok(out)),
-                Err(Failure::Db(e)) if e.as_db_error().is_none() => {
-                    // Not the database refusing the request but the
-                    // connection failing: nothing of the batch commits.
-                    log::error!("store: connection failed: {e}; failing the whole batch");
+        let results = match run_plain(&mut tx, prepared, requests) {
+            Ok(Some(results)) => results,
+            Ok(None) => {
+                if let Err(e) = tx.rollback() {
+                    log::error!("store: rollback failed: {e}; failing the whole batch");
                     return all(StoreError::Failed(e.to_string()));
                 }
-                Err(e) => {
-                    log::error!("store: request failed: {e}");
-                    results.push(Err(StoreError::Failed(e.to_string())));
+                tx = match begin(client) {
+                    Ok(tx) => tx,
+                    Err(e) => return all(e),
+                };
+                match run_with_savepoints(&mut tx, prepared, requests) {
+                    Ok(results) => results,
+                    Err(e) => return all(e),
                 }
             }
-        }
+            Err(e) => return all(e),
+        };
         let committed = if super::commit_fault_injected() {
             let _ = tx.rollback();
             Err("injected commit failure".to_string())
@@ -257,6 +276,73 @@ impl Backend for PgBackend {
     }
 }
 
+/// A transaction on `client`.
+fn begin(client: &mut Client) -> Result<::postgres::Transaction<'_>, StoreError> {
+    client.transaction().map_err(|e| {
+        log::error!("store: cannot begin transaction: {e}");
+        StoreError::Failed(e.to_string())
+    })
+}
+
+/// Runs every request in `tx` as it is. `None` if one failed (the
+/// transaction is then aborted: roll it back); an error if the connection
+/// failed (nothing of the batch commits).
+fn run_plain(
+    tx: &mut ::postgres::Transaction<'_>,
+    prepared: &mut Prepared,
+    requests: &[StoreRequest],
+) -> Result<Option<Vec<Result<StoreOutput, StoreError>>>, StoreError> {
+    let mut results = Vec::with_capacity(requests.len());
+    for request in requests {
+        match apply(tx, prepared, request) {
+            Ok(out) => results.push(Ok(out)),
+            Err(Failure::Db(e)) if e.as_db_error().is_none() => {
+                log::error!("store: connection failed: {e}; failing the whole batch");
+                return Err(StoreError::Failed(e.to_string()));
+            }
+            Err(_) => return Ok(None),
+        }
+    }
+    Ok(Some(results))
+}
+
+/// Runs every request in `tx`, each in a savepoint of its own: a failing
+/// one is rolled back alone (PostgreSQL refuses everything after an error
+/// until then) and gets its error. An error if the connection failed.
+fn run_with_savepoints(
+    tx: &mut ::postgres::Transaction<'_>,
+    prepared: &mut Prepared,
+    requests: &[StoreRequest],
+) -> Result<Vec<Result<StoreOutput, StoreError>>, StoreError> {
+    let mut results = Vec::with_capacity(requests.len());
+    for request in requests {
+        let result = match tx.savepoint("req") {
+            Ok(mut sp) => match apply(&mut sp, prepared, request) {
+                Ok(out) => sp.commit().map(|()| out).map_err(Failure::Db),
+                Err(e) => {
+                    let _ = sp.rollback();
+                    Err(e)
+                }
+            },
+            Err(e) => Err(Failure::Db(e)),
+        };
+        match result {
+            Ok(out) => results.push(Ok(out)),
+            Err(Failure::Db(e)) if e.as_db_error().is_none() => {
+                // Not the database refusing the request but the
+                // connection failing: nothing of the batch commits.
+                log::error!("store: connection failed: {e}; failing the whole batch");
+                return Err(StoreError::Failed(e.to_string()));
+            }
+            Err(e) => {
+                log::error!("store: request failed: {e}");
+                results.push(Err(StoreError::Failed(e.to_string())));
+            }
+        }
+    }
+    Ok(results)
+}
+
 /// The reader thread's connection.
 struct PgReader {
     url: String,
@@ -284,7 +370,8 @@ impl Reader for PgReader {
             StoreRequest::LoadAccounts => load(client)
                 .map(|snap| StoreOutput::Accounts(Box::new(snap)))
                 .map_err(Failure::Db),
-            _ => apply(client, request),
+            // History's statements vary with the request: none kept.
+            _ => apply(client, &mut Prepared::default(), request),
         };
         result.map_err(|e| {
             log::error!("store: read failed: {e}");
@@ -361,7 +448,11 @@ fn id_of(client: &mut impl GenericClient, name: &str) -> Result<i64, ::postgres:
         .map_or(-1, |row| row.get(0)))
 }
 
-fn apply(client: &mut impl GenericClient, request: &StoreRequest) -> Result<StoreOutput, Failure> {
+fn apply(
+    client: &mut impl GenericClient,
+    prepared: &mut Prepared,
+    request: &StoreRequest,
+) -> Result<StoreOutput, Failure> {
     match request {
         StoreRequest::CreateUser {
             name,
@@ -375,7 +466,8 @@ fn apply(client: &mut impl GenericClient, request: &StoreRequest) -> Result<Stor
             Ok(StoreOutput::Ids(vec![row.get(0)]))
         }
         StoreRequest::InsertMessages(messages) => {
-            let insert = client.prepare(
+            let insert = prepared.get(
+                client,
                 "INSERT INTO messages (ts, sender_id, recipient_id, body, unread, body_of)
                  VALUES ($1, (SELECT id FROM users WHERE name = $2),
                          (SELECT id FROM users WHERE name = $3), $4, $5, $6)
@@ -402,11 +494,15 @@ fn apply(client: &mut impl GenericClient, request: &StoreRequest) -> Result<Stor
             Ok(StoreOutput::Ids(ids))
         }
         StoreRequest::MarkUnread { ids } => {
-            client.execute("UPDATE messages SET unread = 1 WHERE id = ANY($1)", &[ids])?;
+            let update =
+                prepared.get(client, "UPDATE messages SET unread = 1 WHERE id = ANY($1)")?;
+            client.execute(&update, &[ids])?;
             Ok(StoreOutput::Done)
         }
         StoreRequest::MarkRead { ids } => {
-            client.execute("UPDATE messages SET unread = 0 WHERE id = ANY($1)", &[ids])?;
+            let update =
+                prepared.get(client, "UPDATE messages SET unread = 0 WHERE id = ANY($1)")?;
+            client.execute(&update, &[ids])?;
             Ok(StoreOutput::Done)
         }
         StoreRequest::CountInbox { user } => {
