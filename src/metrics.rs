@@ -53,6 +53,20 @@ pub struct Snapshot {
     pub hash_queue: u64,
     /// Registered accounts.
     pub users: u64,
+    /// In a cluster: whether Redis is reachable, users online on the other
+    /// nodes, and messages to them dropped so far (Redis down or too slow).
+    pub cluster: Option<ClusterFigures>,
+}
+
+/// What `/metrics` says of a cluster node's link to the others.
+#[derive(Debug, Default)]
+pub struct ClusterFigures {
+    /// Subscribed to Redis now.
+    pub connected: bool,
+    /// Users online on the other nodes, as this node knows them.
+    pub remote_sessions: u64,
+    /// Messages for the other nodes never published.
+    pub dropped: u64,
 }
 
 /// Encodes a scrape: `snapshot` plus the histograms.
@@ -108,6 +122,25 @@ pub fn render(snapshot: &Snapshot, timings: &Timings) -> Result<String, std::fmt
         gauge(snapshot.hash_queue),
     );
     registry.register("users", "Registered accounts", gauge(snapshot.users));
+    if let Some(cluster) = &snapshot.cluster {
+        registry.register(
+            "cluster_connected",
+            "1 while this node hears the others through Redis, else 0",
+            gauge(u64::from(cluster.connected)),
+        );
+        registry.register(
+            "cluster_remote_sessions",
+            "Users online on the other nodes, as this node knows them",
+            gauge(cluster.remote_sessions),
+        );
+        let dropped = Counter::<u64>::default();
+        dropped.inc_by(cluster.dropped);
+        registry.register(
+            "cluster_dropped",
+            "Messages for the other nodes never published (Redis down or too slow)",
+            dropped,
+        );
+    }
     registry.register(
         "loop_pass_seconds",
         "Time one pass of the event loop took",
@@ -152,5 +185,29 @@ mod tests {
         );
         assert!(text.contains("natter_loop_pass_seconds_count 1"), "{text}");
         assert!(text.ends_with("# EOF\n"));
+        assert!(
+            !text.contains("cluster"),
+            "a single node has no cluster figures"
+        );
+    }
+
+    #[test]
+    fn a_cluster_node_says_whether_it_hears_the_others() {
+        let snapshot = Snapshot {
+            cluster: Some(ClusterFigures {
+                connected: true,
+                remote_sessions: 12,
+                dropped: 3,
+            }),
+            ..Snapshot::default()
+        };
+        let text = render(&snapshot, &Timings::default()).unwrap();
+        for line in [
+            "natter_cluster_connected 1",
+            "natter_cluster_remote_sessions 12",
+            "natter_cluster_dropped_total 3",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
     }
 }

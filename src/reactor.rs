@@ -919,6 +919,16 @@ impl Server {
         }
     }
 
+    /// The cluster's figures for `/metrics`, in a cluster.
+    pub(super) fn cluster_figures(&self) -> Option<crate::metrics::ClusterFigures> {
+        let link = self.cluster.as_ref()?;
+        Some(crate::metrics::ClusterFigures {
+            connected: self.chat.cluster_connected(),
+            remote_sessions: self.chat.remote_count() as u64,
+            dropped: link.dropped.load(Ordering::Relaxed),
+        })
+    }
+
     /// Sends the other nodes what this pass has for them.
     fn flush_cluster(&mut self) {
         let Some(link) = self.cluster.as_ref() else {

@@ -81,6 +81,11 @@ impl Chat {
         self.cluster.is_some()
     }
 
+    /// Whether this node hears the others (not cut off from Redis).
+    pub fn cluster_connected(&self) -> bool {
+        self.cluster.as_ref().is_some_and(|c| !c.cut_off)
+    }
+
     /// Users online on other nodes, as far as this node knows.
     pub fn remote_count(&self) -> usize {
         self.cluster.as_ref().map_or(0, |c| c.remote.len())

@@ -426,6 +426,7 @@ impl Server {
             store_waiting_bytes: self.background.store_bytes() as u64,
             hash_queue: self.background.hash_queue_len() as u64,
             users: self.chat.user_count() as u64,
+            cluster: self.cluster_figures(),
         }
     }
 
