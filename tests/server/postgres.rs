@@ -20,6 +20,29 @@ pub fn as_superuser(url: &str, sql: &str) {
     admin.batch_execute(sql).expect("superuser SQL");
 }
 
+/// The test's database goes away under natterd: its connections are cut
+/// and new ones refused, until [`allow_connections`].
+pub fn refuse_connections(url: &str) {
+    let db = database_name(url);
+    as_superuser(
+        url,
+        &format!(
+            "ALTER DATABASE {db} WITH ALLOW_CONNECTIONS false;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = '{db}' AND pid <> pg_backend_pid();"
+        ),
+    );
+}
+
+/// The database is back.
+pub fn allow_connections(url: &str) {
+    let db = database_name(url);
+    as_superuser(
+        url,
+        &format!("ALTER DATABASE {db} WITH ALLOW_CONNECTIONS true;"),
+    );
+}
+
 #[test]
 fn acknowledged_messages_survive_a_sigkill_on_postgres() {
     let url = pg::database();
@@ -55,21 +78,11 @@ fn acknowledged_messages_survive_a_sigkill_on_postgres() {
 #[test]
 fn while_postgres_is_unreachable_writes_are_refused_never_falsely_acknowledged() {
     let url = pg::database();
-    let db = database_name(&url).to_string();
     let server = Server::start(&["--store", &url]);
     let mut alice = server.user("alice");
     let mut bob = server.user("bob");
 
-    // The database goes away under natterd: its connections are cut and
-    // new ones refused.
-    as_superuser(
-        &url,
-        &format!(
-            "ALTER DATABASE {db} WITH ALLOW_CONNECTIONS false;
-             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-             WHERE datname = '{db}' AND pid <> pg_backend_pid();"
-        ),
-    );
+    refuse_connections(&url);
     for i in 0..3 {
         let reply = alice.cmd1(&format!("send bob lost {i}"));
         assert!(reply.starts_with("- INTERNAL"), "{reply}");
@@ -84,10 +97,7 @@ fn while_postgres_is_unreachable_writes_are_refused_never_falsely_acknowledged()
     assert!(server.log().contains("unreachable"), "the log says why");
 
     // Back: natterd connects again by itself.
-    as_superuser(
-        &url,
-        &format!("ALTER DATABASE {db} WITH ALLOW_CONNECTIONS true;"),
-    );
+    allow_connections(&url);
     assert_eq!(alice.cmd1("send bob back again"), "+ delivered");
     let event = bob.event();
     assert!(
