@@ -37,10 +37,15 @@ pub const NODE_EXPIRY: Duration = Duration::from_secs(5);
 /// the chat) messages are dropped and counted: everything a node publishes
 /// is either an optimisation over the database (a `Deliver`: the message
 /// is in the recipient's inbox anyway) or repaired by the next `Presence`.
-const OUTBOX: usize = 65_536;
-/// Messages from other nodes waiting for the loop. When full, the
-/// subscriber stops reading and Redis buffers for it.
-const INBOX: usize = 65_536;
+/// A message holds at most a line (4 KiB by default), so this bounds the
+/// queue to 32 MiB at the longest lines.
+const OUTBOX: usize = 8192;
+/// Messages from other nodes waiting for the loop, bounded the same way.
+/// When full, the subscriber stops reading and Redis buffers for it, up
+/// to its `client-output-buffer-limit pubsub` (32 MB by default), past
+/// which Redis disconnects it: the node then counts as cut off, and
+/// catches up when it subscribes again (presence and accounts).
+const INBOX: usize = 8192;
 /// Most messages sent in one pipeline.
 const PIPELINE: usize = 1024;
 /// How long a Redis read or write may take before the connection counts
