@@ -373,6 +373,17 @@ impl Sim {
         });
     }
 
+    /// What the reactor does with what another node of a cluster said
+    /// (the chat must have joined one: `sim.chat.join_cluster(..)`).
+    pub fn from_cluster(&mut self, inbound: crate::cluster::Inbound) {
+        let mut fx = Effects::default();
+        let job = self.chat.on_cluster(inbound, self.now, &mut fx);
+        self.apply_effects(fx);
+        if let Some(job) = job {
+            self.dispatch(job, None);
+        }
+    }
+
     fn apply(&mut self, outbox: Outbox) {
         for (job, reply_to) in outbox.jobs {
             self.dispatch(job, reply_to);

@@ -349,6 +349,13 @@ impl Chat {
     }
 
     fn on_bus(&mut self, from: String, msg: Bus, now: Clock, fx: &mut Effects) -> Option<Job> {
+        // Redis is trusted as the database is, but what reaches a socket
+        // or the chat state is checked all the same: a broken or foreign
+        // publisher must not break a client's framing or invent names.
+        if let Some(bad) = malformed(&msg) {
+            log::warn!("cluster: dropped a malformed message from node {from}: {bad}");
+            return None;
+        }
         match msg {
             Bus::Heartbeat => {}
             Bus::Online { user, since } => self.remote_login(&from, user, since, fx),
@@ -424,6 +431,37 @@ impl Chat {
         }
         None
     }
+}
+
+/// Why `msg` cannot be applied, if it cannot: a name that is not a
+/// canonical username, or a line that is not one well-formed event line.
+fn malformed(msg: &Bus) -> Option<&'static str> {
+    let name = |u: &str| protocol::canonical_username(u).as_deref() == Some(u);
+    let names_ok = match msg {
+        Bus::Online { user, .. }
+        | Bus::Offline { user, .. }
+        | Bus::Deliver { user, .. }
+        | Bus::Account { user, .. }
+        | Bus::Hash { user, .. }
+        | Bus::Banned { user, .. }
+        | Bus::Deleted { user }
+        | Bus::LoginOk { user, .. } => name(user),
+        Bus::Block { user, other, .. } => name(user) && name(other),
+        Bus::Broadcast { from, .. } => name(from),
+        Bus::Presence { users } => users.iter().all(|(u, _)| name(u)),
+        // A failed login may name anything (it is counted as typed).
+        Bus::LoginFailed { .. } | Bus::Heartbeat | Bus::Sync { .. } => true,
+    };
+    if !names_ok {
+        return Some("not a username");
+    }
+    if let Bus::Deliver { line, .. } = msg {
+        let body = line.strip_suffix('\n').unwrap_or("\n");
+        if !body.starts_with("* ") || protocol::has_forbidden_control(body) {
+            return Some("not one event line");
+        }
+    }
+    None
 }
 
 /// Reads every account again (see [`Chat::reloaded`]).
