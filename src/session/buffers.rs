@@ -9,14 +9,14 @@ use std::io::IoSlice;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// Buffer capacity an emptied buffer may keep. Enough for the typical
-/// command or event, so a busy session does not reallocate per message, yet
-/// small enough that ten thousand idle sessions cost little.
+/// Buffer capacity an emptied WebSocket buffer may keep (see
+/// `web::conn`). A session's own buffers keep none (see `Output::compact`).
 pub const KEEP_BUFFER_CAPACITY: usize = 4096;
 
-/// Shared lines an emptied queue may keep room for: a fan-out burst leaves
-/// a few dozen behind at most, and idle sessions keep none (see `compact`).
-const KEEP_SHARED_CAPACITY: usize = 64;
+/// Room the first bytes of an empty output buffer get: the replies and
+/// events of one loop pass usually fit, so a burst grows it once at most,
+/// and a buffer freed after every write costs one allocation per write.
+const FIRST_BUFFER_CAPACITY: usize = 512;
 
 /// Most pieces handed to one vectored write. The kernel takes up to
 /// `IOV_MAX` (1024); 64 lines already fill a socket's send buffer in one
@@ -93,6 +93,9 @@ impl Output {
         if self.sent == self.buf.len() {
             self.buf.clear();
             self.sent = 0;
+        }
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(bytes.len().max(FIRST_BUFFER_CAPACITY));
         }
         self.buf.extend_from_slice(bytes);
         self.pushed_total += bytes.len() as u64;
@@ -312,24 +315,35 @@ impl Output {
         Some(highest)
     }
 
-    /// Gives memory back after writing: an emptied buffer keeps at most
-    /// `KEEP_BUFFER_CAPACITY`, and a half-written one drops its front.
+    /// Gives memory back after writing: an emptied output keeps no
+    /// allocation at all, and a half-written buffer drops its front. Ten
+    /// thousand idle sessions would otherwise each keep what their last
+    /// burst needed (issue 16); a busy one pays an allocation per write.
     pub fn compact(&mut self) {
         if self.sent == self.buf.len() {
-            self.buf.clear();
+            self.buf = Vec::new();
             self.sent = 0;
-            // A burst can leave a large allocation behind; idle sessions
-            // should cost little, so give it back.
-            if self.buf.capacity() > KEEP_BUFFER_CAPACITY {
-                self.buf = Vec::new();
-            }
-            if self.shared.is_empty() && self.shared.capacity() > KEEP_SHARED_CAPACITY {
-                self.shared = VecDeque::new();
-            }
         } else if self.sent > self.buf.len() / 2 {
             self.buf.drain(..self.sent);
             self.sent = 0;
         }
+        if self.shared.is_empty() {
+            self.shared = VecDeque::new();
+        }
+        if self.unsent.is_empty() {
+            self.unsent = VecDeque::new();
+        }
+        if self.left.as_deref().is_some_and(Vec::is_empty) {
+            self.left = None;
+        }
+    }
+
+    /// Heap bytes its buffers and queues hold (capacity, not length).
+    pub fn heap_capacity(&self) -> usize {
+        self.buf.capacity()
+            + self.shared.capacity() * std::mem::size_of::<(u64, Rc<[u8]>)>()
+            + self.unsent.capacity() * std::mem::size_of::<(u64, Unsent)>()
+            + self.left.as_deref().map_or(0, |l| l.capacity() * std::mem::size_of::<Unsent>())
     }
 
     /// Ids of the pushed messages and inbox rows queued that never reached
@@ -402,12 +416,21 @@ impl<R> ReplyOrder<R> {
             }
             self.released_upto += 1;
         }
+        // Nothing in flight: an idle session keeps no queue (issue 16).
+        if self.parked.is_empty() {
+            self.parked = VecDeque::new();
+        }
     }
 
     /// Takes the replies finished but never released (their session is
     /// going away).
     pub fn take_parked(&mut self) -> Vec<R> {
-        self.parked.drain(..).flatten().collect()
+        std::mem::take(&mut self.parked).into_iter().flatten().collect()
+    }
+
+    /// Heap bytes its queue holds.
+    pub fn heap_capacity(&self) -> usize {
+        self.parked.capacity() * std::mem::size_of::<Option<R>>()
     }
 
     /// Commands started whose reply has not been released yet.

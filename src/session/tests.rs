@@ -716,3 +716,19 @@ fn a_long_broadcast_shared_by_several_sessions_reaches_each_whole_through_short_
         assert_eq!(lines.len(), 2 + usize::from(want_pong), "{out}");
     }
 }
+
+#[test]
+fn an_idle_session_keeps_no_buffers() {
+    // Issue 16: what an idle session keeps is multiplied by every session
+    // online. Once its replies are written it holds no input, output or
+    // reply-queue allocation, whatever its last burst needed.
+    let mut sim = Sim::new(&["alice", "bob"], Sim::limits(64 * 1024, 1 << 20));
+    let alice = logged_in(&mut sim, "alice");
+    assert_eq!(sim.conns[alice].session.buffer_capacity(), 0);
+    sim.send(alice, "ping\n".repeat(50).as_bytes());
+    sim.send(alice, format!("send bob {}\n", "x".repeat(3000)).as_bytes());
+    sim.settle_all();
+    sim.drain(alice, usize::MAX);
+    assert_eq!(sim.output(alice).matches("+ pong").count(), 50);
+    assert_eq!(sim.conns[alice].session.buffer_capacity(), 0);
+}
