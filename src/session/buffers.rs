@@ -343,7 +343,10 @@ impl Output {
         self.buf.capacity()
             + self.shared.capacity() * std::mem::size_of::<(u64, Rc<[u8]>)>()
             + self.unsent.capacity() * std::mem::size_of::<(u64, Unsent)>()
-            + self.left.as_deref().map_or(0, |l| l.capacity() * std::mem::size_of::<Unsent>())
+            + self
+                .left
+                .as_deref()
+                .map_or(0, |l| l.capacity() * std::mem::size_of::<Unsent>())
     }
 
     /// Ids of the pushed messages and inbox rows queued that never reached
@@ -425,7 +428,10 @@ impl<R> ReplyOrder<R> {
     /// Takes the replies finished but never released (their session is
     /// going away).
     pub fn take_parked(&mut self) -> Vec<R> {
-        std::mem::take(&mut self.parked).into_iter().flatten().collect()
+        std::mem::take(&mut self.parked)
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// Heap bytes its queue holds.
