@@ -34,7 +34,7 @@ pub struct Output {
     /// position (`pushed_total` before it) where it starts. Removed once
     /// wholly written. They count in every total like own bytes, so budgets
     /// and marks see one stream.
-    shared: VecDeque<(u64, Rc<[u8]>)>,
+    shared: Queue<(u64, Rc<[u8]>)>,
     /// How much of `buf` the socket (or rustls) has taken.
     sent: usize,
     /// Bytes ever queued.
@@ -46,7 +46,7 @@ pub struct Output {
     /// Stored messages queued but not yet in the kernel, as (`pushed_total`
     /// at the end of the line, which). If the session dies with some
     /// there, they are still unread.
-    unsent: VecDeque<(u64, Unsent)>,
+    unsent: Queue<(u64, Unsent)>,
     /// Inbox rows of replies never queued (see `never_sent`). Boxed, like
     /// `held`: rare, and ten thousand idle sessions would carry them. A
     /// boxed `Vec` rather than a boxed slice: one word instead of two,
@@ -64,6 +64,58 @@ pub struct Output {
     /// `never_sent`: idle sessions carry one word.
     #[allow(clippy::box_collection)]
     left: Option<Box<Vec<Unsent>>>,
+}
+
+/// A queue that an idle session holds as one word: allocated at its first
+/// entry, freed by `free_if_empty`. Ten thousand idle sessions would
+/// otherwise carry 32 bytes for each of `Output`'s two queues (issue 16).
+#[derive(Debug)]
+struct Queue<T>(Option<Box<VecDeque<T>>>);
+
+impl<T> Default for Queue<T> {
+    fn default() -> Self {
+        Queue(None)
+    }
+}
+
+impl<T> Queue<T> {
+    fn push_back(&mut self, item: T) {
+        self.0.get_or_insert_default().push_back(item);
+    }
+
+    fn front(&self) -> Option<&T> {
+        self.0.as_ref()?.front()
+    }
+
+    fn pop_front(&mut self) -> Option<T> {
+        self.0.as_mut()?.pop_front()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(|q| q.is_empty())
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.0.iter().flat_map(|q| q.iter())
+    }
+
+    /// Every entry, leaving the queue unallocated.
+    fn take(&mut self) -> VecDeque<T> {
+        self.0.take().map(|q| *q).unwrap_or_default()
+    }
+
+    fn free_if_empty(&mut self) {
+        if self.is_empty() {
+            self.0 = None;
+        }
+    }
+
+    /// Heap bytes held: the queue and its entries' room.
+    fn heap_capacity(&self) -> usize {
+        self.0.as_ref().map_or(0, |q| {
+            std::mem::size_of::<VecDeque<T>>() + q.capacity() * std::mem::size_of::<T>()
+        })
+    }
 }
 
 /// Events held behind a reply in parts: their bytes, and each stored
@@ -231,7 +283,7 @@ impl Output {
         };
         let mut pos = self.written_total;
         let mut own = self.sent;
-        for (start, line) in &self.shared {
+        for (start, line) in self.shared.iter() {
             if *start > pos {
                 let n = (start - pos) as usize;
                 if !put(&self.buf[own..own + n]) {
@@ -327,12 +379,8 @@ impl Output {
             self.buf.drain(..self.sent);
             self.sent = 0;
         }
-        if self.shared.is_empty() {
-            self.shared = VecDeque::new();
-        }
-        if self.unsent.is_empty() {
-            self.unsent = VecDeque::new();
-        }
+        self.shared.free_if_empty();
+        self.unsent.free_if_empty();
         if self.left.as_deref().is_some_and(Vec::is_empty) {
             self.left = None;
         }
@@ -341,8 +389,8 @@ impl Output {
     /// Heap bytes its buffers and queues hold (capacity, not length).
     pub fn heap_capacity(&self) -> usize {
         self.buf.capacity()
-            + self.shared.capacity() * std::mem::size_of::<(u64, Rc<[u8]>)>()
-            + self.unsent.capacity() * std::mem::size_of::<(u64, Unsent)>()
+            + self.shared.heap_capacity()
+            + self.unsent.heap_capacity()
             + self
                 .left
                 .as_deref()
@@ -357,7 +405,7 @@ impl Output {
         if let Some(held) = self.held.take() {
             pushes.extend(held.1.into_iter().map(|(_, id)| id));
         }
-        for (_, which) in self.unsent.drain(..) {
+        for (_, which) in self.unsent.take() {
             match which {
                 Unsent::Push(id) => pushes.push(id),
                 Unsent::Inbox(id) => inbox.push(id),
