@@ -55,6 +55,7 @@ impl Account {
 /// The users one account blocks. Most block nobody, and every account is
 /// in memory: boxed, an empty set costs one word instead of a `HashSet`'s
 /// six in every account entry (issue 16).
+#[allow(clippy::box_collection)] // the box is the point: one word when unused
 #[derive(Clone, Debug, Default)]
 pub struct Blocks(Option<Box<HashSet<String>>>);
 
