@@ -384,6 +384,12 @@ impl Session {
         }
     }
 
+    /// Heap bytes its input, output and reply queues hold: none once it
+    /// is idle with everything written.
+    pub fn buffer_capacity(&self) -> usize {
+        self.inbuf.capacity() + self.output.heap_capacity() + self.replies.heap_capacity()
+    }
+
     /// Whether it is serving (not closing).
     pub fn is_open(&self) -> bool {
         self.close == CloseState::Open
@@ -791,11 +797,12 @@ impl Session {
     }
 
     /// Removes the first `consumed` bytes of input (all handled lines),
-    /// giving back a large allocation once the buffer is empty.
+    /// giving the allocation back once the buffer is empty: an idle session
+    /// keeps none (issue 16), and the next read allocates what it needs.
     fn consume_input(&mut self, consumed: usize) {
         let consumed = consumed.min(self.inbuf.len());
         self.inbuf.drain(..consumed);
-        if self.inbuf.is_empty() && self.inbuf.capacity() > KEEP_BUFFER_CAPACITY {
+        if self.inbuf.is_empty() {
             self.inbuf = Vec::new();
         }
     }

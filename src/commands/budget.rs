@@ -48,7 +48,9 @@ pub struct Budgets {
     /// waits until it has doubled, so sweeping costs O(1) per attempt.
     swept_at: usize,
     /// Address groups each account's owner logged in from, oldest first.
-    trusted: HashMap<String, Vec<AddrGroup>>,
+    /// Exact-sized: every account that logged in has an entry, most with
+    /// one group, and a login from a known group changes nothing (issue 16).
+    trusted: HashMap<Box<str>, Box<[AddrGroup]>>,
 }
 
 impl Budgets {
@@ -109,12 +111,20 @@ impl Budgets {
 
     /// `name`'s owner logged in from `group`.
     pub fn trust(&mut self, name: &str, group: AddrGroup) {
-        let groups = self.trusted.entry(name.to_string()).or_default();
-        groups.retain(|g| *g != group);
-        if groups.len() >= TRUSTED_PER_ACCOUNT {
-            groups.remove(0);
+        if self
+            .trusted
+            .get(name)
+            .is_some_and(|g| g.last() == Some(&group))
+        {
+            return;
         }
-        groups.push(group);
+        let groups = self.trusted.entry(name.into()).or_default();
+        let mut kept: Vec<AddrGroup> = groups.iter().copied().filter(|g| *g != group).collect();
+        if kept.len() >= TRUSTED_PER_ACCOUNT {
+            kept.remove(0);
+        }
+        kept.push(group);
+        *groups = kept.into_boxed_slice();
     }
 
     fn is_trusted(&self, name: &str, group: AddrGroup) -> bool {
@@ -190,5 +200,22 @@ mod tests {
         for _ in 0..100 {
             assert_eq!(off.charge("alice", group(1), t0), Ok(false));
         }
+    }
+
+    #[test]
+    fn the_oldest_trusted_group_goes_first_and_a_repeat_login_renews_its_own() {
+        let mut b = Budgets::new(10);
+        for last in 0..TRUSTED_PER_ACCOUNT as u8 {
+            b.trust("alice", group(last));
+        }
+        // Group 0 logs in again: now the newest, so group 1 is the oldest.
+        b.trust("alice", group(0));
+        b.trust("alice", group(0));
+        b.trust("alice", group(200));
+        assert!(b.is_trusted("alice", group(0)));
+        assert!(!b.is_trusted("alice", group(1)));
+        assert!(b.is_trusted("alice", group(2)));
+        assert!(b.is_trusted("alice", group(200)));
+        assert_eq!(b.trusted["alice"].len(), TRUSTED_PER_ACCOUNT);
     }
 }

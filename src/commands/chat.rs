@@ -29,7 +29,7 @@ pub struct Account {
     /// Unix time the user's last session ended.
     pub last_seen: Option<i64>,
     /// Users whose messages this user refuses.
-    pub blocks: HashSet<String>,
+    pub blocks: Blocks,
     /// Which of its messages have left natterd.
     pub read: ReadState,
     /// Banned by the operator: logins are refused.
@@ -38,15 +38,54 @@ pub struct Account {
 
 impl Account {
     /// A new account with nothing unread; `slot` is its rowid.
-    pub fn new(hash: String, slot: u64) -> Self {
+    pub fn new(mut hash: String, slot: u64) -> Self {
+        // The hasher's string has room to spare; every account keeps it.
+        hash.shrink_to_fit();
         Account {
             hash,
             unread: 0,
             last_seen: None,
-            blocks: HashSet::new(),
+            blocks: Blocks::default(),
             read: ReadState::new(slot, Marks::default()),
             banned: false,
         }
+    }
+}
+
+/// The users one account blocks. Most block nobody, and every account is
+/// in memory: boxed, an empty set costs one word instead of a `HashSet`'s
+/// six in every account entry (issue 16).
+#[allow(clippy::box_collection)] // the box is the point: one word when unused
+#[derive(Clone, Debug, Default)]
+pub struct Blocks(Option<Box<HashSet<String>>>);
+
+impl Blocks {
+    /// Whether `user` is blocked.
+    pub fn contains(&self, user: &str) -> bool {
+        self.0.as_ref().is_some_and(|set| set.contains(user))
+    }
+
+    /// Blocks `user`; false if it already was.
+    pub fn insert(&mut self, user: String) -> bool {
+        self.0.get_or_insert_default().insert(user)
+    }
+
+    /// Unblocks `user`; false if it was not blocked. The last one gone
+    /// frees the set.
+    pub fn remove(&mut self, user: &str) -> bool {
+        let Some(set) = self.0.as_mut() else {
+            return false;
+        };
+        let removed = set.remove(user);
+        if set.is_empty() {
+            self.0 = None;
+        }
+        removed
+    }
+
+    /// The blocked users, in no order.
+    pub fn iter(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().flat_map(|set| set.iter())
     }
 }
 
@@ -162,7 +201,7 @@ impl Chat {
         let budgets = Budgets::new(settings.account_guesses_per_hour);
         let mut blocked_by: HashMap<String, HashSet<String>> = HashMap::new();
         for (blocker, account) in &accounts {
-            for blocked in &account.blocks {
+            for blocked in account.blocks.iter() {
                 blocked_by
                     .entry(blocked.clone())
                     .or_default()
@@ -339,5 +378,26 @@ impl Chat {
             user: user.clone(),
             at: now.wall,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Blocks;
+
+    #[test]
+    fn blocks_hold_no_set_once_the_last_is_lifted() {
+        let mut blocks = Blocks::default();
+        assert!(!blocks.contains("bob") && blocks.0.is_none());
+        assert!(blocks.insert("bob".into()));
+        assert!(!blocks.insert("bob".into()));
+        assert!(blocks.contains("bob"));
+        assert_eq!(blocks.iter().collect::<Vec<_>>(), ["bob"]);
+        assert!(blocks.remove("bob"));
+        assert!(!blocks.remove("bob"));
+        assert!(
+            blocks.0.is_none(),
+            "an account that blocks nobody keeps no set"
+        );
     }
 }

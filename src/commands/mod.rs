@@ -29,7 +29,7 @@ mod reads;
 
 pub use reads::{HistoryCursor, WhoCursor};
 
-pub use chat::{Account, Chat, ChatSettings, Counters};
+pub use chat::{Account, Blocks, Chat, ChatSettings, Counters};
 pub use cluster::ClusterState;
 pub use direct::{DirectKind, DirectStatus, DirectTarget};
 pub use job::{Cont, Delivery, Effects, Job, LockKey, Step, StoredMessage, Work, WorkResult};

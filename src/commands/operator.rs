@@ -91,7 +91,7 @@ impl Chat {
                 account.blocks.remove(user);
             }
         }
-        for blocked in &gone.blocks {
+        for blocked in gone.blocks.iter() {
             if let Some(blockers) = self.blocked_by.get_mut(blocked) {
                 blockers.remove(user);
                 if blockers.is_empty() {

@@ -9,14 +9,14 @@ use std::io::IoSlice;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// Buffer capacity an emptied buffer may keep. Enough for the typical
-/// command or event, so a busy session does not reallocate per message, yet
-/// small enough that ten thousand idle sessions cost little.
+/// Buffer capacity an emptied WebSocket buffer may keep (see
+/// `web::conn`). A session's own buffers keep none (see `Output::compact`).
 pub const KEEP_BUFFER_CAPACITY: usize = 4096;
 
-/// Shared lines an emptied queue may keep room for: a fan-out burst leaves
-/// a few dozen behind at most, and idle sessions keep none (see `compact`).
-const KEEP_SHARED_CAPACITY: usize = 64;
+/// Room the first bytes of an empty output buffer get: the replies and
+/// events of one loop pass usually fit, so a burst grows it once at most,
+/// and a buffer freed after every write costs one allocation per write.
+const FIRST_BUFFER_CAPACITY: usize = 512;
 
 /// Most pieces handed to one vectored write. The kernel takes up to
 /// `IOV_MAX` (1024); 64 lines already fill a socket's send buffer in one
@@ -34,7 +34,7 @@ pub struct Output {
     /// position (`pushed_total` before it) where it starts. Removed once
     /// wholly written. They count in every total like own bytes, so budgets
     /// and marks see one stream.
-    shared: VecDeque<(u64, Rc<[u8]>)>,
+    shared: Queue<(u64, Rc<[u8]>)>,
     /// How much of `buf` the socket (or rustls) has taken.
     sent: usize,
     /// Bytes ever queued.
@@ -46,7 +46,7 @@ pub struct Output {
     /// Stored messages queued but not yet in the kernel, as (`pushed_total`
     /// at the end of the line, which). If the session dies with some
     /// there, they are still unread.
-    unsent: VecDeque<(u64, Unsent)>,
+    unsent: Queue<(u64, Unsent)>,
     /// Inbox rows of replies never queued (see `never_sent`). Boxed, like
     /// `held`: rare, and ten thousand idle sessions would carry them. A
     /// boxed `Vec` rather than a boxed slice: one word instead of two,
@@ -64,6 +64,59 @@ pub struct Output {
     /// `never_sent`: idle sessions carry one word.
     #[allow(clippy::box_collection)]
     left: Option<Box<Vec<Unsent>>>,
+}
+
+/// A queue that an idle session holds as one word: allocated at its first
+/// entry, freed by `free_if_empty`. Ten thousand idle sessions would
+/// otherwise carry 32 bytes for each of `Output`'s two queues (issue 16).
+#[allow(clippy::box_collection)] // the box is the point: one word when unused
+#[derive(Debug)]
+struct Queue<T>(Option<Box<VecDeque<T>>>);
+
+impl<T> Default for Queue<T> {
+    fn default() -> Self {
+        Queue(None)
+    }
+}
+
+impl<T> Queue<T> {
+    fn push_back(&mut self, item: T) {
+        self.0.get_or_insert_default().push_back(item);
+    }
+
+    fn front(&self) -> Option<&T> {
+        self.0.as_ref()?.front()
+    }
+
+    fn pop_front(&mut self) -> Option<T> {
+        self.0.as_mut()?.pop_front()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(|q| q.is_empty())
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.0.iter().flat_map(|q| q.iter())
+    }
+
+    /// Every entry, leaving the queue unallocated.
+    fn take(&mut self) -> VecDeque<T> {
+        self.0.take().map(|q| *q).unwrap_or_default()
+    }
+
+    fn free_if_empty(&mut self) {
+        if self.is_empty() {
+            self.0 = None;
+        }
+    }
+
+    /// Heap bytes held: the queue and its entries' room.
+    fn heap_capacity(&self) -> usize {
+        self.0.as_ref().map_or(0, |q| {
+            std::mem::size_of::<VecDeque<T>>() + q.capacity() * std::mem::size_of::<T>()
+        })
+    }
 }
 
 /// Events held behind a reply in parts: their bytes, and each stored
@@ -93,6 +146,9 @@ impl Output {
         if self.sent == self.buf.len() {
             self.buf.clear();
             self.sent = 0;
+        }
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(bytes.len().max(FIRST_BUFFER_CAPACITY));
         }
         self.buf.extend_from_slice(bytes);
         self.pushed_total += bytes.len() as u64;
@@ -228,7 +284,7 @@ impl Output {
         };
         let mut pos = self.written_total;
         let mut own = self.sent;
-        for (start, line) in &self.shared {
+        for (start, line) in self.shared.iter() {
             if *start > pos {
                 let n = (start - pos) as usize;
                 if !put(&self.buf[own..own + n]) {
@@ -312,24 +368,34 @@ impl Output {
         Some(highest)
     }
 
-    /// Gives memory back after writing: an emptied buffer keeps at most
-    /// `KEEP_BUFFER_CAPACITY`, and a half-written one drops its front.
+    /// Gives memory back after writing: an emptied output keeps no
+    /// allocation at all, and a half-written buffer drops its front. Ten
+    /// thousand idle sessions would otherwise each keep what their last
+    /// burst needed (issue 16); a busy one pays an allocation per write.
     pub fn compact(&mut self) {
         if self.sent == self.buf.len() {
-            self.buf.clear();
+            self.buf = Vec::new();
             self.sent = 0;
-            // A burst can leave a large allocation behind; idle sessions
-            // should cost little, so give it back.
-            if self.buf.capacity() > KEEP_BUFFER_CAPACITY {
-                self.buf = Vec::new();
-            }
-            if self.shared.is_empty() && self.shared.capacity() > KEEP_SHARED_CAPACITY {
-                self.shared = VecDeque::new();
-            }
         } else if self.sent > self.buf.len() / 2 {
             self.buf.drain(..self.sent);
             self.sent = 0;
         }
+        self.shared.free_if_empty();
+        self.unsent.free_if_empty();
+        if self.left.as_deref().is_some_and(Vec::is_empty) {
+            self.left = None;
+        }
+    }
+
+    /// Heap bytes its buffers and queues hold (capacity, not length).
+    pub fn heap_capacity(&self) -> usize {
+        self.buf.capacity()
+            + self.shared.heap_capacity()
+            + self.unsent.heap_capacity()
+            + self
+                .left
+                .as_deref()
+                .map_or(0, |l| l.capacity() * std::mem::size_of::<Unsent>())
     }
 
     /// Ids of the pushed messages and inbox rows queued that never reached
@@ -340,7 +406,7 @@ impl Output {
         if let Some(held) = self.held.take() {
             pushes.extend(held.1.into_iter().map(|(_, id)| id));
         }
-        for (_, which) in self.unsent.drain(..) {
+        for (_, which) in self.unsent.take() {
             match which {
                 Unsent::Push(id) => pushes.push(id),
                 Unsent::Inbox(id) => inbox.push(id),
@@ -402,12 +468,24 @@ impl<R> ReplyOrder<R> {
             }
             self.released_upto += 1;
         }
+        // Nothing in flight: an idle session keeps no queue (issue 16).
+        if self.parked.is_empty() {
+            self.parked = VecDeque::new();
+        }
     }
 
     /// Takes the replies finished but never released (their session is
     /// going away).
     pub fn take_parked(&mut self) -> Vec<R> {
-        self.parked.drain(..).flatten().collect()
+        std::mem::take(&mut self.parked)
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// Heap bytes its queue holds.
+    pub fn heap_capacity(&self) -> usize {
+        self.parked.capacity() * std::mem::size_of::<Option<R>>()
     }
 
     /// Commands started whose reply has not been released yet.

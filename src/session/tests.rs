@@ -452,10 +452,11 @@ fn history_is_read_only_after_the_sessions_earlier_writes_are_answered() {
 
 #[test]
 fn an_idle_session_stays_small() {
-    // 10,000 idle sessions cost ~1.6 KB each in all; the struct itself must
-    // not grow unnoticed (a job kept inline once added 200 bytes).
+    // Every session online is a slab entry of this size (issue 16: about a
+    // third of an idle session's memory); it must not grow unnoticed (a job
+    // kept inline once added 200 bytes, the output's two queues inline 48).
     assert!(
-        std::mem::size_of::<Session>() <= 512,
+        std::mem::size_of::<Session>() <= 456,
         "Session is {} bytes",
         std::mem::size_of::<Session>()
     );
@@ -715,4 +716,20 @@ fn a_long_broadcast_shared_by_several_sessions_reaches_each_whole_through_short_
         assert_eq!(lines.contains(&"+ pong"), want_pong, "{out}");
         assert_eq!(lines.len(), 2 + usize::from(want_pong), "{out}");
     }
+}
+
+#[test]
+fn an_idle_session_keeps_no_buffers() {
+    // Issue 16: what an idle session keeps is multiplied by every session
+    // online. Once its replies are written it holds no input, output or
+    // reply-queue allocation, whatever its last burst needed.
+    let mut sim = Sim::new(&["alice", "bob"], Sim::limits(64 * 1024, 1 << 20));
+    let alice = logged_in(&mut sim, "alice");
+    assert_eq!(sim.conns[alice].session.buffer_capacity(), 0);
+    sim.send(alice, "ping\n".repeat(50).as_bytes());
+    sim.send(alice, format!("send bob {}\n", "x".repeat(3000)).as_bytes());
+    sim.settle_all();
+    sim.drain(alice, usize::MAX);
+    assert_eq!(sim.output(alice).matches("+ pong").count(), 50);
+    assert_eq!(sim.conns[alice].session.buffer_capacity(), 0);
 }
