@@ -21,7 +21,7 @@
 //! the `Conn` bookkeeping and split no further without spreading it).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -93,11 +93,14 @@ const MAX_EVENT_FLUSHES_PER_PASS: usize = 128;
 /// most this many go per pass (at most 16 lines queued per session), the
 /// rest the next pass, with input and timers served in between.
 const CLUSTER_MESSAGES_PER_PASS: usize = 16;
-/// What a deadline other than a session's is for.
+/// What a deadline is for.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
-    /// A lockout record may be forgotten.
-    Lock(LockKey),
+    /// Login timeout, idle timeout or close linger of a session.
+    Session(SessionRef),
+    /// A lockout record may be forgotten. Boxed: every idle session has a
+    /// timer, and each entry is as large as the largest kind.
+    Lock(Box<LockKey>),
     /// Accepting was paused for lack of file descriptors.
     AcceptRetry,
     /// A connection on a `--proxy-protocol` listener whose header is late.
@@ -184,15 +187,12 @@ pub struct Server {
     limits: Arc<Limits>,
     /// The first lines of every connection, formatted once.
     greeting: Vec<u8>,
-    /// Every timer but the sessions', earliest first. Entries are never
-    /// removed early; a firing entry is checked against the current state
-    /// (lazy deletion).
-    deadlines: BTreeSet<(Instant, Timer)>,
-    /// Sessions' login, idle and linger timers, the same way. Apart and in
-    /// a heap because every idle session has one: 32 bytes in one array
-    /// instead of a B-tree entry sized for the largest `Timer` in half-full
-    /// nodes (about 190 bytes a session, issue 16).
-    session_deadlines: BinaryHeap<Reverse<(Instant, SessionRef)>>,
+    /// Every timer, earliest on top. Entries are never removed early; a
+    /// firing entry is checked against the current state (lazy deletion),
+    /// so one that is there twice fires harmlessly twice. A heap rather
+    /// than a B-tree: every idle session has an entry, 40 bytes in one
+    /// array instead of a B-tree entry in half-full nodes (issue 16).
+    deadlines: BinaryHeap<Reverse<(Instant, Timer)>>,
     /// The store thread and the hashing pool.
     background: Background,
     /// Which messages have left natterd, recorded right after each write
@@ -370,8 +370,7 @@ impl Server {
             output_budget: config.output_budget(),
             greeting: startup::greeting(&config),
             config,
-            deadlines: BTreeSet::new(),
-            session_deadlines: BinaryHeap::new(),
+            deadlines: BinaryHeap::new(),
             background,
             marks,
             admin,
@@ -563,7 +562,7 @@ impl Server {
         {
             return Some(Duration::ZERO);
         }
-        let mut next = self.next_deadline().map(|(at, _)| at);
+        let mut next = self.next_deadline();
         // Once draining, only its end (or a completion's wake) matters.
         if let Some(deadline) = self.draining_until.or(self.shutting_down) {
             next = Some(next.map_or(deadline, |n| n.min(deadline)));
@@ -668,7 +667,7 @@ impl Server {
         if let Some(due) = conn.session.deadline() {
             if conn.timer_at.is_none_or(|at| due < at) {
                 conn.timer_at = Some(due);
-                self.session_deadlines.push(Reverse((due, sref)));
+                self.deadlines.push(Reverse((due, Timer::Session(sref))));
             }
         }
         if conn.session.is_finished() {
@@ -747,36 +746,19 @@ impl Server {
 
     // ----- timers ----------------------------------------------------------
 
-    /// The earliest timer, and whether it is a session's.
-    fn next_deadline(&self) -> Option<(Instant, bool)> {
-        let other = self.deadlines.first().map(|(at, _)| (*at, false));
-        let session = self
-            .session_deadlines
-            .peek()
-            .map(|Reverse((at, _))| (*at, true));
-        match (other, session) {
-            (Some(o), Some(s)) => Some(if s.0 <= o.0 { s } else { o }),
-            (o, s) => o.or(s),
-        }
+    /// When the earliest timer is due.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.peek().map(|Reverse((at, _))| *at)
     }
 
     fn fire_timers(&mut self) {
         let now = self.clock.mono;
-        while let Some((at, is_session)) = self.next_deadline() {
-            if at > now {
-                break;
-            }
-            if is_session {
-                let Some(Reverse((at, sref))) = self.session_deadlines.pop() else {
-                    break;
-                };
-                self.session_timer(sref, at);
-                continue;
-            }
-            let Some((_, timer)) = self.deadlines.pop_first() else {
+        while self.next_deadline().is_some_and(|at| at <= now) {
+            let Some(Reverse((at, timer))) = self.deadlines.pop() else {
                 break;
             };
             match timer {
+                Timer::Session(sref) => self.session_timer(sref, at),
                 Timer::Lock(key) => self.chat.expire_lock(&key, now),
                 Timer::AcceptRetry => {
                     self.accept_paused_until = None;
@@ -789,7 +771,7 @@ impl Server {
             }
         }
         // After a crowd left, its stale entries are gone: give the room back.
-        let heap = &mut self.session_deadlines;
+        let heap = &mut self.deadlines;
         if heap.capacity() > 1024 && heap.len() < heap.capacity() / 4 {
             heap.shrink_to(heap.len() * 2);
         }

@@ -2,6 +2,7 @@
 //! server and per address), the socket options, and the new session. Part
 //! of the reactor (it registers sockets); split out by topic only.
 
+use std::cmp::Reverse;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -75,7 +76,7 @@ impl Server {
                     log::warn!("accept failed ({e}); pausing accepts for {ACCEPT_BACKOFF:?}");
                     let at = self.clock.mono + ACCEPT_BACKOFF;
                     self.accept_paused_until = Some(at);
-                    self.deadlines.insert((at, Timer::AcceptRetry));
+                    self.deadlines.push(Reverse((at, Timer::AcceptRetry)));
                     return;
                 }
                 Err(e) => {

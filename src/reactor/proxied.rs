@@ -7,6 +7,7 @@
 //! it stays in the socket for the session. Part of the reactor; split out
 //! by topic only.
 
+use std::cmp::Reverse;
 use std::io::{self, Read};
 use std::net::SocketAddr;
 
@@ -70,7 +71,8 @@ impl Server {
             id,
         });
         let at = self.clock.mono + self.config.login_timeout();
-        self.deadlines.insert((at, Timer::ProxyHeader { key, id }));
+        self.deadlines
+            .push(Reverse((at, Timer::ProxyHeader { key, id })));
         // Its header may already be there.
         self.header_ready(key);
     }

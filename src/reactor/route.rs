@@ -3,6 +3,7 @@
 //! sessions, background writes and lockout timers. Part of the reactor;
 //! split out by topic only.
 
+use std::cmp::Reverse;
 use std::sync::atomic::Ordering;
 
 use crate::background::{Completion, Tag};
@@ -38,7 +39,8 @@ impl Server {
             self.background(request);
         }
         for (at, key) in fx.lock_timers {
-            self.deadlines.insert((at, Timer::Lock(key)));
+            self.deadlines
+                .push(Reverse((at, Timer::Lock(Box::new(key)))));
         }
         self.record_marks(fx.marks);
     }
