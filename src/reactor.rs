@@ -36,7 +36,9 @@ use crate::admission::Admission;
 use crate::background::Background;
 use crate::commands::{Chat, Clock, Effects, LockKey, SessionRef};
 use crate::config::Config;
-use crate::session::{Ending, Limits, Outbox, ReadStatus, Session};
+use crate::session::{
+    Ending, Limits, Outbox, ReadStatus, Session, DELIVERIES_PER_LINE, MAX_LINES_PER_TURN,
+};
 use crate::startup;
 use crate::stats::{Departing, LogThrottle, Stats};
 use crate::store::{Marks, ReadMarks};
@@ -87,12 +89,12 @@ const DISCARD_ON_CLOSE: usize = 1 << 20;
 /// of this size, input (a ping) waits at most one slice.
 const MAX_EVENT_FLUSHES_PER_PASS: usize = 128;
 
-/// Messages from other nodes applied per pass. A broadcast from another
+/// Messages from other nodes applied per pass, at most (and no more
+/// deliveries than one session's turn may queue). A broadcast from another
 /// node queues a line to every local session, as a local one does; taking
-/// a burst of them whole would hold the loop for as many fan-outs, so at
-/// most this many go per pass (at most 16 lines queued per session), the
-/// rest the next pass, with input and timers served in between.
-const CLUSTER_MESSAGES_PER_PASS: usize = 16;
+/// a burst of them whole would hold the loop for as many fan-outs, so the
+/// rest wait for the next pass, with input and timers served in between.
+const CLUSTER_MESSAGES_PER_PASS: usize = 64;
 /// What a deadline is for.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
@@ -920,10 +922,26 @@ impl Server {
         let Some(link) = self.cluster.as_ref() else {
             return;
         };
-        let inbound = link.take(CLUSTER_MESSAGES_PER_PASS);
-        for item in inbound {
+        link.begin_drain();
+        let (mut messages, mut deliveries) = (0, 0);
+        loop {
+            // A fan-out from another node costs what a local one does: the
+            // same budget as one session's turn (see DELIVERIES_PER_LINE).
+            if messages == CLUSTER_MESSAGES_PER_PASS
+                || deliveries >= MAX_LINES_PER_TURN * DELIVERIES_PER_LINE
+            {
+                if let Some(link) = self.cluster.as_ref() {
+                    link.more_later();
+                }
+                break;
+            }
+            let Some(item) = self.cluster.as_ref().and_then(|l| l.next()) else {
+                break;
+            };
+            messages += 1;
             let mut fx = Effects::default();
             let job = self.chat.on_cluster(item, self.clock, &mut fx);
+            deliveries += fx.deliveries.len();
             self.apply_effects(fx);
             if let Some(job) = job {
                 self.dispatch(job, None);

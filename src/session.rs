@@ -69,6 +69,14 @@ pub const STORE_TOTAL: usize = 32 * 1024 * 1024;
 /// next pass, after the events that arrived meanwhile.
 pub const MAX_LINES_PER_TURN: usize = 64;
 
+/// Deliveries a command's fan-out may queue for the price of one line of
+/// the turn. Queuing a line to a recipient costs the loop a few hundred
+/// nanoseconds, so a `broadcast` to 8,000 is worth ~30 ordinary commands;
+/// counted so, a turn queues at most ~16,000 deliveries (a few ms), and a
+/// `ping` from anyone else waits for no more than that, however large the
+/// audience and however many broadcasts a sender pipelines.
+pub const DELIVERIES_PER_LINE: usize = 256;
+
 /// Longest line accepted before login, LF included. The longest useful line
 /// then is `register` with a 32-character name and a 256-byte password
 /// (under 300 bytes); anything more from a stranger is refused early, so an
@@ -687,7 +695,11 @@ impl Session {
         match parsed {
             Err(e) => self.release(seq, e.reply(), Vec::new()),
             Ok(cmd) => {
+                let queued = out.effects.deliveries.len();
                 let step = chat.execute(&self.caller, cmd, now, &mut out.effects);
+                let fanned_out = out.effects.deliveries.len().saturating_sub(queued);
+                let weight = u32::try_from(fanned_out / DELIVERIES_PER_LINE).unwrap_or(u32::MAX);
+                self.turn_lines = self.turn_lines.saturating_add(weight);
                 self.absorb(&mut out.effects);
                 self.step(seq, step, out);
             }

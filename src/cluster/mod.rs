@@ -160,20 +160,24 @@ impl ClusterLink {
         }
     }
 
-    /// Up to `max` of what the subscriber has queued. Whether more is
-    /// left is what [`ClusterLink::has_pending`] says; the loop comes back
-    /// for it next pass rather than applying a burst of broadcasts at once.
-    pub fn take(&self, max: usize) -> Vec<Inbound> {
+    /// Starts a pass's draining: a wake from here on is for what arrives
+    /// after it.
+    pub fn begin_drain(&self) {
         self.woken.store(false, Ordering::SeqCst);
-        let taken: Vec<Inbound> = self.inbox.try_iter().take(max).collect();
-        if taken.len() == max {
-            // Possibly more: make sure the loop does not sleep on it.
-            self.woken.store(true, Ordering::SeqCst);
-        }
-        taken
     }
 
-    /// Whether [`ClusterLink::take`] left something (or may have).
+    /// The next thing the subscriber queued, if any.
+    pub fn next(&self) -> Option<Inbound> {
+        self.inbox.try_recv().ok()
+    }
+
+    /// The loop stopped draining with things left: it must not sleep on
+    /// them (see [`ClusterLink::has_pending`]).
+    pub fn more_later(&self) {
+        self.woken.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether something is (or may be) queued for the loop.
     pub fn has_pending(&self) -> bool {
         self.woken.load(Ordering::SeqCst)
     }

@@ -86,6 +86,37 @@ fn the_turn_limit_leaves_the_rest_for_the_next_pass() {
 }
 
 #[test]
+fn a_large_fan_out_counts_against_the_turn_by_its_size() {
+    // 2 * DELIVERIES_PER_LINE listeners: each broadcast queues that many
+    // lines and costs 1 + 2 lines of its sender's turn, so a burst of them
+    // is handled a third as fast per pass as pings are, and a pass queues
+    // at most a turn's worth of deliveries, not 64 broadcasts' worth.
+    let listeners = 2 * DELIVERIES_PER_LINE;
+    let names: Vec<String> = (0..=listeners).map(|i| format!("u{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut sim = Sim::new(&refs, Sim::limits(4096, 1 << 20));
+    let sender = logged_in(&mut sim, "u0");
+    for name in &names[1..] {
+        logged_in(&mut sim, name);
+    }
+    sim.next_pass();
+    let burst = "broadcast hi\n".repeat(MAX_LINES_PER_TURN);
+    sim.send(sender, burst.as_bytes());
+    let handled = sim.output(sender).lines().count();
+    assert_eq!(
+        handled,
+        MAX_LINES_PER_TURN.div_ceil(3),
+        "{}",
+        sim.output(sender)
+    );
+    // The rest, in later passes, all answered.
+    for _ in 0..3 {
+        sim.next_pass();
+    }
+    assert_eq!(sim.output(sender).lines().count(), MAX_LINES_PER_TURN);
+}
+
+#[test]
 fn input_waits_while_output_is_backed_up_and_resumes_when_it_drains() {
     let mut sim = Sim::new(&["alice"], Sim::limits(4096, 64));
     let alice = logged_in(&mut sim, "alice");
