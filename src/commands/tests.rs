@@ -199,23 +199,24 @@ fn clock(t0: Instant, secs: u64) -> Clock {
     }
 }
 
-/// Logs `c` in by running the login job to a successful verification.
-fn log_in(chat: &mut Chat, c: &mut Caller, user: &str, now: Clock) -> Effects {
-    let mut fx = Effects::default();
+/// Runs `c`'s login as `user` through a successful password check; returns
+/// what the chat does next.
+fn verified_login(chat: &mut Chat, c: &Caller, user: &str, now: Clock, fx: &mut Effects) -> Step {
     let cmd = Command::Login {
         user: user.into(),
         password: "pw".into(),
     };
-    let Step::Wait(job) = chat.execute(c, cmd, now, &mut fx) else {
+    let Step::Wait(job) = chat.execute(c, cmd, now, fx) else {
         panic!("login must wait for the hasher")
     };
-    let step = chat.complete(
-        Some(&*c),
-        job.cont,
-        WorkResult::Hash(HashOutcome::Verified(true)),
-        now,
-        &mut fx,
-    );
+    let verified = WorkResult::Hash(HashOutcome::Verified(true));
+    chat.complete(Some(c), job.cont, verified, now, fx)
+}
+
+/// Logs `c` in by running the login job to a successful verification.
+fn log_in(chat: &mut Chat, c: &mut Caller, user: &str, now: Clock) -> Effects {
+    let mut fx = Effects::default();
+    let step = verified_login(chat, c, user, now, &mut fx);
     assert!(matches!(step, Step::Reply(ref r) if r.starts_with(b"+ welcome")));
     c.user = fx.logged_in.clone();
     fx
@@ -1308,15 +1309,7 @@ mod clustered {
     /// Logs in on a clustered node: the welcome waits for the inbox count.
     fn log_in_here(chat: &mut Chat, c: &mut Caller, user: &str, now: Clock) -> Effects {
         let mut fx = Effects::default();
-        let cmd = Command::Login {
-            user: user.into(),
-            password: "pw".into(),
-        };
-        let Step::Wait(job) = chat.execute(c, cmd, now, &mut fx) else {
-            panic!("login must wait for the hasher")
-        };
-        let verified = WorkResult::Hash(HashOutcome::Verified(true));
-        let Step::Wait(count) = chat.complete(Some(&*c), job.cont, verified, now, &mut fx) else {
+        let Step::Wait(count) = verified_login(chat, c, user, now, &mut fx) else {
             panic!("a clustered login counts the inbox in the database")
         };
         assert!(matches!(
