@@ -43,7 +43,7 @@ use crate::protocol::{self, ByeReason};
 mod buffers;
 mod transport;
 
-pub use buffers::{Output, RateBucket, ReplyOrder, KEEP_BUFFER_CAPACITY, MAX_WRITE_PIECES};
+pub use buffers::{Output, Rate, RateBucket, ReplyOrder, KEEP_BUFFER_CAPACITY, MAX_WRITE_PIECES};
 pub use natter_proto::{Frame, LineFramer};
 pub use transport::{ReadStatus, Transport, READ_CHUNK};
 
@@ -112,10 +112,8 @@ pub struct Limits {
     pub login_timeout: Duration,
     /// A member silent this long is logged out.
     pub idle_timeout: Duration,
-    /// Commands per second (0: unlimited).
-    pub rate: f64,
-    /// Commands at once.
-    pub burst: u32,
+    /// Commands per second (0: unlimited), and at once.
+    pub rate: Rate,
     /// Bytes all sessions' writes hold while they wait for the store, kept
     /// current by the reactor: past `STORE_TOTAL`, a session with writes
     /// already waiting is not read until they are done.
@@ -129,8 +127,10 @@ impl From<&Config> for Limits {
             max_outbuf: c.max_outbuf,
             login_timeout: c.login_timeout(),
             idle_timeout: c.idle_timeout(),
-            rate: c.rate,
-            burst: c.burst,
+            rate: Rate {
+                per_sec: c.rate,
+                burst: c.burst,
+            },
             store_backlog: AtomicUsize::new(0),
         }
     }
@@ -347,7 +347,7 @@ impl Session {
             input: InputState::Open,
             close: CloseState::Open,
             departure: None,
-            bucket: RateBucket::new(limits.rate, limits.burst, now),
+            bucket: RateBucket::new(limits.rate, now),
             limits,
             rate_wait: None,
             turn_pass: 0,
@@ -639,7 +639,7 @@ impl Session {
                     // Already discarded by the framer, so answered now; its
                     // token is owed, and the next line waits for it.
                     consumed += used;
-                    self.bucket.charge(1, now.mono);
+                    self.bucket.charge(self.limits.rate, 1, now.mono);
                     let max_line = self.framer.max_line();
                     let refused = Err(commands::ParseError::TooLong { max_line });
                     self.handle_parsed(refused, chat, now, out);
@@ -655,7 +655,7 @@ impl Session {
                 continue;
             };
             let cost = parsed.as_ref().map_or(1, commands::Command::rate_cost);
-            if let Err(ready_at) = self.bucket.take(cost, now.mono) {
+            if let Err(ready_at) = self.bucket.take(self.limits.rate, cost, now.mono) {
                 // Over its rate: the line stays unread until the bucket
                 // has refilled, and TCP slows the sender meanwhile.
                 self.rate_wait = Some(ready_at);

@@ -17,7 +17,7 @@ use crate::auth::{HashOutcome, HashWork};
 use crate::commands::{self, Account, Chat, ChatSettings, Clock, Effects, Job, SessionRef, Step};
 use crate::commands::{Work, WorkResult};
 use crate::config::Config;
-use crate::session::{Limits, Outbox, Pushed, ReadStatus, ReplyTo, Session, Transport};
+use crate::session::{Limits, Outbox, Pushed, Rate, ReadStatus, ReplyTo, Session, Transport};
 use crate::store::{Marks, MessageRow, StoreOutput, StoreRequest};
 
 /// The password every simulated account has.
@@ -191,8 +191,10 @@ impl Sim {
             max_outbuf,
             login_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(1800),
-            rate: 0.0,
-            burst: 20,
+            rate: Rate {
+                per_sec: 0.0,
+                burst: 20,
+            },
             store_backlog: Default::default(),
         }
     }

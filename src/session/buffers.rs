@@ -23,9 +23,18 @@ const FIRST_BUFFER_CAPACITY: usize = 512;
 /// call, and the array lives on the stack of every write.
 pub const MAX_WRITE_PIECES: usize = 64;
 
-/// Bytes waiting to be written, and what they are.
+/// Bytes waiting to be written, and what they are. An idle session's is
+/// one word: the state below is allocated by the first push and freed once
+/// everything in it is written (issue 16: ten thousand idle sessions would
+/// otherwise carry its 96 bytes each). Stream positions restart from zero
+/// then, which nothing notices: no queued line, unsent message or held
+/// event is left to refer to the old ones.
 #[derive(Debug, Default)]
-pub struct Output {
+pub struct Output(Option<Box<Stream>>);
+
+/// What an [`Output`] holds while it has anything in it.
+#[derive(Debug, Default)]
+struct Stream {
     /// The session's own bytes: `buf[sent..]` is still unsent. Shared
     /// lines (`shared`) sit between them in the stream.
     buf: Vec<u8>,
@@ -59,9 +68,7 @@ pub struct Output {
     held: Option<Box<Held>>,
     /// Stored messages that reached the kernel since `take_left` last
     /// looked. Every id, not only the highest: a cluster marks them read
-    /// one by one (see `commands/cluster.rs`). Cleared, not freed, so a
-    /// session receiving messages allocates this once. Boxed, like
-    /// `never_sent`: idle sessions carry one word.
+    /// one by one (see `commands/cluster.rs`). Boxed, like `never_sent`.
     #[allow(clippy::box_collection)]
     left: Option<Box<Vec<Unsent>>>,
 }
@@ -94,6 +101,10 @@ impl<T> Queue<T> {
 
     fn is_empty(&self) -> bool {
         self.0.as_ref().is_none_or(|q| q.is_empty())
+    }
+
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |q| q.len())
     }
 
     fn iter(&self) -> impl Iterator<Item = &T> {
@@ -140,7 +151,7 @@ impl Unsent {
     }
 }
 
-impl Output {
+impl Stream {
     /// Appends bytes.
     pub fn push(&mut self, bytes: &[u8]) {
         if self.sent == self.buf.len() {
@@ -191,7 +202,7 @@ impl Output {
         }
     }
 
-    /// [`Output::push_event`] for a line shared with other outputs: queued
+    /// [`Stream::push_event`] for a line shared with other outputs: queued
     /// by reference, unless held behind a reply in parts (rare: then it is
     /// copied into the held bytes).
     pub fn push_event_shared(&mut self, line: &Rc<[u8]>, id: Option<i64>) {
@@ -372,7 +383,8 @@ impl Output {
     /// allocation at all, and a half-written buffer drops its front. Ten
     /// thousand idle sessions would otherwise each keep what their last
     /// burst needed (issue 16); a busy one pays an allocation per write.
-    pub fn compact(&mut self) {
+    /// Returns whether nothing is left in it at all.
+    fn compact(&mut self) -> bool {
         if self.sent == self.buf.len() {
             self.buf = Vec::new();
             self.sent = 0;
@@ -385,6 +397,12 @@ impl Output {
         if self.left.as_deref().is_some_and(Vec::is_empty) {
             self.left = None;
         }
+        self.buf.capacity() == 0
+            && self.shared.0.is_none()
+            && self.unsent.0.is_none()
+            && self.left.is_none()
+            && self.held.is_none()
+            && self.never_sent.is_none()
     }
 
     /// Heap bytes its buffers and queues hold (capacity, not length).
@@ -416,6 +434,137 @@ impl Output {
     }
 }
 
+// What the session sees: `Stream`'s operations, on a stream allocated by
+// the first push. Reading an unallocated output finds it empty.
+impl Output {
+    fn stream(&mut self) -> &mut Stream {
+        self.0.get_or_insert_default()
+    }
+
+    /// Appends bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.stream().push(bytes);
+    }
+
+    /// Appends a reply: the client asked for these bytes, so they never
+    /// count as a backlog of events (see `event_backlog`).
+    pub fn push_reply(&mut self, bytes: &[u8]) {
+        self.stream().push_reply(bytes);
+    }
+
+    /// Appends an event (a stored message's if `id`), or holds it while a
+    /// reply is going out in parts.
+    pub fn push_event(&mut self, bytes: &[u8], id: Option<i64>) {
+        self.stream().push_event(bytes, id);
+    }
+
+    /// [`Output::push_event`] for a line shared with other outputs: queued
+    /// by reference, unless held behind a reply in parts.
+    pub fn push_event_shared(&mut self, line: &Rc<[u8]>, id: Option<i64>) {
+        self.stream().push_event_shared(line, id);
+    }
+
+    /// Appends a part of a reply whose completion comes later; events wait
+    /// until then.
+    pub fn push_reply_part(&mut self, bytes: &[u8]) {
+        self.stream().push_reply_part(bytes);
+    }
+
+    /// Appends an `inbox` reply, remembering each row's id until its line
+    /// reaches the kernel; `rows` are (end offset in `bytes`, id).
+    pub fn push_reply_rows(&mut self, bytes: &[u8], rows: &[(usize, i64)]) {
+        self.stream().push_reply_rows(bytes, rows);
+    }
+
+    /// Inbox rows that were never queued (their session was closing):
+    /// tracked as unsent until `take_unsent`.
+    pub fn never_sent(&mut self, rows: &[(usize, i64)]) {
+        self.stream().never_sent(rows);
+    }
+
+    /// Whether a reply is going out in parts (its completion not yet queued).
+    pub fn in_parts(&self) -> bool {
+        self.0.as_deref().is_some_and(Stream::in_parts)
+    }
+
+    /// Bytes of events held behind a reply in parts.
+    pub fn held_len(&self) -> usize {
+        self.0.as_deref().map_or(0, Stream::held_len)
+    }
+
+    /// The first unsent piece: own bytes up to the next shared line, or
+    /// what is left of that line. Empty only when nothing is pending.
+    pub fn pending(&self) -> &[u8] {
+        self.0.as_deref().map_or(&[], Stream::pending)
+    }
+
+    /// Fills `pieces` with the unsent bytes in stream order (own bytes and
+    /// shared lines, as many as fit) for a vectored write; returns how many
+    /// it filled.
+    pub fn pending_pieces<'a>(&'a self, pieces: &mut [IoSlice<'a>]) -> usize {
+        self.0.as_deref().map_or(0, |s| s.pending_pieces(pieces))
+    }
+
+    /// Bytes queued and not yet written (own and shared).
+    pub fn pending_len(&self) -> usize {
+        self.0.as_deref().map_or(0, Stream::pending_len)
+    }
+
+    /// Unsent bytes queued after the last reply (see `Stream::event_backlog`).
+    pub fn event_backlog(&self) -> u64 {
+        self.0.as_deref().map_or(0, Stream::event_backlog)
+    }
+
+    /// The first `n` pending bytes were written.
+    pub fn advance(&mut self, n: usize) {
+        if let Some(stream) = self.0.as_deref_mut() {
+            stream.advance(n);
+        }
+    }
+
+    /// Everything taken so far is in the kernel: the stored messages it
+    /// holds count as read.
+    pub fn reached_kernel(&mut self) {
+        if let Some(stream) = self.0.as_deref_mut() {
+            stream.reached_kernel();
+        }
+    }
+
+    /// The highest (pushed, inbox) ids that reached the kernel since the
+    /// last call, if any did; every one of them is added to `ids`.
+    pub fn take_left(&mut self, ids: &mut Vec<i64>) -> Option<(i64, i64)> {
+        let highest = self.0.as_deref_mut()?.take_left(ids);
+        // The last thing a delivery leaves behind: a written output can go.
+        self.compact();
+        highest
+    }
+
+    /// Gives memory back after writing: an output with nothing left in it
+    /// keeps no allocation at all, and a half-written buffer drops its
+    /// front. A busy session pays an allocation or two per write burst.
+    pub fn compact(&mut self) {
+        if self.0.as_deref_mut().is_some_and(Stream::compact) {
+            self.0 = None;
+        }
+    }
+
+    /// Heap bytes it holds (capacity, not length).
+    pub fn heap_capacity(&self) -> usize {
+        self.0
+            .as_deref()
+            .map_or(0, |s| std::mem::size_of::<Stream>() + s.heap_capacity())
+    }
+
+    /// Ids of the pushed messages and inbox rows queued that never reached
+    /// the kernel (for a closing session); from here on, none is tracked.
+    pub fn take_unsent(&mut self) -> (Vec<i64>, Vec<i64>) {
+        self.0
+            .as_deref_mut()
+            .map(Stream::take_unsent)
+            .unwrap_or_default()
+    }
+}
+
 /// Replies waiting for an earlier command's reply, so that each session's
 /// completions go out in command order even when some wait on the store or
 /// the hasher.
@@ -423,18 +572,17 @@ impl Output {
 pub struct ReplyOrder<R = Vec<u8>> {
     /// Sequence number the next parsed command gets.
     next_seq: u64,
-    /// Sequence number of the oldest command whose reply has not been released.
-    released_upto: u64,
-    /// Replies for `released_upto..next_seq`; `None` while still being worked on.
-    parked: VecDeque<Option<R>>,
+    /// Replies for the commands not yet released, the oldest first (so the
+    /// oldest's number is `next_seq - parked.len()`); `None` while still
+    /// being worked on. Unallocated while none is in flight (issue 16).
+    parked: Queue<Option<R>>,
 }
 
 impl<R> Default for ReplyOrder<R> {
     fn default() -> Self {
         ReplyOrder {
             next_seq: 0,
-            released_upto: 0,
-            parked: VecDeque::new(),
+            parked: Queue::default(),
         }
     }
 }
@@ -451,13 +599,14 @@ impl<R> ReplyOrder<R> {
     /// Records command `seq`'s reply and hands every reply that may now be
     /// written, in order, to `release`.
     pub fn finish(&mut self, seq: u64, reply: R, mut release: impl FnMut(R)) {
+        let released_upto = self.next_seq - self.parked.len() as u64;
         let Some(index) = seq
-            .checked_sub(self.released_upto)
+            .checked_sub(released_upto)
             .and_then(|i| usize::try_from(i).ok())
         else {
             return;
         };
-        match self.parked.get_mut(index) {
+        match self.parked.0.as_deref_mut().and_then(|q| q.get_mut(index)) {
             Some(slot @ None) => *slot = Some(reply),
             // A duplicate completion, or one for a command never begun.
             _ => return,
@@ -466,26 +615,20 @@ impl<R> ReplyOrder<R> {
             if let Some(Some(reply)) = self.parked.pop_front() {
                 release(reply);
             }
-            self.released_upto += 1;
         }
         // Nothing in flight: an idle session keeps no queue (issue 16).
-        if self.parked.is_empty() {
-            self.parked = VecDeque::new();
-        }
+        self.parked.free_if_empty();
     }
 
     /// Takes the replies finished but never released (their session is
     /// going away).
     pub fn take_parked(&mut self) -> Vec<R> {
-        std::mem::take(&mut self.parked)
-            .into_iter()
-            .flatten()
-            .collect()
+        self.parked.take().into_iter().flatten().collect()
     }
 
     /// Heap bytes its queue holds.
     pub fn heap_capacity(&self) -> usize {
-        self.parked.capacity() * std::mem::size_of::<Option<R>>()
+        self.parked.heap_capacity()
     }
 
     /// Commands started whose reply has not been released yet.
@@ -494,13 +637,26 @@ impl<R> ReplyOrder<R> {
     }
 }
 
-/// A token bucket: `rate` commands per second, up to `burst` at once.
+/// What a [`RateBucket`] allows: the same for every session, so it is
+/// passed in rather than kept in each bucket.
+#[derive(Debug, Clone, Copy)]
+pub struct Rate {
+    /// Tokens added per second; 0 means unlimited.
+    pub per_sec: f64,
+    /// Bucket capacity.
+    pub burst: u32,
+}
+
+impl Rate {
+    fn capacity(self) -> f64 {
+        f64::from(self.burst.max(1))
+    }
+}
+
+/// A token bucket: `rate.per_sec` commands per second, up to `rate.burst`
+/// at once.
 #[derive(Debug, Clone)]
 pub struct RateBucket {
-    /// Tokens added per second; 0 means unlimited.
-    rate: f64,
-    /// Bucket capacity.
-    burst: f64,
     /// Tokens available at `updated`.
     tokens: f64,
     /// When `tokens` was last brought up to date.
@@ -509,20 +665,17 @@ pub struct RateBucket {
 
 impl RateBucket {
     /// A full bucket.
-    pub fn new(rate: f64, burst: u32, now: Instant) -> Self {
-        let burst = f64::from(burst.max(1));
+    pub fn new(rate: Rate, now: Instant) -> Self {
         RateBucket {
-            rate,
-            burst,
-            tokens: burst,
+            tokens: rate.capacity(),
             updated: now,
         }
     }
 
     /// Adds what has accrued since the last look, up to the burst.
-    fn refill(&mut self, now: Instant) {
+    fn refill(&mut self, rate: Rate, now: Instant) {
         let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.tokens = (self.tokens + elapsed * rate.per_sec).min(rate.capacity());
         self.updated = now;
     }
 
@@ -530,23 +683,23 @@ impl RateBucket {
     /// below zero: a command that stores for many people is let through
     /// whole and paid for by the wait before the next). Otherwise says when
     /// a token will be there.
-    pub fn take(&mut self, cost: u32, now: Instant) -> Result<(), Instant> {
-        if self.rate <= 0.0 {
+    pub fn take(&mut self, rate: Rate, cost: u32, now: Instant) -> Result<(), Instant> {
+        if rate.per_sec <= 0.0 {
             return Ok(());
         }
-        self.refill(now);
+        self.refill(rate, now);
         if self.tokens >= 1.0 {
             self.tokens -= f64::from(cost);
             return Ok(());
         }
-        let wait = (1.0 - self.tokens) / self.rate;
+        let wait = (1.0 - self.tokens) / rate.per_sec;
         Err(now + Duration::from_secs_f64(wait))
     }
 
     /// Pays `cost` tokens whatever the balance (for a line already answered).
-    pub fn charge(&mut self, cost: u32, now: Instant) {
-        if self.rate > 0.0 {
-            self.refill(now);
+    pub fn charge(&mut self, rate: Rate, cost: u32, now: Instant) {
+        if rate.per_sec > 0.0 {
+            self.refill(rate, now);
             self.tokens -= f64::from(cost);
         }
     }

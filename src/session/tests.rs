@@ -224,38 +224,49 @@ fn overlong_lines_and_bad_bytes_get_one_error_each() {
     );
 }
 
+const TWO_A_SECOND: Rate = Rate {
+    per_sec: 2.0,
+    burst: 3,
+};
+const UNLIMITED: Rate = Rate {
+    per_sec: 0.0,
+    burst: 1,
+};
+
 #[test]
 fn rate_bucket_allows_a_burst_then_says_when_the_next_token_comes() {
     let t0 = Instant::now();
     let ms = Duration::from_millis;
-    let mut b = RateBucket::new(2.0, 3, t0);
-    assert_eq!(b.take(1, t0), Ok(()));
-    assert_eq!(b.take(1, t0), Ok(()));
-    assert_eq!(b.take(1, t0), Ok(()));
-    assert_eq!(b.take(1, t0), Err(t0 + ms(500)));
-    assert_eq!(b.take(1, t0 + ms(500)), Ok(()));
+    let mut b = RateBucket::new(TWO_A_SECOND, t0);
+    assert_eq!(b.take(TWO_A_SECOND, 1, t0), Ok(()));
+    assert_eq!(b.take(TWO_A_SECOND, 1, t0), Ok(()));
+    assert_eq!(b.take(TWO_A_SECOND, 1, t0), Ok(()));
+    assert_eq!(b.take(TWO_A_SECOND, 1, t0), Err(t0 + ms(500)));
+    assert_eq!(b.take(TWO_A_SECOND, 1, t0 + ms(500)), Ok(()));
     // A costly command goes through whole and is paid for by the wait after it.
     let t1 = t0 + Duration::from_secs(100);
-    assert_eq!(b.take(5, t1), Ok(()));
-    assert_eq!(b.take(1, t1), Err(t1 + ms(1500)));
+    assert_eq!(b.take(TWO_A_SECOND, 5, t1), Ok(()));
+    assert_eq!(b.take(TWO_A_SECOND, 1, t1), Err(t1 + ms(1500)));
     // Refill is capped at the burst.
     let later = t1 + Duration::from_secs(100);
-    assert!((0..3).all(|_| b.take(1, later).is_ok()));
-    assert!(b.take(1, later).is_err());
+    assert!((0..3).all(|_| b.take(TWO_A_SECOND, 1, later).is_ok()));
+    assert!(b.take(TWO_A_SECOND, 1, later).is_err());
 }
 
 #[test]
 fn rate_zero_means_unlimited() {
     let t0 = Instant::now();
-    let mut b = RateBucket::new(0.0, 1, t0);
-    assert!((0..10_000).all(|_| b.take(1_000, t0).is_ok()));
+    let mut b = RateBucket::new(UNLIMITED, t0);
+    assert!((0..10_000).all(|_| b.take(UNLIMITED, 1_000, t0).is_ok()));
 }
 
 #[test]
 fn over_its_rate_a_session_waits_and_answers_every_line() {
     let limits = Limits {
-        rate: 10.0,
-        burst: 3,
+        rate: Rate {
+            per_sec: 10.0,
+            burst: 3,
+        },
         ..Sim::limits(4096, 1 << 20)
     };
     let mut sim = Sim::new(&["alice", "bob"], limits);
@@ -487,7 +498,7 @@ fn an_idle_session_stays_small() {
     // third of an idle session's memory); it must not grow unnoticed (a job
     // kept inline once added 200 bytes, the output's two queues inline 48).
     assert!(
-        std::mem::size_of::<Session>() <= 456,
+        std::mem::size_of::<Session>() <= 320,
         "Session is {} bytes",
         std::mem::size_of::<Session>()
     );
@@ -756,6 +767,7 @@ fn an_idle_session_keeps_no_buffers() {
     // reply-queue allocation, whatever its last burst needed.
     let mut sim = Sim::new(&["alice", "bob"], Sim::limits(64 * 1024, 1 << 20));
     let alice = logged_in(&mut sim, "alice");
+    let bob = logged_in(&mut sim, "bob");
     assert_eq!(sim.conns[alice].session.buffer_capacity(), 0);
     sim.send(alice, "ping\n".repeat(50).as_bytes());
     sim.send(alice, format!("send bob {}\n", "x".repeat(3000)).as_bytes());
@@ -763,4 +775,14 @@ fn an_idle_session_keeps_no_buffers() {
     sim.drain(alice, usize::MAX);
     assert_eq!(sim.output(alice).matches("+ pong").count(), 50);
     assert_eq!(sim.conns[alice].session.buffer_capacity(), 0);
+    // The receiver's stored message reached the kernel and was reported:
+    // nothing of its delivery stays behind either.
+    sim.drain(bob, usize::MAX);
+    sim.settle_all();
+    assert!(
+        sim.output(bob).contains("* msg alice"),
+        "{}",
+        sim.output(bob)
+    );
+    assert_eq!(sim.conns[bob].session.buffer_capacity(), 0);
 }
