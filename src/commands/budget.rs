@@ -22,6 +22,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use super::Name;
 use crate::addr::AddrGroup;
 
 /// Address groups remembered per account as ones its owner logged in from:
@@ -50,7 +51,8 @@ pub struct Budgets {
     /// Address groups each account's owner logged in from, oldest first.
     /// Exact-sized: every account that logged in has an entry, most with
     /// one group, and a login from a known group changes nothing (issue 16).
-    trusted: HashMap<Box<str>, Box<[AddrGroup]>>,
+    /// Keyed by the account's own name, not a copy of it.
+    trusted: HashMap<Name, Box<[AddrGroup]>>,
 }
 
 impl Budgets {
@@ -110,7 +112,7 @@ impl Budgets {
     }
 
     /// `name`'s owner logged in from `group`.
-    pub fn trust(&mut self, name: &str, group: AddrGroup) {
+    pub fn trust(&mut self, name: &Name, group: AddrGroup) {
         if self
             .trusted
             .get(name)
@@ -118,7 +120,7 @@ impl Budgets {
         {
             return;
         }
-        let groups = self.trusted.entry(name.into()).or_default();
+        let groups = self.trusted.entry(Name::clone(name)).or_default();
         let mut kept: Vec<AddrGroup> = groups.iter().copied().filter(|g| *g != group).collect();
         if kept.len() >= TRUSTED_PER_ACCOUNT {
             kept.remove(0);
@@ -172,7 +174,7 @@ mod tests {
     fn the_owners_addresses_are_exempt_and_right_passwords_cost_nothing() {
         let t0 = Instant::now();
         let mut b = Budgets::new(2);
-        b.trust("alice", group(1));
+        b.trust(&Name::from("alice"), group(1));
         assert_eq!(b.charge("alice", group(2), t0), Ok(true));
         b.refund("alice", t0);
         assert_eq!(b.charge("alice", group(2), t0), Ok(true));
@@ -206,12 +208,12 @@ mod tests {
     fn the_oldest_trusted_group_goes_first_and_a_repeat_login_renews_its_own() {
         let mut b = Budgets::new(10);
         for last in 0..TRUSTED_PER_ACCOUNT as u8 {
-            b.trust("alice", group(last));
+            b.trust(&Name::from("alice"), group(last));
         }
         // Group 0 logs in again: now the newest, so group 1 is the oldest.
-        b.trust("alice", group(0));
-        b.trust("alice", group(0));
-        b.trust("alice", group(200));
+        b.trust(&Name::from("alice"), group(0));
+        b.trust(&Name::from("alice"), group(0));
+        b.trust(&Name::from("alice"), group(200));
         assert!(b.is_trusted("alice", group(0)));
         assert!(!b.is_trusted("alice", group(1)));
         assert!(b.is_trusted("alice", group(2)));

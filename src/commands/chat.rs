@@ -16,7 +16,7 @@ use super::job::{write_failed, Cont, Delivery, Effects, Step, WorkResult};
 use super::login::Failures;
 use super::parse::{Command, MemberCommand};
 use super::read_marks::ReadState;
-use super::{Caller, Clock, LockKey, SessionRef};
+use super::{Caller, Clock, LockKey, Name, SessionRef};
 use crate::store::Marks;
 
 /// What a registered user carries in memory.
@@ -150,9 +150,9 @@ impl From<&Config> for ChatSettings {
 pub struct Chat {
     pub(super) settings: ChatSettings,
     /// Registered users by canonical name.
-    pub(super) accounts: HashMap<String, Account>,
+    pub(super) accounts: HashMap<Name, Account>,
     /// Who is online and where; ordered so `whoelse` needs no sort.
-    pub(super) online: BTreeMap<String, SessionRef>,
+    pub(super) online: BTreeMap<Name, SessionRef>,
     /// Names with a registration in flight, so two cannot race for one name.
     pub(super) registering: HashSet<String>,
     /// Failed-login records.
@@ -208,6 +208,10 @@ impl Chat {
                     .insert(blocker.clone());
             }
         }
+        let accounts = accounts
+            .into_iter()
+            .map(|(name, account)| (Name::from(name), account))
+            .collect();
         let mut chat = Chat {
             blocked_by,
             spare_deliveries: Vec::new(),
@@ -346,12 +350,21 @@ impl Chat {
     /// Logs `caller` in as `user`, taking over any older session.
     pub(super) fn enter(&mut self, caller: &Caller, user: &str, now: Clock, fx: &mut Effects) {
         self.announce_login(user, now);
-        if let Some(old) = self.online.insert(user.to_string(), caller.session) {
+        let name = self.name(user);
+        if let Some(old) = self.online.insert(name.clone(), caller.session) {
             if old != caller.session {
                 fx.closes.push((old, ByeReason::Replaced));
             }
         }
-        fx.logged_in = Some(user.to_string());
+        fx.logged_in = Some(name);
+    }
+
+    /// The account's copy of `user`, shared; a new one for a name that is
+    /// not an account here (yet).
+    pub(super) fn name(&self, user: &str) -> Name {
+        self.accounts
+            .get_key_value(user)
+            .map_or_else(|| Name::from(user), |(name, _)| Name::clone(name))
     }
 
     pub(super) fn bump_unread(&mut self, user: &str) {
@@ -375,7 +388,7 @@ impl Chat {
         }
         self.announce_logout(user, now.wall);
         Some(StoreRequest::SetLastSeen {
-            user: user.clone(),
+            user: user.to_string(),
             at: now.wall,
         })
     }

@@ -28,7 +28,7 @@ use crate::protocol::{self, ok, ByeReason};
 use crate::store::{StoreOutput, StoreRequest};
 
 use super::job::{Cont, Delivery, Effects, Job, Step, StoredMessage, Work, WorkResult};
-use super::{Account, Chat, Clock};
+use super::{Account, Chat, Clock, Name};
 
 /// A node's view of the rest of the cluster.
 #[derive(Debug, Default)]
@@ -159,7 +159,7 @@ impl Chat {
         if !self.is_clustered() {
             return Step::Reply(welcome_line(&user, self.unread_of(&user)));
         }
-        if let Some(a) = self.accounts.get_mut(&user) {
+        if let Some(a) = self.accounts.get_mut(user.as_str()) {
             // Rows another node offered and never wrote out are below
             // anything this node handed out: start from the beginning.
             a.read.inbox_sent = 0;
@@ -174,7 +174,7 @@ impl Chat {
     pub(super) fn welcomed(&mut self, user: String, result: WorkResult) -> Step {
         match result {
             WorkResult::Store(Ok(StoreOutput::Count(n))) => {
-                if let Some(a) = self.accounts.get_mut(&user) {
+                if let Some(a) = self.accounts.get_mut(user.as_str()) {
                     a.unread = u32::try_from(n).unwrap_or(u32::MAX);
                 }
             }
@@ -262,14 +262,14 @@ impl Chat {
         let gone: Vec<String> = self
             .accounts
             .iter()
-            .filter(|(name, a)| a.read.slot <= newest && !snap.users.contains_key(*name))
-            .map(|(name, _)| name.clone())
+            .filter(|(name, a)| a.read.slot <= newest && !snap.users.contains_key(&name[..]))
+            .map(|(name, _)| name.to_string())
             .collect();
         for name in gone {
             let _ = self.delete_here(&name, fx);
         }
         for (name, row) in &snap.users {
-            match self.accounts.get_mut(name) {
+            match self.accounts.get_mut(name.as_str()) {
                 Some(a) => {
                     a.banned = row.banned;
                     a.last_seen = a.last_seen.max(row.last_seen);
@@ -282,23 +282,23 @@ impl Chat {
                     let mut a = Account::new(row.hash.clone(), row.slot);
                     a.banned = row.banned;
                     a.last_seen = row.last_seen;
-                    self.accounts.insert(name.clone(), a);
+                    self.accounts.insert(Name::from(name.as_str()), a);
                 }
             }
             if row.banned {
-                if let Some(&session) = self.online.get(name) {
+                if let Some(&session) = self.online.get(name.as_str()) {
                     fx.closes.push((session, ByeReason::Banned));
                 }
             }
         }
         for (name, a) in self.accounts.iter_mut() {
-            a.unread = snap.unread.get(name).copied().unwrap_or(0);
+            a.unread = snap.unread.get(&name[..]).copied().unwrap_or(0);
         }
         // Blocks: exactly the database's.
         let blocks: Vec<(String, String)> = self
             .accounts
             .iter()
-            .flat_map(|(u, a)| a.blocks.iter().map(move |o| (u.clone(), o.clone())))
+            .flat_map(|(u, a)| a.blocks.iter().map(move |o| (u.to_string(), o.clone())))
             .collect();
         for (user, other) in blocks {
             self.apply_block(&user, &other, false);
@@ -319,13 +319,13 @@ impl Chat {
         };
         self.online
             .keys()
-            .map(|u| (u.clone(), c.since.get(u).copied().unwrap_or(0)))
+            .map(|u| (u.to_string(), c.since.get(&u[..]).copied().unwrap_or(0)))
             .collect()
     }
 
     fn seen_leaving(&mut self, users: &[String], at: i64) {
         for u in users {
-            if let Some(a) = self.accounts.get_mut(u) {
+            if let Some(a) = self.accounts.get_mut(u.as_str()) {
                 a.last_seen = Some(at);
             }
         }
@@ -337,7 +337,7 @@ impl Chat {
         let Some(c) = self.cluster.as_mut() else {
             return;
         };
-        if let Some(&session) = self.online.get(&user) {
+        if let Some(&session) = self.online.get(user.as_str()) {
             let mine = c.since.get(&user).copied().unwrap_or(0);
             if (since, node) < (mine, c.node.as_str()) {
                 // Ours is newer: that node ends its own when it hears of ours.
@@ -365,7 +365,7 @@ impl Chat {
                         c.remote.remove(&user);
                     }
                 }
-                if let Some(a) = self.accounts.get_mut(&user) {
+                if let Some(a) = self.accounts.get_mut(user.as_str()) {
                     a.last_seen = Some(at);
                 }
             }
@@ -386,7 +386,7 @@ impl Chat {
             }
             Bus::Deliver { user, id, line } => {
                 // Not here any more: the row is in the inbox already.
-                if let Some(&session) = self.online.get(&user) {
+                if let Some(&session) = self.online.get(user.as_str()) {
                     fx.deliveries.push(Delivery {
                         to: session,
                         line: Rc::from(line.into_bytes()),
@@ -407,9 +407,10 @@ impl Chat {
                 self.counters.broadcast_deliveries += n as u64;
             }
             Bus::Account { user, id, hash } => {
-                if !self.accounts.contains_key(&user) {
+                if !self.accounts.contains_key(user.as_str()) {
                     self.hash_changed(None, &hash);
-                    self.accounts.insert(user, Account::new(hash, id));
+                    self.accounts
+                        .insert(Name::from(user), Account::new(hash, id));
                 }
             }
             Bus::Hash { user, hash } => self.set_hash(&user, hash),
@@ -426,7 +427,7 @@ impl Chat {
             Bus::LoginOk { user, ip } => {
                 self.forget_failures(&user, ip);
                 let group = crate::addr::AddrGroup::of(ip, self.settings.ipv6_prefix);
-                self.budgets.trust(&user, group);
+                self.budgets.trust(&self.name(&user), group);
             }
         }
         None

@@ -202,7 +202,7 @@ impl Chat {
                         );
                         continue;
                     }
-                    match (self.online.get(&t.user), id) {
+                    match (self.online.get(t.user.as_str()), id) {
                         (Some(session), Some(id)) => {
                             let line = line.get_or_insert_with(|| {
                                 protocol::chat_event(event_kind, &from, ts, &text).into()
@@ -296,7 +296,7 @@ impl Chat {
         let mine = self.online.get(me).copied();
         let mut blocking: Vec<SessionRef> = Vec::new();
         if let Some(blockers) = self.blocked_by.get(me) {
-            blocking.extend(blockers.iter().filter_map(|u| self.online.get(u)));
+            blocking.extend(blockers.iter().filter_map(|u| self.online.get(u.as_str())));
             blocking.sort_unstable();
         }
         for session in self.online.values() {

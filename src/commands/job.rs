@@ -260,7 +260,7 @@ pub struct Effects {
     /// Lockout records to look at again at the given time.
     pub lock_timers: Vec<(Instant, LockKey)>,
     /// The caller is now logged in as this user.
-    pub logged_in: Option<String>,
+    pub logged_in: Option<super::Name>,
     /// The caller asked to leave (`quit`/`logout`).
     pub quit: bool,
     /// Read marks to record: (slot, marks).

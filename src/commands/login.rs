@@ -14,7 +14,7 @@ use crate::store::{Marks, StoreOutput, StoreRequest};
 
 use super::chat::Account;
 use super::job::{write_failed, Cont, Delivery, Effects, Job, Step, Work, WorkResult};
-use super::{Caller, Chat, Clock, LockKey};
+use super::{Caller, Chat, Clock, LockKey, Name};
 
 /// Login attempts for one (user, address) pair. An attempt counts from the
 /// moment it is submitted, not when its verification finishes: otherwise
@@ -60,7 +60,7 @@ impl Chat {
                 return Step::Reply(locked);
             }
         };
-        let (hash, known, upgrade) = match self.accounts.get(&user) {
+        let (hash, known, upgrade) = match self.accounts.get(user.as_str()) {
             Some(a) => {
                 let outdated = auth::stand_in(&a.hash).is_some_and(|p| p != self.current_params);
                 let upgrade = outdated.then_some(self.settings.hash_cost);
@@ -263,7 +263,7 @@ impl Chat {
         }
         // Only the right password learns of a ban, so it tells a guesser
         // nothing; the owner is told why.
-        if self.accounts.get(&user).is_some_and(|a| a.banned) {
+        if self.accounts.get(user.as_str()).is_some_and(|a| a.banned) {
             self.counters.logins_banned += 1;
             return Step::Reply(err(
                 ErrorCode::Banned,
@@ -272,12 +272,12 @@ impl Chat {
         }
         // The owner logs in from here: exempt from the account-wide budget.
         let group = AddrGroup::of(ip, self.settings.ipv6_prefix);
-        self.budgets.trust(&user, group);
+        self.budgets.trust(&self.name(&user), group);
         // Unless a `passwd` replaced the hash meanwhile (it is at the
         // current cost then): the upgrade must not bring the old one back.
         let outdated = self
             .accounts
-            .get(&user)
+            .get(user.as_str())
             .is_some_and(|a| auth::stand_in(&a.hash).is_some_and(|p| p != self.current_params));
         if let (Some(hash), true) = (upgraded, outdated) {
             self.set_hash(&user, hash.clone());
@@ -333,7 +333,7 @@ impl Chat {
         if !(MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&new.len()) {
             return Step::Reply(password_length());
         }
-        let Some(hash) = self.accounts.get(&user).map(|a| a.hash.clone()) else {
+        let Some(hash) = self.accounts.get(user.as_str()).map(|a| a.hash.clone()) else {
             return Step::Reply(err(ErrorCode::Internal, "internal error"));
         };
         // Logged in from here, so the account-wide budget does not apply.
@@ -428,7 +428,7 @@ impl Chat {
             },
         );
         // Any other session of this user hears of it.
-        if let Some(&session) = self.online.get(&user) {
+        if let Some(&session) = self.online.get(user.as_str()) {
             if caller.map(|c| c.session) != Some(session) {
                 fx.deliveries.push(Delivery {
                     to: session,
@@ -486,7 +486,7 @@ impl Chat {
     ) {
         let group = AddrGroup::of(ip, self.settings.ipv6_prefix);
         let _ = self.budgets.charge(&user, group, now.mono);
-        let known = self.accounts.contains_key(&user);
+        let known = self.accounts.contains_key(user.as_str());
         self.count_failure(user, known, ip, now, fx);
     }
 
@@ -559,7 +559,7 @@ impl Chat {
         if !(MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&password.len()) {
             return Step::Reply(password_length());
         }
-        if self.accounts.contains_key(&user) || !self.registering.insert(user.clone()) {
+        if self.accounts.contains_key(user.as_str()) || !self.registering.insert(user.clone()) {
             return Step::Reply(err(ErrorCode::Exists, &format!("{user} is taken")));
         }
         Step::Wait(Job {
@@ -618,11 +618,12 @@ impl Chat {
                 hash: hash.clone(),
             },
         );
-        self.accounts.insert(user.clone(), Account::new(hash, slot));
+        self.accounts
+            .insert(Name::from(user.as_str()), Account::new(hash, slot));
         match caller {
             Some(caller) if caller.user.is_none() => {
                 let group = AddrGroup::of(caller.ip, self.settings.ipv6_prefix);
-                self.budgets.trust(&user, group);
+                self.budgets.trust(&self.name(&user), group);
                 self.counters.registrations += 1;
                 log::info!(
                     "session {}: {user} registered from {}",

@@ -64,6 +64,11 @@ pub struct SessionRef {
     pub id: u64,
 }
 
+/// A user's name as the chat keeps it: one allocation shared by the
+/// account, the online map, the trusted-address record and the session
+/// (issue 16: four copies cost an idle session over a hundred bytes).
+pub type Name = std::rc::Rc<str>;
+
 /// Who is speaking: the part of a session the chat logic reads. The chat
 /// never changes it; a login comes back as [`Effects::logged_in`].
 #[derive(Clone, Debug)]
@@ -73,7 +78,7 @@ pub struct Caller {
     /// Peer address (lockouts are per user and address).
     pub ip: IpAddr,
     /// The logged-in user, if any.
-    pub user: Option<String>,
+    pub user: Option<Name>,
 }
 
 /// Wall and monotonic time, read once per loop pass and passed in.

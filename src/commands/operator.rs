@@ -87,7 +87,7 @@ impl Chat {
             fx.closes.push((session, ByeReason::Kicked));
         }
         for blocker in self.blocked_by.remove(user).unwrap_or_default() {
-            if let Some(account) = self.accounts.get_mut(&blocker) {
+            if let Some(account) = self.accounts.get_mut(blocker.as_str()) {
                 account.blocks.remove(user);
             }
         }
@@ -116,7 +116,7 @@ impl Chat {
         if !(MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&password.len()) {
             return Step::Reply(password_length());
         }
-        if !self.accounts.contains_key(&user) {
+        if !self.accounts.contains_key(user.as_str()) {
             return Step::Reply(err(ErrorCode::NoUser, &format!("no such user {user}")));
         }
         Step::Wait(Job {
@@ -145,7 +145,7 @@ impl Chat {
             .iter()
             .filter(|(name, _)| pattern.is_none_or(|p| name.contains(p)))
             .map(|(name, a)| UserSummary {
-                name: name.clone(),
+                name: name.to_string(),
                 online: self.is_online(name),
                 last_seen: a.last_seen,
                 unread: a.unread,

@@ -147,7 +147,7 @@ impl Chat {
         reply: Vec<u8>,
     ) -> Job {
         for user in &users {
-            if let Some(a) = self.accounts.get_mut(user) {
+            if let Some(a) = self.accounts.get_mut(user.as_str()) {
                 a.read.returning += 1;
             }
         }
@@ -171,7 +171,7 @@ impl Chat {
         let ok = matches!(result, WorkResult::Store(Ok(_)));
         if ok {
             for user in &users {
-                if let Some(a) = self.accounts.get_mut(user) {
+                if let Some(a) = self.accounts.get_mut(user.as_str()) {
                     a.read.returning = a.read.returning.saturating_sub(1);
                 }
                 fx.marks.extend(self.record(user));
@@ -207,7 +207,7 @@ impl Chat {
         }
         let mut marks = Vec::with_capacity(self.marks_dirty.len());
         for user in std::mem::take(&mut self.marks_dirty) {
-            if let Some(a) = self.accounts.get_mut(&user) {
+            if let Some(a) = self.accounts.get_mut(user.as_str()) {
                 a.read.dirty = false;
                 marks.push((user, a.read.recorded));
             }

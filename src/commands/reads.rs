@@ -79,7 +79,7 @@ impl Chat {
                 let mut names: Vec<&str> = self
                     .online
                     .range::<str, _>((from, Bound::Unbounded))
-                    .map(|(name, _)| name.as_str())
+                    .map(|(name, _)| &name[..])
                     .filter(others)
                     .take(WHO_PAGE + 1)
                     .collect();
@@ -88,7 +88,7 @@ impl Chat {
                     names.extend(
                         c.remote
                             .range::<str, _>((from, Bound::Unbounded))
-                            .map(|(name, _)| name.as_str())
+                            .map(|(name, _)| &name[..])
                             .filter(others)
                             .take(WHO_PAGE + 1),
                     );
@@ -105,7 +105,7 @@ impl Chat {
                 let recent = self.accounts.iter().filter(|(name, account)| {
                     self.is_online(name) || account.last_seen.is_some_and(|t| t >= since)
                 });
-                for name in recent.map(|(name, _)| name.as_str()).filter(others) {
+                for name in recent.map(|(name, _)| &name[..]).filter(others) {
                     if smallest.len() <= WHO_PAGE {
                         smallest.push(name);
                     } else if smallest.peek().is_some_and(|top| name < *top) {
@@ -142,7 +142,10 @@ impl Chat {
     }
 
     pub(super) fn inbox(&self, me: String) -> Step {
-        let after = self.accounts.get(&me).map_or(0, |a| a.read.inbox_sent);
+        let after = self
+            .accounts
+            .get(me.as_str())
+            .map_or(0, |a| a.read.inbox_sent);
         Step::Wait(Job {
             cont: Cont::Inbox { user: me.clone() },
             work: Work::Store(StoreRequest::TakeInbox {
@@ -166,7 +169,7 @@ impl Chat {
             // The reader is gone; the rows stay in the inbox.
             return Step::Done;
         }
-        let left = self.accounts.get_mut(&user).map(|a| {
+        let left = self.accounts.get_mut(user.as_str()).map(|a| {
             a.unread = a.unread.saturating_sub(rows.len() as u32);
             if let Some(last) = rows.last() {
                 a.read.inbox_sent = a.read.inbox_sent.max(last.id);
@@ -196,7 +199,7 @@ impl Chat {
 
     pub(super) fn history(&self, me: String, with: Option<String>, count: u32) -> Step {
         if let Some(other) = &with {
-            if !self.accounts.contains_key(other) {
+            if !self.accounts.contains_key(other.as_str()) {
                 return Step::Reply(err(ErrorCode::NoUser, &format!("no such user {other}")));
             }
         }
@@ -249,7 +252,7 @@ impl Chat {
     /// `block` or `unblock`: applied at once (so nothing slips through while
     /// it is being written) and undone if the write fails.
     pub(super) fn block(&mut self, me: String, other: String, on: bool) -> Step {
-        if !self.accounts.contains_key(&other) {
+        if !self.accounts.contains_key(other.as_str()) {
             return Step::Reply(err(ErrorCode::NoUser, &format!("no such user {other}")));
         }
         if on && other == me {

@@ -187,7 +187,7 @@ fn caller(token: usize, user: Option<&str>) -> Caller {
             id: token as u64 + 100,
         },
         ip: "127.0.0.1".parse().unwrap(),
-        user: user.map(str::to_string),
+        user: user.map(Name::from),
     }
 }
 
@@ -1535,7 +1535,7 @@ fn a_reload_after_an_outage_brings_in_what_was_missed_and_keeps_what_is_newer() 
     snap.unread.insert("dave".into(), 2);
     let result = WorkResult::Store(Ok(StoreOutput::Accounts(Box::new(snap))));
     chat.complete(None, Cont::Reloaded, result, clock(t0, 1), &mut fx);
-    let mut names: Vec<&String> = chat.accounts.keys().collect();
+    let mut names: Vec<&str> = chat.accounts.keys().map(|n| &n[..]).collect();
     names.sort();
     assert_eq!(names, ["alice", "carol", "dave", "erin"]);
     assert!(chat.accounts["alice"].banned);
