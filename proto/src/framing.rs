@@ -72,47 +72,62 @@ type Refused = [u64; 8];
 /// The limit counts the bytes received, telnet commands included.
 #[derive(Debug)]
 pub struct LineFramer {
-    /// Longest accepted line in bytes, LF included.
-    max_line: usize,
+    /// Longest accepted line in bytes, LF included (a `u32`: every
+    /// session has a framer, and no line limit comes near 4 GB).
+    max_line: u32,
     /// True while discarding the rest of an overlong line.
     discarding: bool,
     /// Telnet state at the front of the bytes not yet used.
     telnet: Telnet,
-    /// Telnet answers not yet taken by the caller.
-    replies: Vec<u8>,
+    /// What a telnet peer has been answered. Boxed, and only once a telnet
+    /// client shows up: ten thousand netcat sessions should not carry 90
+    /// bytes each for it.
+    negotiated: Option<Box<Negotiated>>,
+}
+
+/// The telnet options a peer asked for, and the answers it is owed.
+#[derive(Debug, Default)]
+struct Negotiated {
     /// Options already refused, one bit per (DO or WILL, option): each is
     /// refused once, so a peer repeating a request gets no more bytes back.
-    /// Boxed, and only once a telnet client shows up: ten thousand netcat
-    /// sessions should not carry 64 bytes each for it.
-    refused: Option<Box<Refused>>,
+    refused: Refused,
+    /// Telnet answers not yet taken by the caller.
+    replies: Vec<u8>,
+}
+
+/// A line limit as kept: anything past `u32::MAX` is as good as no limit.
+fn limit(max_line: usize) -> u32 {
+    u32::try_from(max_line.max(1)).unwrap_or(u32::MAX)
 }
 
 impl LineFramer {
     /// A framer enforcing `max_line` (LF included).
     pub fn new(max_line: usize) -> Self {
         LineFramer {
-            max_line: max_line.max(1),
+            max_line: limit(max_line),
             discarding: false,
             telnet: Telnet::Data,
-            replies: Vec::new(),
-            refused: None,
+            negotiated: None,
         }
     }
 
     /// The line-length limit in force (LF included).
     pub fn max_line(&self) -> usize {
-        self.max_line
+        self.max_line as usize
     }
 
     /// Changes the limit for lines not yet framed (it grows at login).
     pub fn set_max_line(&mut self, max_line: usize) {
-        self.max_line = max_line.max(1);
+        self.max_line = limit(max_line);
     }
 
     /// Telnet answers owed to the peer (empty for a client that is not
     /// telnet). Produced only for bytes the framer reported as used.
     pub fn take_replies(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.replies)
+        self.negotiated
+            .as_deref_mut()
+            .map(|n| std::mem::take(&mut n.replies))
+            .unwrap_or_default()
     }
 
     /// Looks at the front of `buf` and returns how many bytes it used and
@@ -127,7 +142,7 @@ impl LineFramer {
         let stop = buf.iter().position(|&b| b == b'\n' || b == IAC);
         match stop {
             Some(end) if self.telnet == Telnet::Data && buf[end] == b'\n' => {
-                if end < self.max_line {
+                if end < self.max_line() {
                     let line = &buf[..end];
                     let line = line.strip_suffix(b"\r").unwrap_or(line);
                     (end + 1, Some(Frame::Line(Cow::Borrowed(line))))
@@ -176,7 +191,7 @@ impl LineFramer {
     /// `buf` holds no LF (outside telnet commands): wait, or report it too
     /// long and discard from here on.
     fn unterminated<'a>(&mut self, buf: &'a [u8]) -> (usize, Option<Frame<'a>>) {
-        if buf.len() >= self.max_line {
+        if buf.len() >= self.max_line() {
             self.discarding = true;
             (buf.len(), Some(Frame::TooLong))
         } else {
@@ -184,10 +199,14 @@ impl LineFramer {
         }
     }
 
-    fn set_refused(&mut self, refused: Refused) {
-        if refused != Refused::default() {
-            self.refused = Some(Box::new(refused));
+    /// Records what a telnet exchange refused and owes the peer.
+    fn negotiated(&mut self, refused: Refused, replies: &[u8]) {
+        if refused == Refused::default() && replies.is_empty() {
+            return;
         }
+        let negotiated = self.negotiated.get_or_insert_default();
+        negotiated.refused = refused;
+        negotiated.replies.extend_from_slice(replies);
     }
 
     /// The slow path: a line with telnet commands in it, copied without them.
@@ -195,7 +214,7 @@ impl LineFramer {
         let mut state = self.telnet;
         let mut line = Vec::new();
         let mut replies = Vec::new();
-        let mut refused: Refused = self.refused.as_deref().copied().unwrap_or_default();
+        let mut refused: Refused = self.negotiated.as_deref().map(|n| n.refused).unwrap_or_default();
         // The end of the last command after which no data is held (an IP,
         // or commands before any data): up to there the bytes can be used
         // even without an LF, and their answers sent now.
@@ -208,9 +227,8 @@ impl LineFramer {
             state = match state {
                 Telnet::Data if b == b'\n' => {
                     self.telnet = Telnet::Data;
-                    self.set_refused(refused);
-                    self.replies.extend_from_slice(&replies);
-                    if i >= self.max_line {
+                    self.negotiated(refused, &replies);
+                    if i >= self.max_line() {
                         return (i + 1, Some(Frame::TooLong));
                     }
                     if line.last() == Some(&b'\r') {
@@ -245,18 +263,16 @@ impl LineFramer {
                 cut = Some((i + 1, replies.len(), refused));
             }
         }
-        if buf.len() >= self.max_line {
+        if buf.len() >= self.max_line() {
             self.discarding = true;
             self.telnet = state;
-            self.set_refused(refused);
-            self.replies.extend_from_slice(&replies);
+            self.negotiated(refused, &replies);
             return (buf.len(), Some(Frame::TooLong));
         }
         match cut {
             Some((used, answered, refused)) => {
                 self.telnet = Telnet::Data;
-                self.set_refused(refused);
-                self.replies.extend_from_slice(&replies[..answered]);
+                self.negotiated(refused, &replies[..answered]);
                 (used, None)
             }
             None => (0, None),
@@ -275,7 +291,9 @@ impl LineFramer {
             (_, Some(Frame::Line(line))) => line.into_owned(),
             _ => Vec::new(),
         };
-        self.replies.clear();
+        if let Some(negotiated) = self.negotiated.as_deref_mut() {
+            negotiated.replies.clear();
+        }
         Cow::Owned(owned)
     }
 }

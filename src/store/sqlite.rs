@@ -41,6 +41,7 @@ impl SqliteBackend {
             .map_err(fail)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(fail)?;
+        conn.pragma_update(None, "cache_size", -512).map_err(fail)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(fail)?;
         schema::migrate(&mut conn)
             .map_err(|e| OpenError(format!("cannot migrate database {}: {e}", path.display())))?;
