@@ -29,6 +29,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
+use std::num::NonZeroU64;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -288,9 +289,11 @@ pub struct Session {
     replies: ReplyOrder<ReadyReply>,
     /// The command whose reply later lines wait for (login, register,
     /// inbox, history): what they mean or cost depends on it.
-    waiting_on: Option<u64>,
-    /// Bytes its commands have waiting for the store (see `STORE_SHARE`).
-    queued_bytes: usize,
+    waiting_on: Option<NonZeroU64>,
+    /// Bytes its commands have waiting for the store (see `STORE_SHARE`);
+    /// a `u32`, beside `turn_lines`, as a job's bytes are bounded by the
+    /// line limit.
+    queued_bytes: u32,
     /// A `history` waiting for this session's earlier commands to be
     /// answered before it is read, or the next part of a long reply
     /// waiting for the client to take most of the last (see `step`).
@@ -307,8 +310,10 @@ pub struct Session {
     bucket: RateBucket,
     /// Over its rate: no line is handled before this.
     rate_wait: Option<Instant>,
-    /// The loop pass whose line budget `turn_lines` counts.
-    turn_pass: u64,
+    /// The loop pass whose line budget `turn_lines` counts (its low 32
+    /// bits: passes four billion apart look alike, which costs at most one
+    /// turn's budget).
+    turn_pass: u32,
     /// Lines handled in `turn_pass` (at most `MAX_LINES_PER_TURN`; a u32
     /// packs beside the small enums and keeps the session within 512 bytes).
     turn_lines: u32,
@@ -316,6 +321,12 @@ pub struct Session {
     connected_at: Instant,
     /// When the last command arrived (idle timeout).
     last_command: Instant,
+}
+
+/// A job's store-queue bytes as a session counts them (saturating: no
+/// job comes near 4 GB).
+fn bytes_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 impl Session {
@@ -521,7 +532,7 @@ impl Session {
             && self.waiting_on.is_none()
             && self.rate_wait.is_none()
             && self.replies.outstanding() < MAX_IN_FLIGHT
-            && self.queued_bytes <= STORE_SHARE
+            && self.queued_bytes as usize <= STORE_SHARE
             && (self.queued_bytes == 0
                 || self.limits.store_backlog.load(Ordering::Relaxed) <= STORE_TOTAL)
             && self.output.pending_len() <= self.limits.max_outbuf
@@ -604,8 +615,8 @@ impl Session {
     /// `MAX_LINES_PER_TURN` in loop pass `pass`. Returns true if its turn
     /// ran out with lines left: the reactor gives it another next pass.
     pub fn process(&mut self, chat: &mut Chat, now: Clock, pass: u64, out: &mut Outbox) -> bool {
-        if self.turn_pass != pass {
-            self.turn_pass = pass;
+        if self.turn_pass != pass as u32 {
+            self.turn_pass = pass as u32;
             self.turn_lines = 0;
         }
         // The next part of a long reply, once the last has mostly left.
@@ -732,7 +743,7 @@ impl Session {
                 if self.close == CloseState::Open {
                     self.output.push_reply_part(&part);
                 }
-                self.waiting_on = Some(seq);
+                self.waiting_on = NonZeroU64::new(seq);
                 let reply_to = ReplyTo {
                     session: self.caller.session,
                     seq,
@@ -747,9 +758,11 @@ impl Session {
             // still gets its place in the order released.
             Step::Done => self.release(seq, Vec::new(), Vec::new()),
             Step::Wait(job) => {
-                self.queued_bytes += job.cont.queued_bytes();
+                self.queued_bytes = self
+                    .queued_bytes
+                    .saturating_add(bytes_u32(job.cont.queued_bytes()));
                 if job.cont.is_barrier() {
-                    self.waiting_on = Some(seq);
+                    self.waiting_on = NonZeroU64::new(seq);
                 }
                 let reply_to = ReplyTo {
                     session: self.caller.session,
@@ -797,10 +810,12 @@ impl Session {
         now: Clock,
         out: &mut Outbox,
     ) {
-        self.queued_bytes = self.queued_bytes.saturating_sub(cont.queued_bytes());
+        self.queued_bytes = self
+            .queued_bytes
+            .saturating_sub(bytes_u32(cont.queued_bytes()));
         let step = chat.complete(Some(&self.caller), cont, result, now, &mut out.effects);
         self.absorb(&mut out.effects);
-        if self.waiting_on == Some(seq) {
+        if self.waiting_on.map(NonZeroU64::get) == Some(seq) {
             self.waiting_on = None;
         }
         self.step(seq, step, out);

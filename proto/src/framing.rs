@@ -214,7 +214,11 @@ impl LineFramer {
         let mut state = self.telnet;
         let mut line = Vec::new();
         let mut replies = Vec::new();
-        let mut refused: Refused = self.negotiated.as_deref().map(|n| n.refused).unwrap_or_default();
+        let mut refused: Refused = self
+            .negotiated
+            .as_deref()
+            .map(|n| n.refused)
+            .unwrap_or_default();
         // The end of the last command after which no data is held (an IP,
         // or commands before any data): up to there the bytes can be used
         // even without an LF, and their answers sent now.

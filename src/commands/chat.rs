@@ -22,8 +22,9 @@ use crate::store::Marks;
 /// What a registered user carries in memory.
 #[derive(Clone, Debug)]
 pub struct Account {
-    /// PHC string of the password hash.
-    pub hash: String,
+    /// PHC string of the password hash (exact-sized: every account is in
+    /// memory).
+    pub hash: Box<str>,
     /// Messages waiting in the inbox.
     pub unread: u32,
     /// Unix time the user's last session ended.
@@ -38,11 +39,9 @@ pub struct Account {
 
 impl Account {
     /// A new account with nothing unread; `slot` is its rowid.
-    pub fn new(mut hash: String, slot: u64) -> Self {
-        // The hasher's string has room to spare; every account keeps it.
-        hash.shrink_to_fit();
+    pub fn new(hash: String, slot: u64) -> Self {
         Account {
-            hash,
+            hash: hash.into_boxed_str(),
             unread: 0,
             last_seen: None,
             blocks: Blocks::default(),

@@ -273,7 +273,7 @@ impl Chat {
                 Some(a) => {
                     a.banned = row.banned;
                     a.last_seen = a.last_seen.max(row.last_seen);
-                    if a.hash != row.hash {
+                    if *a.hash != *row.hash {
                         self.set_hash(name, row.hash.clone());
                     }
                 }

@@ -64,7 +64,7 @@ impl Chat {
             Some(a) => {
                 let outdated = auth::stand_in(&a.hash).is_some_and(|p| p != self.current_params);
                 let upgrade = outdated.then_some(self.settings.hash_cost);
-                (a.hash.clone(), true, upgrade)
+                (a.hash.to_string(), true, upgrade)
             }
             None => (self.dummy_hash.clone(), false, None),
         };
@@ -314,7 +314,7 @@ impl Chat {
         let Some(account) = self.accounts.get_mut(user) else {
             return;
         };
-        let old = std::mem::replace(&mut account.hash, hash);
+        let old = std::mem::replace(&mut account.hash, hash.into_boxed_str());
         let new = account.hash.clone();
         self.hash_changed(Some(&old), &new);
     }
@@ -333,7 +333,7 @@ impl Chat {
         if !(MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&new.len()) {
             return Step::Reply(password_length());
         }
-        let Some(hash) = self.accounts.get(user.as_str()).map(|a| a.hash.clone()) else {
+        let Some(hash) = self.accounts.get(user.as_str()).map(|a| a.hash.to_string()) else {
             return Step::Reply(err(ErrorCode::Internal, "internal error"));
         };
         // Logged in from here, so the account-wide budget does not apply.

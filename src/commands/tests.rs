@@ -870,7 +870,7 @@ fn the_dummy_takes_the_parameters_most_hashes_use_and_old_hashes_are_upgraded() 
         .iter()
         .map(|u| {
             let a = Account {
-                hash: low(&format!("pw-{u}")),
+                hash: low(&format!("pw-{u}")).into(),
                 ..account()
             };
             (u.to_string(), a)
@@ -914,7 +914,7 @@ fn the_dummy_takes_the_parameters_most_hashes_use_and_old_hashes_are_upgraded() 
             &mut fx,
         );
         assert!(reply_text(step).starts_with("+ welcome"));
-        assert_eq!(chat.accounts[user].hash, new);
+        assert_eq!(&*chat.accounts[user].hash, new);
         assert!(matches!(
             &fx.background[..],
             [StoreRequest::SetPasswordHash { user: u, hash }] if u == user && *hash == new
@@ -1013,7 +1013,10 @@ fn passwd_checks_the_old_password_like_a_login_and_commits_before_answering() {
         store_job.work,
         Work::Store(StoreRequest::SetPasswordHash { ref user, ref hash }) if user == "alice" && hash == "new-hash"
     ));
-    assert_eq!(chat.accounts["alice"].hash, "hash", "not before the commit");
+    assert_eq!(
+        &*chat.accounts["alice"].hash, "hash",
+        "not before the commit"
+    );
     let done = chat.complete(
         Some(&alice),
         store_job.cont,
@@ -1022,7 +1025,7 @@ fn passwd_checks_the_old_password_like_a_login_and_commits_before_answering() {
         &mut fx,
     );
     assert_eq!(reply_text(done), "+ password changed\n");
-    assert_eq!(chat.accounts["alice"].hash, "new-hash");
+    assert_eq!(&*chat.accounts["alice"].hash, "new-hash");
 }
 
 #[test]

@@ -581,14 +581,15 @@ pub struct ReplyOrder<R = Vec<u8>> {
 impl<R> Default for ReplyOrder<R> {
     fn default() -> Self {
         ReplyOrder {
-            next_seq: 0,
+            // From 1, so a command's number fits a `NonZeroU64`.
+            next_seq: 1,
             parked: Queue::default(),
         }
     }
 }
 
 impl<R> ReplyOrder<R> {
-    /// Gives the next command its sequence number.
+    /// Gives the next command its sequence number (never 0).
     pub fn begin(&mut self) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;

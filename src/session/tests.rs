@@ -498,7 +498,7 @@ fn an_idle_session_stays_small() {
     // third of an idle session's memory); it must not grow unnoticed (a job
     // kept inline once added 200 bytes, the output's two queues inline 48).
     assert!(
-        std::mem::size_of::<Session>() <= 280,
+        std::mem::size_of::<Session>() <= 264,
         "Session is {} bytes",
         std::mem::size_of::<Session>()
     );
