@@ -60,6 +60,10 @@ struct Shared {
     receiving: AtomicUsize,
     /// Set once the receivers are done, to stop the pinger.
     stop_ping: AtomicBool,
+    /// Whether the pinger is still running: receivers keep their
+    /// connections open until it has stopped, so that no ping measures
+    /// natterd closing thousands of sessions at once.
+    pinging: AtomicBool,
 }
 
 /// What one receiving thread measured.
@@ -145,6 +149,7 @@ pub fn run(a: &Args, targets: &[Target]) -> Result<Report, BenchError> {
         sender_done: AtomicBool::new(false),
         abort: AtomicBool::new(false),
         stop_ping: AtomicBool::new(false),
+        pinging: AtomicBool::new(pinger.is_some()),
         receiving: AtomicUsize::new(threads),
     };
     let cap = shared.epoch + Duration::from_secs(a.max_seconds);
@@ -167,7 +172,11 @@ pub fn run(a: &Args, targets: &[Target]) -> Result<Report, BenchError> {
         let acks = s.spawn(move || guard(sh, read_acks(sender, sh, hard)));
         let ping = pinger.map(|pinger| {
             let every = Duration::from_micros(a.ping_interval_us);
-            s.spawn(move || guard(sh, ping_loop(pinger, every, sh, hard)))
+            s.spawn(move || {
+                let r = guard(sh, ping_loop(pinger, every, sh, hard));
+                sh.pinging.store(false, Ordering::SeqCst);
+                r
+            })
         });
         let workers: Vec<_> = groups
             .into_iter()
@@ -175,10 +184,8 @@ pub fn run(a: &Args, targets: &[Target]) -> Result<Report, BenchError> {
                 let wake = wake.clone();
                 s.spawn(move || {
                     let r = guard(sh, receive(conns, sh, &wake, hard));
-                    // The last receiver done ends the pinging, so pings
-                    // measure the loaded server only.
-                    if sh.receiving.fetch_sub(1, Ordering::SeqCst) == 1 {
-                        sh.stop_ping.store(true, Ordering::SeqCst);
+                    if r.is_err() {
+                        receiver_done(sh);
                     }
                     r
                 })
@@ -297,6 +304,14 @@ pub fn run(a: &Args, targets: &[Target]) -> Result<Report, BenchError> {
 }
 
 /// Marks the run aborted when a thread fails, so the others stop waiting.
+/// One receiving thread is done. The last one ends the pinging, so pings
+/// measure the loaded server only.
+fn receiver_done(sh: &Shared) {
+    if sh.receiving.fetch_sub(1, Ordering::SeqCst) == 1 {
+        sh.stop_ping.store(true, Ordering::SeqCst);
+    }
+}
+
 fn guard<T>(sh: &Shared, r: Result<T, BenchError>) -> Result<T, BenchError> {
     if r.is_err() {
         sh.abort.store(true, Ordering::SeqCst);
@@ -503,6 +518,14 @@ fn receive(
         }
         let target = sh.target.load(Ordering::SeqCst);
         if out.got.iter().all(|&g| g >= target) || Instant::now() > hard {
+            receiver_done(sh);
+            // Hang up only once the pinger has stopped (see `pinging`).
+            while sh.pinging.load(Ordering::SeqCst)
+                && !sh.abort.load(Ordering::Relaxed)
+                && Instant::now() < hard
+            {
+                thread::sleep(Duration::from_millis(1));
+            }
             return Ok(out);
         }
         match poll.poll(&mut events, Some(POLL_WAIT)) {
