@@ -72,11 +72,14 @@ pub const MAX_LINES_PER_TURN: usize = 64;
 
 /// Deliveries a command's fan-out may queue for the price of one line of
 /// the turn. Queuing a line to a recipient costs the loop a few hundred
-/// nanoseconds, so a `broadcast` to 8,000 is worth ~30 ordinary commands;
-/// counted so, a turn queues at most ~16,000 deliveries (a few ms), and a
-/// `ping` from anyone else waits for no more than that, however large the
-/// audience and however many broadcasts a sender pipelines.
-pub const DELIVERIES_PER_LINE: usize = 256;
+/// nanoseconds, so a `broadcast` to 1,000 is worth 16 ordinary commands and
+/// one to 4,096 or more a whole turn: a turn queues at most ~4,000
+/// deliveries past its last command, or one fan-out whole (8,000 take the
+/// loop 2-3 ms), and a `ping` from anyone else waits for no more than that,
+/// however many broadcasts a sender pipelines. At 256 a turn took two
+/// broadcasts to 8,000, and the ping's p99 was 12 ms instead of under 10
+/// (docs/PERFORMANCE.md).
+pub const DELIVERIES_PER_LINE: usize = 64;
 
 /// Longest line accepted before login, LF included. The longest useful line
 /// then is `register` with a 32-character name and a 256-byte password
