@@ -22,7 +22,6 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use super::Name;
 use crate::addr::AddrGroup;
 
 /// Address groups remembered per account as ones its owner logged in from:
@@ -48,11 +47,34 @@ pub struct Budgets {
     /// Size of `buckets` after the last sweep of full ones: the next sweep
     /// waits until it has doubled, so sweeping costs O(1) per attempt.
     swept_at: usize,
-    /// Address groups each account's owner logged in from, oldest first.
-    /// Exact-sized: every account that logged in has an entry, most with
-    /// one group, and a login from a known group changes nothing (issue 16).
-    /// Keyed by the account's own name, not a copy of it.
-    trusted: HashMap<Name, Box<[AddrGroup]>>,
+}
+
+/// The address groups an account's owner logged in from, oldest first: a
+/// field of the account, not a table of their own (issue 16: a second
+/// table keyed by name cost every account ~50 bytes). Exact-sized: most
+/// hold one group, and a login from the newest changes nothing.
+#[derive(Clone, Debug, Default)]
+pub struct Trusted(Box<[AddrGroup]>);
+
+impl Trusted {
+    /// Whether the owner logged in from `group`.
+    pub fn contains(&self, group: AddrGroup) -> bool {
+        self.0.contains(&group)
+    }
+
+    /// The owner logged in from `group`: it becomes the newest, and the
+    /// oldest goes past [`TRUSTED_PER_ACCOUNT`].
+    pub fn add(&mut self, group: AddrGroup) {
+        if self.0.last() == Some(&group) {
+            return;
+        }
+        let mut kept: Vec<AddrGroup> = self.0.iter().copied().filter(|g| *g != group).collect();
+        if kept.len() >= TRUSTED_PER_ACCOUNT {
+            kept.remove(0);
+        }
+        kept.push(group);
+        self.0 = kept.into_boxed_slice();
+    }
 }
 
 impl Budgets {
@@ -71,11 +93,11 @@ impl Budgets {
         bucket.at = now;
     }
 
-    /// Charges a check for `name` from `group` as it starts: `Ok(true)` if a
-    /// token was taken, `Ok(false)` if none was needed (the group is
-    /// trusted, or budgets are off), or the seconds until the next token.
-    pub fn charge(&mut self, name: &str, group: AddrGroup, now: Instant) -> Result<bool, u64> {
-        if self.per_hour == 0 || self.is_trusted(name, group) {
+    /// Charges a check for `name` as it starts: `Ok(true)` if a token was
+    /// taken, `Ok(false)` if none was needed (it comes from a `trusted`
+    /// group, or budgets are off), or the seconds until the next token.
+    pub fn charge(&mut self, name: &str, trusted: bool, now: Instant) -> Result<bool, u64> {
+        if self.per_hour == 0 || trusted {
             return Ok(false);
         }
         if self.buckets.len() > 2 * self.swept_at.max(512) {
@@ -111,28 +133,6 @@ impl Budgets {
         }
     }
 
-    /// `name`'s owner logged in from `group`.
-    pub fn trust(&mut self, name: &Name, group: AddrGroup) {
-        if self
-            .trusted
-            .get(name)
-            .is_some_and(|g| g.last() == Some(&group))
-        {
-            return;
-        }
-        let groups = self.trusted.entry(Name::clone(name)).or_default();
-        let mut kept: Vec<AddrGroup> = groups.iter().copied().filter(|g| *g != group).collect();
-        if kept.len() >= TRUSTED_PER_ACCOUNT {
-            kept.remove(0);
-        }
-        kept.push(group);
-        *groups = kept.into_boxed_slice();
-    }
-
-    fn is_trusted(&self, name: &str, group: AddrGroup) -> bool {
-        self.trusted.get(name).is_some_and(|g| g.contains(&group))
-    }
-
     /// Forgets buckets that have refilled: they say nothing a new one would not.
     fn sweep(&mut self, now: Instant) {
         let cap = f64::from(self.per_hour);
@@ -158,30 +158,29 @@ mod tests {
         let t0 = Instant::now();
         let mut b = Budgets::new(10);
         let charged = (0..40u8)
-            .filter(|i| b.charge("alice", group(*i), t0).is_ok())
+            .filter(|_| b.charge("alice", false, t0).is_ok())
             .count();
         assert_eq!(charged, 10);
         // One token every 6 minutes.
-        assert_eq!(b.charge("alice", group(99), t0), Err(360));
+        assert_eq!(b.charge("alice", false, t0), Err(360));
         let later = t0 + Duration::from_secs(360);
-        assert_eq!(b.charge("alice", group(99), later), Ok(true));
-        assert!(b.charge("alice", group(98), later).is_err());
+        assert_eq!(b.charge("alice", false, later), Ok(true));
+        assert!(b.charge("alice", false, later).is_err());
         // Other names are not affected.
-        assert_eq!(b.charge("bob", group(1), later), Ok(true));
+        assert_eq!(b.charge("bob", false, later), Ok(true));
     }
 
     #[test]
     fn the_owners_addresses_are_exempt_and_right_passwords_cost_nothing() {
         let t0 = Instant::now();
         let mut b = Budgets::new(2);
-        b.trust(&Name::from("alice"), group(1));
-        assert_eq!(b.charge("alice", group(2), t0), Ok(true));
+        assert_eq!(b.charge("alice", false, t0), Ok(true));
         b.refund("alice", t0);
-        assert_eq!(b.charge("alice", group(2), t0), Ok(true));
-        assert_eq!(b.charge("alice", group(3), t0), Ok(true));
-        assert!(b.charge("alice", group(4), t0).is_err());
+        assert_eq!(b.charge("alice", false, t0), Ok(true));
+        assert_eq!(b.charge("alice", false, t0), Ok(true));
+        assert!(b.charge("alice", false, t0).is_err());
         for _ in 0..5 {
-            assert_eq!(b.charge("alice", group(1), t0), Ok(false));
+            assert_eq!(b.charge("alice", true, t0), Ok(false));
         }
     }
 
@@ -190,34 +189,34 @@ mod tests {
         let t0 = Instant::now();
         let mut b = Budgets::new(10);
         for i in 0..2000 {
-            let _ = b.charge(&format!("n{i}"), group(1), t0);
+            let _ = b.charge(&format!("n{i}"), false, t0);
         }
         // An hour later they have refilled; the next sweep drops them.
         let later = t0 + Duration::from_secs(3600);
         for i in 0..200 {
-            let _ = b.charge(&format!("m{i}"), group(1), later);
+            let _ = b.charge(&format!("m{i}"), false, later);
         }
         assert!(b.buckets.len() <= 200, "{} buckets kept", b.buckets.len());
         let mut off = Budgets::new(0);
         for _ in 0..100 {
-            assert_eq!(off.charge("alice", group(1), t0), Ok(false));
+            assert_eq!(off.charge("alice", false, t0), Ok(false));
         }
     }
 
     #[test]
     fn the_oldest_trusted_group_goes_first_and_a_repeat_login_renews_its_own() {
-        let mut b = Budgets::new(10);
+        let mut t = Trusted::default();
         for last in 0..TRUSTED_PER_ACCOUNT as u8 {
-            b.trust(&Name::from("alice"), group(last));
+            t.add(group(last));
         }
         // Group 0 logs in again: now the newest, so group 1 is the oldest.
-        b.trust(&Name::from("alice"), group(0));
-        b.trust(&Name::from("alice"), group(0));
-        b.trust(&Name::from("alice"), group(200));
-        assert!(b.is_trusted("alice", group(0)));
-        assert!(!b.is_trusted("alice", group(1)));
-        assert!(b.is_trusted("alice", group(2)));
-        assert!(b.is_trusted("alice", group(200)));
-        assert_eq!(b.trusted["alice"].len(), TRUSTED_PER_ACCOUNT);
+        t.add(group(0));
+        t.add(group(0));
+        t.add(group(200));
+        assert!(t.contains(group(0)));
+        assert!(!t.contains(group(1)));
+        assert!(t.contains(group(2)));
+        assert!(t.contains(group(200)));
+        assert_eq!(t.0.len(), TRUSTED_PER_ACCOUNT);
     }
 }

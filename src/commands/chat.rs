@@ -11,7 +11,7 @@ use crate::config::{Config, HashCost, Registration};
 use crate::protocol::{ok, ByeReason};
 use crate::store::StoreRequest;
 
-use super::budget::Budgets;
+use super::budget::{Budgets, Trusted};
 use super::job::{write_failed, Cont, Delivery, Effects, Step, WorkResult};
 use super::login::Failures;
 use super::parse::{Command, MemberCommand};
@@ -35,6 +35,8 @@ pub struct Account {
     pub read: ReadState,
     /// Banned by the operator: logins are refused.
     pub banned: bool,
+    /// Where its owner logged in from: exempt from its guessing budget.
+    pub trusted: Trusted,
 }
 
 impl Account {
@@ -47,6 +49,7 @@ impl Account {
             blocks: Blocks::default(),
             read: ReadState::new(slot, Marks::default()),
             banned: false,
+            trusted: Trusted::default(),
         }
     }
 }
@@ -356,6 +359,15 @@ impl Chat {
             }
         }
         fx.logged_in = Some(name);
+    }
+
+    /// `user` logged in from `ip`: that address group is exempt from the
+    /// account's guessing budget from now on.
+    pub(super) fn trust(&mut self, user: &str, ip: std::net::IpAddr) {
+        let group = crate::addr::AddrGroup::of(ip, self.settings.ipv6_prefix);
+        if let Some(account) = self.accounts.get_mut(user) {
+            account.trusted.add(group);
+        }
     }
 
     /// The account's copy of `user`, shared; a new one for a name that is

@@ -426,8 +426,7 @@ impl Chat {
             Bus::LoginFailed { user, ip } => self.remote_failure(user, ip, now, fx),
             Bus::LoginOk { user, ip } => {
                 self.forget_failures(&user, ip);
-                let group = crate::addr::AddrGroup::of(ip, self.settings.ipv6_prefix);
-                self.budgets.trust(&self.name(&user), group);
+                self.trust(&user, ip);
             }
         }
         None

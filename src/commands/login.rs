@@ -121,7 +121,11 @@ impl Chat {
         }
         attempts.in_flight += 1;
         let charged = if account_wide {
-            match self.budgets.charge(user, group, now.mono) {
+            let trusted = self
+                .accounts
+                .get(user)
+                .is_some_and(|a| a.trusted.contains(group));
+            match self.budgets.charge(user, trusted, now.mono) {
                 Ok(charged) => charged,
                 Err(secs) => {
                     self.end_attempt(user, ip);
@@ -271,8 +275,7 @@ impl Chat {
             ));
         }
         // The owner logs in from here: exempt from the account-wide budget.
-        let group = AddrGroup::of(ip, self.settings.ipv6_prefix);
-        self.budgets.trust(&self.name(&user), group);
+        self.trust(&user, ip);
         // Unless a `passwd` replaced the hash meanwhile (it is at the
         // current cost then): the upgrade must not bring the old one back.
         let outdated = self
@@ -485,7 +488,11 @@ impl Chat {
         fx: &mut Effects,
     ) {
         let group = AddrGroup::of(ip, self.settings.ipv6_prefix);
-        let _ = self.budgets.charge(&user, group, now.mono);
+        let trusted = self
+            .accounts
+            .get(user.as_str())
+            .is_some_and(|a| a.trusted.contains(group));
+        let _ = self.budgets.charge(&user, trusted, now.mono);
         let known = self.accounts.contains_key(user.as_str());
         self.count_failure(user, known, ip, now, fx);
     }
@@ -622,8 +629,7 @@ impl Chat {
             .insert(Name::from(user.as_str()), Account::new(hash, slot));
         match caller {
             Some(caller) if caller.user.is_none() => {
-                let group = AddrGroup::of(caller.ip, self.settings.ipv6_prefix);
-                self.budgets.trust(&self.name(&user), group);
+                self.trust(&user, caller.ip);
                 self.counters.registrations += 1;
                 log::info!(
                     "session {}: {user} registered from {}",
