@@ -107,6 +107,29 @@ enum Timer {
     AcceptRetry,
     /// A connection on a `--proxy-protocol` listener whose header is late.
     ProxyHeader { key: usize, id: u64 },
+    /// A session's emptied output may be freed (see `OUTPUT_RELEASE_DELAY`).
+    Release(SessionRef),
+}
+
+/// How long an emptied output keeps its allocation. Idle sessions keep no
+/// output (issue 16), but a receiver of a busy fan-out empties its output
+/// on every pass, and allocating and growing it again each time cost more
+/// than copying the lines: a quarter second after emptying, a session is
+/// usually busy again or really idle.
+const OUTPUT_RELEASE_DELAY: Duration = Duration::from_millis(250);
+
+/// Every timer of the loop, earliest first (stale entries are skipped when
+/// they fire).
+type Deadlines = BinaryHeap<Reverse<(Instant, Timer)>>;
+
+/// Frees the connection's output a moment from `now` if it is empty then
+/// (see `OUTPUT_RELEASE_DELAY`).
+fn release_later(conn: &mut Conn, deadlines: &mut Deadlines, now: Instant) {
+    if !conn.release_due && conn.session.output_spent() {
+        conn.release_due = true;
+        let sref = conn.session.caller().session;
+        deadlines.push(Reverse((now + OUTPUT_RELEASE_DELAY, Timer::Release(sref))));
+    }
 }
 
 /// Asks a running server to shut down as on SIGTERM (for in-process use).
@@ -152,6 +175,8 @@ struct Conn {
     in_events: bool,
     /// On the close list.
     in_close: bool,
+    /// A `Timer::Release` is queued for its output.
+    release_due: bool,
     /// Its unsent output as last counted into `Server::output_total`.
     counted_output: usize,
 }
@@ -194,7 +219,7 @@ pub struct Server {
     /// so one that is there twice fires harmlessly twice. A heap rather
     /// than a B-tree: every idle session has an entry, 40 bytes in one
     /// array instead of a B-tree entry in half-full nodes (issue 16).
-    deadlines: BinaryHeap<Reverse<(Instant, Timer)>>,
+    deadlines: Deadlines,
     /// The store thread and the hashing pool.
     background: Background,
     /// Which messages have left natterd, recorded right after each write
@@ -672,6 +697,7 @@ impl Server {
                 self.deadlines.push(Reverse((due, Timer::Session(sref))));
             }
         }
+        release_later(conn, &mut self.deadlines, self.clock.mono);
         if conn.session.is_finished() {
             if !conn.in_close {
                 conn.in_close = true;
@@ -737,6 +763,9 @@ impl Server {
             // (this runs once per recipient of every fan-out).
             let changed = !open || conn.session.wants_write() != conn.write_interest;
             self.count_output(token);
+            if let Some(conn) = self.conns.get_mut(token) {
+                release_later(conn, &mut self.deadlines, self.clock.mono);
+            }
             if held_input {
                 self.mark_ready(token);
             }
@@ -770,6 +799,14 @@ impl Server {
                     self.accept_ready(accept::Via::WebTls);
                 }
                 Timer::ProxyHeader { key, id } => self.header_timeout(key, id),
+                Timer::Release(sref) => {
+                    // Busy again meanwhile: its next emptying queues
+                    // another.
+                    if let Some(conn) = self.live_conn(sref) {
+                        conn.release_due = false;
+                        conn.session.release_output();
+                    }
+                }
             }
         }
         // After a crowd left, its stale entries are gone: give the room back.

@@ -406,8 +406,20 @@ impl Session {
         }
     }
 
+    /// Whether its output holds an allocation with nothing in it: the
+    /// reactor calls `release_output` a moment later (see
+    /// `Output::release`).
+    pub fn output_spent(&self) -> bool {
+        self.output.is_spent()
+    }
+
+    /// Frees its output's state if nothing is in it.
+    pub fn release_output(&mut self) {
+        self.output.release();
+    }
+
     /// Heap bytes its input, output and reply queues hold: none once it
-    /// is idle with everything written.
+    /// is idle with everything written and its output released.
     pub fn buffer_capacity(&self) -> usize {
         self.inbuf.capacity() + self.output.heap_capacity() + self.replies.heap_capacity()
     }

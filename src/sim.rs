@@ -277,6 +277,10 @@ impl Sim {
                 self.serve(token);
             }
         }
+        // As the reactor does a moment after an output empties.
+        for conn in self.conns.iter_mut().filter(|c| !c.reaped) {
+            conn.session.release_output();
+        }
     }
 
     /// Starts shutting down every connection.

@@ -163,6 +163,7 @@ impl Server {
             in_ready: false,
             in_events: false,
             in_close: false,
+            release_due: false,
             counted_output: 0,
         });
         log::info!("session {id}: connection from {addr} ({kind})");

@@ -14,9 +14,14 @@ use std::time::{Duration, Instant};
 pub const KEEP_BUFFER_CAPACITY: usize = 4096;
 
 /// Room the first bytes of an empty output buffer get: the replies and
-/// events of one loop pass usually fit, so a burst grows it once at most,
-/// and a buffer freed after every write costs one allocation per write.
+/// events of one loop pass usually fit, so a burst grows it once at most.
 const FIRST_BUFFER_CAPACITY: usize = 512;
+
+/// Capacity an emptied output buffer keeps until its output is released:
+/// a fan-out receiver's next burst needs it again at once, and growing it
+/// from nothing every time cost more copying than the lines themselves.
+/// A larger one (a long reply's) is freed as soon as it is written.
+const KEEP_OUTPUT_CAPACITY: usize = 16 * 1024;
 
 /// Most pieces handed to one vectored write. The kernel takes up to
 /// `IOV_MAX` (1024); 64 lines already fill a socket's send buffer in one
@@ -24,11 +29,12 @@ const FIRST_BUFFER_CAPACITY: usize = 512;
 pub const MAX_WRITE_PIECES: usize = 64;
 
 /// Bytes waiting to be written, and what they are. An idle session's is
-/// one word: the state below is allocated by the first push and freed once
-/// everything in it is written (issue 16: ten thousand idle sessions would
-/// otherwise carry its 96 bytes each). Stream positions restart from zero
-/// then, which nothing notices: no queued line, unsent message or held
-/// event is left to refer to the old ones.
+/// one word: the state below is allocated by the first push and freed by
+/// `release` once everything in it is written (issue 16: ten thousand idle
+/// sessions would otherwise carry its 96 bytes and their last burst's
+/// buffer each). Stream positions restart from zero then, which nothing
+/// notices: no queued line, unsent message or held event is left to refer
+/// to the old ones.
 #[derive(Debug, Default)]
 pub struct Output(Option<Box<Stream>>);
 
@@ -383,10 +389,13 @@ impl Stream {
     /// allocation at all, and a half-written buffer drops its front. Ten
     /// thousand idle sessions would otherwise each keep what their last
     /// burst needed (issue 16); a busy one pays an allocation per write.
-    /// Returns whether nothing is left in it at all.
-    fn compact(&mut self) -> bool {
+    fn compact(&mut self) {
         if self.sent == self.buf.len() {
-            self.buf = Vec::new();
+            if self.buf.capacity() > KEEP_OUTPUT_CAPACITY {
+                self.buf = Vec::new();
+            } else {
+                self.buf.clear();
+            }
             self.sent = 0;
         } else if self.sent > self.buf.len() / 2 {
             self.buf.drain(..self.sent);
@@ -397,7 +406,11 @@ impl Stream {
         if self.left.as_deref().is_some_and(Vec::is_empty) {
             self.left = None;
         }
-        self.buf.capacity() == 0
+    }
+
+    /// Whether nothing is left in it but room (after `compact`).
+    fn is_spent(&self) -> bool {
+        self.buf.is_empty()
             && self.shared.0.is_none()
             && self.unsent.0.is_none()
             && self.left.is_none()
@@ -533,17 +546,42 @@ impl Output {
     /// The highest (pushed, inbox) ids that reached the kernel since the
     /// last call, if any did; every one of them is added to `ids`.
     pub fn take_left(&mut self, ids: &mut Vec<i64>) -> Option<(i64, i64)> {
-        let highest = self.0.as_deref_mut()?.take_left(ids);
-        // The last thing a delivery leaves behind: a written output can go.
-        self.compact();
+        let stream = self.0.as_deref_mut()?;
+        let highest = stream.take_left(ids);
+        // The last thing a delivery leaves behind.
+        stream.compact();
         highest
     }
 
-    /// Gives memory back after writing: an output with nothing left in it
-    /// keeps no allocation at all, and a half-written buffer drops its
-    /// front. A busy session pays an allocation or two per write burst.
+    /// Tidies up after writing: emptied queues are freed and a
+    /// half-written buffer drops its front. An output emptied after a reply
+    /// is freed at once: more comes only once the client asks again. One
+    /// emptied after events keeps its room (up to `KEEP_OUTPUT_CAPACITY`)
+    /// until `release`: in a busy fan-out, more is on its way. (Holding
+    /// every output a moment would also cost idle memory: freed late, the
+    /// buffers of ten thousand logins leave holes in the heap.)
     pub fn compact(&mut self) {
-        if self.0.as_deref_mut().is_some_and(Stream::compact) {
+        if let Some(stream) = self.0.as_deref_mut() {
+            stream.compact();
+            if stream.is_spent() && stream.replies_end == stream.pushed_total {
+                self.0 = None;
+            }
+        }
+    }
+
+    /// Whether its state is allocated with nothing in it: `release` would
+    /// free it.
+    pub fn is_spent(&self) -> bool {
+        self.0.as_deref().is_some_and(Stream::is_spent)
+    }
+
+    /// Frees its state, buffer included, if nothing is in it. Not done at
+    /// every write: a receiver of a busy fan-out empties its output on
+    /// every pass, and allocating and growing it again each time cost the
+    /// loop more than the copying of the lines (issue 16). The reactor
+    /// calls this a moment after the output empties.
+    pub fn release(&mut self) {
+        if self.is_spent() {
             self.0 = None;
         }
     }

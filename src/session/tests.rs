@@ -774,6 +774,7 @@ fn an_idle_session_keeps_no_buffers() {
     sim.settle_all();
     sim.drain(alice, usize::MAX);
     assert_eq!(sim.output(alice).matches("+ pong").count(), 50);
+    // Replies written: nothing kept.
     assert_eq!(sim.conns[alice].session.buffer_capacity(), 0);
     // The receiver's stored message reached the kernel and was reported:
     // nothing of its delivery stays behind either.
@@ -784,5 +785,9 @@ fn an_idle_session_keeps_no_buffers() {
         "{}",
         sim.output(bob)
     );
+    // Events written: the output stays allocated until the reactor's
+    // moment passes (a busy receiver would need it again at once).
+    assert!(sim.conns[bob].session.output_spent());
+    sim.advance(Duration::from_millis(300));
     assert_eq!(sim.conns[bob].session.buffer_capacity(), 0);
 }
