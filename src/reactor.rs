@@ -86,8 +86,12 @@ const DISCARD_ON_CLOSE: usize = 1 << 20;
 /// Connections whose event output is written per pass. Each write to a
 /// local peer costs microseconds (the kernel delivers it in our time), so a
 /// fan-out to 1000 in one go would hold the loop for milliseconds; in slices
-/// of this size, input (a ping) waits at most one slice.
-const MAX_EVENT_FLUSHES_PER_PASS: usize = 128;
+/// of this size, input (a ping) waits at most one slice. Small slices also
+/// let a busy receiver's lines pile up between its writes, and a write's
+/// cost is mostly per call: at 1,000 receivers, 128 a pass took 62 writes
+/// per 1,000 deliveries and 16 take 42 (the bare relay 34), for a quarter
+/// less CPU per delivery (docs/PERFORMANCE.md, issue 16).
+const MAX_EVENT_FLUSHES_PER_PASS: usize = 16;
 
 /// Messages from other nodes applied per pass, at most (and no more
 /// deliveries than one session's turn may queue). A broadcast from another
