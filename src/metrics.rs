@@ -47,6 +47,9 @@ pub struct Snapshot {
     pub closed: Vec<(&'static str, u64)>,
     /// Unsent output of all sessions, bytes.
     pub output_bytes: u64,
+    /// Heap the sessions' input, output and reply queues hold, bytes:
+    /// room as well as content (an idle session holds none).
+    pub session_buffer_bytes: u64,
     /// Bytes of writes waiting for the store.
     pub store_waiting_bytes: u64,
     /// Password checks waiting for a hashing thread.
@@ -110,6 +113,11 @@ pub fn render(snapshot: &Snapshot, timings: &Timings) -> Result<String, std::fmt
         "output_bytes",
         "Unsent output of all sessions together",
         gauge(snapshot.output_bytes),
+    );
+    registry.register(
+        "session_buffer_bytes",
+        "Heap the sessions' input and output buffers hold, room included",
+        gauge(snapshot.session_buffer_bytes),
     );
     registry.register(
         "store_waiting_bytes",

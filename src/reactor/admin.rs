@@ -423,6 +423,12 @@ impl Server {
                 .map(|(reason, n)| (*reason, *n))
                 .collect(),
             output_bytes: self.output_total as u64,
+            // One walk over the sessions per scrape, not per pass.
+            session_buffer_bytes: self
+                .conns
+                .iter()
+                .map(|(_, c)| c.session.buffer_capacity() as u64)
+                .sum(),
             store_waiting_bytes: self.background.store_bytes() as u64,
             hash_queue: self.background.hash_queue_len() as u64,
             users: self.chat.user_count() as u64,

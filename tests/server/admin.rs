@@ -316,6 +316,49 @@ fn metrics_are_served_over_http_and_move_with_the_traffic() {
 }
 
 #[test]
+fn sessions_hold_no_buffers_once_idle() {
+    // Issue 16: what an idle session keeps is multiplied by every session
+    // online. A reply's buffers go once written; a fan-out receiver's are
+    // kept a moment for the next line, then freed by the loop's timer.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let server = Server::start(&["--metrics", &addr.to_string(), "--rate", "0"]);
+    let mut sender = server.user("sender");
+    let mut receivers: Vec<_> = (0..20).map(|i| server.user(&format!("r{i}"))).collect();
+    let settled = |what: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let held = sample(&scrape(addr), "natter_session_buffer_bytes");
+            if held == 0.0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{held} bytes still held {what}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    settled("after the logins");
+    for i in 0..30 {
+        assert_eq!(
+            sender.cmd1(&format!("broadcast {} {i}", "x".repeat(200))),
+            "+ sent to 20"
+        );
+    }
+    for r in &mut receivers {
+        for i in 0..30 {
+            assert!(r.line().ends_with(&format!(" {i}")));
+        }
+    }
+    settled("a while after the fan-out");
+    assert_eq!(receivers[0].cmd1("ping"), "+ pong");
+}
+
+#[test]
 fn natterctl_reload_rereads_the_settings() {
     let server = Server::start(&[]);
     let out = ok(&server, &["reload"]);
