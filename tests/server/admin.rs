@@ -261,6 +261,19 @@ fn scrape(addr: std::net::SocketAddr) -> String {
     body.to_string()
 }
 
+/// A server with `args` serving `/metrics` on a free port, and that port.
+fn with_metrics(args: &[&str]) -> (Server, std::net::SocketAddr) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let mut all = vec!["--metrics".to_string(), addr.to_string()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    (Server::start(&all), addr)
+}
+
 /// The value of the sample named exactly `name` (labels included).
 fn sample(body: &str, name: &str) -> f64 {
     body.lines()
@@ -270,12 +283,7 @@ fn sample(body: &str, name: &str) -> f64 {
 
 #[test]
 fn metrics_are_served_over_http_and_move_with_the_traffic() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let server = Server::start(&["--metrics", &addr.to_string()]);
+    let (server, addr) = with_metrics(&[]);
     let before = scrape(addr);
     assert_eq!(
         sample(&before, "natter_messages_total{kind=\"delivered\"}"),
@@ -320,12 +328,7 @@ fn sessions_hold_no_buffers_once_idle() {
     // Issue 16: what an idle session keeps is multiplied by every session
     // online. A reply's buffers go once written; a fan-out receiver's are
     // kept a moment for the next line, then freed by the loop's timer.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let server = Server::start(&["--metrics", &addr.to_string(), "--rate", "0"]);
+    let (server, addr) = with_metrics(&["--rate", "0"]);
     let mut sender = server.user("sender");
     let mut receivers: Vec<_> = (0..20).map(|i| server.user(&format!("r{i}"))).collect();
     let settled = |what: &str| {

@@ -89,10 +89,16 @@ fn wait_for_unread_within(b: &Browser, peer: &str, count: u32, within: std::time
         if shown == json!(count.to_string()) {
             return;
         }
-        assert!(
-            std::time::Instant::now() < until,
-            "{count} unread from {peer}: the page shows {shown}"
-        );
+        if std::time::Instant::now() >= until {
+            // What the page knows, so a failure says whether it was offline
+            // or online and missing the messages.
+            let state = b.script(
+                "return [document.getElementById('connection').textContent,\
+                 Array.from(document.querySelectorAll('#people li')).map(l => l.textContent)]",
+                json!([]),
+            );
+            panic!("{count} unread from {peer}: the page shows {shown}; connection and people: {state}");
+        }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
