@@ -385,10 +385,9 @@ impl Stream {
         Some(highest)
     }
 
-    /// Gives memory back after writing: an emptied output keeps no
-    /// allocation at all, and a half-written buffer drops its front. Ten
-    /// thousand idle sessions would otherwise each keep what their last
-    /// burst needed (issue 16); a busy one pays an allocation per write.
+    /// After writing: a written buffer is emptied, keeping its room up to
+    /// `KEEP_OUTPUT_CAPACITY` (freeing it is `Output`'s call), a
+    /// half-written one drops its front, and emptied queues are freed.
     fn compact(&mut self) {
         if self.sent == self.buf.len() {
             if self.buf.capacity() > KEEP_OUTPUT_CAPACITY {
